@@ -1,0 +1,126 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+/// Settings every target shares: Swift 6 language mode (strict concurrency complete) and
+/// the upcoming features we hold ourselves to, turned on in one place.
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let log = Target.Dependency.product(name: "Logging", package: "swift-log")
+let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let protobuf = Target.Dependency.product(name: "SwiftProtobuf", package: "swift-protobuf")
+let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
+let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+
+/// The five services: a library target with the logic and a thin executable each.
+let services: [(name: String, executable: String)] = [
+    ("Detector", "bynar-detector"),
+    ("DiskManager", "bynar-disk-manager"),
+    ("Ticketing", "bynar-ticketing"),
+    ("Notifier", "bynar-notifier"),
+    ("Orchestrator", "bynar-orchestrator"),
+]
+
+let serviceTargets: [Target] = services.flatMap { service in
+    [
+        Target.target(
+            name: service.name,
+            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle],
+            path: "Services/\(service.name)/\(service.name)",
+            swiftSettings: strict
+        ),
+        Target.executableTarget(
+            name: service.executable,
+            dependencies: [.target(name: service.name), "BynarRuntime"],
+            path: "Services/\(service.name)/\(service.executable)",
+            swiftSettings: strict
+        ),
+    ]
+}
+
+let package = Package(
+    name: "bynar",
+    platforms: [.macOS(.v15)],
+    products: services.map { .executable(name: $0.executable, targets: [$0.executable]) } + [
+        .executable(name: "bynar", targets: ["bynar"]),
+        .executable(name: "bynar-bench", targets: ["bynar-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: serviceTargets + [
+        // libmosquitto, wrapped once: only BynarBus imports it.
+        .systemLibrary(
+            name: "CMosquitto",
+            path: "Shared/CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
+        ),
+        .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
+        .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
+        .target(name: "BynarStore", dependencies: [grdb, log], path: "Shared/BynarStore", swiftSettings: strict),
+        .target(
+            name: "BynarBus",
+            dependencies: ["CMosquitto", "BynarProto", "BynarStore", "BynarConfig", protobuf, log],
+            path: "Shared/BynarBus",
+            swiftSettings: strict
+        ),
+        .target(
+            name: "BynarRuntime",
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle],
+            path: "Shared/BynarRuntime",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "bynar",
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", protobuf, argumentParser, log],
+            path: "CLI/bynar",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "bynar-bench",
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", protobuf, log],
+            path: "Benchmarks/bynar-bench",
+            swiftSettings: strict
+        ),
+
+        // Tests. BynarTestSupport starts real brokers and processes for the others.
+        .target(
+            name: "BynarTestSupport",
+            dependencies: ["BynarBus", "BynarConfig", log],
+            path: "Tests/BynarTestSupport",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BynarBusTests",
+            dependencies: ["BynarBus", "BynarProto", "BynarStore", "BynarConfig", "BynarRuntime", "BynarTestSupport", protobuf, log],
+            path: "Tests/BynarBusTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BynarConfigTests",
+            dependencies: ["BynarConfig"],
+            path: "Tests/BynarConfigTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "BynarStoreTests",
+            dependencies: ["BynarStore"],
+            path: "Tests/BynarStoreTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ServiceTests",
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarTestSupport", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
+            path: "Tests/ServiceTests",
+            swiftSettings: strict
+        ),
+    ]
+)
