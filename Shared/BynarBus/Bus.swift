@@ -1,0 +1,568 @@
+public import BynarConfig
+public import BynarProto
+public import Logging
+import SwiftProtobuf
+import Synchronization
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A service's connection to the Bynar bus: typed publish and subscribe of
+/// ``Bynar_V1_Envelope`` payloads over MQTT 5, QoS 1, on a persistent session.
+///
+/// - Every publish waits for the broker's acknowledgement and throws when the broker
+///   refuses it (an ACL denial is reason 135), so nothing fails silently.
+/// - Subscriptions are bounded async sequences of decoded, typed messages. A payload that
+///   does not decode is counted, logged and published to the dead-letter topic; the
+///   subscription goes on.
+/// - With `announce`, the bus publishes a retained birth on every connect and leaves a
+///   retained death as its MQTT will, both carrying the service's session counter.
+public final class Bus: Sendable {
+    /// Who is talking: this names the sender in every envelope and the birth/death topic.
+    public struct Identity: Sendable, Equatable {
+        public var service: String
+        public var host: String
+        /// Grows by one each time the service starts (see `LocalStore.nextSession`).
+        public var session: UInt64
+
+        public init(service: String, host: String, session: UInt64) {
+            self.service = service
+            self.host = host
+            self.session = session
+        }
+    }
+
+    /// Counters, for logs, metrics and tests.
+    public struct Stats: Sendable, Equatable {
+        public var published: UInt64 = 0
+        public var received: UInt64 = 0
+        /// Payloads that did not decode or carried the wrong type.
+        public var rejected: UInt64 = 0
+        public var deadLettered: UInt64 = 0
+        /// Messages dropped because a subscriber's buffer was full.
+        public var overflowed: UInt64 = 0
+        public var connects: UInt64 = 0
+    }
+
+    public let identity: Identity
+    public let clientId: String
+    /// Where replies to this client's requests arrive.
+    public let replyTopic: String
+    let logger: Logger
+    private let config: BrokerConfig
+    private let announce: Bool
+    private let client: MosquittoClient
+    private let inflight: AsyncSemaphore
+    private let state = Mutex(State())
+    private let startedUnixMs = Bus.nowUnixMs()
+
+    struct Route: Sendable {
+        /// The filter as subscribed (may be `$share/...`).
+        var filter: String
+        /// The filter topics are matched against.
+        var match: String
+        /// Hands a message over; false when the subscriber's buffer was full.
+        var deliver: @Sendable (MQTTMessage) -> Bool
+        /// Ends the subscriber's sequence (on shutdown).
+        var finish: @Sendable () -> Void = {}
+    }
+
+    private struct PendingRequest {
+        var continuation: CheckedContinuation<MQTTMessage, any Error>
+        var deadline: ContinuousClock.Instant
+        var topic: String
+    }
+
+    private struct State {
+        var routes: [UInt64: Route] = [:]
+        var nextRouteId: UInt64 = 0
+        /// Filters the broker confirmed for the current session.
+        var confirmed: Set<String> = []
+        var sequence: UInt64 = 0
+        var connected = false
+        var lastError = "not connected yet"
+        var connectWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
+        var nextWaiterId: UInt64 = 0
+        var requests: [[UInt8]: PendingRequest] = [:]
+        var replyRouteReady = false
+        var stats = Stats()
+        var lastOverflowLog: ContinuousClock.Instant?
+        var shutDown = false
+    }
+
+    /// Creates the bus; nothing is sent until ``start()``.
+    public init(config: BrokerConfig, identity: Identity, logger: Logger, announce: Bool = true) throws {
+        for (field, value) in [("service", identity.service), ("host", identity.host)] {
+            if let reason = Topic.invalidSegmentReason(value) { throw BusError.encoding("\(field) \(reason)") }
+        }
+        self.identity = identity
+        self.config = config
+        self.logger = logger
+        self.announce = announce
+        self.clientId = config.clientId ?? "\(identity.service)-\(identity.host)"
+        self.replyTopic = Topics.replies(clientId: clientId)
+        self.inflight = AsyncSemaphore(permits: config.maxInflight)
+
+        var password = config.password
+        if let file = config.passwordFile {
+            password = try Bus.readFirstLine(file)
+        }
+        var will: (topic: String, payload: [UInt8])?
+        if announce {
+            var envelope = Bus.stamp(identity: identity, sequence: 0, correlationId: "")
+            envelope.payload = Bus.status(identity, .death, cause: .connectionLost, startedUnixMs: startedUnixMs).envelopePayload
+            will = (Topics.serviceStatus(host: identity.host, service: identity.service), try Bus.serialize(envelope))
+        }
+        let tls = config.tls.map { ($0.caFile, $0.caPath, $0.certFile, $0.keyFile) }
+        client = try MosquittoClient(options: MosquittoOptions(
+            clientId: clientId, host: config.host, port: Int32(config.port),
+            keepaliveSeconds: Int32(config.keepaliveSeconds), sessionExpirySeconds: config.sessionExpirySeconds,
+            username: config.username, password: password, tls: tls, will: will,
+            reconnectMinSeconds: config.reconnectMinSeconds, reconnectMaxSeconds: config.reconnectMaxSeconds,
+            maxInflight: Int32(config.maxInflight)
+        ))
+    }
+
+    /// Starts connecting in the background; the bus keeps reconnecting (capped
+    /// exponential backoff) until ``shutdown()``. Publishes wait for the connection.
+    public func start() {
+        client.start(MosquittoClient.Handlers(
+            onMessage: { [weak self] message in self?.dispatch(message) },
+            onEvent: { [weak self] event in self?.handle(event) },
+            onTick: { [weak self] in self?.expireRequests() }
+        ))
+    }
+
+    /// Waits for the first accepted connection; throws ``BusError/unreachable(broker:lastError:)``
+    /// naming the broker and the last error when it does not come within `timeout`.
+    public func waitUntilConnected(timeout: Duration) async throws {
+        let id = state.withLock { state -> UInt64? in
+            if state.connected { return nil }
+            state.nextWaiterId += 1
+            return state.nextWaiterId
+        }
+        guard let id else { return }
+        let broker = "\(config.host):\(config.port)"
+        let timer = Task { [weak self] in
+            try? await Task.sleep(for: timeout)
+            guard let self else { return }
+            let (waiter, lastError) = self.state.withLock { ($0.connectWaiters.removeValue(forKey: id), $0.lastError) }
+            waiter?.resume(throwing: BusError.unreachable(broker: broker, lastError: lastError))
+        }
+        defer { timer.cancel() }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let done = state.withLock { state -> Bool in
+                if state.connected { return true }
+                state.connectWaiters[id] = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Whether the broker connection is up right now.
+    public var isConnected: Bool { state.withLock { $0.connected } }
+
+    /// A copy of the counters.
+    public var stats: Stats { state.withLock { $0.stats } }
+
+    // MARK: Publishing
+
+    /// A new envelope from this service around `payload`, with a fresh message id and the
+    /// next sequence number.
+    public func envelope<P: BusPayload>(_ payload: P, correlationId: String = "") -> Envelope {
+        let sequence = state.withLock { state -> UInt64 in
+            state.sequence += 1
+            return state.sequence
+        }
+        var envelope = Bus.stamp(identity: identity, sequence: sequence, correlationId: correlationId)
+        envelope.payload = payload.envelopePayload
+        return envelope
+    }
+
+    /// Publishes `payload` at QoS 1 and returns once the broker accepted it.
+    /// - Throws: ``BusError/publishRefused(topic:reasonCode:reason:)`` when the broker says
+    ///   no, ``BusError/timedOut(what:)`` when it does not answer within `publish_timeout_ms`.
+    @discardableResult
+    public func publish<P: BusPayload>(_ payload: P, to topic: String, retain: Bool = false, correlationId: String = "") async throws -> Envelope {
+        let envelope = envelope(payload, correlationId: correlationId)
+        try await publish(serialized: Bus.serialize(envelope), to: topic, retain: retain)
+        return envelope
+    }
+
+    /// Publishes an already serialized envelope (the outbox keeps envelopes serialized so a
+    /// re-send carries the same message id).
+    public func publish(serialized bytes: [UInt8], to topic: String, retain: Bool) async throws {
+        try await publish(bytes: bytes, to: topic, retain: retain, properties: PublishProperties())
+    }
+
+    func publish(bytes: [UInt8], to topic: String, retain: Bool, properties: PublishProperties) async throws {
+        await inflight.acquire()
+        defer { inflight.release() }
+        let code = try await client.publish(
+            topic: topic, payload: bytes, qos: 1, retain: retain, properties: properties,
+            timeout: .milliseconds(config.publishTimeoutMs)
+        )
+        guard code < 0x80 else {
+            throw BusError.publishRefused(topic: topic, reasonCode: code, reason: MosquittoClient.reasonString(code))
+        }
+        state.withLock { $0.stats.published += 1 }
+    }
+
+    // MARK: Subscribing
+
+    /// Subscribes to `filter` (QoS 1; `$share/<group>/...` allowed) and yields the messages
+    /// that carry a `P`. Anything else arriving there is rejected to the dead-letter topic.
+    ///
+    /// At most `buffer` (default `subscription_buffer`) messages wait for the consumer;
+    /// beyond that new messages are dropped and counted in ``Stats/overflowed``.
+    public func subscribe<P: BusPayload>(_ filter: String, as type: P.Type, buffer: Int? = nil) async throws -> Subscription<P> {
+        Subscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer))
+    }
+
+    /// Subscribes to `filter` and yields every envelope, whatever it carries (for taps and
+    /// tools). Payloads that are not envelopes are rejected to the dead-letter topic.
+    public func subscribeEnvelopes(_ filter: String, buffer: Int? = nil) async throws -> EnvelopeSubscription {
+        EnvelopeSubscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer))
+    }
+
+    func addRoute(_ filter: String, buffer: Int) async throws -> AsyncStream<MQTTMessage> {
+        let (stream, continuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(buffer))
+        let route = Route(filter: filter, match: Topics.matchingFilter(filter), deliver: { message in
+            if case .dropped = continuation.yield(message) { return false }
+            return true
+        }, finish: { continuation.finish() })
+        let id = state.withLock { state -> UInt64 in
+            state.nextRouteId += 1
+            state.routes[state.nextRouteId] = route
+            return state.nextRouteId
+        }
+        continuation.onTermination = { [weak self] _ in self?.removeRoute(id) }
+        do {
+            try await ensureSubscribed(filter)
+        } catch {
+            continuation.finish()
+            throw error
+        }
+        return stream
+    }
+
+    private func removeRoute(_ id: UInt64) {
+        let unused = state.withLock { state -> String? in
+            guard let route = state.routes.removeValue(forKey: id) else { return nil }
+            if state.routes.values.contains(where: { $0.filter == route.filter }) { return nil }
+            state.confirmed.remove(route.filter)
+            return route.filter
+        }
+        if let unused, !state.withLock({ $0.shutDown }) { client.unsubscribe(filter: unused) }
+    }
+
+    private func ensureSubscribed(_ filter: String) async throws {
+        if state.withLock({ $0.confirmed.contains(filter) }) { return }
+        guard let granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs)) else {
+            return  // not connected: subscribed on the next connect
+        }
+        guard granted < 0x80 else {
+            throw BusError.subscribeRefused(filter: filter, reasonCode: granted, reason: MosquittoClient.reasonString(granted))
+        }
+        state.withLock { _ = $0.confirmed.insert(filter) }
+    }
+
+    /// Runs on the network thread for every incoming message.
+    private func dispatch(_ message: MQTTMessage) {
+        let targets = state.withLock { state -> [Route] in
+            state.stats.received += 1
+            return state.routes.values.filter { Topics.matches(filter: $0.match, topic: message.topic) }
+        }
+        var dropped = 0
+        for route in targets where !route.deliver(message) { dropped += 1 }
+        guard dropped > 0 else { return }
+        let shouldLog = state.withLock { state -> Bool in
+            state.stats.overflowed += UInt64(dropped)
+            let now = ContinuousClock.now
+            if let last = state.lastOverflowLog, now - last < .seconds(10) { return false }
+            state.lastOverflowLog = now
+            return true
+        }
+        if shouldLog {
+            logger.warning("subscriber buffer full: dropped message", metadata: ["topic": "\(message.topic)", "overflowed_total": "\(stats.overflowed)"])
+        }
+    }
+
+    /// Decodes an incoming message as an envelope carrying `P`, or says why not.
+    func decode<P: BusPayload>(_ message: MQTTMessage, as type: P.Type) -> Result<Received<P>, RejectReason> {
+        switch decodeEnvelope(message) {
+        case .failure(let reason):
+            return .failure(reason)
+        case .success(let envelope):
+            guard let payload = P.extract(from: envelope) else {
+                let carried = envelope.payload?.payloadName ?? "nothing"
+                return .failure(RejectReason(text: "envelope carries \(carried), expected \(P.payloadName)"))
+            }
+            return .success(Received(payload: payload, envelope: envelope, message: message))
+        }
+    }
+
+    func decodeEnvelope(_ message: MQTTMessage) -> Result<Envelope, RejectReason> {
+        do {
+            return .success(try Envelope(serializedBytes: message.payload))
+        } catch {
+            return .failure(RejectReason(text: "not a bynar.v1.Envelope (\(message.payload.count) bytes): \(error)"))
+        }
+    }
+
+    /// Counts, logs and dead-letters a message that could not be used; answers a request
+    /// with an ErrorReply so the caller is not left waiting.
+    func reject(_ message: MQTTMessage, reason: RejectReason) {
+        state.withLock { $0.stats.rejected += 1 }
+        logger.warning("rejected message", metadata: ["topic": "\(message.topic)", "reason": "\(reason.text)"])
+        let deadLetterTopic = Topics.deadLetter(host: identity.host, service: identity.service)
+        guard !message.topic.hasPrefix("\(Topics.root)/deadletter/") else { return }
+        var letter = Bynar_V1_DeadLetter()
+        letter.topic = message.topic
+        letter.payload = Data(message.payload)
+        letter.reason = reason.text
+        letter.rejectedByService = identity.service
+        letter.rejectedByHost = identity.host
+        letter.receivedUnixMs = Bus.nowUnixMs()
+        Task {
+            do {
+                try await self.publish(letter, to: deadLetterTopic)
+                self.state.withLock { $0.stats.deadLettered += 1 }
+            } catch {
+                self.logger.error("cannot publish dead letter", metadata: ["topic": "\(message.topic)", "error": "\(error)"])
+            }
+            if let responseTopic = message.responseTopic {
+                var reply = Bynar_V1_ErrorReply()
+                reply.code = .malformed
+                reply.message = reason.text
+                try? await self.send(reply, to: responseTopic, correlationData: message.correlationData ?? [], correlationId: "")
+            }
+        }
+    }
+
+    // MARK: Request / response
+
+    /// Sends `request` to `topic` with an MQTT 5 response topic, correlation data and a
+    /// message expiry of `timeout`, and waits for the reply.
+    /// - Throws: ``BusError/timedOut(what:)`` when no reply comes in time,
+    ///   ``BusError/requestRefused(code:message:)`` when the responder answers with an
+    ///   ErrorReply, ``BusError/badReply(_:)`` when the reply is not a `Res`.
+    public func request<Req: BusPayload, Res: BusPayload>(
+        _ request: Req, to topic: String, expecting: Res.Type, timeout: Duration, correlationId: String = ""
+    ) async throws -> Received<Res> {
+        try await ensureReplyRoute()
+        let envelope = envelope(request, correlationId: correlationId)
+        let key = Array(envelope.messageID.utf8)
+        let bytes = try Bus.serialize(envelope)
+        let seconds = timeout.components.seconds + (timeout.components.attoseconds > 0 ? 1 : 0)
+        let properties = PublishProperties(responseTopic: replyTopic, correlationData: key, messageExpirySeconds: UInt32(max(1, seconds)))
+        let message: MQTTMessage = try await withCheckedThrowingContinuation { continuation in
+            state.withLock { $0.requests[key] = PendingRequest(continuation: continuation, deadline: .now + timeout, topic: topic) }
+            Task {
+                do {
+                    try await self.publish(bytes: bytes, to: topic, retain: false, properties: properties)
+                } catch {
+                    self.state.withLock { $0.requests.removeValue(forKey: key) }?.continuation.resume(throwing: error)
+                }
+            }
+        }
+        switch decodeEnvelope(message) {
+        case .failure(let reason):
+            throw BusError.badReply(reason.text)
+        case .success(let reply):
+            if let error = Bynar_V1_ErrorReply.extract(from: reply) {
+                throw BusError.requestRefused(code: "\(error.code)", message: error.message)
+            }
+            guard let payload = Res.extract(from: reply) else {
+                throw BusError.badReply("expected \(Res.payloadName), got \(reply.payload?.payloadName ?? "nothing")")
+            }
+            return Received(payload: payload, envelope: reply, message: message)
+        }
+    }
+
+    /// Answers a request received on a subscription (to its response topic, with its
+    /// correlation data). Does nothing for a message that asked for no answer.
+    public func reply<Req, Res: BusPayload>(to request: Received<Req>, with response: Res) async throws {
+        guard let topic = request.responseTopic else { return }
+        try await send(response, to: topic, correlationData: request.correlationData ?? [], correlationId: request.envelope.correlationID)
+    }
+
+    private func send<P: BusPayload>(_ payload: P, to topic: String, correlationData: [UInt8], correlationId: String) async throws {
+        let bytes = try Bus.serialize(envelope(payload, correlationId: correlationId))
+        try await publish(bytes: bytes, to: topic, retain: false, properties: PublishProperties(correlationData: correlationData))
+    }
+
+    private func ensureReplyRoute() async throws {
+        guard !state.withLock({ $0.replyRouteReady }) else { return }
+        let route = Route(filter: replyTopic, match: replyTopic) { [weak self] message in
+            guard let self, let key = message.correlationData else { return true }
+            let pending = self.state.withLock { $0.requests.removeValue(forKey: key) }
+            if let pending {
+                pending.continuation.resume(returning: message)
+            } else {
+                self.logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
+            }
+            return true
+        }
+        let first = state.withLock { state -> Bool in
+            guard !state.replyRouteReady else { return false }
+            state.replyRouteReady = true
+            state.nextRouteId += 1
+            state.routes[state.nextRouteId] = route
+            return true
+        }
+        if first { try await ensureSubscribed(replyTopic) }
+    }
+
+    /// Runs on the network thread: fails requests whose deadline passed.
+    private func expireRequests() {
+        let now = ContinuousClock.now
+        let expired = state.withLock { state -> [PendingRequest] in
+            let keys = state.requests.filter { $0.value.deadline <= now }.map(\.key)
+            return keys.compactMap { state.requests.removeValue(forKey: $0) }
+        }
+        for request in expired {
+            request.continuation.resume(throwing: BusError.timedOut(what: "reply to request on \(request.topic)"))
+        }
+    }
+
+    // MARK: Connection
+
+    private func handle(_ event: ConnectionEvent) {
+        switch event {
+        case .connected(let sessionPresent):
+            let (waiters, resubscribe) = state.withLock { state -> ([CheckedContinuation<Void, any Error>], Set<String>) in
+                state.connected = true
+                state.stats.connects += 1
+                if !sessionPresent { state.confirmed = [] }
+                defer { state.connectWaiters = [:] }
+                return (Array(state.connectWaiters.values), Set(state.routes.values.map(\.filter)).subtracting(state.confirmed))
+            }
+            logger.info("connected to broker", metadata: ["broker": "\(config.host):\(config.port)", "session_present": "\(sessionPresent)", "client_id": "\(clientId)"])
+            for waiter in waiters { waiter.resume() }
+            Task {
+                for filter in resubscribe.sorted() {
+                    do { try await self.ensureSubscribed(filter) } catch {
+                        self.logger.error("cannot subscribe after reconnect", metadata: ["filter": "\(filter)", "error": "\(error)"])
+                    }
+                }
+                if self.announce { await self.announceBirth() }
+            }
+        case .connectFailed(let reason):
+            state.withLock { $0.lastError = reason }
+            logger.warning("cannot connect to broker", metadata: ["reason": "\(reason)"])
+        case .refused(let reason):
+            // Tell whoever waits now; the network thread keeps retrying (with backoff) in
+            // case the broker's configuration is being fixed.
+            let waiters = state.withLock { state in
+                state.lastError = reason
+                defer { state.connectWaiters = [:] }
+                return Array(state.connectWaiters.values)
+            }
+            logger.error("broker refused the connection", metadata: ["reason": "\(reason)"])
+            let broker = "\(config.host):\(config.port)"
+            for waiter in waiters { waiter.resume(throwing: BusError.unreachable(broker: broker, lastError: reason)) }
+        case .disconnected(let reason):
+            state.withLock {
+                $0.connected = false
+                $0.lastError = "connection lost: \(reason)"
+            }
+            logger.warning("disconnected from broker", metadata: ["reason": "\(reason)"])
+        }
+    }
+
+    private func announceBirth() async {
+        let birth = Bus.status(identity, .birth, cause: .unspecified, startedUnixMs: startedUnixMs)
+        do {
+            try await publish(birth, to: Topics.serviceStatus(host: identity.host, service: identity.service), retain: true)
+        } catch {
+            logger.error("cannot publish birth", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Publishes a clean death (when announcing), disconnects normally so the broker drops
+    /// the will, and stops the network thread. Pending waits fail with ``BusError/stopped``.
+    public func shutdown() async {
+        if announce && isConnected {
+            let death = Bus.status(identity, .death, cause: .cleanShutdown, startedUnixMs: startedUnixMs)
+            do {
+                try await publish(death, to: Topics.serviceStatus(host: identity.host, service: identity.service), retain: true)
+            } catch {
+                logger.error("cannot publish death", metadata: ["error": "\(error)"])
+            }
+        }
+        state.withLock { $0.shutDown = true }
+        await client.stop()
+        let (requests, waiters, routes) = state.withLock { state in
+            defer { state.requests = [:]; state.connectWaiters = [:] }
+            return (Array(state.requests.values), Array(state.connectWaiters.values), Array(state.routes.values))
+        }
+        for route in routes { route.finish() }
+        for request in requests { request.continuation.resume(throwing: BusError.stopped) }
+        for waiter in waiters { waiter.resume(throwing: BusError.stopped) }
+    }
+
+    // MARK: Helpers
+
+    static func stamp(identity: Identity, sequence: UInt64, correlationId: String) -> Envelope {
+        var envelope = Envelope()
+        envelope.messageID = UUID().uuidString.lowercased()
+        envelope.sourceService = identity.service
+        envelope.sourceHost = identity.host
+        envelope.createdUnixMs = nowUnixMs()
+        envelope.session = identity.session
+        envelope.sequence = sequence
+        envelope.correlationID = correlationId
+        return envelope
+    }
+
+    static func status(_ identity: Identity, _ state: Bynar_V1_ServiceStatus.State, cause: Bynar_V1_ServiceStatus.DeathCause, startedUnixMs: Int64) -> Bynar_V1_ServiceStatus {
+        var status = Bynar_V1_ServiceStatus()
+        status.service = identity.service
+        status.host = identity.host
+        status.state = state
+        status.session = identity.session
+        status.pid = UInt32(getpid())
+        status.version = bynarVersion
+        status.startedUnixMs = startedUnixMs
+        status.deathCause = cause
+        return status
+    }
+
+    /// An envelope's wire bytes.
+    public static func serialize(_ envelope: Envelope) throws -> [UInt8] {
+        do { return try envelope.serializedBytes() } catch { throw BusError.encoding("\(error)") }
+    }
+
+    /// Wall-clock time in Unix epoch milliseconds.
+    public static func nowUnixMs() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+    }
+
+    private static func readFirstLine(_ path: String) throws -> String {
+        guard let file = fopen(path, "r") else {
+            throw BusError.encoding("cannot read broker.password_file \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard fgets(&buffer, Int32(buffer.count), file) != nil else { return "" }
+        let line = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return line.hasSuffix("\n") ? String(line.dropLast()) : line
+    }
+}
+
+/// The version every service reports in its birth message.
+public let bynarVersion = "0.1.0"
+
+/// Why an incoming message was rejected.
+struct RejectReason: Error, Sendable {
+    var text: String
+}

@@ -1,0 +1,427 @@
+// The one place that touches libmosquitto. Everything above speaks Swift types.
+//
+// Threading: libmosquitto runs in "external thread" mode (mosquitto_threaded_set) and this
+// file owns the network thread: it drives mosquitto_loop, reconnects with capped backoff,
+// and expires acknowledgements that never came. We do not use mosquitto_loop_start because
+// libmosquitto 2.0's own reconnect sends CONNECT without properties, which would silently
+// drop the session expiry interval (and with it the persistent session) after the first
+// reconnect. C callbacks arrive on the network thread and are bridged here, once.
+import CMosquitto
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private let mosquittoLibraryReady: Bool = {
+    mosquitto_lib_init()
+    return true
+}()
+
+/// A message as it arrived from the broker.
+struct MQTTMessage: Sendable {
+    var topic: String
+    var payload: [UInt8]
+    var qos: Int32
+    var retain: Bool
+    var responseTopic: String?
+    var correlationData: [UInt8]?
+    var messageExpirySeconds: UInt32?
+}
+
+/// MQTT 5 properties of an outgoing publish.
+struct PublishProperties: Sendable {
+    var responseTopic: String?
+    var correlationData: [UInt8]?
+    var messageExpirySeconds: UInt32?
+}
+
+/// What happened to the connection, as seen from the network thread.
+enum ConnectionEvent: Sendable {
+    /// CONNACK accepted. `sessionPresent` is false when the broker has no session for us
+    /// (first start, or it expired): subscriptions must be made again.
+    case connected(sessionPresent: Bool)
+    /// The TCP/TLS connect failed.
+    case connectFailed(String)
+    /// The broker answered CONNECT with a failure reason (bad credentials, not
+    /// authorised, ...): retrying will not help until someone fixes the configuration.
+    case refused(String)
+    /// An established connection ended.
+    case disconnected(String)
+}
+
+/// Options the client connects with; all taken from ``BrokerConfig``.
+struct MosquittoOptions: Sendable {
+    var clientId: String
+    var host: String
+    var port: Int32
+    var keepaliveSeconds: Int32
+    var sessionExpirySeconds: UInt32
+    var username: String?
+    var password: String?
+    var tls: (caFile: String?, caPath: String?, certFile: String?, keyFile: String?)?
+    var will: (topic: String, payload: [UInt8])?
+    var reconnectMinSeconds: Int
+    var reconnectMaxSeconds: Int
+    var maxInflight: Int32
+}
+
+/// A libmosquitto client running MQTT 5 with its own network thread.
+///
+/// `@unchecked Sendable`: the C handle is used from several threads, which libmosquitto
+/// allows in threaded mode; every piece of Swift state sits in `state` behind a Mutex.
+final class MosquittoClient: @unchecked Sendable {
+    private let handle: OpaquePointer
+    private let options: MosquittoOptions
+    private let state = Mutex(State())
+    private let handlers = Mutex<Handlers?>(nil)
+
+    /// Where the network thread reports; set once by ``start(_:)``.
+    struct Handlers: Sendable {
+        var onMessage: @Sendable (MQTTMessage) -> Void
+        var onEvent: @Sendable (ConnectionEvent) -> Void
+        /// Called on every turn of the network loop (at least every 200 ms).
+        var onTick: @Sendable () -> Void
+    }
+
+    private func onMessage(_ message: MQTTMessage) { handlers.withLock { $0 }?.onMessage(message) }
+    private func onEvent(_ event: ConnectionEvent) { handlers.withLock { $0 }?.onEvent(event) }
+    private func onTick() { handlers.withLock { $0 }?.onTick() }
+
+    private struct Waiter {
+        var continuation: CheckedContinuation<Int32, any Error>
+        var deadline: ContinuousClock.Instant
+        var what: String
+    }
+
+    private struct State {
+        var publishes: [Int32: Waiter] = [:]
+        var subscribes: [Int32: Waiter] = [:]
+        /// Acknowledgements that arrived before their waiter was registered.
+        var early: [Int32: Int32] = [:]
+        var earlySubscribes: [Int32: Int32] = [:]
+        var stopping = false
+        var started = false
+        var connected = false
+        var stopRequestedAt: ContinuousClock.Instant?
+        var stopped: CheckedContinuation<Void, Never>?
+        var threadDone = false
+    }
+
+    init(options: MosquittoOptions) throws(BusError) {
+        _ = mosquittoLibraryReady
+        self.options = options
+        guard let handle = mosquitto_new(options.clientId, false, nil) else {
+            throw .mosquitto(call: "mosquitto_new", code: Int32(errno), detail: "cannot create client: \(String(cString: strerror(errno)))")
+        }
+        self.handle = handle
+        mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
+        try check("set protocol MQTT 5", mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5))
+        try check("set send maximum", mosquitto_int_option(handle, MOSQ_OPT_SEND_MAXIMUM, options.maxInflight))
+        try check("set TCP_NODELAY", mosquitto_int_option(handle, MOSQ_OPT_TCP_NODELAY, 1))
+        try check("threaded mode", mosquitto_threaded_set(handle, true))
+        if let username = options.username {
+            try check("set credentials", mosquitto_username_pw_set(handle, username, options.password))
+        }
+        if let tls = options.tls {
+            try check("set TLS", mosquitto_tls_set(handle, tls.caFile, tls.caPath, tls.certFile, tls.keyFile, nil))
+        }
+        if let will = options.will {
+            try check("set will", will.payload.withUnsafeBytes { bytes in
+                mosquitto_will_set_v5(handle, will.topic, Int32(bytes.count), bytes.baseAddress, 1, true, nil)
+            })
+        }
+        mosquitto_connect_v5_callback_set(handle) { _, context, rc, flags, _ in
+            MosquittoClient.from(context).handleConnect(rc: rc, flags: flags)
+        }
+        mosquitto_disconnect_v5_callback_set(handle) { _, context, rc, _ in
+            MosquittoClient.from(context).handleDisconnect(rc: rc)
+        }
+        mosquitto_publish_v5_callback_set(handle) { _, context, mid, reason, _ in
+            MosquittoClient.from(context).handlePublishAck(mid: mid, reason: reason)
+        }
+        mosquitto_subscribe_v5_callback_set(handle) { _, context, mid, count, granted, _ in
+            let first = (count > 0 && granted != nil) ? granted![0] : 0x80
+            MosquittoClient.from(context).handleSubscribeAck(mid: mid, granted: first)
+        }
+        mosquitto_message_v5_callback_set(handle) { _, context, message, properties in
+            guard let message else { return }
+            MosquittoClient.from(context).handleMessage(message.pointee, properties)
+        }
+    }
+
+    deinit {
+        mosquitto_destroy(handle)
+    }
+
+    private static func from(_ context: UnsafeMutableRawPointer?) -> MosquittoClient {
+        Unmanaged<MosquittoClient>.fromOpaque(context!).takeUnretainedValue()
+    }
+
+    private func check(_ what: String, _ rc: Int32) throws(BusError) {
+        guard rc == MOSQ_ERR_SUCCESS.rawValue else { throw .mosquitto(call: what, code: rc, detail: Self.describe(rc)) }
+    }
+
+    /// libmosquitto's words for an error code.
+    static func describe(_ rc: Int32) -> String {
+        if rc == MOSQ_ERR_ERRNO.rawValue { return String(cString: strerror(errno)) }
+        return String(cString: mosquitto_strerror(rc))
+    }
+
+    /// MQTT 5's words for a reason code.
+    static func reasonString(_ code: Int32) -> String {
+        String(cString: mosquitto_reason_string(code))
+    }
+
+    // MARK: - Network thread
+
+    /// Starts the network thread, which connects and keeps reconnecting until ``stop()``.
+    func start(_ handlers: Handlers) {
+        self.handlers.withLock { $0 = handlers }
+        let first = state.withLock { state -> Bool in
+            defer { state.started = true }
+            return !state.started
+        }
+        guard first else { return }
+        let retained = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { context in
+            let client = Unmanaged<MosquittoClient>.fromOpaque(context!).takeRetainedValue()
+            client.networkLoop()
+            return nil
+        }, retained)
+        precondition(rc == 0, "cannot start the MQTT network thread: \(String(cString: strerror(rc)))")
+        pthread_detach(thread)
+    }
+
+    private func networkLoop() {
+        var backoff = options.reconnectMinSeconds
+        var needsConnect = true
+        while true {
+            let (stopping, stopAsked) = state.withLock { ($0.stopping, $0.stopRequestedAt) }
+            // Leave only once DISCONNECT is out (the socket closed), or after a grace period:
+            // leaving earlier would make the broker publish our will over a clean death.
+            if stopping && (needsConnect || !isConnected || stopAsked.map { ContinuousClock.now - $0 > .seconds(2) } ?? true) { break }
+            if needsConnect {
+                let rc = connectOnce()
+                if rc != MOSQ_ERR_SUCCESS.rawValue {
+                    onEvent(.connectFailed("\(options.host):\(options.port): \(Self.describe(rc))"))
+                    pause(seconds: backoff)
+                    backoff = min(backoff * 2, options.reconnectMaxSeconds)
+                    continue
+                }
+                needsConnect = false
+            }
+            let rc = mosquitto_loop(handle, 200, 1)
+            expireWaiters()
+            onTick()
+            if rc != MOSQ_ERR_SUCCESS.rawValue {
+                let wasConnected = state.withLock { state in
+                    defer { state.connected = false }
+                    return state.connected
+                }
+                needsConnect = true
+                if state.withLock({ $0.stopping }) { continue }
+                if wasConnected { backoff = options.reconnectMinSeconds }
+                pause(seconds: backoff)
+                backoff = min(backoff * 2, options.reconnectMaxSeconds)
+            }
+        }
+        let waiting = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.threadDone = true
+            defer { state.stopped = nil }
+            return state.stopped
+        }
+        failAllWaiters(BusError.stopped)
+        waiting?.resume()
+    }
+
+    private func connectOnce() -> Int32 {
+        var properties: OpaquePointer? = nil
+        defer { mosquitto_property_free_all(&properties) }
+        mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), options.sessionExpirySeconds)
+        return mosquitto_connect_bind_v5(handle, options.host, options.port, options.keepaliveSeconds, nil, properties)
+    }
+
+    /// Sleeps up to `seconds`, waking early when stopping.
+    private func pause(seconds: Int) {
+        for _ in 0..<(seconds * 10) {
+            if state.withLock({ $0.stopping }) { return }
+            usleep(100_000)
+        }
+    }
+
+    private func expireWaiters() {
+        let now = ContinuousClock.now
+        let expired = state.withLock { state -> [Waiter] in
+            var out: [Waiter] = []
+            for (mid, waiter) in state.publishes where waiter.deadline <= now {
+                out.append(waiter)
+                state.publishes[mid] = nil
+            }
+            for (mid, waiter) in state.subscribes where waiter.deadline <= now {
+                out.append(waiter)
+                state.subscribes[mid] = nil
+            }
+            return out
+        }
+        for waiter in expired { waiter.continuation.resume(throwing: BusError.timedOut(what: waiter.what)) }
+    }
+
+    private func failAllWaiters(_ error: BusError) {
+        let all = state.withLock { state -> [Waiter] in
+            defer { state.publishes = [:]; state.subscribes = [:] }
+            return Array(state.publishes.values) + Array(state.subscribes.values)
+        }
+        for waiter in all { waiter.continuation.resume(throwing: error) }
+    }
+
+    // MARK: - Callbacks (network thread)
+
+    private func handleConnect(rc: Int32, flags: Int32) {
+        if rc == 0 {
+            state.withLock { $0.connected = true }
+            onEvent(.connected(sessionPresent: flags & 1 == 1))
+        } else {
+            onEvent(.refused("broker refused the connection: \(Self.reasonString(rc)) (reason \(rc))"))
+        }
+    }
+
+    private func handleDisconnect(rc: Int32) {
+        state.withLock { $0.connected = false }
+        let stopping = state.withLock { $0.stopping }
+        onEvent(.disconnected(stopping ? "stopped" : (rc == 0 ? "closed" : "\(Self.describe(rc)) (\(rc))")))
+    }
+
+    private func handlePublishAck(mid: Int32, reason: Int32) {
+        let waiter = state.withLock { state -> Waiter? in
+            if let waiter = state.publishes.removeValue(forKey: mid) { return waiter }
+            state.early[mid] = reason
+            return nil
+        }
+        waiter?.continuation.resume(returning: reason)
+    }
+
+    private func handleSubscribeAck(mid: Int32, granted: Int32) {
+        let waiter = state.withLock { state -> Waiter? in
+            if let waiter = state.subscribes.removeValue(forKey: mid) { return waiter }
+            state.earlySubscribes[mid] = granted
+            return nil
+        }
+        waiter?.continuation.resume(returning: granted)
+    }
+
+    private func handleMessage(_ message: mosquitto_message, _ properties: OpaquePointer?) {
+        var inbound = MQTTMessage(
+            topic: String(cString: message.topic),
+            payload: message.payloadlen > 0
+                ? Array(UnsafeRawBufferPointer(start: message.payload, count: Int(message.payloadlen)))
+                : [],
+            qos: message.qos,
+            retain: message.retain
+        )
+        var text: UnsafeMutablePointer<CChar>? = nil
+        if mosquitto_property_read_string(properties, Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue), &text, false) != nil, let text {
+            inbound.responseTopic = String(cString: text)
+            free(text)
+        }
+        var data: UnsafeMutableRawPointer? = nil
+        var length: UInt16 = 0
+        if mosquitto_property_read_binary(properties, Int32(MQTT_PROP_CORRELATION_DATA.rawValue), &data, &length, false) != nil {
+            inbound.correlationData = data.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(length))) } ?? []
+            free(data)
+        }
+        var expiry: UInt32 = 0
+        if mosquitto_property_read_int32(properties, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), &expiry, false) != nil {
+            inbound.messageExpirySeconds = expiry
+        }
+        onMessage(inbound)
+    }
+
+    // MARK: - Operations (any thread)
+
+    /// Publishes and, for QoS 1, waits for the broker's PUBACK; returns its reason code.
+    ///
+    /// While disconnected libmosquitto keeps a QoS 1 message and sends it after the next
+    /// connect, so the wait spans short outages up to `timeout`.
+    func publish(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties, timeout: Duration) async throws -> Int32 {
+        var props: OpaquePointer? = nil
+        defer { mosquitto_property_free_all(&props) }
+        if let responseTopic = properties.responseTopic {
+            mosquitto_property_add_string(&props, Int32(MQTT_PROP_RESPONSE_TOPIC.rawValue), responseTopic)
+        }
+        if let correlation = properties.correlationData {
+            correlation.withUnsafeBytes { bytes in
+                _ = mosquitto_property_add_binary(&props, Int32(MQTT_PROP_CORRELATION_DATA.rawValue), bytes.baseAddress, UInt16(bytes.count))
+            }
+        }
+        if let expiry = properties.messageExpirySeconds {
+            mosquitto_property_add_int32(&props, Int32(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL.rawValue), expiry)
+        }
+        var mid: Int32 = 0
+        let rc = payload.withUnsafeBytes { bytes in
+            mosquitto_publish_v5(handle, &mid, topic, Int32(bytes.count), bytes.baseAddress, qos, retain, props)
+        }
+        guard rc == MOSQ_ERR_SUCCESS.rawValue || (rc == MOSQ_ERR_NO_CONN.rawValue && qos > 0) else {
+            throw BusError.mosquitto(call: "publish to \(topic)", code: rc, detail: Self.describe(rc))
+        }
+        if qos == 0 { return 0 }
+        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
+    }
+
+    /// Subscribes and waits for the SUBACK; returns the granted QoS or the refusal code.
+    /// Returns nil when not connected: the caller subscribes again on the next connect.
+    func subscribe(filter: String, qos: Int32, timeout: Duration) async throws -> Int32? {
+        var mid: Int32 = 0
+        let rc = mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
+        if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
+        guard rc == MOSQ_ERR_SUCCESS.rawValue else {
+            throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
+        }
+        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of subscribe to \(filter)", subscribe: true)
+    }
+
+    /// Removes a subscription from the broker session (no wait).
+    func unsubscribe(filter: String) {
+        _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
+    }
+
+    private func awaitAck(mid: Int32, timeout: Duration, what: String, subscribe: Bool) async throws -> Int32 {
+        try await withCheckedThrowingContinuation { continuation in
+            let early = state.withLock { state -> Int32? in
+                if subscribe, let code = state.earlySubscribes.removeValue(forKey: mid) { return code }
+                if !subscribe, let code = state.early.removeValue(forKey: mid) { return code }
+                if state.threadDone { return -1 }
+                let waiter = Waiter(continuation: continuation, deadline: .now + timeout, what: what)
+                if subscribe { state.subscribes[mid] = waiter } else { state.publishes[mid] = waiter }
+                return nil
+            }
+            if early == -1 {
+                continuation.resume(throwing: BusError.stopped)
+            } else if let early {
+                continuation.resume(returning: early)
+            }
+        }
+    }
+
+    /// Whether a CONNACK has been accepted and the connection not lost since.
+    var isConnected: Bool { state.withLock { $0.connected } }
+
+    /// Sends DISCONNECT (normal: the broker discards the will) and ends the network thread.
+    func stop() async {
+        let alreadyDone = state.withLock { state -> Bool in
+            state.stopping = true
+            state.stopRequestedAt = .now
+            return state.threadDone || !state.started
+        }
+        _ = mosquitto_disconnect_v5(handle, 0, nil)
+        guard !alreadyDone else { return }
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.threadDone { return true }
+                state.stopped = continuation
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+public import BynarProto
+
+/// A message taken off the bus: the typed payload, its envelope and how it arrived.
+public struct Received<P: BusPayload>: Sendable {
+    public var payload: P
+    public var envelope: Envelope
+    public var topic: String
+    /// True when the broker delivered it as the retained message on subscribe.
+    public var retained: Bool
+    /// Set when the sender expects an answer (see ``Bus/reply(to:with:)``).
+    public var responseTopic: String?
+    public var correlationData: [UInt8]?
+
+    init(payload: P, envelope: Envelope, message: MQTTMessage) {
+        self.payload = payload
+        self.envelope = envelope
+        self.topic = message.topic
+        self.retained = message.retain
+        self.responseTopic = message.responseTopic
+        self.correlationData = message.correlationData
+    }
+}
+
+/// Decoded messages of one type from one topic filter. Ends when the bus shuts down or
+/// the consuming task is cancelled (which also unsubscribes).
+public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
+    public typealias Element = Received<P>
+    let bus: Bus
+    let stream: AsyncStream<MQTTMessage>
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let bus: Bus
+        var base: AsyncStream<MQTTMessage>.Iterator
+
+        public mutating func next() async -> Received<P>? {
+            await next(isolation: nil)
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> Received<P>? {
+            while let message = await base.next(isolation: actor) {
+                switch bus.decode(message, as: P.self) {
+                case .success(let received): return received
+                case .failure(let reason): bus.reject(message, reason: reason)
+                }
+            }
+            return nil
+        }
+
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(bus: bus, base: stream.makeAsyncIterator())
+    }
+}
+
+/// Every envelope from one topic filter, whatever it carries, with the topic it came on.
+public struct EnvelopeSubscription: AsyncSequence, Sendable {
+    public struct Element: Sendable {
+        public var topic: String
+        public var retained: Bool
+        public var envelope: Envelope
+    }
+    let bus: Bus
+    let stream: AsyncStream<MQTTMessage>
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let bus: Bus
+        var base: AsyncStream<MQTTMessage>.Iterator
+
+        public mutating func next() async -> Element? {
+            await next(isolation: nil)
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> Element? {
+            while let message = await base.next(isolation: actor) {
+                switch bus.decodeEnvelope(message) {
+                case .success(let envelope): return Element(topic: message.topic, retained: message.retain, envelope: envelope)
+                case .failure(let reason): bus.reject(message, reason: reason)
+                }
+            }
+            return nil
+        }
+
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(bus: bus, base: stream.makeAsyncIterator())
+    }
+}

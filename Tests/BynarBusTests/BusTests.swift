@@ -1,0 +1,232 @@
+import BynarBus
+import BynarConfig
+import BynarProto
+import BynarTestSupport
+import Foundation
+import SwiftProtobuf
+import Testing
+
+/// Every test here runs against a real mosquitto on a free loopback port; none mocks the broker.
+@Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
+struct BusTests {
+    @Test func samplesCoverEveryPayloadType() {
+        let sampled = Set(Samples.all.map { type(of: $0).payloadName })
+        let all = Set(allBusPayloadTypes.map { $0.payloadName })
+        #expect(sampled == all)
+    }
+
+    @Test func everyPayloadTypeRoundTrips() async throws {
+        let broker = try TestBroker()
+        let publisher = try await connectedBus(broker, service: "pub")
+        let subscriber = try await connectedBus(broker, service: "sub")
+        let received = Collector(try await subscriber.subscribeEnvelopes("test/roundtrip/#"))
+        var sent: [Envelope] = []
+        for sample in Samples.all {
+            sent.append(try await publish(sample, on: publisher, to: "test/roundtrip/\(type(of: sample).payloadName)"))
+        }
+        let got = await received.wait(for: sent.count, timeout: .seconds(10))
+        #expect(got.count == sent.count)
+        for (envelope, message) in zip(sent, got) {
+            #expect(message.envelope == envelope)
+            #expect(message.topic == "test/roundtrip/\(envelope.payload!.payloadName)")
+        }
+        // Envelope stamping: ids unique, sequence numbers 1...n from this sender.
+        #expect(Set(got.map(\.envelope.messageID)).count == sent.count)
+        #expect(got.map(\.envelope.sequence) == Array(1...UInt64(sent.count)))
+        #expect(got.allSatisfy { $0.envelope.sourceService == "pub" && $0.envelope.sourceHost == "h1" && $0.envelope.createdUnixMs > 0 })
+
+        // A typed subscription yields exactly its type.
+        let typed = Collector(try await subscriber.subscribe("test/typed", as: Bynar_V1_DiskHealth.self))
+        try await publisher.publish(Samples.health, to: "test/typed", correlationId: "inc-7")
+        let health = await typed.wait(for: 1, timeout: .seconds(5))
+        #expect(health.first?.payload == Samples.health)
+        #expect(health.first?.envelope.correlationID == "inc-7")
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
+    private func publish(_ payload: some BusPayload, on bus: Bus, to topic: String) async throws -> Envelope {
+        try await bus.publish(payload, to: topic)
+    }
+
+    @Test func requestResponseAndItsFailures() async throws {
+        let broker = try TestBroker()
+        let server = try await connectedBus(broker, service: "server")
+        let client = try await connectedBus(broker, service: "client")
+        let requests = try await server.subscribe("test/svc", as: Bynar_V1_TicketRequest.self)
+        let responder = Task {
+            for await request in requests {
+                switch request.payload.incidentID {
+                case "refuse":
+                    var refusal = Bynar_V1_ErrorReply()
+                    refusal.code = .unauthorized
+                    refusal.message = "no key"
+                    try? await server.reply(to: request, with: refusal)
+                case "wrong-type":
+                    try? await server.reply(to: request, with: Samples.health)
+                case "silent":
+                    break
+                default:
+                    var response = Bynar_V1_TicketResponse()
+                    response.incidentID = request.payload.incidentID
+                    response.ticketKey = "OPS-1"
+                    try? await server.reply(to: request, with: response)
+                }
+            }
+        }
+        defer { responder.cancel() }
+
+        var request = Bynar_V1_TicketRequest()
+        request.incidentID = "inc-1"
+        let reply = try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .seconds(5), correlationId: "inc-1")
+        #expect(reply.payload.incidentID == "inc-1")
+        #expect(reply.payload.ticketKey == "OPS-1")
+        #expect(reply.envelope.correlationID == "inc-1")
+        #expect(reply.envelope.sourceService == "server")
+
+        // Concurrent requests each get their own answer.
+        let ids = (0..<20).map { "inc-c\($0)" }
+        let answers = try await withThrowingTaskGroup(of: String.self) { group in
+            for id in ids {
+                group.addTask {
+                    var request = Bynar_V1_TicketRequest()
+                    request.incidentID = id
+                    return try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .seconds(5)).payload.incidentID
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(Set(answers) == Set(ids))
+
+        request.incidentID = "refuse"
+        await #expect(throws: BusError.requestRefused(code: "unauthorized", message: "no key")) {
+            try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .seconds(5))
+        }
+        request.incidentID = "wrong-type"
+        await #expect(throws: BusError.badReply("expected ticket_response, got disk_health")) {
+            try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .seconds(5))
+        }
+
+        // Deadline: nobody answers, the caller hears so after the timeout, not before.
+        request.incidentID = "silent"
+        let started = ContinuousClock.now
+        await #expect(throws: BusError.timedOut(what: "reply to request on test/svc")) {
+            try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(700))
+        }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(700))
+        #expect(waited < .seconds(3))
+
+        // A request nobody subscribes to times out too.
+        await #expect(throws: BusError.self) {
+            try await client.request(request, to: "test/nobody", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(300))
+        }
+        await client.shutdown()
+        await server.shutdown()
+    }
+
+    @Test func aclDeniedPublishIsAnError() async throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-acl")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let passwordFile = directory + "/passwd"
+        let aclFile = directory + "/acl"
+        try "".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        let setPassword = Process()
+        setPassword.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_passwd")
+        setPassword.arguments = ["-b", passwordFile, "detector.h1", "secret-h1"]
+        try setPassword.run()
+        setPassword.waitUntilExit()
+        try #require(setPassword.terminationStatus == 0, "mosquitto_passwd failed")
+        try """
+        user detector.h1
+        topic write bynar/v1/disk/h1/#
+        topic read bynar/v1/reply/#
+        """.write(toFile: aclFile, atomically: true, encoding: .utf8)
+        let broker = try TestBroker(extraConfig: "allow_anonymous false\npassword_file \(passwordFile)\nacl_file \(aclFile)")
+        let bus = try await connectedBus(broker, service: "detector", host: "h1") {
+            $0.username = "detector.h1"
+            $0.password = "secret-h1"
+        }
+        try await bus.publish(Samples.health, to: "bynar/v1/disk/h1/events")
+        await #expect(throws: BusError.publishRefused(topic: "bynar/v1/disk/h2/events", reasonCode: 135, reason: "Not authorized")) {
+            try await bus.publish(Samples.health, to: "bynar/v1/disk/h2/events")
+        }
+        #expect(bus.stats.published == 1)
+
+        // Wrong password: the connection is refused and the caller is told why, at once.
+        let started = ContinuousClock.now
+        await #expect(throws: BusError.unreachable(broker: "127.0.0.1:\(broker.port)", lastError: "broker refused the connection: Not authorized (reason 135)")) {
+            _ = try await connectedBus(broker, service: "detector", host: "h1") {
+                $0.username = "detector.h1"
+                $0.password = "wrong"
+            }
+        }
+        #expect(ContinuousClock.now - started < .seconds(3))
+        await bus.shutdown()
+    }
+
+    @Test func malformedPayloadIsDeadLetteredAndSubscriberGoesOn() async throws {
+        let broker = try TestBroker()
+        let publisher = try await connectedBus(broker, service: "pub")
+        let subscriber = try await connectedBus(broker, service: "sub", host: "h9")
+        let letters = Collector(try await publisher.subscribe(Topics.deadLetter(host: "h9", service: "sub"), as: Bynar_V1_DeadLetter.self))
+        let events = Collector(try await subscriber.subscribe("test/events", as: Bynar_V1_DiskHealthEvent.self))
+
+        let garbage: [UInt8] = [0xff, 0xff, 0xff, 0x01, 0x02]
+        try await publisher.publish(serialized: garbage, to: "test/events", retain: false)
+        try await publisher.publish(Samples.health, to: "test/events")  // right envelope, wrong payload
+        var event = Bynar_V1_DiskHealthEvent()
+        event.toState = .failed
+        try await publisher.publish(event, to: "test/events")
+
+        let got = await events.wait(for: 1, timeout: .seconds(5))
+        #expect(got.map(\.payload) == [event])
+        let dead = await letters.wait(for: 2, timeout: .seconds(5))
+        #expect(dead.count == 2)
+        #expect(dead.first?.payload.payload == Data(garbage))
+        #expect(dead.first?.payload.topic == "test/events")
+        #expect(dead.first?.payload.rejectedByService == "sub")
+        #expect(dead.last?.payload.reason == "envelope carries disk_health, expected disk_health_event")
+        #expect(subscriber.stats.rejected == 2)
+
+        // And the subscriber is still going.
+        try await publisher.publish(event, to: "test/events")
+        #expect(await events.wait(for: 2, timeout: .seconds(5)).count == 2)
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
+    @Test func unreachableBrokerIsAClearError() async throws {
+        let port = try freeLoopbackPort()
+        var config = BrokerConfig()
+        config.port = port
+        let bus = try Bus(config: config, identity: .init(service: "cli", host: "h1", session: 1), logger: .init(label: "t"), announce: false)
+        bus.start()
+        do {
+            try await bus.waitUntilConnected(timeout: .milliseconds(800))
+            Issue.record("connected to a port nobody listens on")
+        } catch let error as BusError {
+            guard case .unreachable(let broker, let lastError) = error else { Issue.record("wrong error \(error)"); return }
+            #expect(broker == "127.0.0.1:\(port)")
+            #expect(lastError.contains("refused"), "\(lastError)")
+        }
+        await bus.shutdown()
+    }
+
+    @Test func slowSubscriberOverflowIsCounted() async throws {
+        let broker = try TestBroker()
+        let publisher = try await connectedBus(broker, service: "pub")
+        let subscriber = try await connectedBus(broker, service: "sub")
+        // Nobody reads this subscription: 5 fit, the rest overflow and are counted.
+        let unread = try await subscriber.subscribe("test/flood", as: Bynar_V1_Notification.self, buffer: 5)
+        for _ in 0..<25 { try await publisher.publish(Bynar_V1_Notification(), to: "test/flood") }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while subscriber.stats.received < 25 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(subscriber.stats.overflowed == 20)
+        var count = 0
+        await subscriber.shutdown()
+        for await _ in unread { count += 1 }
+        #expect(count == 5)
+        await publisher.shutdown()
+    }
+}

@@ -1,0 +1,100 @@
+import BynarBus
+import BynarConfig
+import BynarProto
+import BynarStore
+import BynarTestSupport
+import Foundation
+import Testing
+
+@Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
+struct OutboxTests {
+    /// A publisher keeps publishing through its outbox while the broker restarts; the
+    /// subscriber (persistent session) ends up with every event. Duplicates are allowed
+    /// (at least once) and recognisable by message id.
+    @Test func brokerRestartMidStreamLosesNothing() async throws {
+        let broker = try TestBroker(persistence: true)
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        func fast(_ config: inout BrokerConfig) {
+            config.reconnectMinSeconds = 1
+            config.reconnectMaxSeconds = 1
+            config.sessionExpirySeconds = 600
+            config.publishTimeoutMs = 2000
+        }
+        let subscriber = try await connectedBus(broker, service: "sub", clientId: "restart-sub", configure: fast)
+        let received = Collector(try await subscriber.subscribe("test/stream", as: Bynar_V1_DiskHealthEvent.self))
+        let publisher = try await connectedBus(broker, service: "pub", clientId: "restart-pub", configure: fast)
+        let outbox = Outbox(bus: publisher, store: store)
+        let sender = Task { await outbox.run() }
+
+        let total = 300
+        var sentIds: [String] = []
+        for index in 0..<total {
+            var event = Bynar_V1_DiskHealthEvent()
+            event.disk.serial = "S\(index)"
+            sentIds.append(try outbox.publish(event, to: "test/stream").messageID)
+            if index == 100 { broker.stop() }           // SIGTERM: broker saves sessions and queues
+            if index == 180 { try broker.start() }      // back on the same port
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let complete = await received.wait(timeout: .seconds(30)) { Set($0.map(\.envelope.messageID)).isSuperset(of: sentIds) }
+        let got = received.all
+        let missing = Set(sentIds).subtracting(got.map(\.envelope.messageID))
+        #expect(complete, "missing \(missing.count) of \(total) events")
+        #expect(Set(got.map(\.payload.disk.serial)) == Set((0..<total).map { "S\($0)" }))
+        // Events left in the order they were written.
+        let firstSeen = got.reduce(into: [String]()) { seen, item in if !seen.contains(item.envelope.messageID) { seen.append(item.envelope.messageID) } }
+        #expect(firstSeen == sentIds.filter { firstSeen.contains($0) })
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        #expect(try store.outboxCounts().pending == 0)
+        #expect(publisher.stats.connects >= 2 && subscriber.stats.connects >= 2)
+        sender.cancel()
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
+    /// Events stored while the broker was never reachable go out once it is.
+    @Test func eventsWrittenBeforeTheBrokerExistsAreDelivered() async throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try freeLoopbackPort()
+        var config = BrokerConfig()
+        config.port = port
+        config.clientId = "early-pub"
+        config.reconnectMaxSeconds = 1
+        config.publishTimeoutMs = 1000
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        let publisher = try Bus(config: config, identity: .init(service: "pub", host: "h1", session: 1), logger: .init(label: "t"), announce: false)
+        publisher.start()
+        let outbox = Outbox(bus: publisher, store: store)
+        let sender = Task { await outbox.run() }
+        for index in 0..<5 {
+            var event = Bynar_V1_DiskHealthEvent()
+            event.disk.serial = "E\(index)"
+            try outbox.publish(event, to: "test/early")
+        }
+        #expect(try store.outboxCounts().pending == 5)
+        _ = port
+        sender.cancel()
+        await publisher.shutdown()
+
+        // The same store, a new process life, a broker now: everything leaves.
+        let broker = try TestBroker()
+        config.port = broker.port
+        let subscriber = try await connectedBus(broker, service: "sub")
+        let received = Collector(try await subscriber.subscribe("test/early", as: Bynar_V1_DiskHealthEvent.self))
+        let reopened = try LocalStore(path: directory + "/pub.sqlite")
+        let second = try Bus(config: config, identity: .init(service: "pub", host: "h1", session: 2), logger: .init(label: "t"), announce: false)
+        second.start()
+        let secondOutbox = Outbox(bus: second, store: reopened)
+        let secondSender = Task { await secondOutbox.run() }
+        let got = await received.wait(for: 5, timeout: .seconds(10))
+        #expect(got.map(\.payload.disk.serial) == (0..<5).map { "E\($0)" })
+        #expect(got.allSatisfy { $0.envelope.session == 1 }, "re-sent events keep their original envelope")
+        #expect(await secondOutbox.drain(timeout: .seconds(5)))
+        secondSender.cancel()
+        await second.shutdown()
+        await subscriber.shutdown()
+    }
+}

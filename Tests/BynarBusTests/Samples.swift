@@ -1,0 +1,142 @@
+import BynarProto
+import Foundation
+
+/// One populated instance of every payload type the envelope can carry. A test checks that
+/// this list covers `allBusPayloadTypes`, so a new message type cannot be left out.
+enum Samples {
+    static var disk: Bynar_V1_DiskIdentity {
+        var disk = Bynar_V1_DiskIdentity()
+        disk.host = "store-17"
+        disk.wwn = "0x5000c500a1b2c3d4"
+        disk.serial = "ZA1B2C3D"
+        disk.model = "ST4000NM0035"
+        disk.byPath = "pci-0000:00:1f.2-ata-3"
+        disk.byID = ["wwn-0x5000c500a1b2c3d4", "ata-ST4000NM0035_ZA1B2C3D"]
+        disk.sizeBytes = 4_000_787_030_016
+        disk.rotational = true
+        disk.transport = .ata
+        disk.key = "0x5000c500a1b2c3d4"
+        var partition = Bynar_V1_Partition()
+        partition.devPath = "/dev/sdc1"
+        partition.filesystem = "xfs"
+        partition.mountpoints = ["/var/lib/ceph/osd/ceph-12"]
+        disk.partitions = [partition]
+        return disk
+    }
+
+    static var health: Bynar_V1_DiskHealth {
+        var health = Bynar_V1_DiskHealth()
+        health.disk = disk
+        health.state = .failing
+        var reason = Bynar_V1_HealthReason()
+        reason.rule = "smart.attr_rising.5"
+        reason.severity = .failing
+        reason.detail = "reallocated sectors rose from 8 to 63"
+        health.reasons = [reason]
+        health.smart.source = .libatasmart
+        health.smart.reallocated = 63
+        health.smart.temperatureC = 40
+        var attribute = Bynar_V1_SmartAttribute()
+        attribute.id = 5
+        attribute.name = "reallocated-sector-count"
+        attribute.raw = 63
+        attribute.prefailure = true
+        health.smart.attributes = [attribute]
+        health.inUseBy = "osd.12"
+        return health
+    }
+
+    static var all: [any BusPayload] {
+        var status = Bynar_V1_ServiceStatus()
+        status.service = "detector"
+        status.host = "store-17"
+        status.state = .death
+        status.session = 42
+        status.deathCause = .connectionLost
+
+        var event = Bynar_V1_DiskHealthEvent()
+        event.disk = disk
+        event.fromState = .suspect
+        event.toState = .failing
+        event.reasons = health.reasons
+
+        var request = Bynar_V1_DiskManagerRequest()
+        request.requestID = "r-1"
+        request.host = "store-17"
+        request.simulate = true
+        var remove = Bynar_V1_DiskManagerRequest.Remove()
+        remove.disk.wwn = "0x5000c500a1b2c3d4"
+        request.remove = remove
+        request.auth.keyID = "orchestrator-1"
+        request.auth.nonce = Data([1, 2, 3])
+        request.auth.signature = Data(repeating: 7, count: 64)
+
+        var response = Bynar_V1_DiskManagerResponse()
+        response.requestID = "r-1"
+        response.outcome = .refused
+        response.reason = "not safe: 12 PGs would become inactive"
+        response.steps = ["osd ok-to-stop 12"]
+        response.safeToRemove.safe = false
+
+        var progress = Bynar_V1_JobProgress()
+        progress.jobID = "j-9"
+        progress.step = "wait for safe-to-destroy"
+        progress.stepIndex = 2
+        progress.stepCount = 5
+        progress.state = .running
+
+        var incident = Bynar_V1_IncidentEvent()
+        incident.incident.id = "inc-1"
+        incident.incident.disk = disk
+        incident.incident.state = .queued
+        incident.fromState = .opened
+        incident.message = "cluster brake: 2 of 2 disks already out"
+
+        var ticketRequest = Bynar_V1_TicketRequest()
+        ticketRequest.incidentID = "inc-1"
+        ticketRequest.action = .open
+        ticketRequest.health = health
+
+        var ticketEvent = Bynar_V1_TicketEvent()
+        ticketEvent.incidentID = "inc-1"
+        ticketEvent.ticketKey = "OPS-123"
+        ticketEvent.state = .resolved
+
+        var notification = Bynar_V1_Notification()
+        notification.severity = .error
+        notification.title = "disk failed on store-17"
+        notification.nextAction = "removing osd.12 from Ceph"
+        notification.disk = disk
+
+        var hook = Bynar_V1_HookResult()
+        hook.eventID = "e-1"
+        hook.hook = "/etc/bynar/hooks/host-down"
+        hook.arguments = ["detector", "10.0.0.17", "down"]
+        hook.exitStatus = 3
+
+        var hostState = Bynar_V1_HostState()
+        hostState.host = "store-17"
+        hostState.up = false
+        var service = Bynar_V1_HostState.Service()
+        service.service = "detector"
+        service.up = false
+        hostState.services = [service]
+
+        var deadLetter = Bynar_V1_DeadLetter()
+        deadLetter.topic = "bynar/v1/notify"
+        deadLetter.payload = Data([0xff, 0x00])
+        deadLetter.reason = "not an envelope"
+
+        var errorReply = Bynar_V1_ErrorReply()
+        errorReply.code = .unauthorized
+        errorReply.message = "signature does not verify"
+
+        var ticketResponse = Bynar_V1_TicketResponse()
+        ticketResponse.incidentID = "inc-1"
+        ticketResponse.ticketKey = "OPS-123"
+        ticketResponse.created = true
+
+        return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
+                notification, hook, hostState, deadLetter, errorReply, ticketResponse]
+    }
+}

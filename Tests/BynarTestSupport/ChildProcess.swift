@@ -1,0 +1,92 @@
+public import Foundation
+#if canImport(Glibc)
+public import Glibc
+#endif
+
+/// A child process started with posix_spawn and a clean signal mask.
+///
+/// Foundation's Process passes on the spawning thread's signal mask, and Swift's
+/// concurrency threads block SIGTERM, SIGINT and SIGHUP; a broker or service started that
+/// way never sees SIGTERM. This one resets the mask and every signal's disposition.
+public final class ChildProcess: @unchecked Sendable {
+    public let pid: pid_t
+    private let lock = NSLock()
+    private var status: Int32?
+
+    /// Starts `executable` with `arguments`; stdout and stderr go to `outputPath`
+    /// (default /dev/null).
+    public init(_ executable: String, _ arguments: [String], outputPath: String = "/dev/null") throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, executable, &actions, &attributes, argv, environ)
+        guard rc == 0 else { throw TestSupportError("cannot start \(executable): \(String(cString: strerror(rc)))") }
+        pid = child
+    }
+
+    /// Whether it is still running (reaps it when it has ended).
+    public var isRunning: Bool { poll() == nil }
+
+    /// The raw wait status once it has ended.
+    public var exitStatus: Int32? { poll() }
+
+    /// Exit code when it exited normally, else nil.
+    public var exitCode: Int32? {
+        guard let status = poll(), status & 0x7f == 0 else { return nil }
+        return (status >> 8) & 0xff
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the exit; SIGKILL after that.
+    @discardableResult
+    public func stop(_ signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) -> Int32? {
+        guard isRunning else { return exitStatus }
+        kill(pid, signal)
+        if let status = waitForExit(timeout: timeout) { return status }
+        kill(pid, SIGKILL)
+        return waitForExit(timeout: .seconds(5))
+    }
+
+    /// Waits up to `timeout` for the exit; returns the wait status, or nil if still running.
+    public func waitForExit(timeout: Duration) -> Int32? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let status = poll() { return status }
+            usleep(10_000)
+        }
+        return poll()
+    }
+
+    private func poll() -> Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        if let status { return status }
+        var raw: Int32 = 0
+        let result = waitpid(pid, &raw, WNOHANG)
+        if result == pid || (result < 0 && errno == ECHILD) {
+            status = result == pid ? raw : -1
+        }
+        return status
+    }
+
+    deinit {
+        if isRunning { stop(SIGKILL) }
+    }
+}
