@@ -1,0 +1,4 @@
+import BynarRuntime
+import Detector
+
+await ServiceMain.run(DetectorService.self)

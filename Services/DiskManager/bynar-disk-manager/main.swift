@@ -1,0 +1,4 @@
+import BynarRuntime
+import DiskManager
+
+await ServiceMain.run(DiskManagerService.self)

@@ -1,0 +1,4 @@
+import BynarRuntime
+import Notifier
+
+await ServiceMain.run(NotifierService.self)

@@ -1,0 +1,4 @@
+import BynarRuntime
+import Orchestrator
+
+await ServiceMain.run(OrchestratorService.self)

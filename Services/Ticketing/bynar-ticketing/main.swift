@@ -1,0 +1,4 @@
+import BynarRuntime
+import Ticketing
+
+await ServiceMain.run(TicketingService.self)

@@ -1,0 +1,153 @@
+public import BynarBus
+public import BynarConfig
+public import BynarStore
+public import Logging
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything a service gets from the runtime.
+public struct ServiceContext: Sendable {
+    public let config: BynarConfig
+    /// The name this host goes by on the bus.
+    public let host: String
+    public let bus: Bus
+    public let store: LocalStore
+    /// Events that must not be lost go through here (stored before they are sent).
+    public let outbox: Outbox
+    public let logger: Logger
+}
+
+/// One Bynar service: its logic lives in `run`, the runtime does the rest.
+public protocol BynarService: Sendable {
+    /// The service's name on the bus ("detector", "disk-manager", ...).
+    static var serviceName: String { get }
+    /// Migrations for the service's own tables in its local store.
+    static var migrations: [LocalStore.Migration] { get }
+    init(context: ServiceContext) throws
+    /// Does the service's work until graceful shutdown (SIGTERM/SIGINT) is requested,
+    /// then returns. Throwing stops the process with a non-zero exit.
+    func run() async throws
+}
+
+extension BynarService {
+    public static var migrations: [LocalStore.Migration] { [] }
+}
+
+/// The `main` of every service executable.
+public enum ServiceMain {
+    /// Parses `--config PATH`, loads and validates the config, opens the local store,
+    /// connects the bus (announcing birth, leaving death as the will), runs the service and
+    /// the outbox until SIGTERM/SIGINT, then shuts down cleanly. Exits on bad usage (64)
+    /// or bad config (78) with a message that names the problem.
+    public static func run<S: BynarService>(_ type: S.Type, arguments: [String] = CommandLine.arguments) async {
+        let executable = arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? S.serviceName
+        var configPath: String?
+        var rest = arguments.dropFirst()
+        while let argument = rest.popFirst() {
+            switch argument {
+            case "--config", "-c":
+                guard let path = rest.popFirst() else { fail("\(executable): --config needs a path", code: 64) }
+                configPath = path
+            case "--version":
+                print("\(executable) \(bynarVersion)")
+                exit(0)
+            case "--help", "-h":
+                print("""
+                usage: \(executable) [--config PATH]
+
+                Runs the Bynar \(S.serviceName) service until SIGTERM or SIGINT.
+                  --config PATH  config file (default: $BYNAR_CONFIG, else \(ConfigLoader.defaultPath));
+                                 BYNAR_<FIELD> environment variables override it
+                                 (sections joined by __, e.g. BYNAR_BROKER__PORT=8883).
+                """)
+                exit(0)
+            default:
+                fail("\(executable): unknown argument \"\(argument)\" (try --help)", code: 64)
+            }
+        }
+
+        let loaded: ConfigLoader.Loaded
+        do {
+            loaded = try ConfigLoader.load(path: configPath)
+        } catch {
+            fail("\(executable): \(error)", code: 78)
+        }
+        let config = loaded.config
+        let level = Logger.Level(rawValue: config.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let host = config.host ?? localHostName()
+        var logger = Logger(label: "bynar.\(S.serviceName)")
+        logger[metadataKey: "host"] = "\(host)"
+        logger.info("starting", metadata: ["version": "\(bynarVersion)", "config": "\(loaded.path ?? "defaults")", "overrides": "\(loaded.overrides.joined(separator: ","))"])
+
+        do {
+            let store = try LocalStore(path: "\(config.dbLocation)/\(S.serviceName).sqlite", migrations: S.migrations)
+            let session = try store.nextSession()
+            let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)
+            let outbox = Outbox(bus: bus, store: store)
+            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger)
+            let service = try S(context: context)
+            bus.start()
+
+            let group = ServiceGroup(configuration: .init(
+                services: [
+                    .init(service: OutboxService(outbox: outbox, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: ServiceAdapter(service: service), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
+            var failure: (any Error)?
+            do { try await group.run() } catch { failure = error }
+            await bus.shutdown()
+            if let failure {
+                logger.critical("stopped on error", metadata: ["error": "\(failure)"])
+                exit(1)
+            }
+            logger.info("stopped")
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            exit(1)
+        }
+    }
+
+    private static func fail(_ message: String, code: Int32) -> Never {
+        writeToStandardError(message)
+        exit(code)
+    }
+}
+
+/// The machine's host name, up to the first dot.
+public func localHostName() -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
+    let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return String(name.split(separator: ".").first ?? "localhost")
+}
+
+private struct ServiceAdapter<S: BynarService>: Service {
+    let service: S
+    func run() async throws { try await service.run() }
+}
+
+/// Runs the outbox; on shutdown gives stored events a moment to leave before the bus
+/// says goodbye (whatever is left goes out on the next start).
+private struct OutboxService: Service {
+    let outbox: Outbox
+    let logger: Logger
+    func run() async throws {
+        let sender = Task { await outbox.run() }
+        try? await gracefulShutdown()
+        if !(await outbox.drain(timeout: .seconds(2))) {
+            logger.warning("outbox not empty at shutdown; it is sent on the next start")
+        }
+        sender.cancel()
+        await sender.value
+    }
+}

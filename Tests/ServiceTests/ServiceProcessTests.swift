@@ -1,0 +1,101 @@
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+
+/// The real service executables against a real broker.
+@Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
+struct ServiceProcessTests {
+    final class RunningService: @unchecked Sendable {
+        let process: ChildProcess
+        let directory: String
+        init(_ executable: String, broker: TestBroker, host: String = "h1", directory: String) throws {
+            self.directory = directory
+            let config = """
+            {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "debug",
+             "broker": {"port": \(broker.port), "reconnect_max_seconds": 1}}
+            """
+            try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
+            process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: directory + "/\(executable).log")
+        }
+        func signal(_ signal: Int32) {
+            process.stop(signal)
+        }
+    }
+
+    @Test(arguments: ["bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"])
+    func killedServiceLeavesRetainedDeathAndCleanStopSaysSo(executable: String) async throws {
+        let service = executable.replacingOccurrences(of: "bynar-", with: "")
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-svc")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let statuses = Collector(try await watcher.subscribe(Topics.serviceStatus(host: "h1", service: service), as: Bynar_V1_ServiceStatus.self))
+
+        // Start, then kill -9: the broker publishes the will, a retained death of the same session.
+        let first = try RunningService(executable, broker: broker, directory: directory)
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } })
+        let birth = try #require(statuses.all.first { $0.payload.state == .birth }).payload
+        #expect(birth.session == 1)
+        #expect(birth.pid == UInt32(first.process.pid))
+        first.signal(SIGKILL)
+        #expect(await statuses.wait(timeout: .seconds(10)) { $0.contains { $0.payload.state == .death } })
+        let death = try #require(statuses.all.first { $0.payload.state == .death }).payload
+        #expect(death.session == birth.session)
+        #expect(death.deathCause == .connectionLost)
+
+        // A late subscriber sees the retained death.
+        let late = Collector(try await watcher.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self))
+        #expect(await late.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .death && $0.payload.session == 1 } })
+
+        // Restart: session 2; SIGTERM: a clean, retained death of session 2.
+        let second = try RunningService(executable, broker: broker, directory: directory)
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth && $0.payload.session == 2 } })
+        second.signal(SIGTERM)
+        #expect(second.process.exitCode == 0)
+        #expect(await statuses.wait(timeout: .seconds(10)) { $0.contains { $0.payload.state == .death && $0.payload.session == 2 } })
+        let clean = try #require(statuses.all.last).payload
+        #expect(clean.state == .death && clean.session == 2 && clean.deathCause == .cleanShutdown)
+        // The clean disconnect discarded the will: nothing after the clean death.
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(statuses.all.last?.payload.deathCause == .cleanShutdown)
+        await watcher.shutdown()
+    }
+
+    @Test func badConfigExitsWithTheField() async throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-svc")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try #"{"broker": {"port": 70000}}"#.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
+        let process = try ChildProcess(builtExecutable("bynar-detector"), ["--config", directory + "/bynar.json"], outputPath: directory + "/out.log")
+        _ = process.waitForExit(timeout: .seconds(10))
+        let message = (try? String(contentsOfFile: directory + "/out.log", encoding: .utf8)) ?? ""
+        #expect(process.exitCode == 78)
+        #expect(message.contains("broker.port: must be 1-65535, got 70000"), "\(message)")
+    }
+
+    @Test func diskManagerSkeletonRefusesClearly() async throws {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-svc")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let statuses = Collector(try await watcher.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
+        let manager = try RunningService("bynar-disk-manager", broker: broker, directory: directory)
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } })
+        var request = Bynar_V1_DiskManagerRequest()
+        request.requestID = "r-1"
+        request.host = "h1"
+        request.list = .init()
+        await #expect(throws: BusError.requestRefused(code: "unavailable", message: "operation List is not available in this build of bynar-disk-manager")) {
+            try await watcher.request(request, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(5))
+        }
+        // Garbage on its command topic: the requester gets a MALFORMED error, the service lives on.
+        try await watcher.publish(serialized: [1, 2, 3], to: Topics.diskManagerCommands(host: "h1"), retain: false)
+        await #expect(throws: BusError.self) {
+            try await watcher.request(request, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(5))
+        }
+        #expect(manager.process.isRunning)
+        manager.signal(SIGTERM)
+        await watcher.shutdown()
+    }
+}
