@@ -117,6 +117,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "SchemaTests",
+            dependencies: ["BynarBus", "BynarProto", "BynarTestSupport", protobuf],
+            path: "Tests/SchemaTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "ServiceTests",
             dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarTestSupport", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
             path: "Tests/ServiceTests",

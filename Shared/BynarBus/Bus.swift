@@ -325,8 +325,11 @@ public final class Bus: Sendable {
         guard !message.topic.hasPrefix("\(Topics.root)/deadletter/") else { return }
         var letter = Bynar_V1_DeadLetter()
         letter.topic = message.topic
-        letter.payload = Data(message.payload)
-        letter.reason = reason.text
+        // Keep the dead letter under the broker's packet limit; the reason says it was cut.
+        letter.payload = Data(message.payload.prefix(Bus.deadLetterPayloadLimit))
+        letter.reason = message.payload.count > Bus.deadLetterPayloadLimit
+            ? reason.text + " (payload cut to \(Bus.deadLetterPayloadLimit) of \(message.payload.count) bytes)"
+            : reason.text
         letter.rejectedByService = identity.service
         letter.rejectedByHost = identity.host
         letter.receivedUnixMs = Bus.nowUnixMs()
@@ -509,6 +512,9 @@ public final class Bus: Sendable {
     }
 
     // MARK: Helpers
+
+    /// Most bytes of a rejected payload a dead letter carries.
+    public static let deadLetterPayloadLimit = 64 * 1024
 
     static func stamp(identity: Identity, sequence: UInt64, correlationId: String) -> Envelope {
         var envelope = Envelope()

@@ -230,3 +230,90 @@ struct BusTests {
         await publisher.shutdown()
     }
 }
+
+@Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
+struct ReconnectTests {
+    /// A broker without persistence forgets every session when it restarts; the bus sees
+    /// "no session" in the CONNACK and subscribes again.
+    @Test func resubscribesWhenTheBrokerLostTheSession() async throws {
+        let broker = try TestBroker(persistence: false)
+        func fast(_ config: inout BrokerConfig) {
+            config.reconnectMinSeconds = 1
+            config.reconnectMaxSeconds = 1
+        }
+        let subscriber = try await connectedBus(broker, service: "sub", configure: fast)
+        let publisher = try await connectedBus(broker, service: "pub", configure: fast)
+        let received = Collector(try await subscriber.subscribe("test/after-restart", as: Bynar_V1_Notification.self))
+        broker.stop()
+        try broker.start()
+        let reconnected = await Collector<Int>.poll(timeout: .seconds(10)) { subscriber.stats.connects >= 2 && publisher.stats.connects >= 2 }
+        #expect(reconnected)
+        var notification = Bynar_V1_Notification()
+        notification.title = "after restart"
+        // The resubscription races the first publish; publish until one arrives.
+        for _ in 0..<50 where received.all.isEmpty {
+            try await publisher.publish(notification, to: "test/after-restart")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(received.all.first?.payload.title == "after restart")
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
+    /// Oversized garbage is dead-lettered cut to the limit, never dropped by the broker.
+    @Test func oversizedGarbageIsCutInTheDeadLetter() async throws {
+        let broker = try TestBroker()
+        let publisher = try await connectedBus(broker, service: "pub")
+        let subscriber = try await connectedBus(broker, service: "sub", host: "h3")
+        let letters = Collector(try await publisher.subscribe(Topics.deadLetter(host: "h3", service: "sub"), as: Bynar_V1_DeadLetter.self))
+        let events = Collector(try await subscriber.subscribe("test/big", as: Bynar_V1_Notification.self))
+        try await publisher.publish(serialized: [UInt8](repeating: 0xff, count: 200_000), to: "test/big", retain: false)
+        let letter = try #require(await letters.wait(for: 1, timeout: .seconds(5)).first)
+        #expect(letter.payload.payload.count == Bus.deadLetterPayloadLimit)
+        #expect(letter.payload.reason.hasSuffix("(payload cut to 65536 of 200000 bytes)"))
+        #expect(events.all.isEmpty)
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+}
+
+@Suite(.enabled(if: TestBroker.available && FileManager.default.isExecutableFile(atPath: "/usr/bin/openssl"), "needs mosquitto and openssl"))
+struct TLSTests {
+    /// TLS with a private CA and a client certificate the broker requires.
+    @Test func connectsOverTLSWithClientCertificate() async throws {
+        let pki = try makeTemporaryDirectory(prefix: "bynar-pki")
+        defer { try? FileManager.default.removeItem(atPath: pki) }
+        try run("/usr/bin/openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=bynar-test-ca", "-keyout", "\(pki)/ca.key", "-out", "\(pki)/ca.crt"])
+        for name in ["server", "client"] {
+            let subject = name == "server" ? "/CN=127.0.0.1" : "/CN=detector.h1"
+            try run("/usr/bin/openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", "\(pki)/\(name).key", "-out", "\(pki)/\(name).csr"])
+            try "subjectAltName=IP:127.0.0.1\n".write(toFile: "\(pki)/\(name).ext", atomically: true, encoding: .utf8)
+            try run("/usr/bin/openssl", ["x509", "-req", "-in", "\(pki)/\(name).csr", "-CA", "\(pki)/ca.crt", "-CAkey", "\(pki)/ca.key", "-CAcreateserial", "-days", "1", "-extfile", "\(pki)/\(name).ext", "-out", "\(pki)/\(name).crt"])
+        }
+        let broker = try TestBroker(extraConfig: """
+        allow_anonymous true
+        cafile \(pki)/ca.crt
+        certfile \(pki)/server.crt
+        keyfile \(pki)/server.key
+        require_certificate true
+        """)
+        let bus = try await connectedBus(broker, service: "tls") {
+            $0.tls = TLSConfig(caFile: "\(pki)/ca.crt", certFile: "\(pki)/client.crt", keyFile: "\(pki)/client.key")
+        }
+        let received = Collector(try await bus.subscribe("test/tls", as: Bynar_V1_Notification.self))
+        try await bus.publish(Bynar_V1_Notification(), to: "test/tls")
+        #expect(await received.wait(for: 1, timeout: .seconds(5)).count == 1)
+        await bus.shutdown()
+
+        // Without the client certificate the broker will not talk to us.
+        await #expect(throws: BusError.self) {
+            _ = try await connectedBus(broker, service: "tls") { $0.tls = TLSConfig(caFile: "\(pki)/ca.crt") }
+        }
+    }
+
+    private func run(_ executable: String, _ arguments: [String]) throws {
+        let process = try ChildProcess(executable, arguments)
+        let status = process.waitForExit(timeout: .seconds(30))
+        guard process.exitCode == 0 else { throw TestSupportError("\(executable) \(arguments.joined(separator: " ")) failed: \(String(describing: status))") }
+    }
+}

@@ -68,6 +68,16 @@ public final class Collector<Element: Sendable>: Sendable {
 
     public func cancel() { task.withLock { $0?.cancel() } }
 
+    /// Polls `condition` every 10 ms until it holds or `timeout` passes.
+    public static func poll(timeout: Duration, _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return condition()
+    }
+
     deinit { cancel() }
 }
 
