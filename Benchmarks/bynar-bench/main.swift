@@ -1,8 +1,10 @@
 // Measures the bus against a real broker. Driven by scripts/bench, which runs mosquitto's
 // own C clients on the same broker in the same run for comparison.
 //
-//   bynar-bench publish --port P --messages N [--payload-bytes B]
+//   bynar-bench publish --port P --messages N [--payload-bytes B] [--inflight K]
 //       publishes N QoS 1 envelopes and waits for every acknowledgement
+//   bynar-bench stream --port P --messages N
+//       the same, as ordered pipelined batches (how the outbox sends)
 //   bynar-bench rtt --port P --samples N
 //       request/response round trips through the broker, one at a time
 import BynarBus
@@ -19,9 +21,10 @@ func option(_ name: String, _ fallback: Int) -> Int {
     return value
 }
 
-func makeBus(_ name: String, port: Int) async throws -> Bus {
+func makeBus(_ name: String, port: Int, inflight: Int = BrokerConfig().maxInflight) async throws -> Bus {
     var config = BrokerConfig()
     config.port = port
+    config.maxInflight = inflight
     config.sessionExpirySeconds = 0
     config.clientId = "bench-\(name)-\(getpid())"
     var logger = Logger(label: "bench")
@@ -40,9 +43,9 @@ func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
 }
 
-func benchPublish(port: Int, messages: Int, payloadBytes: Int, publishers: Int) async throws {
+func benchPublish(port: Int, messages: Int, payloadBytes: Int, publishers: Int, inflight: Int) async throws {
     let clock = ContinuousClock()
-    let bus = try await makeBus("pub", port: port)
+    let bus = try await makeBus("pub", port: port, inflight: inflight)
     var notification = Bynar_V1_Notification()
     notification.text = String(repeating: "x", count: payloadBytes)
     let payload = notification
@@ -61,7 +64,27 @@ func benchPublish(port: Int, messages: Int, payloadBytes: Int, publishers: Int) 
         try await group.waitForAll()
     }
     let elapsed = seconds(clock.now - started)
-    print("publish messages=\(messages) envelope_bytes=\(size) seconds=\(elapsed) per_second=\(Int(Double(messages) / elapsed))")
+    print("publish messages=\(messages) envelope_bytes=\(size) inflight=\(inflight) seconds=\(elapsed) per_second=\(Int(Double(messages) / elapsed))")
+    await bus.shutdown()
+}
+
+/// Publishes in ordered, pipelined batches (the outbox's path).
+func benchStream(port: Int, messages: Int, payloadBytes: Int) async throws {
+    let clock = ContinuousClock()
+    let bus = try await makeBus("stream", port: port)
+    var notification = Bynar_V1_Notification()
+    notification.text = String(repeating: "x", count: payloadBytes)
+    let started = clock.now
+    var sent = 0
+    while sent < messages {
+        let count = min(Bus.maxBatch, messages - sent)
+        let batch = try (0..<count).map { _ in (bytes: try Bus.serialize(bus.envelope(notification)), topic: "bench/stream", retain: false) }
+        let refused = try await bus.publish(batch: batch).compactMap { $0 }
+        precondition(refused.isEmpty, "broker refused \(refused.count) messages")
+        sent += count
+    }
+    let elapsed = seconds(clock.now - started)
+    print("stream messages=\(messages) batch=\(Bus.maxBatch) seconds=\(elapsed) per_second=\(Int(Double(messages) / elapsed))")
     await bus.shutdown()
 }
 
@@ -100,10 +123,13 @@ func benchRoundTrip(port: Int, samples: Int) async throws {
 let port = option("port", 1883)
 switch CommandLine.arguments.dropFirst().first ?? "" {
 case "publish":
-    try await benchPublish(port: port, messages: option("messages", 20000), payloadBytes: option("payload-bytes", 64), publishers: option("publishers", 32))
+    try await benchPublish(port: port, messages: option("messages", 20000), payloadBytes: option("payload-bytes", 64),
+                           publishers: option("publishers", 32), inflight: option("inflight", BrokerConfig().maxInflight))
+case "stream":
+    try await benchStream(port: port, messages: option("messages", 20000), payloadBytes: option("payload-bytes", 64))
 case "rtt":
     try await benchRoundTrip(port: port, samples: option("samples", 2000))
 default:
-    writeToStandardError("usage: bynar-bench publish|rtt --port P [--messages N] [--samples N]")
+    writeToStandardError("usage: bynar-bench publish|stream|rtt --port P [--messages N] [--samples N]")
     exit(64)
 }

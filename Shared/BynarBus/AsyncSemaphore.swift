@@ -12,6 +12,13 @@ final class AsyncSemaphore: Sendable {
     init(permits: Int) { state = Mutex(State(available: permits)) }
 
     func acquire() async {
+        // Fast path: a free permit costs one lock, no continuation.
+        let took = state.withLock { state -> Bool in
+            guard state.available > 0 else { return false }
+            state.available -= 1
+            return true
+        }
+        if took { return }
         await withCheckedContinuation { continuation in
             let granted = state.withLock { state -> Bool in
                 if state.available > 0 {

@@ -60,6 +60,7 @@ public final class Bus: Sendable {
     private let inflight: AsyncSemaphore
     private let state = Mutex(State())
     private let startedUnixMs = Bus.nowUnixMs()
+    private static let messageIDs = MessageIDGenerator()
 
     struct Route: Sendable {
         /// The filter as subscribed (may be `$share/...`).
@@ -199,6 +200,28 @@ public final class Bus: Sendable {
     /// re-send carries the same message id).
     public func publish(serialized bytes: [UInt8], to topic: String, retain: Bool) async throws {
         try await publish(bytes: bytes, to: topic, retain: retain, properties: PublishProperties())
+    }
+
+    /// The most messages one ``publish(batch:)`` call takes: the bound on what a batch adds
+    /// to libmosquitto's queue.
+    public static let maxBatch = 1024
+
+    /// Publishes serialized envelopes back to back, in order, and waits once for all the
+    /// broker's acknowledgements (far fewer wake-ups than one awaited publish each).
+    /// Returns, per message in order, nil when accepted or the refusal.
+    /// - Throws: ``BusError/timedOut(what:)`` when not every acknowledgement came in time
+    ///   (some may have been delivered: re-send the batch; receivers drop duplicates by id).
+    public func publish(batch: [(bytes: [UInt8], topic: String, retain: Bool)]) async throws -> [BusError?] {
+        precondition(batch.count <= Bus.maxBatch, "a batch holds at most \(Bus.maxBatch) messages")
+        let codes = try await client.publishBatch(
+            batch.map { MosquittoClient.Outgoing(topic: $0.topic, payload: $0.bytes, retain: $0.retain) },
+            timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count)
+        )
+        let accepted = codes.filter { $0 < 0x80 }.count
+        state.withLock { $0.stats.published += UInt64(accepted) }
+        return zip(codes, batch).map { code, message in
+            code < 0x80 ? nil : BusError.publishRefused(topic: message.topic, reasonCode: code, reason: MosquittoClient.reasonString(code))
+        }
     }
 
     func publish(bytes: [UInt8], to topic: String, retain: Bool, properties: PublishProperties) async throws {
@@ -472,11 +495,12 @@ public final class Bus: Sendable {
             let broker = "\(config.host):\(config.port)"
             for waiter in waiters { waiter.resume(throwing: BusError.unreachable(broker: broker, lastError: reason)) }
         case .disconnected(let reason):
-            state.withLock {
-                $0.connected = false
-                $0.lastError = "connection lost: \(reason)"
+            let shuttingDown = state.withLock { state -> Bool in
+                state.connected = false
+                state.lastError = "connection lost: \(reason)"
+                return state.shutDown
             }
-            logger.warning("disconnected from broker", metadata: ["reason": "\(reason)"])
+            logger.log(level: shuttingDown ? .info : .warning, "disconnected from broker", metadata: ["reason": "\(reason)"])
         }
     }
 
@@ -518,7 +542,7 @@ public final class Bus: Sendable {
 
     static func stamp(identity: Identity, sequence: UInt64, correlationId: String) -> Envelope {
         var envelope = Envelope()
-        envelope.messageID = UUID().uuidString.lowercased()
+        envelope.messageID = messageIDs.next()
         envelope.sourceService = identity.service
         envelope.sourceHost = identity.host
         envelope.createdUnixMs = nowUnixMs()

@@ -79,7 +79,7 @@ final class MosquittoClient: @unchecked Sendable {
     struct Handlers: Sendable {
         var onMessage: @Sendable (MQTTMessage) -> Void
         var onEvent: @Sendable (ConnectionEvent) -> Void
-        /// Called on every turn of the network loop (at least every 200 ms).
+        /// Called about every 100 ms from the network thread.
         var onTick: @Sendable () -> Void
     }
 
@@ -93,8 +93,20 @@ final class MosquittoClient: @unchecked Sendable {
         var what: String
     }
 
+    /// Several publishes waited for together: one wake-up when the last ack arrives.
+    private struct BatchWaiter {
+        var continuation: CheckedContinuation<[Int32], any Error>
+        var codes: [Int32]
+        var remaining: Int
+        var deadline: ContinuousClock.Instant
+        var what: String
+    }
+
     private struct State {
         var publishes: [Int32: Waiter] = [:]
+        var batches: [UInt64: BatchWaiter] = [:]
+        var batchOfMid: [Int32: (batch: UInt64, index: Int)] = [:]
+        var nextBatch: UInt64 = 0
         var subscribes: [Int32: Waiter] = [:]
         /// Acknowledgements that arrived before their waiter was registered.
         var early: [Int32: Int32] = [:]
@@ -196,6 +208,7 @@ final class MosquittoClient: @unchecked Sendable {
     private func networkLoop() {
         var backoff = options.reconnectMinSeconds
         var needsConnect = true
+        var lastSweep = ContinuousClock.now
         while true {
             let (stopping, stopAsked) = state.withLock { ($0.stopping, $0.stopRequestedAt) }
             // Leave only once DISCONNECT is out (the socket closed), or after a grace period:
@@ -211,9 +224,14 @@ final class MosquittoClient: @unchecked Sendable {
                 }
                 needsConnect = false
             }
-            let rc = mosquitto_loop(handle, 200, 1)
-            expireWaiters()
-            onTick()
+            let rc = mosquitto_loop(handle, 100, 1)
+            // Deadlines are checked ten times a second, not on every wake-up: under load
+            // the loop turns once per packet and a sweep per turn would cost O(in flight).
+            if ContinuousClock.now - lastSweep >= .milliseconds(100) {
+                lastSweep = ContinuousClock.now
+                expireWaiters()
+                onTick()
+            }
             if rc != MOSQ_ERR_SUCCESS.rawValue {
                 let wasConnected = state.withLock { state in
                     defer { state.connected = false }
@@ -265,6 +283,9 @@ final class MosquittoClient: @unchecked Sendable {
             return out
         }
         for waiter in expired { waiter.continuation.resume(throwing: BusError.timedOut(what: waiter.what)) }
+        for batch in takeBatches(where: { $0.deadline <= now }) {
+            batch.continuation.resume(throwing: BusError.timedOut(what: batch.what))
+        }
     }
 
     private func failAllWaiters(_ error: BusError) {
@@ -273,6 +294,17 @@ final class MosquittoClient: @unchecked Sendable {
             return Array(state.publishes.values) + Array(state.subscribes.values)
         }
         for waiter in all { waiter.continuation.resume(throwing: error) }
+        for batch in takeBatches(where: { _ in true }) { batch.continuation.resume(throwing: error) }
+    }
+
+    private func takeBatches(where predicate: (BatchWaiter) -> Bool) -> [BatchWaiter] {
+        state.withLock { state in
+            let ids = state.batches.filter { predicate($0.value) }.map(\.key)
+            guard !ids.isEmpty else { return [] }
+            let taken = Set(ids)
+            state.batchOfMid = state.batchOfMid.filter { !taken.contains($0.value.batch) }
+            return ids.compactMap { state.batches.removeValue(forKey: $0) }
+        }
     }
 
     // MARK: - Callbacks (network thread)
@@ -293,12 +325,27 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func handlePublishAck(mid: Int32, reason: Int32) {
-        let waiter = state.withLock { state -> Waiter? in
-            if let waiter = state.publishes.removeValue(forKey: mid) { return waiter }
+        enum Wake { case single(Waiter), batch(BatchWaiter), none }
+        let wake = state.withLock { state -> Wake in
+            if let waiter = state.publishes.removeValue(forKey: mid) { return .single(waiter) }
+            if let (id, index) = state.batchOfMid.removeValue(forKey: mid), var batch = state.batches[id] {
+                batch.codes[index] = reason
+                batch.remaining -= 1
+                if batch.remaining == 0 {
+                    state.batches[id] = nil
+                    return .batch(batch)
+                }
+                state.batches[id] = batch
+                return .none
+            }
             state.early[mid] = reason
-            return nil
+            return .none
         }
-        waiter?.continuation.resume(returning: reason)
+        switch wake {
+        case .single(let waiter): waiter.continuation.resume(returning: reason)
+        case .batch(let batch): batch.continuation.resume(returning: batch.codes)
+        case .none: break
+        }
     }
 
     private func handleSubscribeAck(mid: Int32, granted: Int32) {
@@ -344,6 +391,57 @@ final class MosquittoClient: @unchecked Sendable {
     /// While disconnected libmosquitto keeps a QoS 1 message and sends it after the next
     /// connect, so the wait spans short outages up to `timeout`.
     func publish(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties, timeout: Duration) async throws -> Int32 {
+        let mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        if qos == 0 { return 0 }
+        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
+    }
+
+    /// One message of a batch.
+    struct Outgoing: Sendable {
+        var topic: String
+        var payload: [UInt8]
+        var retain: Bool
+    }
+
+    /// Publishes `messages` at QoS 1 back to back, in order, and waits once for all their
+    /// acknowledgements; returns the reason codes in the same order. libmosquitto keeps the
+    /// ones beyond the broker's receive maximum queued and sends them as acks come back.
+    func publishBatch(_ messages: [Outgoing], timeout: Duration) async throws -> [Int32] {
+        guard !messages.isEmpty else { return [] }
+        var mids: [Int32] = []
+        mids.reserveCapacity(messages.count)
+        for message in messages {
+            mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: PublishProperties()))
+        }
+        let what = "acknowledgement of \(messages.count) publishes"
+        return try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<[Int32], BusError>? in
+                if state.threadDone { return .failure(.stopped) }
+                var batch = BatchWaiter(continuation: continuation, codes: Array(repeating: 0, count: mids.count), remaining: mids.count, deadline: .now + timeout, what: what)
+                state.nextBatch += 1
+                let id = state.nextBatch
+                for (index, mid) in mids.enumerated() {
+                    if let code = state.early.removeValue(forKey: mid) {
+                        batch.codes[index] = code
+                        batch.remaining -= 1
+                    } else {
+                        state.batchOfMid[mid] = (id, index)
+                    }
+                }
+                if batch.remaining == 0 { return .success(batch.codes) }
+                state.batches[id] = batch
+                return nil
+            }
+            switch ready {
+            case .success(let codes)?: continuation.resume(returning: codes)
+            case .failure(let error)?: continuation.resume(throwing: error)
+            case nil: break
+            }
+        }
+    }
+
+    /// Hands one message to libmosquitto; returns its message id.
+    private func send(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties) throws -> Int32 {
         var props: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&props) }
         if let responseTopic = properties.responseTopic {
@@ -364,8 +462,7 @@ final class MosquittoClient: @unchecked Sendable {
         guard rc == MOSQ_ERR_SUCCESS.rawValue || (rc == MOSQ_ERR_NO_CONN.rawValue && qos > 0) else {
             throw BusError.mosquitto(call: "publish to \(topic)", code: rc, detail: Self.describe(rc))
         }
-        if qos == 0 { return 0 }
-        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
+        return mid
     }
 
     /// Subscribes and waits for the SUBACK; returns the granted QoS or the refusal code.

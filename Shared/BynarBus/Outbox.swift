@@ -34,7 +34,7 @@ public final class Outbox: Sendable {
         while !Task.isCancelled {
             let batch: [LocalStore.OutboxEntry]
             do {
-                batch = try store.pendingOutbox(limit: 256)
+                batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
             } catch {
                 bus.logger.error("cannot read outbox", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: .seconds(1))
@@ -45,32 +45,39 @@ public final class Outbox: Sendable {
                 continue
             }
             var stalled = false
-            for entry in batch {
-                if Task.isCancelled { return }
-                do {
-                    try await bus.publish(serialized: entry.payload, to: entry.topic, retain: entry.retain)
-                    try store.removeFromOutbox(id: entry.id)
-                    retryDelay = .milliseconds(200)
-                } catch let error as BusError {
-                    if case .publishRefused = error {
-                        // The broker will never take it (ACL): park it, loudly, and go on.
-                        bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(error)"])
-                        try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: true)
+            do {
+                // One batch, in order, pipelined: the broker acknowledges each message.
+                let outcomes = try await bus.publish(batch: batch.map { ($0.payload, $0.topic, $0.retain) })
+                var delivered: [Int64] = []
+                for (entry, refusal) in zip(batch, outcomes) {
+                    guard let refusal else {
+                        delivered.append(entry.id)
                         continue
                     }
-                    if case .stopped = error { return }
-                    try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false)
-                    stalled = true
-                } catch {
-                    try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false)
-                    stalled = true
+                    // The broker will never take it (ACL): park it, loudly, and go on.
+                    bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(refusal)"])
+                    try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
                 }
-                if stalled { break }
+                try store.removeFromOutbox(ids: delivered)
+                retryDelay = .milliseconds(200)
+            } catch BusError.stopped {
+                return
+            } catch {
+                // Timed out (broker away) or the store failed: the whole batch is sent again
+                // from its first event, keeping order; receivers drop duplicates by id.
+                bus.logger.warning("outbox batch not acknowledged; will retry", metadata: ["events": "\(batch.count)", "error": "\(error)"])
+                for entry in batch { try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false) }
+                stalled = true
             }
             if stalled {
-                // Keep order: retry from the same event after a pause (capped backoff).
+                // Keep order: retry from the same event after a pause (capped backoff), and
+                // only once connected: libmosquitto still holds the unacknowledged copies and
+                // sends them itself on reconnect, so re-sending while away would only pile up.
                 try? await Task.sleep(for: retryDelay)
                 retryDelay = min(retryDelay * 2, .seconds(5))
+                while !bus.isConnected && !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
             }
         }
     }

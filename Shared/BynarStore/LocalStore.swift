@@ -116,7 +116,15 @@ public final class LocalStore: Sendable {
 
     /// Removes an acknowledged message.
     public func removeFromOutbox(id: Int64) throws {
-        try database.write { try $0.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
+        try removeFromOutbox(ids: [id])
+    }
+
+    /// Removes acknowledged messages, in one transaction.
+    public func removeFromOutbox(ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try database.write { db in
+            for id in ids { try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
+        }
     }
 
     /// Records a failed attempt; `refused` parks the message (the broker will not take it).
