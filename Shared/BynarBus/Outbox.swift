@@ -41,7 +41,8 @@ public final class Outbox: Sendable {
                 continue
             }
             if batch.isEmpty {
-                await wake.wait(timeout: .seconds(5))
+                // Idle until publish() signals: no polling, so an idle agent runs no SQL.
+                await wake.wait()
                 continue
             }
             var stalled = false

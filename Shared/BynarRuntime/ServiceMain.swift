@@ -97,6 +97,7 @@ public enum ServiceMain {
 
             let group = ServiceGroup(configuration: .init(
                 services: [
+                    .init(service: ResidentCodeTrimmer(logger: logger)),
                     .init(service: OutboxService(outbox: outbox, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: ServiceAdapter(service: service), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],
@@ -129,6 +130,17 @@ public func localHostName() -> String {
     guard gethostname(&buffer, buffer.count) == 0 else { return "localhost" }
     let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return String(name.split(separator: ".").first ?? "localhost")
+}
+
+/// Once start-up is over, releases the code pages it touched (see ``ResidentCode``).
+private struct ResidentCodeTrimmer: Service {
+    let logger: Logger
+    func run() async throws {
+        try? await Task.sleep(for: .seconds(3))
+        let released = ResidentCode.release()
+        logger.debug("released start-up code pages", metadata: ["kB": "\(released)"])
+        try? await gracefulShutdown()
+    }
 }
 
 private struct ServiceAdapter<S: BynarService>: Service {

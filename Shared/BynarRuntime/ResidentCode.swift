@@ -1,0 +1,49 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Gives back the code pages start-up touched and idle running does not need.
+///
+/// A long-running agent maps Swift's runtime, Foundation, SQLite and its own code. Start-up
+/// runs a little of everything, and the kernel's fault-around maps up to 64 KiB of cached
+/// neighbours per fault, so tens of MB of code stay resident in an agent that then sleeps.
+/// For each read-only file mapping that holds no copy-on-write page (code, and read-only
+/// data the loader never relocated: nothing in it differs from the file, so nothing is
+/// lost) this asks the kernel for random access (no fault-around) and drops its page-table
+/// entries. What runs again is faulted back in, one page at a time, from the page cache.
+/// Mappings with private (relocated or written) pages are never touched.
+public enum ResidentCode {
+    /// Returns how many kB of mappings were released.
+    @discardableResult
+    public static func release() -> Int {
+        guard let smaps = fopen("/proc/self/smaps", "r") else { return 0 }
+        var candidates: [(UnsafeMutableRawPointer, Int, anonymous: Int)] = []
+        var line = [CChar](repeating: 0, count: 4096)
+        while fgets(&line, Int32(line.count), smaps) != nil {
+            let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let fields = text.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.count >= 6, fields[0].contains("-"), fields[5].hasPrefix("/") {
+                // A new mapping: address perms offset dev inode path.
+                guard fields[1] == "r-xp" || fields[1] == "r--p" else { continue }
+                let bounds = fields[0].split(separator: "-")
+                if bounds.count == 2, let start = UInt(bounds[0], radix: 16), let end = UInt(bounds[1], radix: 16), end > start,
+                   let address = UnsafeMutableRawPointer(bitPattern: start) {
+                    candidates.append((address, Int(end - start), anonymous: -1))
+                }
+            } else if fields.count >= 2, fields[0] == "Anonymous:", !candidates.isEmpty, candidates[candidates.count - 1].anonymous == -1 {
+                candidates[candidates.count - 1].anonymous = Int(fields[1]) ?? 1
+            } else if fields.count >= 6, fields[0].contains("-") {
+                // A mapping we skip (anonymous, writable): stop attributing fields to the last candidate.
+                if let last = candidates.last, last.anonymous == -1 { candidates[candidates.count - 1].anonymous = 1 }
+            }
+        }
+        fclose(smaps)
+        var released = 0
+        for (address, length, anonymous) in candidates where anonymous == 0 {
+            if madvise(address, length, MADV_RANDOM) == 0 && madvise(address, length, MADV_DONTNEED) == 0 {
+                released += length / 1024
+            }
+        }
+        return released
+    }
+}
