@@ -24,11 +24,17 @@ let services: [(name: String, executable: String)] = [
     ("Orchestrator", "bynar-orchestrator"),
 ]
 
+/// C libraries a service wraps, once each, in `Shared/C*` modules.
+let serviceCLibraries: [String: [Target.Dependency]] = [
+    "Detector": ["CAtaSmart", "CUdev"],
+]
+
 let serviceTargets: [Target] = services.flatMap { service in
     [
         Target.target(
             name: service.name,
-            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle],
+            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle, grdb]
+                + (serviceCLibraries[service.name] ?? []),
             path: "Services/\(service.name)/\(service.name)",
             swiftSettings: strict
         ),
@@ -62,6 +68,20 @@ let package = Package(
             path: "Shared/CMosquitto",
             pkgConfig: "libmosquitto",
             providers: [.apt(["libmosquitto-dev"])]
+        ),
+        // libatasmart (SMART for ATA disks), wrapped once: only the detector imports it.
+        .systemLibrary(
+            name: "CAtaSmart",
+            path: "Shared/CAtaSmart",
+            pkgConfig: "libatasmart",
+            providers: [.apt(["libatasmart-dev"])]
+        ),
+        // libudev (block device inventory), wrapped once: only the detector imports it.
+        .systemLibrary(
+            name: "CUdev",
+            path: "Shared/CUdev",
+            pkgConfig: "libudev",
+            providers: [.apt(["libudev-dev"])]
         ),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
@@ -114,6 +134,12 @@ let package = Package(
             name: "BynarStoreTests",
             dependencies: ["BynarStore"],
             path: "Tests/BynarStoreTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "DetectorTests",
+            dependencies: ["Detector", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
+            path: "Tests/DetectorTests",
             swiftSettings: strict
         ),
         .testTarget(
