@@ -8,6 +8,7 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     /// Name this host goes by on the bus; default: the machine's host name.
     public var host: String?
     public var broker = BrokerConfig()
+    public var detector = DetectorConfig()
     /// Directory for each service's local SQLite store (`<db_location>/<service>.sqlite`).
     public var dbLocation = "/var/lib/bynar"
     /// trace, debug, info, notice, warning, error or critical.

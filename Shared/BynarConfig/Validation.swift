@@ -21,6 +21,7 @@ extension BynarConfig {
             problem("slack_webhook", "must be an http(s) URL")
         }
         problems += broker.validate()
+        problems += detector.validate()
         return problems
     }
 }

@@ -1,14 +1,22 @@
 public import BynarRuntime
+import BynarBus
+import BynarConfig
+import BynarStore
 import Logging
 import ServiceLifecycle
 
-/// The detector on one storage host: finds failing disks and reports their health.
+/// The detector on one storage host: finds failing disks early, never cries wolf, and says
+/// so on the bus.
 ///
-/// This build is the foundation skeleton: it connects, announces its birth, leaves its
-/// death as the will and shuts down cleanly. Disk checks are not in it yet, and it
-/// publishes no health it has not measured.
+/// It keeps an inventory of the host's disks (libudev, kernel uevents), samples SMART
+/// (libatasmart, smartctl), inspects mounted filesystems and probes them, and follows the
+/// kernel log, feeding every fact into a per-slot ``DiskHealthMachine``. State changes are
+/// announced through the outbox (`bynar/v1/disk/{host}/events`) and the current health of
+/// each disk is retained (`bynar/v1/disk/{host}/{disk}/health`). It never repairs, formats
+/// or unmounts a disk.
 public struct DetectorService: BynarService {
     public static let serviceName = "detector"
+    public static var migrations: [LocalStore.Migration] { DetectorEngine.migrations }
     let context: ServiceContext
 
     public init(context: ServiceContext) throws {
@@ -16,7 +24,76 @@ public struct DetectorService: BynarService {
     }
 
     public func run() async throws {
-        context.logger.notice("disk checks are not part of this build; announcing presence only")
-        try? await gracefulShutdown()
+        let config = context.config.detector
+        let engine = DetectorEngine(context: context)
+        try await engine.restore()
+
+        let kernelLog: KernelLog?
+        do {
+            kernelLog = try KernelLog(path: config.kmsgPath)
+        } catch {
+            context.logger.error("cannot follow the kernel log; kernel I/O errors are only seen at the next check", metadata: ["error": "\(error)"])
+            kernelLog = nil
+        }
+        let blockEvents: BlockEventMonitor?
+        do {
+            blockEvents = try BlockEventMonitor()
+        } catch {
+            context.logger.error("cannot watch kernel uevents; disks coming and going are only seen at the next check", metadata: ["error": "\(error)"])
+            blockEvents = nil
+        }
+        kernelLog?.start()
+        let rescan = Rescan(engine: engine, host: context.host, exclude: config.exclude, logger: context.logger)
+        await rescan.now()
+        await engine.refreshAll()
+
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                if let kernelLog {
+                    group.addTask {
+                        for await error in kernelLog.errors {
+                            await engine.kernelError(error, nowMs: Bus.nowUnixMs())
+                        }
+                    }
+                }
+                if let blockEvents {
+                    group.addTask {
+                        for await event in blockEvents.events where event.deviceType == .disk {
+                            await rescan.now()
+                        }
+                    }
+                }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(config.checkIntervalSeconds))
+                        if Task.isCancelled { break }
+                        await rescan.now()
+                        for id in await engine.presentSlots {
+                            await engine.check(id)
+                        }
+                    }
+                }
+                await group.waitForAll()
+            }
+        }
+        kernelLog?.stop()
+        blockEvents?.stop()
+    }
+}
+
+/// Scans the inventory and hands it to the engine.
+struct Rescan: Sendable {
+    let engine: DetectorEngine
+    let host: String
+    let exclude: [String]
+    let logger: Logger
+
+    func now() async {
+        do {
+            let devices = try Inventory.scan(host: host, excluded: exclude)
+            await engine.reconcile(devices, nowMs: Bus.nowUnixMs())
+        } catch {
+            logger.error("cannot scan block devices", metadata: ["error": "\(error)"])
+        }
     }
 }

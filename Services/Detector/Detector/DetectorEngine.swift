@@ -1,0 +1,376 @@
+public import BynarConfig
+public import BynarProto
+import BynarBus
+import BynarStore
+import GRDB
+import Logging
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#endif
+
+/// The detector's shell around its per-slot state machines: it feeds them facts (the
+/// inventory, kernel errors, checks) and performs what they ask (announce through the
+/// outbox, refresh the retained health, persist, re-check). It never changes a disk.
+actor DetectorEngine {
+    struct Slot {
+        var machine: DiskHealthMachine
+        var device: BlockDevice?
+        var identity: Bynar_V1_DiskIdentity
+        /// Mountpoints seen read-write, so a later read-only one is a remount.
+        var seenReadWrite: Set<String> = []
+        var lastSmart: SmartReading?
+        var lastSmartAtMs: Int64 = 0
+        var smart: Bynar_V1_SmartSummary?
+        var filesystems: [Bynar_V1_FilesystemFinding] = []
+        var checkedAtMs: Int64 = 0
+    }
+
+    let context: ServiceContext
+    let config: DetectorConfig
+    private var slots: [String: Slot] = [:]
+    private let probe = WriteProbe()
+    private var logger: Logger { context.logger }
+
+    init(context: ServiceContext) {
+        self.context = context
+        self.config = context.config.detector
+    }
+
+    static let migrations: [LocalStore.Migration] = [
+        .init("detector-v1: slots and SMART samples") { db in
+            try db.create(table: "detector_slot") { table in
+                table.primaryKey("slot", .text)
+                table.column("machine", .text).notNull()
+                table.column("identity", .blob).notNull()
+                table.column("seen_read_write", .text).notNull().defaults(to: "[]")
+                table.column("updated_unix_ms", .integer).notNull()
+            }
+            try db.create(table: "smart_sample") { table in
+                table.autoIncrementedPrimaryKey("id")
+                table.column("disk_key", .text).notNull().indexed()
+                table.column("taken_unix_ms", .integer).notNull()
+                table.column("reading", .text).notNull()
+            }
+        },
+    ]
+
+    // MARK: Start-up
+
+    /// Loads the machines saved by the previous run (so nothing is announced twice).
+    func restore() throws {
+        let rows = try context.store.database.read { db in
+            try Row.fetchAll(db, sql: "SELECT slot, machine, identity, seen_read_write FROM detector_slot")
+        }
+        for row in rows {
+            let slot: String = row["slot"]
+            let machineJSON: String = row["machine"]
+            let identityBytes: Data = row["identity"]
+            let seenJSON: String = row["seen_read_write"]
+            do {
+                let machine = try JSONDecoder().decode(DiskHealthMachine.self, from: Data(machineJSON.utf8))
+                let identity = try Bynar_V1_DiskIdentity(serializedBytes: [UInt8](identityBytes))
+                var record = Slot(machine: machine, identity: identity)
+                record.seenReadWrite = Set((try? JSONDecoder().decode([String].self, from: Data(seenJSON.utf8))) ?? [])
+                record.lastSmart = try lastSample(key: identity.key)
+                slots[slot] = record
+            } catch {
+                logger.error("cannot restore slot; it starts fresh", metadata: ["slot": "\(slot)", "error": "\(error)"])
+            }
+        }
+        logger.info("restored disk states", metadata: ["slots": "\(slots.count)"])
+    }
+
+    // MARK: Facts in
+
+    /// Compares a fresh inventory with what the slots hold: new disks appear, gone ones
+    /// vanish, different ones in a known slot are replacements (each machine asks for the
+    /// check it needs).
+    func reconcile(_ devices: [BlockDevice], nowMs: Int64) async {
+        var present: Set<String> = []
+        for device in devices {
+            let id = Self.slotID(of: device)
+            present.insert(id)
+            var slot = slots[id] ?? Slot(machine: DiskHealthMachine(), identity: device.identity)
+            let isNew = slots[id] == nil || slot.machine.key != device.identity.key || slot.machine.state == .missing
+            slot.device = device
+            if slot.machine.key == device.identity.key || slot.machine.key == nil { slot.identity = device.identity }
+            slots[id] = slot
+            if isNew || slot.machine.state == .unknown {
+                await perform(id) { $0.handle(.appeared(key: device.identity.key, atMs: nowMs)) }
+            }
+        }
+        for (id, slot) in slots where !present.contains(id) && slot.machine.state != .missing {
+            slots[id]?.device = nil
+            await perform(id) { $0.handle(.vanished(atMs: nowMs)) }
+        }
+    }
+
+    /// A kernel error for a device: escalates that disk's state at once and re-checks it.
+    func kernelError(_ error: KernelDiskError, nowMs: Int64) async {
+        let disk = KernelLog.wholeDisk(of: error.device)
+        guard let id = slots.first(where: { $0.value.device.map { Self.kernelName(of: $0) } == disk })?.key else {
+            logger.debug("kernel error for a device we do not watch", metadata: ["device": "\(error.device)"])
+            return
+        }
+        logger.warning("kernel reports a disk error", metadata: ["device": "\(error.device)", "line": "\(error.line)"])
+        await perform(id) { $0.handle(.kernelIOError(detail: error.line, atMs: nowMs)) }
+    }
+
+    /// A full check of one disk: SMART (when due or `forceSmart`), mounted filesystems and
+    /// the write probe; the verdict goes into the disk's machine.
+    func check(_ id: String, forceSmart: Bool = false) async {
+        guard var slot = slots[id], let device = slot.device else { return }
+        let nowMs = Bus.nowUnixMs()
+        var durable: [DiskHealthMachine.Reason] = []
+
+        // SMART, where the disk has it (not for loop or virtual devices).
+        if Self.hasSmart(device) && (forceSmart || nowMs - slot.lastSmartAtMs >= Int64(config.smartIntervalSeconds) * 1000) {
+            switch Self.readSmart(device, smartctlPath: config.smartctlPath) {
+            case .success(let reading):
+                let verdict = SmartRules.judge(current: reading, previous: slot.lastSmart)
+                durable += verdict.reasons.map(Self.reason)
+                slot.smart = reading.summary()
+                slot.lastSmart = reading
+                slot.lastSmartAtMs = nowMs
+                saveSample(key: device.identity.key, reading: reading, atMs: nowMs)
+            case .failure(let error):
+                logger.warning("cannot read SMART", metadata: ["disk": "\(device.identity.devPath)", "error": "\(error)"])
+            }
+        } else if let last = slot.lastSmart {
+            durable += SmartRules.judge(current: last, previous: nil).reasons.map(Self.reason)
+        }
+
+        // Mounted filesystems on this disk (whole disk or partitions).
+        let numbers = Set([device.identity.devPath] + device.identity.partitions.map(\.devPath))
+        let mounts = MountTable.current().filter { numbers.contains($0.source) }
+        var findings: [Bynar_V1_FilesystemFinding] = []
+        var probeFailure: DiskHealthMachine.Reason?
+        for mount in mounts {
+            if !mount.isReadOnly && !mount.isEmergencyReadOnly { slot.seenReadWrite.insert(mount.mountpoint) }
+            let reasons = FilesystemChecks.inspect(mount, wasReadWrite: slot.seenReadWrite.contains(mount.mountpoint))
+            durable += reasons
+            findings += reasons.map { Self.finding(mount, $0) }
+            if config.probe && !mount.isReadOnly && !mount.isEmergencyReadOnly,
+               let failure = await probe.run(mountpoint: mount.mountpoint, timeout: .seconds(config.probeTimeoutSeconds)) {
+                probeFailure = probeFailure ?? failure
+                findings.append(Self.finding(mount, failure))
+            }
+        }
+        slot.filesystems = findings
+        slot.checkedAtMs = nowMs
+        slots[id] = slot
+        await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, atMs: nowMs))) }
+    }
+
+    /// Every slot with a device.
+    var presentSlots: [String] { slots.filter { $0.value.device != nil }.map(\.key).sorted() }
+
+    /// Publishes the retained health of every present disk (on start-up, so the retained
+    /// view matches the restored states).
+    func refreshAll() async {
+        for id in presentSlots { await publishHealth(id) }
+    }
+
+    // MARK: Actions out
+
+    private func perform(_ id: String, _ event: (inout DiskHealthMachine) -> [DiskHealthMachine.Action]) async {
+        guard var slot = slots[id] else { return }
+        let actions = event(&slot.machine)
+        slots[id] = slot
+        var recheck = false
+        for action in actions {
+            switch action {
+            case .announce(let from, let to, let reasons, let previousKey):
+                announce(id, from: from, to: to, reasons: reasons, previousKey: previousKey)
+            case .refresh:
+                await publishHealth(id)
+            case .persist:
+                persist(id)
+            case .recheck:
+                recheck = true
+            }
+        }
+        if recheck { await check(id, forceSmart: true) }
+    }
+
+    private func announce(_ id: String, from: DiskHealthMachine.State, to: DiskHealthMachine.State, reasons: [DiskHealthMachine.Reason], previousKey: String?) {
+        guard let slot = slots[id] else { return }
+        logger.notice("disk state changed", metadata: ["disk": "\(slot.identity.key)", "from": "\(from)", "to": "\(to)", "reasons": "\(reasons.map(\.rule))"])
+        var event = Bynar_V1_DiskHealthEvent()
+        event.disk = slot.identity
+        event.fromState = Self.wire(from)
+        event.toState = Self.wire(to)
+        event.reasons = reasons.map { Self.wire($0, atMs: slot.machine.sinceMs) }
+        if let previousKey {
+            event.previousDisk.key = previousKey
+            event.previousDisk.host = context.host
+        }
+        if let smart = slot.smart { event.smart = smart }
+        do {
+            try context.outbox.publish(event, to: Topics.diskEvents(host: context.host))
+            try context.outbox.publish(health(of: slot), to: Topics.diskHealth(host: context.host, disk: slot.identity.key), retain: true)
+        } catch {
+            logger.error("cannot store disk event", metadata: ["disk": "\(slot.identity.key)", "error": "\(error)"])
+        }
+    }
+
+    private func publishHealth(_ id: String) async {
+        guard let slot = slots[id], slot.machine.state != .unknown else { return }
+        do {
+            try context.outbox.publish(health(of: slot), to: Topics.diskHealth(host: context.host, disk: slot.identity.key), retain: true)
+        } catch {
+            logger.error("cannot store disk health", metadata: ["disk": "\(slot.identity.key)", "error": "\(error)"])
+        }
+    }
+
+    func health(of slot: Slot) -> Bynar_V1_DiskHealth {
+        var health = Bynar_V1_DiskHealth()
+        health.disk = slot.identity
+        health.state = Self.wire(slot.machine.state)
+        health.reasons = slot.machine.reasons.map { Self.wire($0, atMs: slot.machine.sinceMs) }
+        if let smart = slot.smart { health.smart = smart }
+        health.filesystems = slot.filesystems
+        health.stateSinceUnixMs = slot.machine.sinceMs
+        health.checkedUnixMs = slot.checkedAtMs
+        health.systemDisk = slot.device?.isSystemDisk ?? false
+        health.excluded = slot.device?.excluded ?? false
+        return health
+    }
+
+    /// The current health of every known slot (for `check` and tests).
+    func healths() -> [Bynar_V1_DiskHealth] {
+        slots.keys.sorted().compactMap { slots[$0].map(health(of:)) }
+    }
+
+    private func persist(_ id: String) {
+        guard let slot = slots[id] else { return }
+        do {
+            let machine = String(decoding: try JSONEncoder().encode(slot.machine), as: UTF8.self)
+            let identity: [UInt8] = try slot.identity.serializedBytes()
+            let seen = String(decoding: try JSONEncoder().encode(slot.seenReadWrite.sorted()), as: UTF8.self)
+            try context.store.database.write { db in
+                try db.execute(sql: """
+                    INSERT INTO detector_slot(slot, machine, identity, seen_read_write, updated_unix_ms) VALUES(?, ?, ?, ?, ?)
+                    ON CONFLICT(slot) DO UPDATE SET machine = excluded.machine, identity = excluded.identity,
+                        seen_read_write = excluded.seen_read_write, updated_unix_ms = excluded.updated_unix_ms
+                    """, arguments: [id, machine, Data(identity), seen, Bus.nowUnixMs()])
+            }
+        } catch {
+            logger.error("cannot save disk state", metadata: ["slot": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: SMART samples
+
+    /// SMART through libatasmart, or smartctl when libatasmart cannot talk to the disk.
+    static func readSmart(_ device: BlockDevice, smartctlPath: String) -> Result<SmartReading, SmartError> {
+        do {
+            return .success(try AtaSmart.read(device: device.identity.devPath))
+        } catch {
+            // Not ATA, or libatasmart cannot talk to it (SAS, NVMe, RAID): ask smartctl.
+            do {
+                return .success(try Smartctl(path: smartctlPath).read(device: device.identity.devPath))
+            } catch let fallback {
+                return .failure(fallback)
+            }
+        }
+    }
+
+    private func saveSample(key: String, reading: SmartReading, atMs: Int64) {
+        do {
+            let json = String(decoding: try JSONEncoder().encode(reading), as: UTF8.self)
+            try context.store.database.write { db in
+                try db.execute(sql: "INSERT INTO smart_sample(disk_key, taken_unix_ms, reading) VALUES(?, ?, ?)", arguments: [key, atMs, json])
+                try db.execute(sql: """
+                    DELETE FROM smart_sample WHERE disk_key = ? AND id NOT IN
+                        (SELECT id FROM smart_sample WHERE disk_key = ? ORDER BY id DESC LIMIT ?)
+                    """, arguments: [key, key, config.smartSamplesKept])
+            }
+        } catch {
+            logger.error("cannot save SMART sample", metadata: ["disk": "\(key)", "error": "\(error)"])
+        }
+    }
+
+    private func lastSample(key: String) throws -> SmartReading? {
+        let json = try context.store.database.read { db in
+            try String.fetchOne(db, sql: "SELECT reading FROM smart_sample WHERE disk_key = ? ORDER BY id DESC LIMIT 1", arguments: [key])
+        }
+        return try json.map { try JSONDecoder().decode(SmartReading.self, from: Data($0.utf8)) }
+    }
+
+    // MARK: Mapping
+
+    /// The physical position of a disk: its by-path link when udev made one, else its
+    /// sysfs device path without the block name (the controller port), else for virtual
+    /// devices (loop) the kernel name.
+    static func slotID(of device: BlockDevice) -> String {
+        if !device.identity.byPath.isEmpty { return "by-path:" + device.identity.byPath }
+        let path = device.sysPath
+        if path.contains("/virtual/") { return "virtual:" + kernelName(of: device) }
+        if let range = path.firstRange(of: "/block/") { return "sys:" + path[..<range.lowerBound] }
+        return "dev:" + kernelName(of: device)
+    }
+
+    static func kernelName(of device: BlockDevice) -> String {
+        String(device.identity.devPath.split(separator: "/").last ?? "")
+    }
+
+    static func hasSmart(_ device: BlockDevice) -> Bool {
+        switch device.identity.transport {
+        case .loop, .virtual: false
+        default: true
+        }
+    }
+
+    static func reason(_ reason: Bynar_V1_HealthReason) -> DiskHealthMachine.Reason {
+        .init(rule: reason.rule, severity: state(reason.severity), detail: reason.detail)
+    }
+
+    static func state(_ state: Bynar_V1_DiskState) -> DiskHealthMachine.State {
+        switch state {
+        case .healthy: .healthy
+        case .suspect: .suspect
+        case .failing: .failing
+        case .failed: .failed
+        case .missing: .missing
+        case .replaced: .replaced
+        default: .unknown
+        }
+    }
+
+    static func wire(_ state: DiskHealthMachine.State) -> Bynar_V1_DiskState {
+        switch state {
+        case .unknown: .unspecified
+        case .healthy: .healthy
+        case .suspect: .suspect
+        case .failing: .failing
+        case .failed: .failed
+        case .missing: .missing
+        case .replaced: .replaced
+        }
+    }
+
+    static func wire(_ reason: DiskHealthMachine.Reason, atMs: Int64) -> Bynar_V1_HealthReason {
+        var wire = Bynar_V1_HealthReason()
+        wire.rule = reason.rule
+        wire.severity = Self.wire(reason.severity)
+        wire.detail = reason.detail
+        wire.observedUnixMs = atMs
+        return wire
+    }
+
+    static func finding(_ mount: MountedFilesystem, _ reason: DiskHealthMachine.Reason) -> Bynar_V1_FilesystemFinding {
+        var finding = Bynar_V1_FilesystemFinding()
+        finding.mountpoint = mount.mountpoint
+        finding.filesystem = mount.fsType
+        finding.detail = reason.detail
+        finding.kind = switch reason.rule {
+        case "fs.emergency_ro", "fs.read_only_remount": .readOnlyRemount
+        case "fs.ext4_errors": .ext4Errors
+        case "fs.xfs_shutdown": .xfsShutdown
+        case "fs.probe_timeout": .probeTimeout
+        default: .probeFailed
+        }
+        return finding
+    }
+}
