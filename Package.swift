@@ -33,7 +33,7 @@ let serviceTargets: [Target] = services.flatMap { service in
     [
         Target.target(
             name: service.name,
-            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle, grdb]
+            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle, grdb, protobuf]
                 + (serviceCLibraries[service.name] ?? []),
             path: "Services/\(service.name)/\(service.name)",
             swiftSettings: strict
