@@ -290,6 +290,66 @@ extension InventoryTests {
     }
 
     @Suite
+    struct Events {
+        /// What the kernel sends for a loop device (measured on 6.x): attach is one `change`
+        /// for the disk (preceded by `add` only when losetup had to create a new loopN);
+        /// detach is two `change`s, the second with DISK_MEDIA_CHANGE=1, plus a `remove` per
+        /// partition. New partitions (parted) come as `add` with devtype partition.
+        @Test(.enabled(if: canUseSwapPartitions, "needs root, /dev/loop-control and parted"))
+        func loopAttachAndDetachAreSeen() async throws {
+            let monitor = try BlockEventMonitor()
+            defer { monitor.stop() }
+            let events = Collector(monitor.events)
+
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            try makeImage(scratch.path + "/events.img", bytes: 16 << 20)
+            let loop = try LoopDevice(image: scratch.path + "/events.img", partitionScan: true)
+            defer { loop.cleanUp() }
+            let name = loop.sysName
+            func mine(_ all: [BlockEvent]) -> [BlockEvent] { all.filter { $0.sysName == name || $0.sysName.hasPrefix(name + "p") } }
+
+            let attached = await events.wait(timeout: .seconds(2)) { mine($0).contains { $0.action == .change } }
+            #expect(attached, "no change for \(name) within 2 s; got \(mine(events.all))")
+            let attachEvent = try #require(mine(events.all).first { $0.action == .change })
+            #expect(attachEvent.deviceType == .disk)
+            #expect(attachEvent.devName == loop.devPath)
+            #expect(attachEvent.devNumber.major == 7)
+            #expect(attachEvent.properties["DISK_MEDIA_CHANGE"] == nil)
+            #expect(!mine(events.all).contains { $0.action == .remove })
+
+            try run("parted", ["-s", loop.devPath, "mklabel", "gpt", "mkpart", "p1", "1MiB", "8MiB"])
+            let partitionAdded = await events.wait(timeout: .seconds(2)) {
+                mine($0).contains { $0.action == .add && $0.sysName == name + "p1" && $0.deviceType == .partition }
+            }
+            #expect(partitionAdded, "no add for \(name)p1; got \(mine(events.all))")
+
+            let before = mine(events.all).count
+            try loop.detach()
+            let detached = await events.wait(timeout: .seconds(2)) {
+                mine($0).dropFirst(before).contains { $0.action == .change && $0.sysName == name && $0.properties["DISK_MEDIA_CHANGE"] == "1" }
+            }
+            #expect(detached, "no media change for \(name) within 2 s; got \(mine(events.all).dropFirst(before))")
+            let partitionRemoved = await events.wait(timeout: .seconds(2)) {
+                mine($0).dropFirst(before).contains { $0.action == .remove && $0.sysName == name + "p1" }
+            }
+            #expect(partitionRemoved)
+            #expect(loop.partitionsInSysfs.isEmpty)
+            #expect(monitor.droppedEvents == 0)
+        }
+
+        @Test(.enabled(if: getuid() == 0, "needs root for the netlink socket"))
+        func stopFinishesTheStream() async throws {
+            let monitor = try BlockEventMonitor()
+            let start = ContinuousClock.now
+            monitor.stop()
+            #expect(ContinuousClock.now - start < .seconds(1))
+            for await _ in monitor.events {}
+            monitor.stop() // twice is harmless
+        }
+    }
+
+    @Suite
     struct Parsing {
         @Test func mountInfoLinesParse() {
             let text = """
