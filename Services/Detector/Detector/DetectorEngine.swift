@@ -1,6 +1,7 @@
 public import BynarConfig
 public import BynarProto
 import BynarBus
+import BynarRuntime
 import BynarStore
 import GRDB
 import Logging
