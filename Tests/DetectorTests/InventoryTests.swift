@@ -362,7 +362,9 @@ extension InventoryTests {
             """
             let entries = MountInfoEntry.parse(text)
             #expect(entries.count == 4)
-            #expect(entries[0] == MountInfoEntry(devNumber: DeviceNumber(major: 254, minor: 0), root: "/", mountPoint: "/", fsType: "ext4", source: "/dev/vda"))
+            #expect(entries[0] == MountInfoEntry(devNumber: DeviceNumber(major: 254, minor: 0), root: "/", mountPoint: "/", fsType: "ext4", source: "/dev/vda",
+                                                mountOptions: ["rw", "relatime"], superOptions: ["rw", "discard"]))
+            #expect(entries[1].superOptions == ["rw", "errors=continue"])
             #expect(entries[1].devNumber == DeviceNumber(major: 98, minor: 0))
             #expect(entries[1].root == "/mnt1")
             #expect(entries[1].mountPoint == "/mnt2")

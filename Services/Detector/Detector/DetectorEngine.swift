@@ -270,7 +270,7 @@ actor DetectorEngine {
         } catch {
             // Not ATA, or libatasmart cannot talk to it (SAS, NVMe, RAID): ask smartctl.
             do {
-                return .success(try Smartctl(path: smartctlPath).read(device: device.identity.devPath))
+                return .success(try Smartctl(executable: smartctlPath).read(device: device.identity.devPath))
             } catch let fallback {
                 return .failure(fallback)
             }

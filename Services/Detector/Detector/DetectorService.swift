@@ -1,7 +1,7 @@
 public import BynarRuntime
 import BynarBus
 import BynarConfig
-import BynarStore
+public import BynarStore
 import Logging
 import ServiceLifecycle
 

@@ -25,18 +25,9 @@ public struct MountedFilesystem: Sendable, Equatable {
 public enum MountTable {
     /// Every mount in `text` (mountinfo format); paths have `\040`-style escapes decoded.
     public static func parse(_ text: String) -> [MountedFilesystem] {
-        text.split(separator: "\n").compactMap { line in
-            // id parent major:minor root mountpoint options [optional fields] - type source superoptions
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard let dash = fields.firstIndex(of: "-"), dash >= 6, fields.count >= dash + 4 else { return nil }
-            return MountedFilesystem(
-                mountpoint: unescape(fields[4]),
-                fsType: String(fields[dash + 1]),
-                source: unescape(fields[dash + 2]),
-                majorMinor: String(fields[2]),
-                mountOptions: fields[5].split(separator: ",").map(String.init),
-                superOptions: fields[dash + 3].split(separator: ",").map(String.init)
-            )
+        MountInfoEntry.parse(text).map { entry in
+            MountedFilesystem(mountpoint: entry.mountPoint, fsType: entry.fsType, source: entry.source,
+                              majorMinor: entry.devNumber.description, mountOptions: entry.mountOptions, superOptions: entry.superOptions)
         }
     }
 
@@ -44,37 +35,11 @@ public enum MountTable {
     public static func current(path: String = "/proc/self/mountinfo") -> [MountedFilesystem] {
         parse(readText(path) ?? "")
     }
-
-    /// Decodes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash).
-    static func unescape(_ field: Substring) -> String {
-        var bytes: [UInt8] = []
-        var utf8 = Array(field.utf8)[...]
-        while let byte = utf8.popFirst() {
-            if byte == UInt8(ascii: "\\"), utf8.count >= 3,
-               let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8) {
-                bytes.append(value)
-                utf8 = utf8.dropFirst(3)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
 }
 
 /// Reads a small text file (sysfs, procfs); nil when it cannot be read.
 func readText(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count < 0 { return nil }
-        if count == 0 { break }
-        bytes += buffer[0..<count]
-    }
+    guard case .success(let bytes) = readFile(path) else { return nil }
     return String(decoding: bytes, as: UTF8.self)
 }
 
@@ -206,14 +171,5 @@ private final class ProbeJob: Sendable {
         self.path = path
         self.outcome = outcome
         self.done = done
-    }
-}
-
-extension String {
-    func trimmingWhitespace() -> String {
-        var text = Substring(self)
-        while let first = text.first, first.isWhitespace { text = text.dropFirst() }
-        while let last = text.last, last.isWhitespace { text = text.dropLast() }
-        return String(text)
     }
 }

@@ -199,6 +199,10 @@ struct MountInfoEntry: Sendable, Equatable {
     var fsType: String
     /// The mount source ("/dev/sda1", "/dev/root", "tmpfs").
     var source: String
+    /// Per-mount options ("rw", "relatime", ...).
+    var mountOptions: [String] = []
+    /// Filesystem (super block) options ("errors=remount-ro", "emergency_ro", ...).
+    var superOptions: [String] = []
 
     /// The entries of a mountinfo text; malformed lines are skipped.
     static func parse(_ text: String) -> [MountInfoEntry] {
@@ -219,7 +223,9 @@ struct MountInfoEntry: Sendable, Equatable {
             root: unescapeOctal(fields[3]),
             mountPoint: unescapeOctal(fields[4]),
             fsType: unescapeOctal(fields[separator + 1]),
-            source: unescapeOctal(fields[separator + 2])
+            source: unescapeOctal(fields[separator + 2]),
+            mountOptions: fields[5].split(separator: ",").map(String.init),
+            superOptions: separator + 3 < fields.count ? fields[separator + 3].split(separator: ",").map(String.init) : []
         )
     }
 }
