@@ -39,11 +39,14 @@ public final class FaultyDisk: @unchecked Sendable {
     private let faultfs: ChildProcess
     private let lock = NSLock()
     private var tornDown = false
+    private var detached = false
 
     /// Creates a `sizeMB` image (in a fresh temp dir, or at `image` to reuse a file), puts
     /// faultfs and a loop device on it (direct I/O, so rules apply without dropping caches)
     /// and, with `filesystem`, makes and mounts one (`mountOptions` for mount -o).
-    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil) throws {
+    /// `loopDevice` attaches to that device (e.g. to put a new disk in the same slot)
+    /// instead of the first free one.
+    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil, loopDevice: String? = nil) throws {
         guard let faultfsPath = FaultyDisk.faultfsPath else { throw TestSupportError(FaultyDisk.unavailableReason ?? "no faultfs") }
         directory = try makeTemporaryDirectory(prefix: "bynar-faulty")
         image = existing ?? "\(directory)/disk.img"
@@ -59,7 +62,7 @@ public final class FaultyDisk: @unchecked Sendable {
             }
             usleep(20_000)
         }
-        let loop = try FaultyDisk.output("/sbin/losetup", ["--find", "--show", "--direct-io=on", "\(fuseMount)/disk"])
+        let loop = try FaultyDisk.output("/sbin/losetup", (loopDevice.map { ["--show", $0] } ?? ["--find", "--show"]) + ["--direct-io=on", "\(fuseMount)/disk"])
         device = loop.trimmingCharacters(in: .whitespacesAndNewlines)
         var mounted: String?
         do {
@@ -85,6 +88,14 @@ public final class FaultyDisk: @unchecked Sendable {
         try (commands.hasSuffix("\n") ? commands : commands + "\n").write(toFile: "\(fuseMount)/control", atomically: false, encoding: .utf8)
     }
 
+    /// Detaches the loop device (the disk leaves the system) but keeps the rest until
+    /// ``teardown()``.
+    public func detach() throws {
+        if let mountpoint { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
+        try FaultyDisk.run("/sbin/losetup", ["-d", device])
+        lock.withLock { detached = true }
+    }
+
     /// Unmounts, detaches the loop device by name, unmounts faultfs, stops it, removes files.
     /// Safe to call more than once.
     public func teardown() {
@@ -95,7 +106,8 @@ public final class FaultyDisk: @unchecked Sendable {
         guard first else { return }
         try? control("clear")
         if let mountpoint { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
-        for _ in 0..<20 {
+        // Once detached, the device may already belong to someone else: leave it alone.
+        for _ in 0..<20 where !lock.withLock({ detached }) {
             if (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
             usleep(100_000)
         }

@@ -103,26 +103,33 @@ struct DiskHealthMachineTests {
         #expect(machine.state == .failing, "kernel errors alone never make a disk failed")
     }
 
-    @Test func recoveryNeedsErrorsToAgeOutAndConsecutiveCleanChecks() {
+    @Test func recoveryNeedsErrorsToAgeOutAndConsecutiveCleanChecksOverTime() {
+        let minute: Int64 = 60_000
         var machine = Self.machine(in: .healthy)
         _ = machine.handle(.kernelIOError(detail: "e", atMs: 1000))
         #expect(machine.state == .suspect)
-        // Inside the window clean checks do not help.
-        for t in 0..<5 { _ = machine.handle(Self.clean(2000 + Int64(t))) }
+        // Inside the error window clean checks do not help.
+        for t in 0..<5 { _ = machine.handle(Self.clean(2000 + Int64(t) * minute)) }
         #expect(machine.state == .suspect)
-        let later = Int64(11 * 60 * 1000)
-        _ = machine.handle(Self.clean(later))
-        _ = machine.handle(Self.clean(later + 1))
-        #expect(machine.state == .suspect, "two better checks are not enough")
-        let actions = machine.handle(Self.clean(later + 2))
+        // Errors aged out (10 min): a burst of clean checks within seconds is not enough...
+        let later = 11 * minute
+        for t in 0..<5 { _ = machine.handle(Self.clean(later + Int64(t) * 100)) }
+        #expect(machine.state == .suspect, "a burst of checks must not walk a disk back")
+        // ...three or more better checks spanning 10 minutes are.
+        _ = machine.handle(Self.clean(later + 5 * minute))
+        #expect(machine.state == .suspect)
+        let actions = machine.handle(Self.clean(later + 10 * minute))
         #expect(machine.state == .healthy)
         #expect(actions.first == .announce(from: .suspect, to: .healthy, reasons: [], previousKey: nil))
-        // A clean check interrupting the streak restarts it.
-        _ = machine.handle(Self.durable(Self.smartSuspect, later + 3))
-        _ = machine.handle(Self.clean(later + 4)); _ = machine.handle(Self.clean(later + 5))
-        _ = machine.handle(Self.durable(Self.smartSuspect, later + 6))
-        _ = machine.handle(Self.clean(later + 7)); _ = machine.handle(Self.clean(later + 8))
+        // A worse check interrupting the streak restarts it.
+        let base = later + 20 * minute
+        _ = machine.handle(Self.durable(Self.smartSuspect, base))
+        _ = machine.handle(Self.clean(base + 4 * minute)); _ = machine.handle(Self.clean(base + 8 * minute))
+        _ = machine.handle(Self.durable(Self.smartSuspect, base + 9 * minute))
+        _ = machine.handle(Self.clean(base + 12 * minute)); _ = machine.handle(Self.clean(base + 16 * minute))
         #expect(machine.state == .suspect)
+        _ = machine.handle(Self.clean(base + 22 * minute))
+        #expect(machine.state == .healthy)
     }
 
     @Test func probeFailsOnceSuspectTwiceFailed() {

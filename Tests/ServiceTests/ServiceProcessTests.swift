@@ -7,23 +7,6 @@ import Testing
 /// The real service executables against a real broker.
 @Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
 struct ServiceProcessTests {
-    final class RunningService: @unchecked Sendable {
-        let process: ChildProcess
-        let directory: String
-        init(_ executable: String, broker: TestBroker, host: String = "h1", directory: String) throws {
-            self.directory = directory
-            let config = """
-            {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "debug",
-             "broker": {"port": \(broker.port), "reconnect_max_seconds": 1}}
-            """
-            try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
-            process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: directory + "/\(executable).log")
-        }
-        func signal(_ signal: Int32) {
-            process.stop(signal)
-        }
-    }
-
     @Test(arguments: ["bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"])
     func killedServiceLeavesRetainedDeathAndCleanStopSaysSo(executable: String) async throws {
         let service = executable.replacingOccurrences(of: "bynar-", with: "")
@@ -34,7 +17,7 @@ struct ServiceProcessTests {
         let statuses = Collector(try await watcher.subscribe(Topics.serviceStatus(host: "h1", service: service), as: Bynar_V1_ServiceStatus.self))
 
         // Start, then kill -9: the broker publishes the will, a retained death of the same session.
-        let first = try RunningService(executable, broker: broker, directory: directory)
+        let first = try ServiceProcess(executable, brokerPort: broker.port, directory: directory)
         #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } })
         let birth = try #require(statuses.all.first { $0.payload.state == .birth }).payload
         #expect(birth.session == 1)
@@ -50,7 +33,7 @@ struct ServiceProcessTests {
         #expect(await late.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .death && $0.payload.session == 1 } })
 
         // Restart: session 2; SIGTERM: a clean, retained death of session 2.
-        let second = try RunningService(executable, broker: broker, directory: directory)
+        let second = try ServiceProcess(executable, brokerPort: broker.port, directory: directory)
         #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth && $0.payload.session == 2 } })
         second.signal(SIGTERM)
         #expect(second.process.exitCode == 0)
@@ -80,7 +63,7 @@ struct ServiceProcessTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let watcher = try await connectedBus(broker, service: "watcher")
         let statuses = Collector(try await watcher.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
-        let manager = try RunningService("bynar-disk-manager", broker: broker, directory: directory)
+        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory)
         #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } })
         var request = Bynar_V1_DiskManagerRequest()
         request.requestID = "r-1"

@@ -94,7 +94,7 @@ actor DetectorEngine {
             var slot = slots[id] ?? Slot(machine: DiskHealthMachine(), identity: device.identity)
             let isNew = slots[id] == nil || slot.machine.key != device.identity.key || slot.machine.state == .missing
             slot.device = device
-            if slot.machine.key == device.identity.key || slot.machine.key == nil { slot.identity = device.identity }
+            slot.identity = device.identity  // the slot holds this disk now (a replacement names the new one)
             slots[id] = slot
             if isNew || slot.machine.state == .unknown {
                 await perform(id) { $0.handle(.appeared(key: device.identity.key, atMs: nowMs)) }

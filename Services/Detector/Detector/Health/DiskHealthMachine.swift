@@ -10,7 +10,8 @@
 /// filesystem) applies at once; transient evidence escalates in steps (one kernel I/O error
 /// makes a disk suspect, repeated errors make it failing, kernel errors alone never make it
 /// failed; one failed write probe makes it suspect, consecutive failures make it failed);
-/// and a disk only gets better after several consecutive better checks.
+/// and a disk only gets better after several consecutive better checks spanning at least
+/// ``Policy/recoveryMs``.
 public struct DiskHealthMachine: Sendable, Equatable, Codable {
     public enum State: String, Sendable, Codable, CaseIterable, Comparable {
         /// Never checked yet.
@@ -100,8 +101,11 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         public var errorsForFailing = 3
         /// This many consecutive failed probes make a disk failed.
         public var probeFailuresForFailed = 2
-        /// This many consecutive checks better than the current state make it better.
+        /// This many consecutive checks better than the current state make it better...
         public var checksToRecover = 3
+        /// ...and the better evidence must have lasted this long (a burst of re-checks
+        /// triggered by errors must not walk a disk back).
+        public var recoveryMs: Int64 = 10 * 60 * 1000
         public init() {}
     }
 
@@ -117,6 +121,7 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
     private var lastErrorDetail = ""
     private var probeFailureStreak = 0
     private var betterStreak = 0
+    private var betterSinceMs: Int64 = 0
     private var lastDurable: [Reason] = []
     private var lastProbe: Reason?
 
@@ -208,10 +213,12 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
             }
             return []
         }
-        // Better: only after enough consecutive better checks (errors alone do not count).
+        // Better: only after enough consecutive better checks over enough time (errors alone
+        // do not count).
         guard fromCheck else { return [] }
+        if betterStreak == 0 { betterSinceMs = nowMs }
         betterStreak += 1
-        guard betterStreak >= policy.checksToRecover else { return [] }
+        guard betterStreak >= policy.checksToRecover, nowMs - betterSinceMs >= policy.recoveryMs else { return [] }
         betterStreak = 0
         return move(to: target, reasons: evidence, nowMs: nowMs)
     }

@@ -1,0 +1,33 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A built Bynar service executable running against a test broker, with its own config,
+/// store and log in `directory`. Killed on deinit.
+public final class ServiceProcess: @unchecked Sendable {
+    public let process: ChildProcess
+    public let directory: String
+    public let logPath: String
+
+    /// Starts `executable` (e.g. "bynar-detector") on `brokerPort` as `host`; `extraConfig`
+    /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`).
+    public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "") throws {
+        self.directory = directory
+        logPath = directory + "/\(executable).log"
+        let config = """
+        {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "debug",
+         "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)}
+        """
+        try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
+        process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: logPath)
+    }
+
+    /// Sends `signal` and waits for the exit.
+    public func signal(_ signal: Int32) {
+        process.stop(signal)
+    }
+
+    /// What the service logged so far.
+    public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+}

@@ -1,0 +1,84 @@
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+
+/// The real bynar-detector process, a real broker, a real loop device over faultfs: kernel
+/// errors, a forced read-only ext4, a disk that leaves and a new one in its slot.
+@Suite(.serialized, .enabled(if: FaultyDisk.available && TestBroker.available, "\(FaultyDisk.unavailableReason ?? "mosquitto is not installed")"))
+struct DetectorServiceTests {
+    typealias Event = Received<Bynar_V1_DiskHealthEvent>
+
+    @Test func aDiskGoesFromHealthyToFailingToFailedToMissingAndIsReplaced() async throws {
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+
+        let diskA = try FaultyDisk(sizeMB: 64, filesystem: "ext4")
+        defer { diskA.teardown() }
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5}
+            """)
+        defer { detector.signal(SIGTERM) }
+
+        func transition(of device: String? = nil, key: String? = nil, to state: Bynar_V1_DiskState, within timeout: Duration) async -> Event? {
+            _ = await events.wait(timeout: timeout) { all in
+                all.contains { ($0.payload.disk.devPath == device || $0.payload.disk.key == key) && $0.payload.toState == state }
+            }
+            return events.all.first { ($0.payload.disk.devPath == device || $0.payload.disk.key == key) && $0.payload.toState == state }
+        }
+
+        // 1. First sight: healthy, identified by its backing file.
+        let healthy = try #require(await transition(of: diskA.device, to: .healthy, within: .seconds(20)), "log:\n\(detector.log)")
+        let keyA = healthy.payload.disk.key
+        #expect(healthy.payload.disk.transport == .loop)
+        #expect(healthy.payload.disk.backingFile.hasSuffix("/fuse/disk"))
+        #expect(keyA.hasPrefix("serial-"))
+
+        // 2. Real read errors in the kernel log: suspect on the first, failing on repeated ones.
+        try diskA.control("fail 20000 64")
+        let firstRead = ContinuousClock.now
+        for block in 0..<4 {
+            _ = try? FaultyDisk.run("/bin/dd", ["if=\(diskA.device)", "of=/dev/null", "bs=4096", "count=1", "skip=\(2500 + block)", "iflag=direct"])
+        }
+        let suspect = try #require(await transition(key: keyA, to: .suspect, within: .seconds(10)), "log:\n\(detector.log)")
+        #expect(suspect.payload.reasons.map(\.rule).contains("kernel.io_error"))
+        let failing = try #require(await transition(key: keyA, to: .failing, within: .seconds(10)), "log:\n\(detector.log)")
+        #expect(failing.payload.reasons.first?.rule == "kernel.io_errors_repeated")
+        print("detector: first kernel I/O error to failing event: \(ContinuousClock.now - firstRead) (upper bound)")
+
+        // 3. ext4 forced read-only after write errors: failed.
+        try diskA.control("clear\nfail-writes 0 131072")
+        let mountpoint = try #require(diskA.mountpoint)
+        try? "x".write(toFile: "\(mountpoint)/file", atomically: false, encoding: .utf8)
+        _ = try? FaultyDisk.run("/bin/sync", ["-f", mountpoint])
+        let failed = try #require(await transition(key: keyA, to: .failed, within: .seconds(30)), "log:\n\(detector.log)")
+        let rules = failed.payload.reasons.map(\.rule)
+        #expect(rules.contains("fs.emergency_ro") || rules.contains("fs.read_only_remount") || rules.contains("fs.probe_failed"), "\(rules)")
+
+        // 4. The device goes away: missing.
+        try diskA.control("vanish ENODEV")
+        try diskA.detach()
+        _ = try #require(await transition(key: keyA, to: .missing, within: .seconds(15)), "log:\n\(detector.log)")
+
+        // 5. A new disk (new image, new serial) in the same slot: replaced, then healthy.
+        let diskB = try FaultyDisk(sizeMB: 64, filesystem: "ext4", loopDevice: diskA.device)
+        defer { diskB.teardown() }
+        let replaced = try #require(await transition(of: diskB.device, to: .replaced, within: .seconds(15)), "log:\n\(detector.log)")
+        #expect(replaced.payload.previousDisk.key == keyA)
+        #expect(replaced.payload.disk.key != keyA)
+        _ = try #require(await transition(key: replaced.payload.disk.key, to: .healthy, within: .seconds(15)), "log:\n\(detector.log)")
+
+        // Every transition of this slot was announced exactly once, in order.
+        let slot = events.all.filter { $0.payload.disk.key == keyA || $0.payload.disk.key == replaced.payload.disk.key }.map(\.payload.toState)
+        #expect(slot == [.healthy, .suspect, .failing, .failed, .missing, .replaced, .healthy], "\(slot)")
+
+        // The retained health of the new disk says healthy.
+        let retained = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: replaced.payload.disk.key), as: Bynar_V1_DiskHealth.self))
+        #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .healthy } })
+        await watcher.shutdown()
+    }
+}
