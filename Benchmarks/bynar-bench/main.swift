@@ -5,12 +5,15 @@
 //       publishes N QoS 1 envelopes and waits for every acknowledgement
 //   bynar-bench stream --port P --messages N
 //       the same, as ordered pipelined batches (how the outbox sends)
+//   bynar-bench kernel-latency --port P --host H --disks /dev/loopA:CONTROL,...
+//       kernel I/O error (a failed O_DIRECT read on a faultfs disk) -> detector event
 //   bynar-bench rtt --port P --samples N
 //       request/response round trips through the broker, one at a time
 import BynarBus
 import BynarConfig
 import BynarProto
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -120,6 +123,60 @@ func benchRoundTrip(port: Int, samples: Int) async throws {
     await server.shutdown()
 }
 
+/// For each `device:control` pair: makes a block fail (faultfs control file), reads it with
+/// O_DIRECT, and times until the detector's event for that disk arrives on the bus.
+func benchKernelLatency(port: Int, host: String, disks: [(device: String, control: String)]) async throws {
+    let bus = try await makeBus("latency", port: port)
+    let events = try await bus.subscribe(Topics.diskEvents(host: host), as: Bynar_V1_DiskHealthEvent.self)
+    let arrivals = ArrivalLog()
+    let listener = Task {
+        for await event in events where event.payload.toState == .suspect {
+            arrivals.record(device: event.payload.disk.devPath)
+        }
+    }
+    var latencies: [Double] = []
+    for disk in disks {
+        let control = open(disk.control, O_WRONLY)
+        precondition(control >= 0, "cannot open \(disk.control)")
+        _ = "fail 800 8\n".withCString { write(control, $0, strlen($0)) }
+        close(control)
+        let fd = open(disk.device, O_RDONLY | 0o40000)  // O_DIRECT
+        precondition(fd >= 0, "cannot open \(disk.device)")
+        var buffer: UnsafeMutableRawPointer?
+        posix_memalign(&buffer, 4096, 4096)
+        let started = ContinuousClock.now
+        let result = pread(fd, buffer, 4096, 800 * 512)
+        precondition(result < 0, "the read should have failed")
+        close(fd)
+        free(buffer)
+        let deadline = started + .seconds(10)
+        while arrivals.time(of: disk.device) == nil && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        guard let arrived = arrivals.time(of: disk.device) else {
+            print("latency device=\(disk.device) no event within 10 s")
+            continue
+        }
+        latencies.append(seconds(arrived - started) * 1000)
+        try await Task.sleep(for: .milliseconds(600))  // the kernel prints at most 10 I/O errors per 5 s
+    }
+    listener.cancel()
+    latencies.sort()
+    if latencies.isEmpty {
+        print("kernel_latency samples=0")
+    } else {
+        print("kernel_latency samples=\(latencies.count) p50_ms=\(percentile(latencies, 0.5)) max_ms=\(latencies.last!)")
+    }
+    await bus.shutdown()
+}
+
+/// When each device's event arrived.
+final class ArrivalLog: Sendable {
+    private let times = Mutex<[String: ContinuousClock.Instant]>([:])
+    func record(device: String) { times.withLock { $0[device] = $0[device] ?? .now } }
+    func time(of device: String) -> ContinuousClock.Instant? { times.withLock { $0[device] } }
+}
+
 let port = option("port", 1883)
 switch CommandLine.arguments.dropFirst().first ?? "" {
 case "publish":
@@ -127,9 +184,17 @@ case "publish":
                            publishers: option("publishers", 32), inflight: option("inflight", BrokerConfig().maxInflight))
 case "stream":
     try await benchStream(port: port, messages: option("messages", 20000), payloadBytes: option("payload-bytes", 64))
+case "kernel-latency":
+    let arguments = CommandLine.arguments
+    let disks = arguments.firstIndex(of: "--disks").map { arguments[$0 + 1] } ?? ""
+    let host = arguments.firstIndex(of: "--host").map { arguments[$0 + 1] } ?? "bench"
+    try await benchKernelLatency(port: port, host: host, disks: disks.split(separator: ",").map {
+        let parts = $0.split(separator: ":")
+        return (String(parts[0]), String(parts[1]))
+    })
 case "rtt":
     try await benchRoundTrip(port: port, samples: option("samples", 2000))
 default:
-    writeToStandardError("usage: bynar-bench publish|stream|rtt --port P [--messages N] [--samples N]")
+    writeToStandardError("usage: bynar-bench publish|stream|rtt|kernel-latency --port P [--messages N] [--samples N]")
     exit(64)
 }

@@ -132,14 +132,20 @@ public func localHostName() -> String {
     return String(name.split(separator: ".").first ?? "localhost")
 }
 
-/// Once start-up is over, releases the code pages it touched (see ``ResidentCode``).
+/// Releases clean code pages (see ``ResidentCode``) once start-up is over and then every
+/// 30 s, so an agent that worked for a moment goes back to its idle footprint. Pages still
+/// in use come back as minor faults from the page cache.
 private struct ResidentCodeTrimmer: Service {
     let logger: Logger
     func run() async throws {
-        try? await Task.sleep(for: .seconds(3))
-        let released = ResidentCode.release()
-        logger.debug("released start-up code pages", metadata: ["kB": "\(released)"])
-        try? await gracefulShutdown()
+        await cancelWhenGracefulShutdown {
+            try? await Task.sleep(for: .seconds(3))
+            while !Task.isCancelled {
+                let released = ResidentCode.release()
+                logger.trace("released clean code pages", metadata: ["kB": "\(released)"])
+                try? await Task.sleep(for: .seconds(30))
+            }
+        }
     }
 }
 
