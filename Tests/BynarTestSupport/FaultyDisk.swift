@@ -46,7 +46,8 @@ public final class FaultyDisk: @unchecked Sendable {
     /// and, with `filesystem`, makes and mounts one (`mountOptions` for mount -o).
     /// `loopDevice` attaches to that device (e.g. to put a new disk in the same slot)
     /// instead of the first free one.
-    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil, loopDevice: String? = nil) throws {
+    /// `mount: false` makes the filesystem but leaves it unmounted.
+    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil, loopDevice: String? = nil, mount: Bool = true) throws {
         guard let faultfsPath = FaultyDisk.faultfsPath else { throw TestSupportError(FaultyDisk.unavailableReason ?? "no faultfs") }
         directory = try makeTemporaryDirectory(prefix: "bynar-faulty")
         image = existing ?? "\(directory)/disk.img"
@@ -69,6 +70,8 @@ public final class FaultyDisk: @unchecked Sendable {
             if let filesystem {
                 let mkfs = filesystem == "xfs" ? ["/sbin/mkfs.xfs", "-q", "-f", device] : ["/sbin/mkfs.\(filesystem)", "-q", "-b", "4096", device]
                 try FaultyDisk.run(mkfs[0], Array(mkfs.dropFirst()))
+            }
+            if filesystem != nil, mount {
                 let target = "\(directory)/mnt"
                 try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
                 try FaultyDisk.run("/bin/mount", ["-o", mountOptions, device, target])

@@ -85,4 +85,32 @@ struct DetectorServiceTests {
         #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .healthy } })
         await watcher.shutdown()
     }
+
+    @Test func aRestartResumesWithoutAnnouncingAgain() async throws {
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let disk = try FaultyDisk(sizeMB: 64, filesystem: "ext4")
+        defer { disk.teardown() }
+        let config = """
+            "detector": {"check_interval_seconds": 1, "probe_timeout_seconds": 5}
+            """
+        let first = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: config)
+        #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == disk.device && $0.payload.toState == .healthy } }, "\(first.log)")
+        let key = try #require(events.all.first { $0.payload.disk.devPath == disk.device }?.payload.disk.key)
+        first.signal(SIGTERM)
+        #expect(first.process.exitCode == 0)
+
+        let second = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: config)
+        defer { second.signal(SIGTERM) }
+        // Several checks later: the restored state is the same, so nothing is announced again.
+        try await Task.sleep(for: .seconds(4))
+        #expect(events.all.filter { $0.payload.disk.key == key }.map(\.payload.toState) == [.healthy], "\(second.log)")
+        #expect(second.log.contains("restored disk states"), "\(second.log)")
+        let retained = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: key), as: Bynar_V1_DiskHealth.self))
+        #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .healthy } })
+        await watcher.shutdown()
+    }
 }

@@ -105,3 +105,83 @@ struct KernelAndFilesystemLiveTests {
         #expect(probe != nil)
     }
 }
+
+@Suite(.serialized, .enabled(if: FaultyDisk.available, "\(FaultyDisk.unavailableReason ?? "")"))
+struct XFSAndUnusedDiskTests {
+    @Test func xfsShutdownIsFailed() async throws {
+        let disk = try FaultyDisk(sizeMB: 320, filesystem: "xfs", mountOptions: "defaults")
+        defer { disk.teardown() }
+        let mountpoint = try #require(disk.mountpoint)
+        let mounted = try #require(MountTable.current().first { $0.mountpoint == mountpoint })
+        #expect(FilesystemChecks.inspect(mounted, wasReadWrite: true).isEmpty)
+        try disk.control("fail-writes 0 655360")
+        try? "data".write(toFile: "\(mountpoint)/f", atomically: false, encoding: .utf8)
+        _ = try? FaultyDisk.run("/bin/sync", ["-f", mountpoint])
+        var rules: [String] = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while ContinuousClock.now < deadline, !rules.contains("fs.xfs_shutdown") {
+            rules = FilesystemChecks.inspect(mounted, wasReadWrite: true).map(\.rule)
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        #expect(rules.contains("fs.xfs_shutdown"), "\(rules)")
+    }
+
+    @Test func fsckOnlyOnUnusedDisksAndItFindsCorruption() throws {
+        let disk = try FaultyDisk(sizeMB: 64, filesystem: "ext4", mount: false)
+        defer { disk.teardown() }
+        #expect(UnusedDiskCheck.filesystem(on: disk.device) == "ext")
+        #expect(UnusedDiskCheck.busyReason(devicePath: disk.device, kernelName: disk.name, partitions: [], mounts: MountTable.current()) == nil)
+        #expect(UnusedDiskCheck.check(devicePath: disk.device, timeout: .seconds(60)) == nil, "a fresh filesystem is clean")
+        // Clear the root directory's inode: e2fsck -n must report it.
+        try FaultyDisk.run("/sbin/debugfs", ["-w", "-R", "clri <2>", disk.device])
+        let finding = UnusedDiskCheck.check(devicePath: disk.device, timeout: .seconds(60))
+        #expect(finding?.rule == "fs.fsck_errors" && finding?.severity == .failing, "\(String(describing: finding))")
+
+        // Mounted: busy, never checked.
+        let mountpoint = disk.directory + "/m"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let fresh = try FaultyDisk(sizeMB: 64, filesystem: "ext4")
+        defer { fresh.teardown() }
+        let reason = UnusedDiskCheck.busyReason(devicePath: fresh.device, kernelName: fresh.name, partitions: [], mounts: MountTable.current())
+        #expect(reason?.contains("is mounted on") == true, "\(String(describing: reason))")
+    }
+}
+
+/// The offline commands, run as the operator would.
+@Suite(.enabled(if: FaultyDisk.available, "\(FaultyDisk.unavailableReason ?? "")"))
+struct DetectorCommandTests {
+    @Test func smartCommandJudgesASavedBlob() throws {
+        let blobs = "\(packageRoot)/../shared/smart-blobs"
+        try #require(FileManager.default.fileExists(atPath: blobs), "../shared/smart-blobs is absent")
+        let output = try FaultyDisk.run(builtExecutable("bynar-detector"), ["smart", "--blob", "\(blobs)/WDC_WD5000AAKS--00TMA0-12.01C01"])
+        #expect(output.contains("\"state\""))
+        #expect(output.contains("smart.attr_nonzero.5"), "\(output)")
+        #expect(throws: (any Error).self) { try FaultyDisk.run(builtExecutable("bynar-detector"), ["smart", "--blob", "/nonexistent"]) }
+    }
+
+    @Test func checkCommandReportsAForcedReadOnlyDisk() async throws {
+        let disk = try FaultyDisk(sizeMB: 64, filesystem: "ext4")
+        defer { disk.teardown() }
+        let mountpoint = try #require(disk.mountpoint)
+        try disk.control("fail-writes 0 131072")
+        try? "x".write(toFile: "\(mountpoint)/f", atomically: false, encoding: .utf8)
+        _ = try? FaultyDisk.run("/bin/sync", ["-f", mountpoint])
+        var line = ""
+        let deadline = ContinuousClock.now + .seconds(20)
+        var round = 0
+        while ContinuousClock.now < deadline {
+            // Keep giving ext4 failing writes until its journal gives up.
+            try? "x\(round)".write(toFile: "\(mountpoint)/f\(round)", atomically: false, encoding: .utf8)
+            _ = try? FaultyDisk.run("/bin/sync", ["-f", mountpoint])
+            round += 1
+            let log = disk.directory + "/check.json"
+            let process = try ChildProcess(builtExecutable("bynar-detector"), ["check", "--json"], outputPath: log)
+            _ = process.waitForExit(timeout: .seconds(30))
+            line = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").first { $0.contains("\"\(disk.device)\"") }.map(String.init) ?? ""
+            if line.contains("fs.emergency_ro") { break }
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        #expect(line.contains("\"DISK_STATE_FAILED\""), "\(line)")
+        #expect(line.contains("fs.emergency_ro"), "\(line)")
+    }
+}

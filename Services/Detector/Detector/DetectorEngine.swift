@@ -24,12 +24,16 @@ actor DetectorEngine {
         var smart: Bynar_V1_SmartSummary?
         var filesystems: [Bynar_V1_FilesystemFinding] = []
         var checkedAtMs: Int64 = 0
+        var fsckFinding: DiskHealthMachine.Reason?
+        var lastFsckAtMs: Int64 = 0
     }
 
     let context: ServiceContext
     let config: DetectorConfig
     private var slots: [String: Slot] = [:]
     private let probe = WriteProbe()
+    private var checking: Set<String> = []
+    private var pendingChecks: Set<String> = []
     private var logger: Logger { context.logger }
 
     init(context: ServiceContext) {
@@ -118,37 +122,59 @@ actor DetectorEngine {
     }
 
     /// A full check of one disk: SMART (when due or `forceSmart`), mounted filesystems and
-    /// the write probe; the verdict goes into the disk's machine.
+    /// the write probe, and for a disk no cluster uses a read-only fsck (when due); the
+    /// verdict goes into the disk's machine. Checks of one slot never overlap: a re-check
+    /// asked for while one runs is done once, right after it.
     func check(_ id: String, forceSmart: Bool = false) async {
-        guard var slot = slots[id], let device = slot.device else { return }
+        guard slots[id]?.device != nil else { return }
+        if checking.contains(id) {
+            pendingChecks.insert(id)
+            return
+        }
+        checking.insert(id)
+        defer { checking.remove(id) }
+        var force = forceSmart
+        repeat {
+            pendingChecks.remove(id)
+            await checkOnce(id, forceSmart: force)
+            force = true
+        } while pendingChecks.contains(id)
+    }
+
+    private func checkOnce(_ id: String, forceSmart: Bool) async {
+        guard let start = slots[id], let device = start.device else { return }
         let nowMs = Bus.nowUnixMs()
         var durable: [DiskHealthMachine.Reason] = []
 
-        // SMART, where the disk has it (not for loop or virtual devices).
-        if Self.hasSmart(device) && (forceSmart || nowMs - slot.lastSmartAtMs >= Int64(config.smartIntervalSeconds) * 1000) {
-            switch Self.readSmart(device, smartctlPath: config.smartctlPath) {
+        // SMART, where the disk has it (not for loop or virtual devices), off the actor:
+        // smartctl may take seconds on a sick disk.
+        if Self.hasSmart(device) && (forceSmart || nowMs - start.lastSmartAtMs >= Int64(config.smartIntervalSeconds) * 1000) {
+            let smartctl = config.smartctlPath
+            switch await Task.detached(operation: { Self.readSmart(device, smartctlPath: smartctl) }).value {
             case .success(let reading):
-                let verdict = SmartRules.judge(current: reading, previous: slot.lastSmart)
+                let verdict = SmartRules.judge(current: reading, previous: slots[id]?.lastSmart)
                 durable += verdict.reasons.map(Self.reason)
-                slot.smart = reading.summary()
-                slot.lastSmart = reading
-                slot.lastSmartAtMs = nowMs
+                slots[id]?.smart = reading.summary()
+                slots[id]?.lastSmart = reading
+                slots[id]?.lastSmartAtMs = nowMs
                 saveSample(key: device.identity.key, reading: reading, atMs: nowMs)
             case .failure(let error):
                 logger.warning("cannot read SMART", metadata: ["disk": "\(device.identity.devPath)", "error": "\(error)"])
             }
-        } else if let last = slot.lastSmart {
+        } else if let last = start.lastSmart {
             durable += SmartRules.judge(current: last, previous: nil).reasons.map(Self.reason)
         }
 
         // Mounted filesystems on this disk (whole disk or partitions).
-        let numbers = Set([device.identity.devPath] + device.identity.partitions.map(\.devPath))
-        let mounts = MountTable.current().filter { numbers.contains($0.source) }
+        let partitions = device.identity.partitions.map(\.devPath).filter { $0 != device.identity.devPath }
+        let paths = Set([device.identity.devPath] + partitions)
+        let allMounts = MountTable.current()
+        let mounts = allMounts.filter { paths.contains($0.source) }
         var findings: [Bynar_V1_FilesystemFinding] = []
         var probeFailure: DiskHealthMachine.Reason?
         for mount in mounts {
-            if !mount.isReadOnly && !mount.isEmergencyReadOnly { slot.seenReadWrite.insert(mount.mountpoint) }
-            let reasons = FilesystemChecks.inspect(mount, wasReadWrite: slot.seenReadWrite.contains(mount.mountpoint))
+            if !mount.isReadOnly && !mount.isEmergencyReadOnly { slots[id]?.seenReadWrite.insert(mount.mountpoint) }
+            let reasons = FilesystemChecks.inspect(mount, wasReadWrite: slots[id]?.seenReadWrite.contains(mount.mountpoint) ?? false)
             durable += reasons
             findings += reasons.map { Self.finding(mount, $0) }
             if config.probe && !mount.isReadOnly && !mount.isEmergencyReadOnly,
@@ -157,9 +183,31 @@ actor DetectorEngine {
                 findings.append(Self.finding(mount, failure))
             }
         }
-        slot.filesystems = findings
-        slot.checkedAtMs = nowMs
-        slots[id] = slot
+
+        // A disk no cluster uses: a read-only fsck now and then (never on a system disk).
+        if mounts.isEmpty && !device.isSystemDisk && config.fsckIntervalSeconds > 0 {
+            if let last = slots[id]?.fsckFinding, nowMs - (slots[id]?.lastFsckAtMs ?? 0) < Int64(config.fsckIntervalSeconds) * 1000 {
+                durable.append(last)
+            } else if UnusedDiskCheck.busyReason(devicePath: device.identity.devPath, kernelName: Self.kernelName(of: device),
+                                                 partitions: partitions, mounts: allMounts) == nil {
+                let targets = partitions.isEmpty ? [device.identity.devPath] : partitions
+                let timeout = Duration.seconds(config.fsckTimeoutSeconds)
+                let finding = await Task.detached(operation: {
+                    targets.lazy.compactMap { UnusedDiskCheck.check(devicePath: $0, timeout: timeout) }.first
+                }).value
+                slots[id]?.fsckFinding = finding
+                slots[id]?.lastFsckAtMs = nowMs
+                if let finding { durable.append(finding) }
+            }
+        }
+        if let fsck = durable.first(where: { $0.rule == "fs.fsck_errors" }) {
+            var finding = Bynar_V1_FilesystemFinding()
+            finding.kind = .fsckErrors
+            finding.detail = fsck.detail
+            findings.append(finding)
+        }
+        slots[id]?.filesystems = findings
+        slots[id]?.checkedAtMs = nowMs
         await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, atMs: nowMs))) }
     }
 

@@ -50,7 +50,7 @@ public enum FilesystemChecks {
 
     /// Durable findings for one mounted filesystem: an `emergency_ro` or read-only remount
     /// (`wasReadWrite`: this mount was seen read-write before, so read-only is not how it
-    /// was configured), ext4's recorded error count, an XFS shutdown.
+    /// was configured), ext4's recorded error count, an XFS shutdown (its root no longer stats).
     public static func inspect(_ filesystem: MountedFilesystem, wasReadWrite: Bool, sysFs: String = "/sys/fs") -> [Reason] {
         var reasons: [Reason] = []
         let at = "\(filesystem.fsType) on \(filesystem.mountpoint)"
@@ -67,9 +67,10 @@ public enum FilesystemChecks {
                                   detail: "\(at) recorded \(count) error(s)\(function.isEmpty ? "" : ", first in \(function)")"))
         }
         if filesystem.fsType == "xfs" {
-            var stats = statvfs()
-            if statvfs(filesystem.mountpoint, &stats) != 0 && errno == EIO {
-                reasons.append(Reason(rule: "fs.xfs_shutdown", severity: .failed, detail: "\(at) is shut down (statvfs: I/O error)"))
+            // A shut-down XFS still answers statvfs, but stat of its root fails with EIO.
+            var info = stat()
+            if stat(filesystem.mountpoint, &info) != 0 && errno == EIO {
+                reasons.append(Reason(rule: "fs.xfs_shutdown", severity: .failed, detail: "\(at) is shut down (stat of its root: I/O error)"))
             }
         }
         return reasons
