@@ -18,6 +18,8 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// read-only `e2fsck -n` / `xfs_repair -n` this often; 0 turns it off.
     public var fsckIntervalSeconds = 86_400
     public var fsckTimeoutSeconds = 600
+    /// ...and only after every check for this long found it unused.
+    public var fsckQuietSeconds = 3600
     /// SMART samples kept per disk for trends.
     public var smartSamplesKept = 100
 
@@ -30,6 +32,7 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
         if smartIntervalSeconds < 1 { problem("smart_interval_seconds", "must be at least 1, got \(smartIntervalSeconds)") }
         if probeTimeoutSeconds < 1 { problem("probe_timeout_seconds", "must be at least 1, got \(probeTimeoutSeconds)") }
         if fsckIntervalSeconds < 0 { problem("fsck_interval_seconds", "must be 0 (off) or more, got \(fsckIntervalSeconds)") }
+        if fsckQuietSeconds < 0 { problem("fsck_quiet_seconds", "must be 0 or more, got \(fsckQuietSeconds)") }
         if fsckTimeoutSeconds < 1 { problem("fsck_timeout_seconds", "must be at least 1, got \(fsckTimeoutSeconds)") }
         if smartSamplesKept < 2 { problem("smart_samples_kept", "must be at least 2 (trends need two), got \(smartSamplesKept)") }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }

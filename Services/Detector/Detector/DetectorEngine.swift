@@ -26,6 +26,8 @@ actor DetectorEngine {
         var checkedAtMs: Int64 = 0
         var fsckFinding: DiskHealthMachine.Reason?
         var lastFsckAtMs: Int64 = 0
+        /// Since when every check found the disk unused (nothing mounted); nil when in use.
+        var unusedSinceMs: Int64?
     }
 
     let context: ServiceContext
@@ -184,8 +186,12 @@ actor DetectorEngine {
             }
         }
 
-        // A disk no cluster uses: a read-only fsck now and then (never on a system disk).
-        if mounts.isEmpty && !device.isSystemDisk && config.fsckIntervalSeconds > 0 {
+        // A disk no cluster uses: a read-only fsck now and then (never on a system disk), and
+        // only once it has stayed unused for a quiet period, so a disk being prepared (mkfs,
+        // mount, ceph-volume) is never held open under the tool preparing it.
+        if !mounts.isEmpty { slots[id]?.unusedSinceMs = nil } else if slots[id]?.unusedSinceMs == nil { slots[id]?.unusedSinceMs = nowMs }
+        let quiet = mounts.isEmpty && nowMs - (slots[id]?.unusedSinceMs ?? nowMs) >= Int64(config.fsckQuietSeconds) * 1000
+        if quiet && !device.isSystemDisk && config.fsckIntervalSeconds > 0 {
             if let last = slots[id]?.fsckFinding, nowMs - (slots[id]?.lastFsckAtMs ?? 0) < Int64(config.fsckIntervalSeconds) * 1000 {
                 durable.append(last)
             } else if UnusedDiskCheck.busyReason(devicePath: device.identity.devPath, kernelName: Self.kernelName(of: device),

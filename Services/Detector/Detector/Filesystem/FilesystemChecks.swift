@@ -82,8 +82,9 @@ public enum FilesystemChecks {
 /// is reported as a timeout and no second probe is started on that mount until it returns.
 public final class WriteProbe: Sendable {
     private let inFlight = Mutex<Set<String>>([])
-    /// Name of the probe file created (and removed) in the filesystem's root.
-    public static let fileName = ".bynar-probe"
+    /// Name of the probe file created (and removed) in the filesystem's root; the pid keeps
+    /// two probing processes from clobbering each other's block.
+    public static var fileName: String { ".bynar-probe-\(getpid())" }
 
     public init() {}
 
