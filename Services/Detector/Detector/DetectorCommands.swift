@@ -105,22 +105,10 @@ public enum DetectorCommands {
             for health in results {
                 let flags = (health.systemDisk ? " [system]" : "") + (health.excluded ? " [excluded]" : "")
                 let reasons = health.reasons.filter { $0.severity != .healthy }.map { "\($0.rule): \($0.detail)" }.joined(separator: "; ")
-                print(pad(health.disk.devPath, 14) + pad(health.disk.key, 34) + pad(label(health.state), 9) + (reasons.isEmpty ? "-" : reasons) + flags)
+                print(pad(health.disk.devPath, 14) + pad(health.disk.key, 34) + pad(SmartCommand.stateName(health.state), 9) + (reasons.isEmpty ? "-" : reasons) + flags)
             }
         }
         return results.contains { $0.state == .failed || $0.state == .failing } ? 2 : 0
-    }
-
-    static func label(_ state: Bynar_V1_DiskState) -> String {
-        switch state {
-        case .healthy: "healthy"
-        case .suspect: "suspect"
-        case .failing: "failing"
-        case .failed: "failed"
-        case .missing: "missing"
-        case .replaced: "replaced"
-        default: "unknown"
-        }
     }
 
     static func pad(_ text: String, _ width: Int) -> String {

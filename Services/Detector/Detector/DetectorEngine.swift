@@ -381,16 +381,9 @@ actor DetectorEngine {
         .init(rule: reason.rule, severity: state(reason.severity), detail: reason.detail)
     }
 
+    /// The inverse of ``wire(_:)-swift.type.method``.
     static func state(_ state: Bynar_V1_DiskState) -> DiskHealthMachine.State {
-        switch state {
-        case .healthy: .healthy
-        case .suspect: .suspect
-        case .failing: .failing
-        case .failed: .failed
-        case .missing: .missing
-        case .replaced: .replaced
-        default: .unknown
-        }
+        DiskHealthMachine.State.allCases.first { wire($0) == state } ?? .unknown
     }
 
     static func wire(_ state: DiskHealthMachine.State) -> Bynar_V1_DiskState {
