@@ -14,6 +14,7 @@ let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "sw
 let protobuf = Target.Dependency.product(name: "SwiftProtobuf", package: "swift-protobuf")
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
+let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
 
 /// The five services: a library target with the logic and a thin executable each.
 let services: [(name: String, executable: String)] = [
@@ -27,6 +28,7 @@ let services: [(name: String, executable: String)] = [
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
     "Detector": ["CAtaSmart", "CUdev"],
+    "DiskManager": ["CRados", crypto],
 ]
 
 let serviceTargets: [Target] = services.flatMap { service in
@@ -60,6 +62,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: serviceTargets + [
         // libmosquitto, wrapped once: only BynarBus imports it.
@@ -82,6 +85,12 @@ let package = Package(
             path: "Shared/CUdev",
             pkgConfig: "libudev",
             providers: [.apt(["libudev-dev"])]
+        ),
+        // librados (Ceph mon/mgr commands), wrapped once: only the disk-manager imports it.
+        .systemLibrary(
+            name: "CRados",
+            path: "Shared/CRados",
+            providers: [.apt(["librados-dev"])]
         ),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
@@ -140,6 +149,12 @@ let package = Package(
             name: "DetectorTests",
             dependencies: ["Detector", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
             path: "Tests/DetectorTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "DiskManagerTests",
+            dependencies: ["DiskManager", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
+            path: "Tests/DiskManagerTests",
             swiftSettings: strict
         ),
         .testTarget(

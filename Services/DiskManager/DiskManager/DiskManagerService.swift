@@ -1,6 +1,6 @@
 public import BynarRuntime
 import BynarBus
-import BynarProto
+public import BynarProto
 import Logging
 import ServiceLifecycle
 
@@ -43,7 +43,7 @@ public struct DiskManagerService: BynarService {
         }
     }
 
-    static func operationName(_ request: Bynar_V1_DiskManagerRequest) -> String {
+    public static func operationName(_ request: Bynar_V1_DiskManagerRequest) -> String {
         switch request.operation {
         case .list: "List"
         case .safeToRemove: "SafeToRemove"
