@@ -7,7 +7,7 @@ import Foundation
 import SwiftProtobuf
 import Testing
 
-/// Command signing, trusted keys and the persistent nonce store, with real
+/// Command signing, trusted keys, the persistent nonce store and the audit log, with real
 /// Ed25519 keys and real SQLite files.
 struct AuthTests {
     static let now: Int64 = 1_800_000_000_000
@@ -20,7 +20,7 @@ struct AuthTests {
     }
 
     func openStore() throws -> LocalStore {
-        try LocalStore(path: "\(directory)/disk-manager.sqlite", migrations: CommandVerifier.migrations)
+        try LocalStore(path: "\(directory)/disk-manager.sqlite", migrations: CommandVerifier.migrations + AuditLog.migrations)
     }
 
     func verifier(_ store: LocalStore, maxLifetime: Duration = .seconds(600), retention: Duration = .seconds(3600)) -> CommandVerifier {
@@ -300,6 +300,87 @@ struct AuthTests {
         #expect(error("k ed25519-private AAAA\n") == KeyFileError(line: 1, .wrongKeyLength(3)))
         #expect(throws: KeyFileError(line: 0, .malformed(fieldCount: 2))) { try KeyFiles.generate(keyID: "two words") }
         #expect(throws: KeyFileError(line: 0, .malformed(fieldCount: 0))) { try KeyFiles.generate(keyID: "") }
+    }
+
+    // MARK: Audit log and request ids
+
+    @Test func auditRecordsRoundTripNewestFirst() throws {
+        let log = AuditLog(store: try openStore())
+        var refused = Bynar_V1_DiskManagerResponse()
+        refused.outcome = .refused
+        refused.reason = "command is not signed"
+        let unsigned = Self.removeRequest()
+        try log.record(AuditRecord(request: unsigned, receivedUnixMs: Self.now, verification: .failure(.unsigned), response: refused))
+
+        let request = try signed()
+        let verification = verifier(try openStore()).verify(request, nowMs: Self.now + 5)
+        var failed = Bynar_V1_DiskManagerResponse()
+        failed.outcome = .failed
+        failed.reason = "osd would not stop"
+        failed.failedStep = "stop osd.12"
+        try log.record(AuditRecord(request: request, receivedUnixMs: Self.now + 5, verification: verification, response: failed))
+
+        var list = Bynar_V1_DiskManagerRequest()
+        list.requestID = "req-list"
+        list.list = .init()
+        try log.record(AuditRecord(request: list, receivedUnixMs: Self.now + 9, verification: .failure(.unknownKey("x")), response: refused))
+
+        // Reopen: the log is in the file.
+        let records = try AuditLog(store: try openStore()).recent(limit: 2)
+        #expect(records.count == 2)
+        #expect(records[0] == AuditRecord(
+            receivedUnixMs: Self.now + 9, requestID: "req-list", operation: "List", disk: "", signerKeyID: "", verified: false,
+            rejection: "command signed with unknown key \"x\"", simulate: false, outcome: .refused, reason: "command is not signed", failedStep: ""
+        ))
+        #expect(records[1] == AuditRecord(
+            receivedUnixMs: Self.now + 5, requestID: "req-1", operation: "Remove", disk: "wwn=0x5000c500a1b2c3d4 serial=ZA1ABC",
+            signerKeyID: "ops", verified: true, rejection: "", simulate: true, outcome: .failed, reason: "osd would not stop",
+            failedStep: "stop osd.12"
+        ))
+        #expect(try log.recent(limit: 10).last?.rejection == "command is not signed")
+    }
+
+    @Test func auditLogIsAppendOnly() throws {
+        let store = try openStore()
+        let log = AuditLog(store: store)
+        try log.record(AuditRecord(
+            receivedUnixMs: 1, requestID: "r", operation: "List", disk: "", signerKeyID: "", verified: false, rejection: "x",
+            simulate: false, outcome: .refused, reason: "", failedStep: ""
+        ))
+        #expect(throws: (any Error).self) { try store.database.write { try $0.execute(sql: "DELETE FROM dm_audit") } }
+        #expect(throws: (any Error).self) { try store.database.write { try $0.execute(sql: "UPDATE dm_audit SET verified = 1") } }
+        #expect(try log.recent(limit: 5).count == 1)
+    }
+
+    @Test func firstOutcomeIsKept() throws {
+        let log = AuditLog(store: try openStore())
+        #expect(try log.firstOutcome(requestID: "req-1") == nil)
+        var first = Bynar_V1_DiskManagerResponse()
+        first.requestID = "req-1"
+        first.host = "storage-7"
+        first.outcome = .success
+        first.steps = ["mark osd.12 out", "stop osd.12"]
+        #expect(try log.remember(requestID: "req-1", response: first, nowMs: Self.now))
+        var second = first
+        second.outcome = .failed
+        #expect(try log.remember(requestID: "req-1", response: second, nowMs: Self.now + 1) == false)
+        #expect(try log.remember(requestID: "", response: second, nowMs: Self.now) == false)
+        #expect(try log.firstOutcome(requestID: "") == nil)
+
+        let reopened = AuditLog(store: try openStore())
+        let bytes = try #require(try reopened.firstOutcome(requestID: "req-1"))
+        let firstBytes: [UInt8] = try first.serializedBytes()
+        #expect(bytes == firstBytes)
+        #expect(try reopened.firstResponse(requestID: "req-1") == first)
+        #expect(try reopened.firstResponse(requestID: "req-2") == nil)
+    }
+
+    @Test func selectorText() {
+        var selector = Bynar_V1_DiskSelector()
+        #expect(AuditLog.selectorText(selector) == "")
+        selector.devPath = "/dev/sdc"
+        selector.key = "slot-3"
+        #expect(AuditLog.selectorText(selector) == "key=slot-3 dev_path=/dev/sdc")
     }
 }
 
