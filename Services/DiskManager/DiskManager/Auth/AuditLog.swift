@@ -10,6 +10,7 @@ import FoundationEssentials
 public struct AuditRecord: Sendable, Equatable {
     /// When it was received (unix ms).
     public var receivedUnixMs: Int64
+    /// The request's own id.
     public var requestID: String
     /// Operation name, as ``DiskManagerService/operationName(_:)`` gives it.
     public var operation: String
@@ -21,11 +22,16 @@ public struct AuditRecord: Sendable, Equatable {
     public var verified: Bool
     /// Why verification failed; empty when verified.
     public var rejection: String
+    /// Whether the request asked only to say what would be done.
     public var simulate: Bool
+    /// The outcome answered.
     public var outcome: Bynar_V1_Outcome
+    /// The answer's reason, in words.
     public var reason: String
+    /// The step that failed, for FAILED.
     public var failedStep: String
 
+    /// A record from its fields.
     public init(
         receivedUnixMs: Int64, requestID: String, operation: String, disk: String, signerKeyID: String,
         verified: Bool, rejection: String, simulate: Bool, outcome: Bynar_V1_Outcome, reason: String, failedStep: String
@@ -104,6 +110,7 @@ public struct AuditLog: Sendable {
         },
     ]
 
+    /// The disk-manager's store holding the tables.
     public let store: LocalStore
 
     /// The log in `store`, which must have been opened with ``migrations``.

@@ -124,8 +124,10 @@ public struct KeyFileError: Error, Equatable, Sendable, CustomStringConvertible 
 
     /// 1-based line number; 0 when the problem is the whole file.
     public var line: Int
+    /// What is wrong.
     public var problem: Problem
 
+    /// The error for `problem` on `line` (0: the whole file).
     public init(line: Int, _ problem: Problem) {
         self.line = line
         self.problem = problem
@@ -359,10 +361,13 @@ enum Base64 {
 
 /// A command that passed every check in ``CommandVerifier/verify(_:nowMs:)``.
 public struct VerifiedCommand: Sendable {
+    /// The request as received.
     public var request: Bynar_V1_DiskManagerRequest
     /// The trusted key that signed it.
     public var keyID: String
+    /// Its nonce, now remembered.
     public var nonce: [UInt8]
+    /// When it expires (unix ms).
     public var expiresUnixMs: Int64
 }
 
@@ -423,7 +428,9 @@ public struct CommandVerifier: Sendable {
         },
     ]
 
+    /// The keys commands may be signed with.
     public let trustedKeys: TrustedKeys
+    /// Where nonces are remembered.
     public let store: LocalStore
     /// A command may expire at most this far after it is verified.
     public let maxLifetime: Duration
