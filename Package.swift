@@ -109,7 +109,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bynar",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", protobuf, argumentParser, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "DiskManager", protobuf, argumentParser, log],
             path: "CLI/bynar",
             swiftSettings: strict
         ),
