@@ -27,8 +27,8 @@ let services: [(name: String, executable: String)] = [
 
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
-    "Detector": ["CAtaSmart", "CUdev"],
-    "DiskManager": ["CRados", crypto],
+    "Detector": ["CAtaSmart", "BynarDisks"],
+    "DiskManager": ["CRados", crypto, "BynarDisks"],
 ]
 
 let serviceTargets: [Target] = services.flatMap { service in
@@ -79,7 +79,7 @@ let package = Package(
             pkgConfig: "libatasmart",
             providers: [.apt(["libatasmart-dev"])]
         ),
-        // libudev (block device inventory), wrapped once: only the detector imports it.
+        // libudev (block device inventory), wrapped once: only BynarDisks imports it.
         .systemLibrary(
             name: "CUdev",
             path: "Shared/CUdev",
@@ -92,6 +92,9 @@ let package = Package(
             path: "Shared/CRados",
             providers: [.apt(["librados-dev"])]
         ),
+        // The host's block devices (libudev, sysfs, mountinfo): inventory, system disks,
+        // kernel uevents. Shared by the detector (watches) and the disk-manager (acts).
+        .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto"], path: "Shared/BynarDisks", swiftSettings: strict),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
         .target(name: "BynarStore", dependencies: [grdb, log], path: "Shared/BynarStore", swiftSettings: strict),
@@ -147,7 +150,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DetectorTests",
-            dependencies: ["Detector", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
+            dependencies: ["Detector", "BynarDisks", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
             path: "Tests/DetectorTests",
             swiftSettings: strict
         ),

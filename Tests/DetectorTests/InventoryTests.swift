@@ -1,3 +1,4 @@
+@testable import BynarDisks
 import BynarProto
 import BynarTestSupport
 @testable import Detector

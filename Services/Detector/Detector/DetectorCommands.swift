@@ -1,3 +1,4 @@
+import BynarDisks
 import BynarConfig
 import BynarProto
 import SwiftProtobuf

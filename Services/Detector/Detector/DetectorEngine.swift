@@ -1,5 +1,6 @@
 public import BynarConfig
 public import BynarProto
+import BynarDisks
 import BynarBus
 import BynarRuntime
 import BynarStore

@@ -1,4 +1,5 @@
 public import BynarRuntime
+import BynarDisks
 import BynarBus
 import BynarConfig
 public import BynarStore

@@ -1,3 +1,4 @@
+import BynarDisks
 import Synchronization
 #if canImport(Glibc)
 import Glibc

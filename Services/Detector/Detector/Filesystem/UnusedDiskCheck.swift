@@ -1,4 +1,5 @@
 #if canImport(Glibc)
+import BynarDisks
 import Glibc
 #endif
 

@@ -194,7 +194,7 @@ final class UdevKernelMonitor: @unchecked Sendable {
 extension String {
     /// Without leading and trailing spaces, tabs, newlines and NULs (sysfs values end in "\n";
     /// SCSI vendor and model are space-padded).
-    func trimmingWhitespace() -> String {
+    package func trimmingWhitespace() -> String {
         let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" || $0 == "\0" }
         guard let first = firstIndex(where: { !isSpace($0) }),
               let last = lastIndex(where: { !isSpace($0) })

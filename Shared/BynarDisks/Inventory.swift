@@ -191,26 +191,26 @@ public enum InventoryBenchmark {
 // MARK: - Mount and swap tables
 
 /// One line of /proc/self/mountinfo (proc(5)); paths unescaped.
-struct MountInfoEntry: Sendable, Equatable {
-    var devNumber: DeviceNumber
+package struct MountInfoEntry: Sendable, Equatable {
+    package var devNumber: DeviceNumber
     /// The directory of the filesystem that forms this mount's root (not "/" for bind mounts).
-    var root: String
-    var mountPoint: String
-    var fsType: String
+    package var root: String
+    package var mountPoint: String
+    package var fsType: String
     /// The mount source ("/dev/sda1", "/dev/root", "tmpfs").
-    var source: String
+    package var source: String
     /// Per-mount options ("rw", "relatime", ...).
-    var mountOptions: [String] = []
+    package var mountOptions: [String] = []
     /// Filesystem (super block) options ("errors=remount-ro", "emergency_ro", ...).
-    var superOptions: [String] = []
+    package var superOptions: [String] = []
 
     /// The entries of a mountinfo text; malformed lines are skipped.
-    static func parse(_ text: String) -> [MountInfoEntry] {
+    package static func parse(_ text: String) -> [MountInfoEntry] {
         text.split(separator: "\n").compactMap(parseLine)
     }
 
     /// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue"
-    static func parseLine(_ line: Substring) -> MountInfoEntry? {
+    package static func parseLine(_ line: Substring) -> MountInfoEntry? {
         let fields = line.split(separator: " ", omittingEmptySubsequences: true)
         // Six fixed fields, zero or more optional fields, "-", then type, source, options.
         guard fields.count >= 9,
@@ -248,7 +248,7 @@ struct SwapEntry: Sendable, Equatable {
 
 /// Undoes the kernel's octal escapes in /proc paths ("\040" space, "\011" tab, "\012"
 /// newline, "\134" backslash); anything that is not such an escape stays as it is.
-func unescapeOctal(_ text: Substring) -> String {
+package func unescapeOctal(_ text: Substring) -> String {
     guard text.contains("\\") else { return String(text) }
     var bytes: [UInt8] = []
     let input = Array(text.utf8)
@@ -579,13 +579,13 @@ struct InventorySnapshot: Sendable, Equatable {
 // MARK: - Small Glibc helpers
 
 /// An errno value as an Error.
-struct SystemErrno: Error, Equatable {
-    let code: Int32
-    init(_ code: Int32) { self.code = code }
+package struct SystemErrno: Error, Equatable {
+    package let code: Int32
+    package init(_ code: Int32) { self.code = code }
 }
 
 /// The whole content of a file (sysfs and /proc report size 0, so read to EOF), or errno.
-func readFile(_ path: String) -> Result<[UInt8], SystemErrno> {
+package func readFile(_ path: String) -> Result<[UInt8], SystemErrno> {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return .failure(SystemErrno(errno)) }
     defer { close(fd) }
@@ -603,7 +603,7 @@ func readFile(_ path: String) -> Result<[UInt8], SystemErrno> {
 }
 
 /// The entry names of a directory ("." and ".." left out); empty if it cannot be read.
-func listDirectory(_ path: String) -> [String] {
+package func listDirectory(_ path: String) -> [String] {
     guard let directory = opendir(path) else { return [] }
     defer { closedir(directory) }
     var names: [String] = []
