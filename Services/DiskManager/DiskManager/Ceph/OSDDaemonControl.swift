@@ -25,8 +25,9 @@ public struct DaemonCommandError: Error, CustomStringConvertible {
 }
 
 /// `OSDDaemonControl` by running configured command templates, in which `{id}` stands for
-/// the OSD id. A create template without `{id}` is used when no id is given; with an id,
-/// the `createWithID` template is used.
+/// the OSD id. `create(nil)` runs the `create` template, `create(id)` the `createWithID` one
+/// (e.g. `["ceph-volume", "lvm", "create", "--osd-id", "{id}", "--data", "/dev/sdX"]`): the
+/// device is the caller's to fill in, so the create templates have no defaults.
 public struct CommandDaemonControl: OSDDaemonControl {
     public var stopCommand: [String]
     public var startCommand: [String]
@@ -38,8 +39,8 @@ public struct CommandDaemonControl: OSDDaemonControl {
     public init(
         stop: [String] = ["systemctl", "stop", "ceph-osd@{id}"],
         start: [String] = ["systemctl", "start", "ceph-osd@{id}"],
-        create: [String] = ["ceph-volume", "lvm", "create", "--data", "{device}"],
-        createWithID: [String] = ["ceph-volume", "lvm", "create", "--osd-id", "{id}", "--data", "{device}"],
+        create: [String],
+        createWithID: [String],
         timeout: Duration = .seconds(120)
     ) {
         self.stopCommand = stop
