@@ -191,6 +191,23 @@ struct CephBackendTests {
         #expect(try ceph.health() == "HEALTH_OK")
         try readBack("after re-add")
 
+        // Failures after `out` mark the OSD back in and name the step: safe-to-destroy
+        // cannot hold with no time to drain, and a daemon that will not stop.
+        for (timeout, failingStep) in [(Duration.zero, "wait until osd.1 is safe to destroy"), (.seconds(120), "stop the daemon of osd.1")] {
+            do {
+                let steps = try ceph.remove(osd: 1, stopDaemon: { throw TestFailure("systemctl says no") }, simulate: false, safeToDestroyTimeout: timeout)
+                Issue.record("remove of osd.1 did not fail: \(steps)")
+            } catch let failure as CephStepFailure {
+                print("ceph: failed as expected: \(failure)")
+                #expect(failure.step == failingStep)
+                #expect(failure.done.contains("mark osd.1 out"))
+                #expect(failure.rollback == "marked osd.1 back in")
+            }
+            #expect(try state(1) == upIn, "osd.1 after a failed remove")
+        }
+        try waitHealthy()
+        #expect(try ceph.health() == "HEALTH_OK")
+
         // Re-adding an OSD that is not destroyed is refused.
         #expect(throws: CephRefusal.self) { try ceph.readd(osd: 1, startDaemon: { Issue.record("readd started a daemon") }, timeout: .seconds(1)) }
         finished = true
