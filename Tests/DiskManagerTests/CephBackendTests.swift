@@ -213,6 +213,20 @@ struct CephBackendTests {
         finished = true
     }
 
+    /// Without a monitor, connecting gives up after the timeout instead of librados' 300 s.
+    @Test(.timeLimit(.minutes(1)))
+    func connectWithoutAMonitorFailsWithinTheTimeout() throws {
+        let temp = try makeTemporaryDirectory(prefix: "bynar-rados")
+        defer { try? FileManager.default.removeItem(atPath: temp) }
+        let conf = "\(temp)/ceph.conf"
+        try "[global]\nmon_host = 127.0.0.1:9\nauth_client_required = none\nauth_cluster_required = none\nauth_service_required = none\n"
+            .write(toFile: conf, atomically: true, encoding: .utf8)
+        let started = ContinuousClock.now
+        #expect(throws: RadosError.self) { _ = try RadosCluster(configPath: conf, timeout: .seconds(2)) }
+        #expect(ContinuousClock.now - started < .seconds(15), "connect took \(seconds(since: started))")
+        #expect(throws: RadosError.self) { _ = try RadosCluster(configPath: "\(temp)/missing.conf", timeout: .seconds(2)) }
+    }
+
     @Test func commandDaemonControlReportsFailures() throws {
         try CommandDaemonControl.run(["true"], timeout: .seconds(5))
         #expect(throws: DaemonCommandError.self) { try CommandDaemonControl.run(["false"], timeout: .seconds(5)) }
