@@ -1,0 +1,298 @@
+import FoundationEssentials
+import Glibc
+
+/// Ceph said no: the operation would put data at risk, so nothing was changed.
+public struct CephRefusal: Error, CustomStringConvertible {
+    public let osd: Int
+    public let reason: String
+    public var description: String { "refused to remove osd.\(osd): \(reason)" }
+}
+
+/// A removal or re-add failed part-way.
+public struct CephStepFailure: Error, CustomStringConvertible {
+    public let osd: Int
+    /// The step that failed, as it appears in the list of steps.
+    public let step: String
+    /// The steps done before the failure.
+    public let done: [String]
+    /// What was done to undo, e.g. "marked osd.3 back in", or why it could not be.
+    public let rollback: String?
+    public let underlying: String
+
+    public var description: String {
+        "osd.\(osd): step \"\(step)\" failed: \(underlying)" + (rollback.map { "; \($0)" } ?? "")
+    }
+}
+
+/// Where an OSD stands in the osdmap.
+public struct OSDState: Sendable, Equatable {
+    public var exists: Bool
+    public var up: Bool
+    public var `in`: Bool
+    public var destroyed: Bool
+
+    public init(exists: Bool, up: Bool, in isIn: Bool, destroyed: Bool) {
+        self.exists = exists
+        self.up = up
+        self.in = isIn
+        self.destroyed = destroyed
+    }
+}
+
+/// The Ceph side of the disk-manager's work: asks the cluster whether an OSD may go and
+/// takes it out, destroys it (keeping its id and CRUSH position) and waits for it to come back.
+public struct CephBackend: Sendable {
+    public let cluster: RadosCluster
+    /// How often the waits poll the cluster.
+    public var pollInterval: Duration
+
+    public init(cluster: RadosCluster, pollInterval: Duration = .milliseconds(500)) {
+        self.cluster = cluster
+        self.pollInterval = pollInterval
+    }
+
+    // MARK: - Questions
+
+    /// Whether the OSD can be stopped without making any PG unavailable. Ceph answers "no"
+    /// with a non-zero status; `detail` carries its status text.
+    public func okToStop(_ id: Int) throws -> (ok: Bool, detail: String) {
+        let reply = cluster.monCommand(#"{"prefix":"osd ok-to-stop","ids":["\#(id)"],"format":"json"}"#)
+        let detail = [reply.statusText, reply.outputText].filter { !$0.isEmpty }.joined(separator: " ")
+        if reply.status == -EBUSY || reply.status == -EAGAIN { return (false, detail) }
+        if reply.status == -ENOENT { return (false, "osd.\(id) does not exist: \(detail)") }
+        guard reply.status >= 0 else { throw RadosError(operation: "osd ok-to-stop", code: reply.status, statusText: reply.statusText) }
+        return (true, detail)
+    }
+
+    struct SafeToDestroyReply: Decodable {
+        var safe_to_destroy: [Int]
+        var active: [Int]?
+        var missing_stats: [Int]?
+        var stored_pgs: [Int]?
+    }
+
+    /// Whether destroying the OSD loses no data. With JSON output Ceph returns 0 even when
+    /// the answer is "not safe", so this decides by membership in its `safe_to_destroy` list.
+    public func safeToDestroy(_ id: Int) throws -> (safe: Bool, detail: String) {
+        let reply = cluster.monCommand(#"{"prefix":"osd safe-to-destroy","ids":["\#(id)"],"format":"json"}"#)
+        // Older releases answer "not safe" with EBUSY/EAGAIN and text only.
+        if reply.status == -EBUSY || reply.status == -EAGAIN { return (false, reply.statusText) }
+        guard reply.status >= 0 else { throw RadosError(operation: "osd safe-to-destroy", code: reply.status, statusText: reply.statusText) }
+        let parsed: SafeToDestroyReply
+        do {
+            parsed = try JSONDecoder().decode(SafeToDestroyReply.self, from: Data(reply.output))
+        } catch {
+            throw RadosError(operation: "osd safe-to-destroy", code: -EINVAL, statusText: "unreadable reply \(reply.outputText): \(error)")
+        }
+        let detail = "safe_to_destroy=\(parsed.safe_to_destroy) active=\(parsed.active ?? []) missing_stats=\(parsed.missing_stats ?? []) stored_pgs=\(parsed.stored_pgs ?? [])"
+            + (reply.statusText.isEmpty ? "" : " (\(reply.statusText))")
+        return (parsed.safe_to_destroy.contains(id), detail)
+    }
+
+    struct OSDDump: Decodable {
+        struct OSD: Decodable {
+            var osd: Int
+            var up: Int
+            var `in`: Int
+            var state: [String]
+        }
+        var epoch: Int
+        var osds: [OSD]
+    }
+
+    /// The OSD's state in the current osdmap; `exists` is false when the id is unknown.
+    public func osdState(_ id: Int) throws -> OSDState {
+        let reply = try cluster.checkedMonCommand(#"{"prefix":"osd dump","format":"json"}"#)
+        let dump: OSDDump
+        do {
+            dump = try JSONDecoder().decode(OSDDump.self, from: Data(reply.output))
+        } catch {
+            throw RadosError(operation: "osd dump", code: -EINVAL, statusText: "unreadable reply: \(error)")
+        }
+        guard let osd = dump.osds.first(where: { $0.osd == id }) else {
+            return OSDState(exists: false, up: false, in: false, destroyed: false)
+        }
+        return OSDState(exists: osd.state.contains("exists"), up: osd.up != 0, in: osd.in != 0, destroyed: osd.state.contains("destroyed"))
+    }
+
+    struct Health: Decodable { var status: String }
+
+    /// "HEALTH_OK", "HEALTH_WARN" or "HEALTH_ERR".
+    public func health() throws -> String {
+        let reply = try cluster.checkedMonCommand(#"{"prefix":"health","format":"json"}"#)
+        do {
+            return try JSONDecoder().decode(Health.self, from: Data(reply.output)).status
+        } catch {
+            throw RadosError(operation: "health", code: -EINVAL, statusText: "unreadable reply: \(error)")
+        }
+    }
+
+    // MARK: - Changes
+
+    public func markOut(_ id: Int) throws {
+        try cluster.checkedMonCommand(#"{"prefix":"osd out","ids":["\#(id)"]}"#)
+    }
+
+    public func markIn(_ id: Int) throws {
+        try cluster.checkedMonCommand(#"{"prefix":"osd in","ids":["\#(id)"]}"#)
+    }
+
+    /// `osd destroy`: forgets the OSD's keys and marks it destroyed, keeping its id and CRUSH
+    /// position for a replacement. The OSD must be down.
+    public func destroy(_ id: Int) throws {
+        // Since Nautilus the mgr owns `osd destroy` (it checks safe-to-destroy, then sends the
+        // mon `osd destroy-actual`); the mon answers a plain `osd destroy` with EINVAL.
+        try cluster.checkedMgrCommand(#"{"prefix":"osd destroy","id":\#(id),"yes_i_really_mean_it":true}"#)
+    }
+
+    /// Polls `condition` every `poll` until it holds or `timeout` passes; returns whether it held.
+    public func waitUntil(timeout: Duration, poll: Duration? = nil, _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if try condition() { return true }
+            if ContinuousClock.now >= deadline { return false }
+            sleep(for: min(poll ?? pollInterval, deadline - ContinuousClock.now))
+        }
+    }
+
+    private func sleep(for duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        guard seconds > 0 || attoseconds > 0 else { return }
+        var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
+    }
+
+    // MARK: - Workflows
+
+    /// Takes the OSD out of service for a disk replacement: checks ok-to-stop, marks it out,
+    /// waits (up to `safeToDestroyTimeout`) until safe-to-destroy, stops its daemon and
+    /// destroys it, keeping the id. Returns the steps done; with `simulate`, checks
+    /// ok-to-stop and returns the steps that would be done, changing nothing.
+    ///
+    /// Throws `CephRefusal` (nothing changed) when Ceph says the OSD may not stop, and
+    /// `CephStepFailure` when a later step fails; then the OSD is marked back in where
+    /// that is still possible.
+    public func remove(osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration = .seconds(600)) throws -> [String] {
+        let state = try osdState(id)
+        guard state.exists else { throw CephRefusal(osd: id, reason: "osd.\(id) does not exist") }
+        guard !state.destroyed else { throw CephRefusal(osd: id, reason: "osd.\(id) is already destroyed") }
+        let check = try okToStop(id)
+        guard check.ok else { throw CephRefusal(osd: id, reason: "ok-to-stop says no: \(check.detail)") }
+
+        let outStep = "mark osd.\(id) out"
+        let safeStep = "wait until osd.\(id) is safe to destroy"
+        let stopStep = "stop the daemon of osd.\(id)"
+        let destroyStep = "destroy osd.\(id) (id and CRUSH position kept)"
+        var done = ["osd.\(id) is ok to stop"]
+        if simulate {
+            return done + [state.in ? outStep : "osd.\(id) is already out", safeStep, stopStep, destroyStep]
+        }
+
+        func failure(_ step: String, _ error: any Error, rollBack: Bool) -> CephStepFailure {
+            var rollback: String?
+            if rollBack && state.in {
+                do {
+                    try markIn(id)
+                    rollback = "marked osd.\(id) back in"
+                } catch {
+                    rollback = "could not mark osd.\(id) back in: \(error)"
+                }
+            }
+            return CephStepFailure(osd: id, step: step, done: done, rollback: rollback, underlying: "\(error)")
+        }
+
+        do {
+            if state.in {
+                try markOut(id)
+                done.append(outStep)
+            }
+        } catch {
+            throw failure(outStep, error, rollBack: false)
+        }
+
+        var last = ""
+        do {
+            let safe = try waitUntil(timeout: safeToDestroyTimeout) {
+                let answer = try safeToDestroy(id)
+                last = answer.detail
+                return answer.safe
+            }
+            guard safe else { throw TimedOut(what: "safe-to-destroy after \(safeToDestroyTimeout), last answer: \(last)") }
+            done.append(safeStep)
+        } catch {
+            throw failure(safeStep, error, rollBack: true)
+        }
+
+        do {
+            try stopDaemon()
+            done.append(stopStep)
+        } catch {
+            throw failure(stopStep, error, rollBack: true)
+        }
+
+        do {
+            try destroy(id)
+            done.append(destroyStep)
+        } catch {
+            // The daemon is stopped and the data drained: leave it out, the operator restarts it.
+            throw failure(destroyStep, error, rollBack: false)
+        }
+        return done
+    }
+
+    /// Brings a destroyed OSD back with the same id: `startDaemon` prepares the new device
+    /// under that id and starts it (production: `ceph-volume lvm create --osd-id ID`); then
+    /// this waits, up to `timeout`, until the OSD is up and in, marking it in if the mon
+    /// does not. Returns the steps done.
+    public func readd(osd id: Int, startDaemon: () throws -> Void, timeout: Duration = .seconds(120)) throws -> [String] {
+        let state = try osdState(id)
+        guard state.exists, state.destroyed else {
+            throw CephRefusal(osd: id, reason: "osd.\(id) is not destroyed (exists: \(state.exists)); only a destroyed id can be re-used")
+        }
+        var done: [String] = []
+        let startStep = "prepare and start osd.\(id)"
+        do {
+            try startDaemon()
+            done.append(startStep)
+        } catch {
+            throw CephStepFailure(osd: id, step: startStep, done: done, rollback: nil, underlying: "\(error)")
+        }
+
+        let upStep = "wait until osd.\(id) is up"
+        let deadline = ContinuousClock.now + timeout
+        var current = state
+        do {
+            let up = try waitUntil(timeout: timeout) {
+                current = try osdState(id)
+                return current.up && !current.destroyed
+            }
+            guard up else { throw TimedOut(what: "osd.\(id) up after \(timeout), last state \(current)") }
+            done.append(upStep)
+        } catch {
+            throw CephStepFailure(osd: id, step: upStep, done: done, rollback: nil, underlying: "\(error)")
+        }
+
+        let inStep = "wait until osd.\(id) is in"
+        do {
+            // The mon marks a new OSD in when it boots (mon_osd_auto_mark_new_in); give it a moment.
+            var isIn = try waitUntil(timeout: min(.seconds(5), max(.zero, deadline - ContinuousClock.now))) { try osdState(id).in }
+            if !isIn {
+                try markIn(id)
+                done.append("mark osd.\(id) in")
+                isIn = try waitUntil(timeout: max(.seconds(1), deadline - ContinuousClock.now)) { try osdState(id).in }
+            }
+            guard isIn else { throw TimedOut(what: "osd.\(id) in after \(timeout)") }
+            done.append(inStep)
+        } catch {
+            throw CephStepFailure(osd: id, step: inStep, done: done, rollback: nil, underlying: "\(error)")
+        }
+        return done
+    }
+}
+
+/// A bounded wait ran out.
+struct TimedOut: Error, CustomStringConvertible {
+    let what: String
+    var description: String { "timed out waiting for \(what)" }
+}
