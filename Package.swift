@@ -27,8 +27,8 @@ let services: [(name: String, executable: String)] = [
 
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
-    "Detector": ["CAtaSmart", "BynarDisks"],
-    "DiskManager": ["CRados", crypto, "BynarDisks"],
+    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess"],
+    "DiskManager": ["CRados", crypto, "BynarDisks", "BynarProcess"],
 ]
 
 let serviceTargets: [Target] = services.flatMap { service in
@@ -94,6 +94,8 @@ let package = Package(
         ),
         // The host's block devices (libudev, sysfs, mountinfo): inventory, system disks,
         // kernel uevents. Shared by the detector (watches) and the disk-manager (acts).
+        // External tools (smartctl, fsck, systemctl): spawned one way, with a deadline.
+        .target(name: "BynarProcess", path: "Shared/BynarProcess", swiftSettings: strict),
         .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto"], path: "Shared/BynarDisks", swiftSettings: strict),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
@@ -126,7 +128,7 @@ let package = Package(
         // Tests. BynarTestSupport starts real brokers and processes for the others.
         .target(
             name: "BynarTestSupport",
-            dependencies: ["BynarBus", "BynarConfig", log],
+            dependencies: ["BynarBus", "BynarConfig", "BynarProcess", log],
             path: "Tests/BynarTestSupport",
             swiftSettings: strict
         ),

@@ -1,3 +1,4 @@
+import BynarProcess
 #if canImport(Glibc)
 import BynarDisks
 import Glibc
@@ -46,11 +47,9 @@ public enum UnusedDiskCheck {
             ? ("/sbin/xfs_repair", ["-n", devicePath])
             : ("/sbin/e2fsck", ["-n", "-f", devicePath])
         do {
-            let command = try SpawnedCommand(executable: tool, arguments: arguments, name: devicePath, operation: tool)
-            let deadline = ContinuousClock.now + timeout
-            let output = try command.readAll(until: deadline)
-            let status = try command.wait(until: deadline)
-            let code = (status >> 8) & 0xff
+            let run = try Tool.run([tool] + arguments, timeout: timeout, mergeStderr: true)
+            guard let code = run.exitCode else { return nil }
+            let output = run.output
             // e2fsck -n: 0 clean, 4 errors left uncorrected, 8 operational error.
             // xfs_repair -n: 0 clean, 1 corruption found.
             let corrupt = type == "xfs" ? code == 1 : (code & 4) != 0

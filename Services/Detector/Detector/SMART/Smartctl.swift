@@ -1,3 +1,4 @@
+import BynarProcess
 import FoundationEssentials
 import Glibc
 
@@ -86,21 +87,24 @@ package struct Smartctl: Sendable {
     /// Runs `smartctl -j -a device` with posix_spawn, standard output through a pipe,
     /// standard input and error on /dev/null. Kills it and throws `.timedOut` after `timeout`.
     package func run(device: String) throws(SmartError) -> Output {
-        let process = try SpawnedCommand(executable: executable, arguments: ["-j", "-a", device], name: device, operation: "smartctl")
-        let deadline = ContinuousClock.now + timeout
-        let stdout: [UInt8]
+        let run: Tool.Run
         do {
-            stdout = try process.readAll(until: deadline)
+            run = try Tool.run([executable, "-j", "-a", device], timeout: timeout, environment: ["LC_ALL=C", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
         } catch {
-            process.kill()
-            throw error
+            switch error.problem {
+            case .cannotStart(let why, let code):
+                throw SmartError(path: device, operation: "spawn \(executable)", kind: .system(errno: code), reason: why)
+            case .timedOut:
+                throw SmartError(path: device, operation: "smartctl", kind: .timedOut, reason: "did not finish in time; killed")
+            case .failed(let why):
+                throw SmartError(path: device, operation: "smartctl", kind: .malformed, reason: why)
+            }
         }
-        let waitStatus = try process.wait(until: deadline)
-        if waitStatus & 0x7F != 0 {
-            throw SmartError(path: device, operation: "smartctl", kind: .signaled(waitStatus & 0x7F),
-                             reason: "\(executable) was killed by signal \(waitStatus & 0x7F)")
+        if let signal = run.signal {
+            throw SmartError(path: device, operation: "smartctl", kind: .signaled(signal),
+                             reason: "\(executable) was killed by signal \(signal)")
         }
-        return Output(status: SmartctlExitStatus(rawValue: (waitStatus >> 8) & 0xFF), stdout: stdout)
+        return Output(status: SmartctlExitStatus(rawValue: run.exitCode ?? 0), stdout: run.output)
     }
 
     /// Parses `smartctl -j -a` output into a reading. `exitStatus`, when given, adds what

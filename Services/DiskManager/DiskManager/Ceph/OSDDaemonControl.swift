@@ -1,3 +1,4 @@
+import BynarProcess
 import Glibc
 
 /// Starts, stops and creates OSD daemons on this host: systemd and ceph-volume in
@@ -62,73 +63,23 @@ public struct CommandDaemonControl: OSDDaemonControl {
     /// Runs `command` (looked up on PATH) with a clean signal mask; throws unless it exits 0
     /// within `timeout`.
     public static func run(_ command: [String], timeout: Duration) throws {
-        guard let executable = command.first else { throw DaemonCommandError(command: command, outcome: "empty command", output: "") }
-        var template = Array("/tmp/bynar-daemon-cmd-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw DaemonCommandError(command: command, outcome: "cannot create output file: \(String(cString: strerror(errno)))", output: "") }
-        let outputPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        close(fd)
-        defer { unlink(outputPath) }
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Swift's concurrency threads block SIGTERM and friends; the child must not inherit that.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-
-        let argv = command.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawnp(&child, executable, &actions, &attributes, argv, environ)
-        guard rc == 0 else {
-            throw DaemonCommandError(command: command, outcome: "cannot start: \(String(cString: strerror(rc)))", output: "")
-        }
-        let deadline = ContinuousClock.now + timeout
-        var status: Int32 = 0
-        while true {
-            let result = waitpid(child, &status, WNOHANG)
-            if result == child { break }
-            if result < 0 && errno != EINTR {
-                throw DaemonCommandError(command: command, outcome: "waitpid: \(String(cString: strerror(errno)))", output: tail(of: outputPath))
+        let run: Tool.Run
+        do {
+            run = try Tool.run(command, timeout: timeout, mergeStderr: true)
+        } catch {
+            let outcome: String = switch error.problem {
+            case .cannotStart(let why, _): "cannot start: \(why)"
+            case .timedOut(let after): "timed out after \(after)"
+            case .failed(let why): why
             }
-            if ContinuousClock.now >= deadline {
-                kill(child, SIGKILL)
-                _ = waitpid(child, &status, 0)
-                throw DaemonCommandError(command: command, outcome: "timed out after \(timeout)", output: tail(of: outputPath))
-            }
-            usleep(20_000)
+            throw DaemonCommandError(command: command, outcome: outcome, output: String(decoding: error.output.suffix(2000), as: UTF8.self))
         }
-        if status & 0x7f == 0 {
-            let code = (status >> 8) & 0xff
-            guard code == 0 else { throw DaemonCommandError(command: command, outcome: "exit status \(code)", output: tail(of: outputPath)) }
-        } else {
-            throw DaemonCommandError(command: command, outcome: "killed by signal \(status & 0x7f)", output: tail(of: outputPath))
+        let tail = String(decoding: run.output.suffix(2000), as: UTF8.self)
+        if let signal = run.signal {
+            throw DaemonCommandError(command: command, outcome: "killed by signal \(signal)", output: tail)
         }
-    }
-
-    private static func tail(of path: String, limit: Int = 2000) -> String {
-        guard let file = fopen(path, "r") else { return "" }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = fread(&buffer, 1, buffer.count, file)
-            if count <= 0 { break }
-            bytes.append(contentsOf: buffer[0..<count])
-            if bytes.count > 4 * limit { bytes.removeFirst(bytes.count - limit) }
+        guard run.exitCode == 0 else {
+            throw DaemonCommandError(command: command, outcome: "exit status \(run.exitCode ?? -1)", output: tail)
         }
-        return String(decoding: bytes.suffix(limit), as: UTF8.self)
     }
 }
