@@ -9,6 +9,7 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     public var host: String?
     public var broker = BrokerConfig()
     public var detector = DetectorConfig()
+    public var diskManager = DiskManagerConfig()
     /// Directory for each service's local SQLite store (`<db_location>/<service>.sqlite`).
     public var dbLocation = "/var/lib/bynar"
     /// trace, debug, info, notice, warning, error or critical.

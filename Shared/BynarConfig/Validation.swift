@@ -22,6 +22,7 @@ extension BynarConfig {
         }
         problems += broker.validate()
         problems += detector.validate()
+        problems += diskManager.validate()
         return problems
     }
 }
