@@ -20,8 +20,9 @@ import Glibc
 /// - Subscriptions are bounded async sequences of decoded, typed messages. A payload that
 ///   does not decode is counted, logged and published to the dead-letter topic; the
 ///   subscription goes on.
-/// - With `announce`, the bus publishes a retained birth on every connect and leaves a
-///   retained death as its MQTT will, both carrying the service's session counter.
+/// - With `announce`, the bus publishes a retained birth on every connect once the service
+///   called ``markReady()``, and leaves a retained death as its MQTT will, both carrying the
+///   service's session counter.
 public final class Bus: Sendable {
     /// Who is talking: this names the sender in every envelope and the birth/death topic.
     public struct Identity: Sendable, Equatable {
@@ -94,6 +95,8 @@ public final class Bus: Sendable {
         var stats = Stats()
         var lastOverflowLog: ContinuousClock.Instant?
         var shutDown = false
+        /// The service said it is ready (subscribed, set up): births may be announced.
+        var ready = false
     }
 
     /// Creates the bus; nothing is sent until ``start()``.
@@ -478,7 +481,7 @@ public final class Bus: Sendable {
                         self.logger.error("cannot subscribe after reconnect", metadata: ["filter": "\(filter)", "error": "\(error)"])
                     }
                 }
-                if self.announce { await self.announceBirth() }
+                if self.announce && self.state.withLock({ $0.ready }) { await self.announceBirth() }
             }
         case .connectFailed(let reason):
             state.withLock { $0.lastError = reason }
@@ -502,6 +505,17 @@ public final class Bus: Sendable {
             }
             logger.log(level: shuttingDown ? .info : .warning, "disconnected from broker", metadata: ["reason": "\(reason)"])
         }
+    }
+
+    /// Says the service is ready to take messages (it has subscribed and set itself up): the
+    /// retained birth goes out now if connected, and on every later connect. Until then a
+    /// caller watching for the birth does not send into subscriptions that do not exist yet.
+    public func markReady() async {
+        let connected = state.withLock { state -> Bool in
+            state.ready = true
+            return state.connected
+        }
+        if announce && connected { await announceBirth() }
     }
 
     private func announceBirth() async {

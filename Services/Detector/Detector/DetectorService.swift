@@ -47,6 +47,7 @@ public struct DetectorService: BynarService {
         let rescan = Rescan(engine: engine, host: context.host, exclude: config.exclude, logger: context.logger)
         await rescan.now()
         await engine.refreshAll()
+        await context.bus.markReady()
 
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in

@@ -29,6 +29,7 @@ public struct DiskManagerService: BynarService {
     public func run() async throws {
         let handler = try RequestHandler(context: context)
         let commands = try await context.bus.subscribe(Topics.diskManagerCommands(host: context.host), as: Bynar_V1_DiskManagerRequest.self)
+        await context.bus.markReady()
         await cancelWhenGracefulShutdown {
             for await command in commands {
                 let response = await handler.handle(command.payload, nowMs: Bus.nowUnixMs())

@@ -16,6 +16,7 @@ public struct NotifierService: BynarService {
     }
 
     public func run() async throws {
+        await context.bus.markReady()
         context.logger.notice("notifier work is not part of this build; announcing presence only")
         try? await gracefulShutdown()
     }

@@ -19,6 +19,7 @@ public struct OrchestratorService: BynarService {
 
     public func run() async throws {
         let statuses = try await context.bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
+        await context.bus.markReady()
         await cancelWhenGracefulShutdown {
             for await status in statuses {
                 context.logger.info("service \(status.payload.state == .birth ? "up" : "down")", metadata: [

@@ -16,6 +16,7 @@ public struct TicketingService: BynarService {
     }
 
     public func run() async throws {
+        await context.bus.markReady()
         context.logger.notice("ticketing work is not part of this build; announcing presence only")
         try? await gracefulShutdown()
     }
