@@ -22,15 +22,8 @@ final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
-    /// Returns on a signal, after `timeout` (when given), or when the task is cancelled.
-    func wait(timeout: Duration? = nil) async {
-        let timer = timeout.map { timeout in
-            Task { [weak self] in
-                try? await Task.sleep(for: timeout)
-                self?.signal()
-            }
-        }
-        defer { timer?.cancel() }
+    /// Returns on a signal, or when the task is cancelled.
+    func wait() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let ready = state.withLock { state -> Bool in

@@ -63,7 +63,7 @@ public final class FaultyDisk: @unchecked Sendable {
             }
             usleep(20_000)
         }
-        let loop = try FaultyDisk.output("/sbin/losetup", (loopDevice.map { ["--show", $0] } ?? ["--find", "--show"]) + ["--direct-io=on", "\(fuseMount)/disk"])
+        let loop = try FaultyDisk.run("/sbin/losetup", (loopDevice.map { ["--show", $0] } ?? ["--find", "--show"]) + ["--direct-io=on", "\(fuseMount)/disk"])
         device = loop.trimmingCharacters(in: .whitespacesAndNewlines)
         var mounted: String?
         do {
@@ -136,9 +136,5 @@ public final class FaultyDisk: @unchecked Sendable {
             throw TestSupportError("\(executable) \(arguments.joined(separator: " ")) failed (\(String(describing: process.exitStatus))): \(output)")
         }
         return output
-    }
-
-    static func output(_ executable: String, _ arguments: [String]) throws -> String {
-        try run(executable, arguments)
     }
 }

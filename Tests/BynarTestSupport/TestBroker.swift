@@ -69,11 +69,6 @@ public final class TestBroker: @unchecked Sendable {
         process.stop(SIGTERM)
     }
 
-    /// SIGKILL: the broker dies without saving.
-    public func kill9() {
-        guard let process = lock.withLock({ () -> ChildProcess? in defer { self.process = nil }; return self.process }) else { return }
-        process.stop(SIGKILL)
-    }
 
     /// The broker's log so far.
     public var log: String { (try? String(contentsOfFile: directory + "/mosquitto.log", encoding: .utf8)) ?? "(no log)" }

@@ -86,8 +86,7 @@ public enum DetectorCommands {
                     reasons.append(.init(rule: "smart.unreadable", severity: .healthy, detail: "\(error)"))
                 }
             }
-            let paths = Set([device.identity.devPath] + device.identity.partitions.map(\.devPath))
-            for mount in mounts where paths.contains(mount.source) {
+            for mount in DetectorEngine.mounts(of: device, in: mounts) {
                 let found = FilesystemChecks.inspect(mount, wasReadWrite: false)
                 reasons += found
                 health.filesystems += found.map { DetectorEngine.finding(mount, $0) }

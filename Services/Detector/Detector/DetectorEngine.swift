@@ -1,5 +1,5 @@
-public import BynarConfig
-public import BynarProto
+import BynarConfig
+import BynarProto
 import BynarDisks
 import BynarBus
 import BynarRuntime
@@ -170,9 +170,8 @@ actor DetectorEngine {
 
         // Mounted filesystems on this disk (whole disk or partitions).
         let partitions = device.identity.partitions.map(\.devPath).filter { $0 != device.identity.devPath }
-        let paths = Set([device.identity.devPath] + partitions)
         let allMounts = MountTable.current()
-        let mounts = allMounts.filter { paths.contains($0.source) }
+        let mounts = Self.mounts(of: device, in: allMounts)
         var findings: [Bynar_V1_FilesystemFinding] = []
         var probeFailure: DiskHealthMachine.Reason?
         for mount in mounts {
@@ -365,6 +364,12 @@ actor DetectorEngine {
         if path.contains("/virtual/") { return "virtual:" + kernelName(of: device) }
         if let range = path.firstRange(of: "/block/") { return "sys:" + path[..<range.lowerBound] }
         return "dev:" + kernelName(of: device)
+    }
+
+    /// The mounts of `device` itself or of its partitions.
+    static func mounts(of device: BlockDevice, in all: [MountedFilesystem]) -> [MountedFilesystem] {
+        let paths = Set([device.identity.devPath] + device.identity.partitions.map(\.devPath))
+        return all.filter { paths.contains($0.source) }
     }
 
     static func kernelName(of device: BlockDevice) -> String {

@@ -124,7 +124,8 @@ actor RequestHandler {
             return response
         }
         var disk: BlockDevice?
-        if let selector = Self.selector(of: request) {
+        if kind != .list && kind != .jobStatus {
+            let selector = AuditLog.selector(of: request)
             disk = devices.first { Self.matches($0, selector) }
             guard disk != nil else { return refuse("no disk on \(context.host) matches \(AuditLog.selectorText(selector))") }
         }
@@ -169,16 +170,6 @@ actor RequestHandler {
         case .deploy: .deploy
         case .jobStatus: .jobStatus
         case nil: nil
-        }
-    }
-
-    static func selector(of request: Bynar_V1_DiskManagerRequest) -> Bynar_V1_DiskSelector? {
-        switch request.operation {
-        case .safeToRemove(let operation): operation.disk
-        case .remove(let operation): operation.disk
-        case .add(let operation): operation.disk
-        case .deploy(let operation): operation.disk
-        default: nil
         }
     }
 
