@@ -15,6 +15,10 @@ let protobuf = Target.Dependency.product(name: "SwiftProtobuf", package: "swift-
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
 let crypto = Target.Dependency.product(name: "Crypto", package: "swift-crypto")
+let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "async-http-client")
+let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
+let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
+let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
 
 /// The five services: a library target with the logic and a thin executable each.
 let services: [(name: String, executable: String)] = [
@@ -28,7 +32,10 @@ let services: [(name: String, executable: String)] = [
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
     "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess"],
-    "DiskManager": ["CRados", crypto, "BynarDisks", "BynarProcess"],
+    "DiskManager": ["CRados", crypto, "BynarAuth", "BynarDisks", "BynarProcess"],
+    "Ticketing": [httpClient, nioCore],
+    "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
+    "Orchestrator": [crypto, "BynarAuth", "BynarProcess"],
 ]
 
 let serviceTargets: [Target] = services.flatMap { service in
@@ -63,6 +70,9 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: serviceTargets + [
         // libmosquitto, wrapped once: only BynarBus imports it.
@@ -98,6 +108,14 @@ let package = Package(
         .target(name: "BynarProcess", path: "Shared/BynarProcess", swiftSettings: strict),
         .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto"], path: "Shared/BynarDisks", swiftSettings: strict),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
+        // Signed disk-manager commands (Ed25519): signing, trusted keys, verification with
+        // replay protection, and the client the orchestrator and the CLI send them with.
+        .target(
+            name: "BynarAuth",
+            dependencies: ["BynarBus", "BynarProto", "BynarStore", crypto, grdb, protobuf],
+            path: "Shared/BynarAuth",
+            swiftSettings: strict
+        ),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
         .target(name: "BynarStore", dependencies: [grdb, log], path: "Shared/BynarStore", swiftSettings: strict),
         .target(
@@ -114,7 +132,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bynar",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "DiskManager", protobuf, argumentParser, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "Orchestrator", crypto, protobuf, argumentParser, log],
             path: "CLI/bynar",
             swiftSettings: strict
         ),
@@ -158,8 +176,26 @@ let package = Package(
         ),
         .testTarget(
             name: "DiskManagerTests",
-            dependencies: ["DiskManager", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
+            dependencies: ["DiskManager", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
             path: "Tests/DiskManagerTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "TicketingTests",
+            dependencies: ["Ticketing", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-ticketing", protobuf, httpClient, nioCore],
+            path: "Tests/TicketingTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "NotifierTests",
+            dependencies: ["Notifier", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-notifier", protobuf, nioCore],
+            path: "Tests/NotifierTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "OrchestratorTests",
+            dependencies: ["Orchestrator", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-orchestrator", "bynar", protobuf, crypto],
+            path: "Tests/OrchestratorTests",
             swiftSettings: strict
         ),
         .testTarget(

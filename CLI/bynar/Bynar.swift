@@ -2,7 +2,7 @@ import ArgumentParser
 import BynarBus
 import BynarConfig
 import BynarProto
-import DiskManager
+import BynarAuth
 import Logging
 import SwiftProtobuf
 #if canImport(Glibc)

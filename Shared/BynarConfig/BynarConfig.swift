@@ -10,6 +10,9 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     public var broker = BrokerConfig()
     public var detector = DetectorConfig()
     public var diskManager = DiskManagerConfig()
+    public var ticketing = TicketingConfig()
+    public var notifier = NotifierConfig()
+    public var orchestrator = OrchestratorConfig()
     /// Directory for each service's local SQLite store (`<db_location>/<service>.sqlite`).
     public var dbLocation = "/var/lib/bynar"
     /// trace, debug, info, notice, warning, error or critical.

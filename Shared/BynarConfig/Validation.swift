@@ -23,6 +23,9 @@ extension BynarConfig {
         problems += broker.validate()
         problems += detector.validate()
         problems += diskManager.validate()
+        problems += ticketing.validate()
+        problems += notifier.validate()
+        problems += orchestrator.validate()
         return problems
     }
 }

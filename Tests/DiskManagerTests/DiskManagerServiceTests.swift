@@ -1,3 +1,4 @@
+import BynarAuth
 import BynarBus
 import BynarProto
 import BynarTestSupport

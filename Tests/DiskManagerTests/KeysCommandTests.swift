@@ -1,3 +1,4 @@
+import BynarAuth
 import BynarProto
 import BynarStore
 import BynarTestSupport

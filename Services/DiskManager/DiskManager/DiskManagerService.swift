@@ -1,3 +1,4 @@
+import BynarAuth
 public import BynarProto
 public import BynarRuntime
 public import BynarStore

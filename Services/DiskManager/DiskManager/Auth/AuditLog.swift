@@ -1,3 +1,4 @@
+public import BynarAuth
 public import BynarProto
 public import BynarStore
 import GRDB

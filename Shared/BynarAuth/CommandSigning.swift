@@ -90,7 +90,7 @@ public enum CommandSigning {
         return (0..<nonceLength).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
     }
 
-    static func milliseconds(_ duration: Duration) -> Int64 {
+    public static func milliseconds(_ duration: Duration) -> Int64 {
         let (seconds, attoseconds) = duration.components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }

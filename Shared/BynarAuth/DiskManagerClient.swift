@@ -1,0 +1,62 @@
+public import BynarBus
+public import BynarProto
+public import Crypto
+import FoundationEssentials
+
+/// Sends signed commands to a host's disk-manager and waits for the answer. The one way the
+/// orchestrator and the `bynar` CLI talk to disk-managers.
+public struct DiskManagerClient: Sendable {
+    public let bus: Bus
+    public let keyID: String
+    /// The private key's raw bytes (the key type itself is not Sendable).
+    private let rawKey: [UInt8]
+    /// How long a signed command stays valid (its expiry).
+    public var commandLifetime: Duration
+
+    public init(bus: Bus, keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration = .seconds(300)) {
+        self.bus = bus
+        self.keyID = keyID
+        self.rawKey = [UInt8](key.rawRepresentation)
+        self.commandLifetime = commandLifetime
+    }
+
+    /// Loads the private key from a file written by `bynar keys generate`.
+    public init(bus: Bus, privateKeyFile: String, commandLifetime: Duration = .seconds(300)) throws(KeyFileError) {
+        let loaded = try KeyFiles.loadPrivateKey(path: privateKeyFile)
+        self.init(bus: bus, keyID: loaded.keyID, key: loaded.key, commandLifetime: commandLifetime)
+    }
+
+    /// Signs and sends one operation to `host`'s disk-manager, waiting at most `timeout`
+    /// (also the command's deadline). `requestID` makes a retry idempotent: send the same id
+    /// again and the disk-manager answers ALREADY_DONE with the first outcome.
+    /// - Throws: ``BusError`` (timeout, refused with an ErrorReply, broker down) or
+    ///   ``CommandSigning/SigningError``.
+    public func send(
+        _ operation: Bynar_V1_DiskManagerRequest.OneOf_Operation, to host: String,
+        requestID: String? = nil, simulate: Bool = false,
+        timeout: Duration = .seconds(30), correlationID: String = ""
+    ) async throws -> Bynar_V1_DiskManagerResponse {
+        let now = Bus.nowUnixMs()
+        var request = Bynar_V1_DiskManagerRequest()
+        request.requestID = requestID ?? UUID().uuidString.lowercased()
+        request.host = host
+        request.simulate = simulate
+        request.deadlineUnixMs = now + CommandSigning.milliseconds(timeout)
+        request.operation = operation
+        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
+        let signed = try CommandSigning.sign(request, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: now)
+        return try await bus.request(
+            signed, to: Topics.diskManagerCommands(host: host), expecting: Bynar_V1_DiskManagerResponse.self,
+            timeout: timeout, correlationId: correlationID
+        ).payload
+    }
+}
+
+extension Bynar_V1_DiskSelector {
+    /// A selector by the disk's stable key (WWN, else serial-…).
+    public static func key(_ key: String) -> Self {
+        var selector = Self()
+        selector.key = key
+        return selector
+    }
+}
