@@ -17,6 +17,13 @@ public enum Topics {
     /// Where replies to `clientId`'s requests go.
     public static func replies(clientId: String) -> String { "\(root)/reply/\(clientId)" }
     public static let incidentEvents = "\(root)/incident/events"
+    /// Retained latest state of one incident (an IncidentEvent); emptied (a zero-length
+    /// retained message) when the incident is resolved or cancelled and reported.
+    public static func incidentState(id: String) -> String { "\(root)/incident/state/\(id)" }
+    public static let allIncidentStates = "\(root)/incident/state/+"
+    /// Retained latest TicketEvent of one incident's ticket.
+    public static func ticketState(incident: String) -> String { "\(root)/ticket/state/\(incident)" }
+    public static let allTicketStates = "\(root)/ticket/state/+"
     public static let ticketCommands = "\(root)/ticket/cmd"
     public static let ticketEvents = "\(root)/ticket/events"
     public static let notifications = "\(root)/notify"
