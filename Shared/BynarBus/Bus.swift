@@ -201,6 +201,12 @@ public final class Bus: Sendable {
 
     /// Publishes an already serialized envelope (the outbox keeps envelopes serialized so a
     /// re-send carries the same message id).
+    /// Removes the retained message on `topic` (publishes a zero-length retained message,
+    /// which subscribers never see as a message).
+    public func clearRetained(_ topic: String) async throws {
+        try await publish(serialized: [], to: topic, retain: true)
+    }
+
     public func publish(serialized bytes: [UInt8], to topic: String, retain: Bool) async throws {
         try await publish(bytes: bytes, to: topic, retain: retain, properties: PublishProperties())
     }
@@ -301,6 +307,9 @@ public final class Bus: Sendable {
 
     /// Runs on the network thread for every incoming message.
     private func dispatch(_ message: MQTTMessage) {
+        // A zero-length message clears a retained topic (``clearRetained(_:)``); it carries
+        // no envelope and is nobody's to decode.
+        if message.payload.isEmpty { return }
         let targets = state.withLock { state -> [Route] in
             state.stats.received += 1
             return state.routes.values.filter { Topics.matches(filter: $0.match, topic: message.topic) }
