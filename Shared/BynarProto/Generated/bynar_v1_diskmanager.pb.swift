@@ -339,86 +339,62 @@ public nonisolated struct Bynar_V1_CommandAuth: Sendable {
   public init() {}
 }
 
-public nonisolated struct Bynar_V1_DiskManagerResponse: @unchecked Sendable {
+public nonisolated struct Bynar_V1_DiskManagerResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var requestID: String {
-    get {_storage._requestID}
-    set {_uniqueStorage()._requestID = newValue}
-  }
+  public var requestID: String = String()
 
-  public var host: String {
-    get {_storage._host}
-    set {_uniqueStorage()._host = newValue}
-  }
+  public var host: String = String()
 
-  public var outcome: Bynar_V1_Outcome {
-    get {_storage._outcome}
-    set {_uniqueStorage()._outcome = newValue}
-  }
+  public var outcome: Bynar_V1_Outcome = .unspecified
 
   /// Why REFUSED / SKIPPED / FAILED, in words.
-  public var reason: String {
-    get {_storage._reason}
-    set {_uniqueStorage()._reason = newValue}
-  }
+  public var reason: String = String()
 
-  public var failedStep: String {
-    get {_storage._failedStep}
-    set {_uniqueStorage()._failedStep = newValue}
-  }
+  public var failedStep: String = String()
 
-  public var simulated: Bool {
-    get {_storage._simulated}
-    set {_uniqueStorage()._simulated = newValue}
-  }
+  public var simulated: Bool = false
 
   /// Steps done, or with simulate the steps that would be done, in order.
-  public var steps: [String] {
-    get {_storage._steps}
-    set {_uniqueStorage()._steps = newValue}
-  }
+  public var steps: [String] = []
 
-  public var jobID: String {
-    get {_storage._jobID}
-    set {_uniqueStorage()._jobID = newValue}
-  }
+  public var jobID: String = String()
 
   /// For ALREADY_DONE: the outcome of the first run.
-  public var originalOutcome: Bynar_V1_Outcome {
-    get {_storage._originalOutcome}
-    set {_uniqueStorage()._originalOutcome = newValue}
-  }
+  public var originalOutcome: Bynar_V1_Outcome = .unspecified
 
-  public var result: OneOf_Result? {
-    get {return _storage._result}
-    set {_uniqueStorage()._result = newValue}
-  }
+  /// Backend that owns the disk ("ceph", "filesystem") and its id there (OSD id,
+  /// mountpoint): Remove answers with the OSD id an Add must reuse.
+  public var backend: String = String()
+
+  public var backendID: String = String()
+
+  public var result: Bynar_V1_DiskManagerResponse.OneOf_Result? = nil
 
   public var diskList: Bynar_V1_DiskManagerResponse.DiskList {
     get {
-      if case .diskList(let v)? = _storage._result {return v}
+      if case .diskList(let v)? = result {return v}
       return Bynar_V1_DiskManagerResponse.DiskList()
     }
-    set {_uniqueStorage()._result = .diskList(newValue)}
+    set {result = .diskList(newValue)}
   }
 
   public var safeToRemove: Bynar_V1_DiskManagerResponse.SafeToRemove {
     get {
-      if case .safeToRemove(let v)? = _storage._result {return v}
+      if case .safeToRemove(let v)? = result {return v}
       return Bynar_V1_DiskManagerResponse.SafeToRemove()
     }
-    set {_uniqueStorage()._result = .safeToRemove(newValue)}
+    set {result = .safeToRemove(newValue)}
   }
 
   public var job: Bynar_V1_JobProgress {
     get {
-      if case .job(let v)? = _storage._result {return v}
+      if case .job(let v)? = result {return v}
       return Bynar_V1_JobProgress()
     }
-    set {_uniqueStorage()._result = .job(newValue)}
+    set {result = .job(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -451,14 +427,16 @@ public nonisolated struct Bynar_V1_DiskManagerResponse: @unchecked Sendable {
 
     public var detail: String = String()
 
+    /// The storage cluster's health as the backend sees it ("HEALTH_OK", "HEALTH_WARN",
+    /// "HEALTH_ERR"); empty for backends without a cluster (filesystem).
+    public var clusterHealth: String = String()
+
     public var unknownFields = SwiftProtobuf.UnknownStorage()
 
     public init() {}
   }
 
   public init() {}
-
-  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// A disk as the disk-manager manages it.
@@ -557,39 +535,91 @@ public nonisolated struct Bynar_V1_ManagedDisk: @unchecked Sendable {
 }
 
 /// Progress of a long operation. Published on bynar/v1/dm/{host}/progress.
-public nonisolated struct Bynar_V1_JobProgress: Sendable {
+public nonisolated struct Bynar_V1_JobProgress: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: String = String()
+  public var jobID: String {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
 
-  public var requestID: String = String()
+  public var requestID: String {
+    get {_storage._requestID}
+    set {_uniqueStorage()._requestID = newValue}
+  }
 
-  public var host: String = String()
+  public var host: String {
+    get {_storage._host}
+    set {_uniqueStorage()._host = newValue}
+  }
 
   public var disk: Bynar_V1_DiskSelector {
-    get {_disk ?? Bynar_V1_DiskSelector()}
-    set {_disk = newValue}
+    get {_storage._disk ?? Bynar_V1_DiskSelector()}
+    set {_uniqueStorage()._disk = newValue}
   }
   /// Returns true if `disk` has been explicitly set.
-  public var hasDisk: Bool {self._disk != nil}
+  public var hasDisk: Bool {_storage._disk != nil}
   /// Clears the value of `disk`. Subsequent reads from it will return its default value.
-  public mutating func clearDisk() {self._disk = nil}
+  public mutating func clearDisk() {_uniqueStorage()._disk = nil}
 
-  public var operation: String = String()
+  public var operation: String {
+    get {_storage._operation}
+    set {_uniqueStorage()._operation = newValue}
+  }
 
-  public var step: String = String()
+  public var step: String {
+    get {_storage._step}
+    set {_uniqueStorage()._step = newValue}
+  }
 
-  public var stepIndex: UInt32 = 0
+  public var stepIndex: UInt32 {
+    get {_storage._stepIndex}
+    set {_uniqueStorage()._stepIndex = newValue}
+  }
 
-  public var stepCount: UInt32 = 0
+  public var stepCount: UInt32 {
+    get {_storage._stepCount}
+    set {_uniqueStorage()._stepCount = newValue}
+  }
 
-  public var state: Bynar_V1_JobProgress.State = .unspecified
+  public var state: Bynar_V1_JobProgress.State {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
 
-  public var message: String = String()
+  public var message: String {
+    get {_storage._message}
+    set {_uniqueStorage()._message = newValue}
+  }
 
-  public var updatedUnixMs: Int64 = 0
+  public var updatedUnixMs: Int64 {
+    get {_storage._updatedUnixMs}
+    set {_uniqueStorage()._updatedUnixMs = newValue}
+  }
+
+  /// Set once the job has finished (SUCCEEDED or FAILED): the outcome, the failing step,
+  /// the steps done, and the backend id (the OSD id removed or created).
+  public var outcome: Bynar_V1_Outcome {
+    get {_storage._outcome}
+    set {_uniqueStorage()._outcome = newValue}
+  }
+
+  public var failedStep: String {
+    get {_storage._failedStep}
+    set {_uniqueStorage()._failedStep = newValue}
+  }
+
+  public var steps: [String] {
+    get {_storage._steps}
+    set {_uniqueStorage()._steps = newValue}
+  }
+
+  public var backendID: String {
+    get {_storage._backendID}
+    set {_uniqueStorage()._backendID = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -637,7 +667,7 @@ public nonisolated struct Bynar_V1_JobProgress: Sendable {
 
   public init() {}
 
-  fileprivate var _disk: Bynar_V1_DiskSelector? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -1095,182 +1125,138 @@ nonisolated extension Bynar_V1_CommandAuth: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Bynar_V1_DiskManagerResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DiskManagerResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}host\0\u{1}outcome\0\u{1}reason\0\u{3}failed_step\0\u{1}simulated\0\u{1}steps\0\u{3}job_id\0\u{3}original_outcome\0\u{4}\u{b}disk_list\0\u{3}safe_to_remove\0\u{1}job\0")
-
-  fileprivate class _StorageClass {
-    var _requestID: String = String()
-    var _host: String = String()
-    var _outcome: Bynar_V1_Outcome = .unspecified
-    var _reason: String = String()
-    var _failedStep: String = String()
-    var _simulated: Bool = false
-    var _steps: [String] = []
-    var _jobID: String = String()
-    var _originalOutcome: Bynar_V1_Outcome = .unspecified
-    var _result: Bynar_V1_DiskManagerResponse.OneOf_Result?
-
-      // This property is used as the initial default value for new instances of the type.
-      // The type itself is protecting the reference to its storage via CoW semantics.
-      // This will force a copy to be made of this reference when the first mutation occurs;
-      // hence, it is safe to mark this as `nonisolated(unsafe)`.
-      static nonisolated(unsafe) let defaultInstance = _StorageClass()
-
-    private init() {}
-
-    init(copying source: _StorageClass) {
-      _requestID = source._requestID
-      _host = source._host
-      _outcome = source._outcome
-      _reason = source._reason
-      _failedStep = source._failedStep
-      _simulated = source._simulated
-      _steps = source._steps
-      _jobID = source._jobID
-      _originalOutcome = source._originalOutcome
-      _result = source._result
-    }
-  }
-
-  fileprivate mutating func _uniqueStorage() -> _StorageClass {
-    if !isKnownUniquelyReferenced(&_storage) {
-      _storage = _StorageClass(copying: _storage)
-    }
-    return _storage
-  }
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}host\0\u{1}outcome\0\u{1}reason\0\u{3}failed_step\0\u{1}simulated\0\u{1}steps\0\u{3}job_id\0\u{3}original_outcome\0\u{1}backend\0\u{3}backend_id\0\u{4}\u{9}disk_list\0\u{3}safe_to_remove\0\u{1}job\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    _ = _uniqueStorage()
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      while let fieldNumber = try decoder.nextFieldNumber() {
-        // The use of inline closures is to circumvent an issue where the compiler
-        // allocates stack space for every case branch when no optimizations are
-        // enabled. https://github.com/apple/swift-protobuf/issues/1034
-        switch fieldNumber {
-        case 1: try { try decoder.decodeSingularStringField(value: &_storage._requestID) }()
-        case 2: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
-        case 3: try { try decoder.decodeSingularEnumField(value: &_storage._outcome) }()
-        case 4: try { try decoder.decodeSingularStringField(value: &_storage._reason) }()
-        case 5: try { try decoder.decodeSingularStringField(value: &_storage._failedStep) }()
-        case 6: try { try decoder.decodeSingularBoolField(value: &_storage._simulated) }()
-        case 7: try { try decoder.decodeRepeatedStringField(value: &_storage._steps) }()
-        case 8: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
-        case 9: try { try decoder.decodeSingularEnumField(value: &_storage._originalOutcome) }()
-        case 20: try {
-          var v: Bynar_V1_DiskManagerResponse.DiskList?
-          var hadOneofValue = false
-          if let current = _storage._result {
-            hadOneofValue = true
-            if case .diskList(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._result = .diskList(v)
-          }
-        }()
-        case 21: try {
-          var v: Bynar_V1_DiskManagerResponse.SafeToRemove?
-          var hadOneofValue = false
-          if let current = _storage._result {
-            hadOneofValue = true
-            if case .safeToRemove(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._result = .safeToRemove(v)
-          }
-        }()
-        case 22: try {
-          var v: Bynar_V1_JobProgress?
-          var hadOneofValue = false
-          if let current = _storage._result {
-            hadOneofValue = true
-            if case .job(let m) = current {v = m}
-          }
-          try decoder.decodeSingularMessageField(value: &v)
-          if let v = v {
-            if hadOneofValue {try decoder.handleConflictingOneOf()}
-            _storage._result = .job(v)
-          }
-        }()
-        default: break
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.host) }()
+      case 3: try { try decoder.decodeSingularEnumField(value: &self.outcome) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.failedStep) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.simulated) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.steps) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
+      case 9: try { try decoder.decodeSingularEnumField(value: &self.originalOutcome) }()
+      case 10: try { try decoder.decodeSingularStringField(value: &self.backend) }()
+      case 11: try { try decoder.decodeSingularStringField(value: &self.backendID) }()
+      case 20: try {
+        var v: Bynar_V1_DiskManagerResponse.DiskList?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .diskList(let m) = current {v = m}
         }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .diskList(v)
+        }
+      }()
+      case 21: try {
+        var v: Bynar_V1_DiskManagerResponse.SafeToRemove?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .safeToRemove(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .safeToRemove(v)
+        }
+      }()
+      case 22: try {
+        var v: Bynar_V1_JobProgress?
+        var hadOneofValue = false
+        if let current = self.result {
+          hadOneofValue = true
+          if case .job(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.result = .job(v)
+        }
+      }()
+      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every if/case branch local when no optimizations
-      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-      // https://github.com/apple/swift-protobuf/issues/1182
-      if !_storage._requestID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._requestID, fieldNumber: 1)
-      }
-      if !_storage._host.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._host, fieldNumber: 2)
-      }
-      if _storage._outcome != .unspecified {
-        try visitor.visitSingularEnumField(value: _storage._outcome, fieldNumber: 3)
-      }
-      if !_storage._reason.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._reason, fieldNumber: 4)
-      }
-      if !_storage._failedStep.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._failedStep, fieldNumber: 5)
-      }
-      if _storage._simulated != false {
-        try visitor.visitSingularBoolField(value: _storage._simulated, fieldNumber: 6)
-      }
-      if !_storage._steps.isEmpty {
-        try visitor.visitRepeatedStringField(value: _storage._steps, fieldNumber: 7)
-      }
-      if !_storage._jobID.isEmpty {
-        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 8)
-      }
-      if _storage._originalOutcome != .unspecified {
-        try visitor.visitSingularEnumField(value: _storage._originalOutcome, fieldNumber: 9)
-      }
-      switch _storage._result {
-      case .diskList?: try {
-        guard case .diskList(let v)? = _storage._result else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
-      }()
-      case .safeToRemove?: try {
-        guard case .safeToRemove(let v)? = _storage._result else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
-      }()
-      case .job?: try {
-        guard case .job(let v)? = _storage._result else { preconditionFailure() }
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
-      }()
-      case nil: break
-      }
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.host.isEmpty {
+      try visitor.visitSingularStringField(value: self.host, fieldNumber: 2)
+    }
+    if self.outcome != .unspecified {
+      try visitor.visitSingularEnumField(value: self.outcome, fieldNumber: 3)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 4)
+    }
+    if !self.failedStep.isEmpty {
+      try visitor.visitSingularStringField(value: self.failedStep, fieldNumber: 5)
+    }
+    if self.simulated != false {
+      try visitor.visitSingularBoolField(value: self.simulated, fieldNumber: 6)
+    }
+    if !self.steps.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.steps, fieldNumber: 7)
+    }
+    if !self.jobID.isEmpty {
+      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 8)
+    }
+    if self.originalOutcome != .unspecified {
+      try visitor.visitSingularEnumField(value: self.originalOutcome, fieldNumber: 9)
+    }
+    if !self.backend.isEmpty {
+      try visitor.visitSingularStringField(value: self.backend, fieldNumber: 10)
+    }
+    if !self.backendID.isEmpty {
+      try visitor.visitSingularStringField(value: self.backendID, fieldNumber: 11)
+    }
+    switch self.result {
+    case .diskList?: try {
+      guard case .diskList(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 20)
+    }()
+    case .safeToRemove?: try {
+      guard case .safeToRemove(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 21)
+    }()
+    case .job?: try {
+      guard case .job(let v)? = self.result else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 22)
+    }()
+    case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Bynar_V1_DiskManagerResponse, rhs: Bynar_V1_DiskManagerResponse) -> Bool {
-    if lhs._storage !== rhs._storage {
-      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
-        let _storage = _args.0
-        let rhs_storage = _args.1
-        if _storage._requestID != rhs_storage._requestID {return false}
-        if _storage._host != rhs_storage._host {return false}
-        if _storage._outcome != rhs_storage._outcome {return false}
-        if _storage._reason != rhs_storage._reason {return false}
-        if _storage._failedStep != rhs_storage._failedStep {return false}
-        if _storage._simulated != rhs_storage._simulated {return false}
-        if _storage._steps != rhs_storage._steps {return false}
-        if _storage._jobID != rhs_storage._jobID {return false}
-        if _storage._originalOutcome != rhs_storage._originalOutcome {return false}
-        if _storage._result != rhs_storage._result {return false}
-        return true
-      }
-      if !storagesAreEqual {return false}
-    }
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.host != rhs.host {return false}
+    if lhs.outcome != rhs.outcome {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.failedStep != rhs.failedStep {return false}
+    if lhs.simulated != rhs.simulated {return false}
+    if lhs.steps != rhs.steps {return false}
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.originalOutcome != rhs.originalOutcome {return false}
+    if lhs.backend != rhs.backend {return false}
+    if lhs.backendID != rhs.backendID {return false}
+    if lhs.result != rhs.result {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1308,7 +1294,7 @@ nonisolated extension Bynar_V1_DiskManagerResponse.DiskList: SwiftProtobuf.Messa
 
 nonisolated extension Bynar_V1_DiskManagerResponse.SafeToRemove: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = Bynar_V1_DiskManagerResponse.protoMessageName + ".SafeToRemove"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}safe\0\u{1}detail\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}safe\0\u{1}detail\0\u{3}cluster_health\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1318,6 +1304,7 @@ nonisolated extension Bynar_V1_DiskManagerResponse.SafeToRemove: SwiftProtobuf.M
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBoolField(value: &self.safe) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.clusterHealth) }()
       default: break
       }
     }
@@ -1330,12 +1317,16 @@ nonisolated extension Bynar_V1_DiskManagerResponse.SafeToRemove: SwiftProtobuf.M
     if !self.detail.isEmpty {
       try visitor.visitSingularStringField(value: self.detail, fieldNumber: 2)
     }
+    if !self.clusterHealth.isEmpty {
+      try visitor.visitSingularStringField(value: self.clusterHealth, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Bynar_V1_DiskManagerResponse.SafeToRemove, rhs: Bynar_V1_DiskManagerResponse.SafeToRemove) -> Bool {
     if lhs.safe != rhs.safe {return false}
     if lhs.detail != rhs.detail {return false}
+    if lhs.clusterHealth != rhs.clusterHealth {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1452,83 +1443,167 @@ nonisolated extension Bynar_V1_ManagedDisk.Status: SwiftProtobuf._ProtoNameProvi
 
 nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobProgress"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}request_id\0\u{1}host\0\u{1}disk\0\u{1}operation\0\u{1}step\0\u{3}step_index\0\u{3}step_count\0\u{1}state\0\u{1}message\0\u{3}updated_unix_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}request_id\0\u{1}host\0\u{1}disk\0\u{1}operation\0\u{1}step\0\u{3}step_index\0\u{3}step_count\0\u{1}state\0\u{1}message\0\u{3}updated_unix_ms\0\u{1}outcome\0\u{3}failed_step\0\u{1}steps\0\u{3}backend_id\0")
+
+  fileprivate class _StorageClass {
+    var _jobID: String = String()
+    var _requestID: String = String()
+    var _host: String = String()
+    var _disk: Bynar_V1_DiskSelector? = nil
+    var _operation: String = String()
+    var _step: String = String()
+    var _stepIndex: UInt32 = 0
+    var _stepCount: UInt32 = 0
+    var _state: Bynar_V1_JobProgress.State = .unspecified
+    var _message: String = String()
+    var _updatedUnixMs: Int64 = 0
+    var _outcome: Bynar_V1_Outcome = .unspecified
+    var _failedStep: String = String()
+    var _steps: [String] = []
+    var _backendID: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _jobID = source._jobID
+      _requestID = source._requestID
+      _host = source._host
+      _disk = source._disk
+      _operation = source._operation
+      _step = source._step
+      _stepIndex = source._stepIndex
+      _stepCount = source._stepCount
+      _state = source._state
+      _message = source._message
+      _updatedUnixMs = source._updatedUnixMs
+      _outcome = source._outcome
+      _failedStep = source._failedStep
+      _steps = source._steps
+      _backendID = source._backendID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.host) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._disk) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.operation) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.step) }()
-      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.stepIndex) }()
-      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.stepCount) }()
-      case 9: try { try decoder.decodeSingularEnumField(value: &self.state) }()
-      case 10: try { try decoder.decodeSingularStringField(value: &self.message) }()
-      case 11: try { try decoder.decodeSingularInt64Field(value: &self.updatedUnixMs) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._jobID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._requestID) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._disk) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._operation) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._step) }()
+        case 7: try { try decoder.decodeSingularUInt32Field(value: &_storage._stepIndex) }()
+        case 8: try { try decoder.decodeSingularUInt32Field(value: &_storage._stepCount) }()
+        case 9: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
+        case 10: try { try decoder.decodeSingularStringField(value: &_storage._message) }()
+        case 11: try { try decoder.decodeSingularInt64Field(value: &_storage._updatedUnixMs) }()
+        case 12: try { try decoder.decodeSingularEnumField(value: &_storage._outcome) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._failedStep) }()
+        case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._steps) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._backendID) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.jobID.isEmpty {
-      try visitor.visitSingularStringField(value: self.jobID, fieldNumber: 1)
-    }
-    if !self.requestID.isEmpty {
-      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 2)
-    }
-    if !self.host.isEmpty {
-      try visitor.visitSingularStringField(value: self.host, fieldNumber: 3)
-    }
-    try { if let v = self._disk {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
-    if !self.operation.isEmpty {
-      try visitor.visitSingularStringField(value: self.operation, fieldNumber: 5)
-    }
-    if !self.step.isEmpty {
-      try visitor.visitSingularStringField(value: self.step, fieldNumber: 6)
-    }
-    if self.stepIndex != 0 {
-      try visitor.visitSingularUInt32Field(value: self.stepIndex, fieldNumber: 7)
-    }
-    if self.stepCount != 0 {
-      try visitor.visitSingularUInt32Field(value: self.stepCount, fieldNumber: 8)
-    }
-    if self.state != .unspecified {
-      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 9)
-    }
-    if !self.message.isEmpty {
-      try visitor.visitSingularStringField(value: self.message, fieldNumber: 10)
-    }
-    if self.updatedUnixMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.updatedUnixMs, fieldNumber: 11)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._jobID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._jobID, fieldNumber: 1)
+      }
+      if !_storage._requestID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._requestID, fieldNumber: 2)
+      }
+      if !_storage._host.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._host, fieldNumber: 3)
+      }
+      try { if let v = _storage._disk {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
+      if !_storage._operation.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._operation, fieldNumber: 5)
+      }
+      if !_storage._step.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._step, fieldNumber: 6)
+      }
+      if _storage._stepIndex != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._stepIndex, fieldNumber: 7)
+      }
+      if _storage._stepCount != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._stepCount, fieldNumber: 8)
+      }
+      if _storage._state != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._state, fieldNumber: 9)
+      }
+      if !_storage._message.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._message, fieldNumber: 10)
+      }
+      if _storage._updatedUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._updatedUnixMs, fieldNumber: 11)
+      }
+      if _storage._outcome != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._outcome, fieldNumber: 12)
+      }
+      if !_storage._failedStep.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._failedStep, fieldNumber: 13)
+      }
+      if !_storage._steps.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._steps, fieldNumber: 14)
+      }
+      if !_storage._backendID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._backendID, fieldNumber: 15)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Bynar_V1_JobProgress, rhs: Bynar_V1_JobProgress) -> Bool {
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.requestID != rhs.requestID {return false}
-    if lhs.host != rhs.host {return false}
-    if lhs._disk != rhs._disk {return false}
-    if lhs.operation != rhs.operation {return false}
-    if lhs.step != rhs.step {return false}
-    if lhs.stepIndex != rhs.stepIndex {return false}
-    if lhs.stepCount != rhs.stepCount {return false}
-    if lhs.state != rhs.state {return false}
-    if lhs.message != rhs.message {return false}
-    if lhs.updatedUnixMs != rhs.updatedUnixMs {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._host != rhs_storage._host {return false}
+        if _storage._disk != rhs_storage._disk {return false}
+        if _storage._operation != rhs_storage._operation {return false}
+        if _storage._step != rhs_storage._step {return false}
+        if _storage._stepIndex != rhs_storage._stepIndex {return false}
+        if _storage._stepCount != rhs_storage._stepCount {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._message != rhs_storage._message {return false}
+        if _storage._updatedUnixMs != rhs_storage._updatedUnixMs {return false}
+        if _storage._outcome != rhs_storage._outcome {return false}
+        if _storage._failedStep != rhs_storage._failedStep {return false}
+        if _storage._steps != rhs_storage._steps {return false}
+        if _storage._backendID != rhs_storage._backendID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
