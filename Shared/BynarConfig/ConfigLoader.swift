@@ -77,7 +77,17 @@ public enum ConfigLoader {
             throw ConfigError(source: source, problems: [FieldError(field: "", problem: "expected a JSON object, found \(fileTree.typeName)")])
         }
         let (envTree, overrides) = environmentOverrides(environment)
-        let merged = try defaultTree().merging(fileTree).merging(envTree)
+        var merged = try defaultTree().merging(fileTree).merging(envTree)
+        // An optional section the file turns on gets its own defaults under what it says.
+        var sectionDefaults = try defaultTree()
+        var anySection = false
+        for (path, defaults) in optionalSections where merged.value(at: path).map({ if case .object = $0 { true } else { false } }) == true {
+            var leaf = snakeKeys(try JSONValue.encode(defaults))
+            for key in path.reversed() { leaf = .object([key: leaf]) }
+            sectionDefaults = sectionDefaults.merging(leaf)
+            anySection = true
+        }
+        if anySection { merged = sectionDefaults.merging(fileTree).merging(envTree) }
 
         let config: BynarConfig
         let visited: TreeDecoder.Visited
@@ -128,6 +138,13 @@ public enum ConfigLoader {
         }
         return (tree, names)
     }
+
+    /// Sections that are off unless present, with the defaults for the fields a present
+    /// section leaves out.
+    static let optionalSections: [([String], any Encodable & Sendable)] = [
+        (["disk_manager", "ceph"], CephBackendConfig()),
+        (["disk_manager", "filesystem"], FilesystemBackendConfig()),
+    ]
 
     static func defaultTree() throws -> JSONValue {
         snakeKeys(try JSONValue.encode(BynarConfig()))

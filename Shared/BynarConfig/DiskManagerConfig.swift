@@ -9,8 +9,23 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var exclude: [String] = []
     /// Longest signed-command lifetime accepted.
     public var maxCommandLifetimeSeconds = 600
+    /// Ceph OSDs on this host; the Ceph backend is on when this section is present.
+    public var ceph: CephBackendConfig?
+    /// Plain data disks (one filesystem per disk, mounted by UUID); on when present.
+    public var filesystem: FilesystemBackendConfig?
+    /// Backend a Deploy on a blank disk uses: "ceph" or "filesystem"; default the only one
+    /// configured, or "ceph" when both are.
+    public var deployBackend: String?
 
     public init() {}
+
+    /// The backend Deploy uses, or nil when none is configured.
+    public var effectiveDeployBackend: String? {
+        if let deployBackend { return deployBackend }
+        if ceph != nil { return "ceph" }
+        if filesystem != nil { return "filesystem" }
+        return nil
+    }
 
     func validate() -> [FieldError] {
         var problems: [FieldError] = []
@@ -19,6 +34,99 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         if maxCommandLifetimeSeconds < 1 { problem("max_command_lifetime_seconds", "must be at least 1, got \(maxCommandLifetimeSeconds)") }
         if let file = trustedKeysFile, let reason = unreadable(file) { problem("trusted_keys_file", reason) }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }
+        if let deployBackend {
+            if !["ceph", "filesystem"].contains(deployBackend) {
+                problem("deploy_backend", "must be \"ceph\" or \"filesystem\", got \"\(deployBackend)\"")
+            } else if (deployBackend == "ceph" && ceph == nil) || (deployBackend == "filesystem" && filesystem == nil) {
+                problem("deploy_backend", "names \"\(deployBackend)\" but there is no disk_manager.\(deployBackend) section")
+            }
+        }
+        if let ceph { problems += ceph.validate() }
+        if let filesystem { problems += filesystem.validate() }
+        return problems
+    }
+}
+
+/// How the disk-manager reaches Ceph and runs OSD daemons (`"disk_manager": {"ceph": {...}}`).
+///
+/// Command templates are argument lists; `{id}` stands for the OSD id and `{device}` for the
+/// disk's device path (`/dev/sdX`). Production uses systemd and ceph-volume (the defaults);
+/// tests use `scripts/ceph-dev-cluster`.
+public struct CephBackendConfig: Codable, Sendable, Equatable {
+    public var configFile = "/etc/ceph/ceph.conf"
+    /// cephx identity for mon/mgr commands (its keyring comes from the config file).
+    public var clientName = "client.admin"
+    /// The host name Ceph records for this host's OSDs (`ceph osd metadata` "hostname");
+    /// default the machine's host name.
+    public var osdHostname: String?
+    public var stopCommand = ["systemctl", "stop", "ceph-osd@{id}"]
+    public var startCommand = ["systemctl", "start", "ceph-osd@{id}"]
+    /// Recreates a destroyed id on a new disk, keeping the id and CRUSH position.
+    public var createWithIdCommand = ["ceph-volume", "lvm", "create", "--osd-id", "{id}", "--data", "{device}"]
+    /// A brand-new OSD on a blank disk.
+    public var createCommand = ["ceph-volume", "lvm", "create", "--data", "{device}"]
+    /// Longest a daemon command may run.
+    public var commandTimeoutSeconds = 600
+    /// Remove: longest wait, after marking out, for safe-to-destroy (data moved away).
+    public var safeToDestroyTimeoutSeconds = 3600
+    /// Add/Deploy: longest wait for the new OSD to come up and in.
+    public var upTimeoutSeconds = 300
+    /// How often the waits poll the cluster.
+    public var pollIntervalMs = 1000
+    /// Zero the first and last MiB of a removed OSD's disk after destroy (old labels must
+    /// not confuse the next deploy on it).
+    public var wipeAfterDestroy = true
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager.ceph." + field, problem: text)) }
+        if let reason = unreadable(configFile) { problem("config_file", reason) }
+        if clientName.isEmpty { problem("client_name", "must not be empty") }
+        for (field, template, needs) in [
+            ("stop_command", stopCommand, ["{id}"]), ("start_command", startCommand, ["{id}"]),
+            ("create_with_id_command", createWithIdCommand, ["{id}", "{device}"]), ("create_command", createCommand, ["{device}"]),
+        ] {
+            if template.isEmpty { problem(field, "must name a program") }
+            for placeholder in needs where !template.contains(where: { $0.contains(placeholder) }) {
+                problem(field, "must contain \(placeholder)")
+            }
+        }
+        if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
+        if safeToDestroyTimeoutSeconds < 1 { problem("safe_to_destroy_timeout_seconds", "must be at least 1, got \(safeToDestroyTimeoutSeconds)") }
+        if upTimeoutSeconds < 1 { problem("up_timeout_seconds", "must be at least 1, got \(upTimeoutSeconds)") }
+        if pollIntervalMs < 10 { problem("poll_interval_ms", "must be at least 10, got \(pollIntervalMs)") }
+        return problems
+    }
+}
+
+/// Plain data disks (`"disk_manager": {"filesystem": {...}}`): each managed disk carries one
+/// filesystem on the whole disk, mounted by UUID under `mount_root`, with a line in fstab.
+public struct FilesystemBackendConfig: Codable, Sendable, Equatable {
+    /// Managed disks are mounted at `<mount_root>/<name>`; a disk mounted elsewhere is not
+    /// this backend's.
+    public var mountRoot = "/srv/bynar"
+    /// Filesystem made on new disks: "xfs" or "ext4".
+    public var filesystem = "xfs"
+    public var mkfsOptions: [String] = []
+    public var mountOptions = "defaults,noatime,nofail"
+    /// The fstab kept consistent with what is mounted (lines for managed mountpoints only;
+    /// every other line is left exactly as it is).
+    public var fstab = "/etc/fstab"
+    /// Longest mkfs / mount / umount may run.
+    public var commandTimeoutSeconds = 300
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager.filesystem." + field, problem: text)) }
+        if !mountRoot.hasPrefix("/") || mountRoot == "/" { problem("mount_root", "must be an absolute directory other than /, got \"\(mountRoot)\"") }
+        if !["xfs", "ext4"].contains(filesystem) { problem("filesystem", "must be \"xfs\" or \"ext4\", got \"\(filesystem)\"") }
+        if mountOptions.isEmpty || mountOptions.contains(where: \.isWhitespace) { problem("mount_options", "must be a comma-separated list without spaces, got \"\(mountOptions)\"") }
+        if !fstab.hasPrefix("/") { problem("fstab", "must be an absolute path, got \"\(fstab)\"") }
+        if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
         return problems
     }
 }

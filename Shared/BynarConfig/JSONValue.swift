@@ -38,6 +38,16 @@ public enum JSONValue: Sendable, Equatable {
     }
 
     /// `other` laid over `self`: objects merge key by key, anything else is replaced.
+    /// The value at `path` (object keys), or nil.
+    func value(at path: [String]) -> JSONValue? {
+        var current = self
+        for key in path {
+            guard case .object(let members) = current, let next = members[key] else { return nil }
+            current = next
+        }
+        return current
+    }
+
     public func merging(_ other: JSONValue) -> JSONValue {
         guard case .object(var mine) = self, case .object(let theirs) = other else { return other }
         for (key, value) in theirs {

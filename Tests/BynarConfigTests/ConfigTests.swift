@@ -121,3 +121,20 @@ struct ConfigTests {
         #expect(noUser.problems.map(\.description) == ["broker.username: is required when a password is set"])
     }
 }
+
+/// Optional backend sections: off unless present; a present one takes defaults for what it leaves out.
+@Suite struct OptionalSectionTests {
+    @Test func presentSectionGetsDefaults() throws {
+        let off = try ConfigLoader.parse("{}")
+        #expect(off.diskManager.ceph == nil && off.diskManager.filesystem == nil)
+        let on = try ConfigLoader.parse(#"{"disk_manager": {"filesystem": {"mount_root": "/data"}}}"#)
+        var expected = FilesystemBackendConfig()
+        expected.mountRoot = "/data"
+        #expect(on.diskManager.filesystem == expected)
+        #expect(on.diskManager.effectiveDeployBackend == "filesystem")
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"filesystem": {"mount_rot": "/data"}}}"#) }
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"filesystem": {"filesystem": "btrfs"}}}"#) }
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"deploy_backend": "ceph", "filesystem": {}}}"#) }
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"ceph": {"config_file": "/nonexistent/ceph.conf"}}}"#) }
+    }
+}

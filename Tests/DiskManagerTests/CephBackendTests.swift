@@ -183,7 +183,7 @@ struct CephBackendTests {
 
         // Re-add with the same id.
         started = ContinuousClock.now
-        let readded = try ceph.readd(osd: id, startDaemon: { try control.create(id) }, timeout: .seconds(120))
+        let readded = try ceph.readd(osd: id, startDaemon: { try control.create(id, device: nil) }, timeout: .seconds(120))
         print("ceph: re-add osd.0 until up+in: \(seconds(since: started)): \(readded)")
         #expect(try state(id) == upIn)
         try waitHealthy()

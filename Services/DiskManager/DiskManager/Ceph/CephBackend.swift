@@ -102,6 +102,11 @@ public struct CephBackend: Sendable {
 
     /// The OSD's state in the current osdmap; `exists` is false when the id is unknown.
     public func osdState(_ id: Int) throws -> OSDState {
+        try osdDump()[id] ?? OSDState(exists: false, up: false, in: false, destroyed: false)
+    }
+
+    /// Every OSD's state in the current osdmap, by id.
+    public func osdDump() throws -> [Int: OSDState] {
         let reply = try cluster.checkedMonCommand(#"{"prefix":"osd dump","format":"json"}"#)
         let dump: OSDDump
         do {
@@ -109,10 +114,11 @@ public struct CephBackend: Sendable {
         } catch {
             throw RadosError(operation: "osd dump", code: -EINVAL, statusText: "unreadable reply: \(error)")
         }
-        guard let osd = dump.osds.first(where: { $0.osd == id }) else {
-            return OSDState(exists: false, up: false, in: false, destroyed: false)
+        var states: [Int: OSDState] = [:]
+        for osd in dump.osds {
+            states[osd.osd] = OSDState(exists: osd.state.contains("exists"), up: osd.up != 0, in: osd.in != 0, destroyed: osd.state.contains("destroyed"))
         }
-        return OSDState(exists: osd.state.contains("exists"), up: osd.up != 0, in: osd.in != 0, destroyed: osd.state.contains("destroyed"))
+        return states
     }
 
     struct Health: Decodable { var status: String }
@@ -173,7 +179,10 @@ public struct CephBackend: Sendable {
     /// Throws `CephRefusal` (nothing changed) when Ceph says the OSD may not stop, and
     /// `CephStepFailure` when a later step fails; then the OSD is marked back in where
     /// that is still possible.
-    public func remove(osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration = .seconds(600)) throws -> [String] {
+    public func remove(
+        osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration = .seconds(600),
+        progress: (String) -> Void = { _ in }
+    ) throws -> [String] {
         let state = try osdState(id)
         guard state.exists else { throw CephRefusal(osd: id, reason: "osd.\(id) does not exist") }
         guard !state.destroyed else { throw CephRefusal(osd: id, reason: "osd.\(id) is already destroyed") }
@@ -204,6 +213,7 @@ public struct CephBackend: Sendable {
 
         do {
             if state.in {
+                progress(outStep)
                 try markOut(id)
                 done.append(outStep)
             }
@@ -212,6 +222,7 @@ public struct CephBackend: Sendable {
         }
 
         var last = ""
+        progress(safeStep)
         do {
             let safe = try waitUntil(timeout: safeToDestroyTimeout) {
                 let answer = try safeToDestroy(id)
@@ -224,6 +235,7 @@ public struct CephBackend: Sendable {
             throw failure(safeStep, error, rollBack: true)
         }
 
+        progress(stopStep)
         do {
             try stopDaemon()
             done.append(stopStep)
@@ -231,6 +243,7 @@ public struct CephBackend: Sendable {
             throw failure(stopStep, error, rollBack: true)
         }
 
+        progress(destroyStep)
         do {
             try destroy(id)
             done.append(destroyStep)
@@ -245,13 +258,14 @@ public struct CephBackend: Sendable {
     /// under that id and starts it (production: `ceph-volume lvm create --osd-id ID`); then
     /// this waits, up to `timeout`, until the OSD is up and in, marking it in if the mon
     /// does not. Returns the steps done.
-    public func readd(osd id: Int, startDaemon: () throws -> Void, timeout: Duration = .seconds(120)) throws -> [String] {
+    public func readd(osd id: Int, startDaemon: () throws -> Void, timeout: Duration = .seconds(120), progress: (String) -> Void = { _ in }) throws -> [String] {
         let state = try osdState(id)
         guard state.exists, state.destroyed else {
             throw CephRefusal(osd: id, reason: "osd.\(id) is not destroyed (exists: \(state.exists)); only a destroyed id can be re-used")
         }
         var done: [String] = []
         let startStep = "prepare and start osd.\(id)"
+        progress(startStep)
         do {
             try startDaemon()
             done.append(startStep)
@@ -260,6 +274,7 @@ public struct CephBackend: Sendable {
         }
 
         let upStep = "wait until osd.\(id) is up"
+        progress(upStep)
         let deadline = ContinuousClock.now + timeout
         var current = state
         do {
@@ -274,6 +289,7 @@ public struct CephBackend: Sendable {
         }
 
         let inStep = "wait until osd.\(id) is in"
+        progress(inStep)
         do {
             // The mon marks a new OSD in when it boots (mon_osd_auto_mark_new_in); give it a moment.
             var isIn = try waitUntil(timeout: min(.seconds(5), max(.zero, deadline - ContinuousClock.now))) { try osdState(id).in }

@@ -8,8 +8,9 @@ public protocol OSDDaemonControl: Sendable {
     func stop(_ id: Int) throws
     /// Starts the existing daemon of `id`.
     func start(_ id: Int) throws
-    /// Prepares a new OSD on a prepared device and starts it; `id` re-uses a destroyed id.
-    func create(_ id: Int?) throws
+    /// Prepares a new OSD on `device` (nil: the control's own choice) and starts it; `id`
+    /// re-uses a destroyed id.
+    func create(_ id: Int?, device: String?) throws
 }
 
 /// A daemon command that did not finish well.
@@ -26,9 +27,9 @@ public struct DaemonCommandError: Error, CustomStringConvertible {
 }
 
 /// `OSDDaemonControl` by running configured command templates, in which `{id}` stands for
-/// the OSD id. `create(nil)` runs the `create` template, `create(id)` the `createWithID` one
-/// (e.g. `["ceph-volume", "lvm", "create", "--osd-id", "{id}", "--data", "/dev/sdX"]`): the
-/// device is the caller's to fill in, so the create templates have no defaults.
+/// the OSD id and `{device}` for the disk's device path. `create(nil, …)` runs the `create`
+/// template, `create(id, …)` the `createWithID` one (e.g. `["ceph-volume", "lvm", "create",
+/// "--osd-id", "{id}", "--data", "{device}"]`).
 public struct CommandDaemonControl: OSDDaemonControl {
     public var stopCommand: [String]
     public var startCommand: [String]
@@ -51,13 +52,22 @@ public struct CommandDaemonControl: OSDDaemonControl {
         self.timeout = timeout
     }
 
-    public func stop(_ id: Int) throws { try run(stopCommand, id: id) }
-    public func start(_ id: Int) throws { try run(startCommand, id: id) }
-    public func create(_ id: Int?) throws { try run(id == nil ? createCommand : createWithIDCommand, id: id) }
+    public func stop(_ id: Int) throws { try run(stopCommand, id: id, device: nil) }
+    public func start(_ id: Int) throws { try run(startCommand, id: id, device: nil) }
+    public func create(_ id: Int?, device: String?) throws { try run(id == nil ? createCommand : createWithIDCommand, id: id, device: device) }
 
-    func run(_ template: [String], id: Int?) throws {
-        let command = template.map { word in id.map { word.replacing("{id}", with: String($0)) } ?? word }
-        try Self.run(command, timeout: timeout)
+    /// The template with `{id}` and `{device}` filled in.
+    public static func expand(_ template: [String], id: Int?, device: String?) -> [String] {
+        template.map { word in
+            var word = word
+            if let id { word = word.replacing("{id}", with: String(id)) }
+            if let device { word = word.replacing("{device}", with: device) }
+            return word
+        }
+    }
+
+    func run(_ template: [String], id: Int?, device: String?) throws {
+        try Self.run(Self.expand(template, id: id, device: device), timeout: timeout)
     }
 
     /// Runs `command` (looked up on PATH) with a clean signal mask; throws unless it exits 0

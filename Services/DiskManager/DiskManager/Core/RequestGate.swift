@@ -22,6 +22,10 @@ public struct RequestGate: Sendable, Equatable {
         public var deadlineUnixMs: Int64
         public var systemDisk: Bool
         public var excluded: Bool
+        /// What counts as out for the host's limit: the backend's id of the disk's place
+        /// ("ceph:3", "filesystem:/srv/bynar/d1"), so a Remove of one disk and the Add of
+        /// its replacement (another disk) balance. Default: the disk key.
+        public var outKey: String
 
         public enum Kind: String, Sendable, Equatable, Codable {
             case list, safeToRemove, remove, add, deploy, jobStatus
@@ -29,7 +33,11 @@ public struct RequestGate: Sendable, Equatable {
             var changesDisk: Bool { self == .remove || self == .add || self == .deploy }
         }
 
-        public init(requestID: String, diskKey: String, kind: Kind, simulate: Bool, deadlineUnixMs: Int64, systemDisk: Bool = false, excluded: Bool = false) {
+        public init(
+            requestID: String, diskKey: String, kind: Kind, simulate: Bool, deadlineUnixMs: Int64, systemDisk: Bool = false, excluded: Bool = false,
+            outKey: String? = nil
+        ) {
+            self.outKey = outKey ?? diskKey
             self.requestID = requestID
             self.diskKey = diskKey
             self.kind = kind
@@ -86,7 +94,7 @@ public struct RequestGate: Sendable, Equatable {
             // Not remembered: the same request may be sent again once the disk is free.
             return .refuse("\(request.diskKey) is busy with request \(other)")
         }
-        if request.kind == .remove && !disksOut.contains(request.diskKey) && disksOut.count + 1 > maxDisksOut {
+        if request.kind == .remove && !disksOut.contains(request.outKey) && disksOut.count + 1 > maxDisksOut {
             return remember(request, .refuse("\(disksOut.count) of this host's disks are out already; the limit is \(maxDisksOut)"))
         }
         return admit(request)
@@ -97,12 +105,18 @@ public struct RequestGate: Sendable, Equatable {
         guard let request = running.removeValue(forKey: requestID) else { return }
         seen[requestID] = .some(outcome)
         if busy[request.diskKey] == requestID { busy[request.diskKey] = nil }
-        guard !request.simulate, outcome == .success else { return }
+        guard !request.simulate, outcome == .success || outcome == .skipped else { return }
         switch request.kind {
-        case .remove: disksOut.insert(request.diskKey)
-        case .add, .deploy: disksOut.remove(request.diskKey)
+        case .remove: disksOut.insert(request.outKey)
+        case .add, .deploy: disksOut.remove(request.outKey)
         default: break
         }
+    }
+
+    /// A job that was running when the service stopped is running again: it holds its disk
+    /// and its request id without passing the checks a second time.
+    public mutating func resumed(_ request: Request) {
+        _ = admit(request)
     }
 
     private mutating func admit(_ request: Request) -> Decision {

@@ -1,0 +1,245 @@
+public import BynarConfig
+public import BynarDisks
+import BynarProcess
+import BynarProto
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Plain data disks: one filesystem on the whole disk, mounted by UUID at
+/// `<mount_root>/<name>`, with its fstab line kept consistent with what is mounted.
+///
+/// - Remove: refuse while processes use the mountpoint; unmount; drop the fstab line (so a
+///   boot without the disk does not wait for it). The mountpoint is the id an Add re-uses.
+/// - Add: on a blank disk only: mkfs, fstab line by UUID, mount through that fstab line at
+///   the removed disk's mountpoint. A failed mount takes the fstab line back out.
+/// - Deploy: the same at `<mount_root>/<disk key>`.
+public struct FilesystemBackend: StorageBackend {
+    public let name = "filesystem"
+    public let config: FilesystemBackendConfig
+
+    public init(config: FilesystemBackendConfig) {
+        self.config = config
+    }
+
+    var timeout: Duration { .seconds(config.commandTimeoutSeconds) }
+
+    func managedMountpoint(of disk: BlockDevice) -> String? {
+        disk.identity.partitions.flatMap(\.mountpoints).first { $0.hasPrefix(config.mountRoot + "/") }
+    }
+
+    public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
+        var claims: [String: BackendClaim] = [:]
+        for device in devices {
+            if let mountpoint = managedMountpoint(of: device) {
+                claims[device.identity.key] = BackendClaim(backend: name, id: mountpoint, status: .inService)
+            }
+        }
+        return claims
+    }
+
+    public func safeToRemove(_ disk: BlockDevice, claim: BackendClaim) throws -> SafetyAnswer {
+        let users = Self.users(of: claim.id)
+        if users.isEmpty { return SafetyAnswer(safe: true, detail: "nothing uses \(claim.id)") }
+        return SafetyAnswer(safe: false, detail: "\(claim.id) is in use by \(users.prefix(10).joined(separator: ", "))" + (users.count > 10 ? " and \(users.count - 10) more" : ""))
+    }
+
+    public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+        let mountpoint = claim.id
+        var fstab = try Fstab(path: config.fstab)
+        let mounted = managedMountpoint(of: disk) == mountpoint
+        let listed = fstab.entry(mountpoint: mountpoint) != nil
+        guard mounted || listed else {
+            return OperationResult(steps: ["\(mountpoint) is neither mounted nor in \(config.fstab)"], backendID: mountpoint, skipped: true)
+        }
+        let users = Self.users(of: mountpoint)
+        guard users.isEmpty else { throw BackendRefusal("\(mountpoint) is in use by \(users.prefix(10).joined(separator: ", "))") }
+        let unmountStep = "unmount \(mountpoint)"
+        let fstabStep = "remove the \(config.fstab) line for \(mountpoint)"
+        if simulate {
+            return OperationResult(steps: (mounted ? [unmountStep] : []) + (listed ? [fstabStep] : []), backendID: mountpoint)
+        }
+        var done: [String] = []
+        if mounted {
+            progress.step(unmountStep, 1, of: 2)
+            try run(["umount", mountpoint], step: unmountStep, done: done)
+            done.append(unmountStep)
+        }
+        if listed {
+            progress.step(fstabStep, 2, of: 2)
+            fstab.remove(mountpoint: mountpoint)
+            do {
+                try fstab.save()
+            } catch {
+                // Unmounted but still listed: the next boot would mount it again (nofail keeps
+                // a missing disk from stopping the boot). Say so rather than remount a failing disk.
+                throw BackendStepFailure(step: fstabStep, done: done, underlying: "\(error)")
+            }
+            done.append(fstabStep)
+        }
+        return OperationResult(steps: done, backendID: mountpoint)
+    }
+
+    public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+        guard reuseID.hasPrefix(config.mountRoot + "/"), !reuseID.contains("/../"), !reuseID.hasSuffix("/..") else {
+            throw BackendRefusal("\"\(reuseID)\" is not a mountpoint under \(config.mountRoot)")
+        }
+        return try format(disk, at: reuseID, simulate: simulate, progress: progress)
+    }
+
+    public func deploy(_ disk: BlockDevice, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+        try format(disk, at: "\(config.mountRoot)/\(disk.identity.key)", simulate: simulate, progress: progress)
+    }
+
+    /// mkfs on a blank disk, fstab line by UUID, mount through it.
+    func format(_ disk: BlockDevice, at mountpoint: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+        let device = disk.identity.devPath
+        if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
+        if Self.isMountpoint(mountpoint) { throw BackendRefusal("something is already mounted at \(mountpoint)") }
+        let mkfs = ["mkfs.\(config.filesystem)"] + (config.filesystem == "ext4" ? ["-q", "-F"] : ["-q"]) + config.mkfsOptions + [device]
+        let mkfsStep = "make \(config.filesystem) on \(device)"
+        let fstabStep = "add the \(config.fstab) line for \(mountpoint) (by UUID)"
+        let mountStep = "mount \(mountpoint)"
+        if simulate {
+            return OperationResult(steps: ["\(device) is blank", "\(mkfsStep): \(mkfs.joined(separator: " "))", fstabStep, mountStep], backendID: mountpoint)
+        }
+        var done = ["\(device) is blank"]
+        progress.step(mkfsStep, 1, of: 3)
+        try run(mkfs, step: mkfsStep, done: done)
+        done.append(mkfsStep)
+
+        progress.step(fstabStep, 2, of: 3)
+        let uuid: String
+        do {
+            let probe = try Tool.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], timeout: timeout)
+            uuid = probe.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard probe.exitCode == 0, !uuid.isEmpty else { throw BackendRefusal("blkid found no UUID on \(device) after mkfs") }
+            var fstab = try Fstab(path: config.fstab)
+            fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: config.filesystem, options: config.mountOptions))
+            try fstab.save()
+        } catch {
+            throw BackendStepFailure(step: fstabStep, done: done, underlying: "\(error)")
+        }
+        done.append("\(fstabStep): UUID=\(uuid)")
+
+        progress.step(mountStep, 3, of: 3)
+        do {
+            try Self.makeDirectories(mountpoint)
+            try run(["mount", "--fstab", config.fstab, mountpoint], step: mountStep, done: done)
+        } catch {
+            var rollback: String
+            do {
+                var fstab = try Fstab(path: config.fstab)
+                fstab.remove(mountpoint: mountpoint)
+                try fstab.save()
+                rollback = "took the \(config.fstab) line back out"
+            } catch {
+                rollback = "could not take the \(config.fstab) line back out: \(error)"
+            }
+            let underlying = (error as? BackendStepFailure)?.underlying ?? "\(error)"
+            throw BackendStepFailure(step: mountStep, done: done, rollback: rollback, underlying: underlying)
+        }
+        done.append(mountStep)
+        return OperationResult(steps: done, backendID: mountpoint)
+    }
+
+    /// Runs a tool; throws a step failure with its output unless it exits 0.
+    func run(_ command: [String], step: String, done: [String]) throws {
+        let result: Tool.Run
+        do {
+            result = try Tool.run(command, timeout: timeout, mergeStderr: true)
+        } catch {
+            throw BackendStepFailure(step: step, done: done, underlying: "\(error)")
+        }
+        guard result.exitCode == 0 else {
+            let output = result.text.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw BackendStepFailure(step: step, done: done, underlying: "\(command.joined(separator: " ")): exit \(result.exitCode.map(String.init) ?? "signal \(result.signal ?? 0)")\(output.isEmpty ? "" : ": \(output.suffix(1000))")")
+        }
+    }
+
+    /// mkdir -p.
+    static func makeDirectories(_ path: String) throws {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw BackendRefusal("cannot create \(current): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    static func isMountpoint(_ path: String) -> Bool {
+        guard let text = try? readText("/proc/self/mountinfo") else { return false }
+        return text.split(separator: "\n").contains { line in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && unescapeMountField(String(fields[4])) == path
+        }
+    }
+
+    /// Processes with a file, working directory or root under `mountpoint` ("pid 123 (name)").
+    static func users(of mountpoint: String) -> [String] {
+        guard let proc = opendir("/proc") else { return [] }
+        defer { closedir(proc) }
+        var users: [String] = []
+        let me = getpid()
+        while let entry = readdir(proc) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid != me else { continue }
+            var links = ["/proc/\(pid)/cwd", "/proc/\(pid)/root"]
+            if let fds = opendir("/proc/\(pid)/fd") {
+                while let fd = readdir(fds) {
+                    let fdName = withUnsafeBytes(of: fd.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                    if fdName != "." && fdName != ".." { links.append("/proc/\(pid)/fd/\(fdName)") }
+                }
+                closedir(fds)
+            }
+            let uses = links.contains { link in
+                guard let target = readLink(link) else { return false }
+                return target == mountpoint || target.hasPrefix(mountpoint + "/")
+            }
+            if uses {
+                let comm = ((try? readText("/proc/\(pid)/comm")) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
+                users.append("pid \(pid) (\(comm))")
+            }
+        }
+        return users
+    }
+
+    static func readLink(_ path: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(path, &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func readText(_ path: String) throws -> String {
+        guard let file = fopen(path, "r") else { throw BackendRefusal("cannot read \(path)") }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as octal (\040 …).
+    static func unescapeMountField(_ field: String) -> String {
+        guard field.contains("\\") else { return field }
+        var out: [UInt8] = []
+        let bytes = Array(field.utf8)
+        var i = 0
+        while i < bytes.count {
+            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count, let value = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(value)
+                i += 4
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

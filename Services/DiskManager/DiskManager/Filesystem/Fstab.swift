@@ -1,0 +1,109 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An fstab file, edited line by line: the backend adds and removes lines for the
+/// mountpoints it manages and leaves every other line (comments, spacing) exactly as it
+/// was. Writes go to a temporary file in the same directory, are flushed, and replace the
+/// old file with rename(2), so a crash leaves either the old or the new file, never half.
+public struct Fstab: Sendable, Equatable {
+    public struct Entry: Sendable, Equatable {
+        public var source: String
+        public var mountpoint: String
+        public var type: String
+        public var options: String
+
+        public init(source: String, mountpoint: String, type: String, options: String) {
+            self.source = source
+            self.mountpoint = mountpoint
+            self.type = type
+            self.options = options
+        }
+
+        public var line: String { "\(source) \(mountpoint) \(type) \(options) 0 2" }
+    }
+
+    public let path: String
+    public private(set) var lines: [String]
+
+    public init(path: String) throws(BackendRefusal) {
+        self.path = path
+        guard let file = fopen(path, "r") else {
+            if errno == ENOENT { lines = []; return }
+            throw BackendRefusal("cannot read \(path): \(String(cString: strerror(errno)))")
+        }
+        defer { fclose(file) }
+        var text: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count <= 0 { break }
+            text += buffer[0..<count]
+        }
+        var all = String(decoding: text, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if all.last == "" { all.removeLast() }
+        lines = all
+    }
+
+    /// The entry mounted at `mountpoint`, if any.
+    public func entry(mountpoint: String) -> Entry? {
+        lines.lazy.compactMap(Self.parse).first { $0.mountpoint == mountpoint }
+    }
+
+    /// Every entry whose mountpoint is under `root`.
+    public func entries(under root: String) -> [Entry] {
+        lines.compactMap(Self.parse).filter { $0.mountpoint.hasPrefix(root + "/") }
+    }
+
+    static func parse(_ line: String) -> Entry? {
+        let trimmed = line.drop { $0 == " " || $0 == "\t" }
+        guard !trimmed.isEmpty, !trimmed.hasPrefix("#") else { return nil }
+        let fields = trimmed.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        guard fields.count >= 4 else { return nil }
+        return Entry(source: fields[0], mountpoint: fields[1], type: fields[2], options: fields[3])
+    }
+
+    /// Sets the one line for `entry.mountpoint` (replacing any other line for it).
+    public mutating func set(_ entry: Entry) {
+        remove(mountpoint: entry.mountpoint)
+        lines.append(entry.line)
+    }
+
+    /// Removes every line for `mountpoint`; returns whether there was one.
+    @discardableResult
+    public mutating func remove(mountpoint: String) -> Bool {
+        let before = lines.count
+        lines.removeAll { Self.parse($0)?.mountpoint == mountpoint }
+        return lines.count != before
+    }
+
+    /// Writes the file atomically (temp file, fsync, rename, fsync of the directory).
+    public func save() throws(BackendRefusal) {
+        let temp = path + ".bynar-new"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw BackendRefusal("cannot write \(temp): \(String(cString: strerror(errno)))") }
+        let bytes = Array((lines.map { $0 + "\n" }.joined()).utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if written < 0 {
+                if errno == EINTR { continue }
+                let reason = String(cString: strerror(errno))
+                close(fd)
+                unlink(temp)
+                throw BackendRefusal("cannot write \(temp): \(reason)")
+            }
+            offset += written
+        }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard synced, rename(temp, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temp)
+            throw BackendRefusal("cannot replace \(path): \(reason)")
+        }
+        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        let dirfd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirfd >= 0 { fsync(dirfd); close(dirfd) }
+    }
+}

@@ -1,0 +1,90 @@
+import BynarAuth
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A plain loop device on a sparse image (a blank disk), detached by name on teardown.
+final class LoopDisk: @unchecked Sendable {
+    let image: String
+    let device: String
+    private var done = false
+
+    init(directory: String, name: String, sizeMB: Int) throws {
+        image = "\(directory)/\(name).img"
+        try FaultyDisk.run("/usr/bin/truncate", ["-s", "\(sizeMB)M", image])
+        device = try FaultyDisk.run("/sbin/losetup", ["--find", "--show", image]).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Unmounts whatever is mounted from it, then detaches it.
+    func teardown() {
+        guard !done else { return }
+        done = true
+        if let mountinfo = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
+            for line in mountinfo.split(separator: "\n") {
+                let fields = line.split(separator: " ")
+                if let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2] == device {
+                    _ = try? FaultyDisk.run("/bin/umount", ["-l", String(fields[4])])
+                }
+            }
+        }
+        for _ in 0..<20 {
+            if (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
+            usleep(100_000)
+        }
+    }
+
+    deinit { teardown() }
+}
+
+/// A test's signed line to one disk-manager: sends commands, follows jobs to their end.
+struct DiskManagerLine {
+    let bus: Bus
+    let host: String
+    let keyID: String
+    let privateKeyText: String
+    let progress: Collector<Received<Bynar_V1_JobProgress>>
+
+    init(bus: Bus, host: String, keyID: String, privateKeyText: String) async throws {
+        self.bus = bus
+        self.host = host
+        self.keyID = keyID
+        self.privateKeyText = privateKeyText
+        progress = Collector(try await bus.subscribe(Topics.diskManagerProgress(host: host), as: Bynar_V1_JobProgress.self))
+    }
+
+    func request(_ id: String, simulate: Bool = false, _ operation: Bynar_V1_DiskManagerRequest.OneOf_Operation) throws -> Bynar_V1_DiskManagerRequest {
+        var request = Bynar_V1_DiskManagerRequest()
+        request.requestID = id
+        request.host = host
+        request.simulate = simulate
+        request.deadlineUnixMs = Bus.nowUnixMs() + 60_000
+        request.operation = operation
+        let (_, key) = try KeyFiles.loadPrivateKey(text: privateKeyText)
+        return try CommandSigning.sign(request, keyID: keyID, key: key, lifetime: .seconds(120), nowMs: Bus.nowUnixMs())
+    }
+
+    func send(_ id: String, simulate: Bool = false, _ operation: Bynar_V1_DiskManagerRequest.OneOf_Operation, timeout: Duration = .seconds(60)) async throws -> Bynar_V1_DiskManagerResponse {
+        try await bus.request(try request(id, simulate: simulate, operation), to: Topics.diskManagerCommands(host: host), expecting: Bynar_V1_DiskManagerResponse.self, timeout: timeout).payload
+    }
+
+    /// The job's final progress event (SUCCEEDED or FAILED).
+    func finished(_ jobID: String, timeout: Duration) async -> Bynar_V1_JobProgress? {
+        _ = await progress.wait(timeout: timeout) { events in events.contains { $0.payload.jobID == jobID && $0.payload.state != .running } }
+        return progress.all.last { $0.payload.jobID == jobID && $0.payload.state != .running }?.payload
+    }
+
+    func disks() async throws -> [Bynar_V1_ManagedDisk] {
+        try await send("list-\(UUID().uuidString)", .list(.init())).diskList.disks
+    }
+}
+
+func diskSelector(key: String) -> Bynar_V1_DiskSelector {
+    var selector = Bynar_V1_DiskSelector()
+    selector.key = key
+    return selector
+}
