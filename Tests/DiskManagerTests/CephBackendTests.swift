@@ -7,19 +7,19 @@ import Testing
 import Glibc
 #endif
 
-private let cephAvailable = getuid() == 0 && access("/usr/bin/ceph-mon", X_OK) == 0 && access("/usr/bin/ceph-osd", X_OK) == 0
+let cephAvailable = getuid() == 0 && access("/usr/bin/ceph-mon", X_OK) == 0 && access("/usr/bin/ceph-osd", X_OK) == 0
 
 /// A real memstore cluster from `scripts/ceph-dev-cluster`, stopped by pid on `stop()`.
-private struct DevCluster {
+struct DevCluster {
     static let script = "\(packageRoot)/scripts/ceph-dev-cluster"
     let directory: String
     var conf: String { "\(directory)/ceph.conf" }
     let log: String
 
-    init(parent: String, osds: Int) throws {
+    init(parent: String, osds: Int, store: String = "memstore") throws {
         directory = "\(parent)/cluster"
         log = "\(parent)/cluster-script.log"
-        try Self.script(["start", directory, "--osds", String(osds), "--store", "memstore"], log: log, timeout: 240)
+        try Self.script(["start", directory, "--osds", String(osds), "--store", store], log: log, timeout: 240)
     }
 
     /// Runs the cluster script; throws with the log's tail unless it exits 0.
@@ -48,12 +48,12 @@ private struct DevCluster {
     }
 }
 
-private struct TestFailure: Error, CustomStringConvertible {
+struct TestFailure: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
 }
 
-private func seconds(since start: ContinuousClock.Instant) -> String {
+func seconds(since start: ContinuousClock.Instant) -> String {
     let elapsed = ContinuousClock.now - start
     return String(format: "%.1f s", Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
 }

@@ -1,0 +1,166 @@
+import BynarAuth
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import DiskManager
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real bynar-disk-manager against a real Ceph cluster (bluestore OSDs on loop devices,
+/// so `ceph osd metadata` names each OSD's disk) through a real broker: objects written, an
+/// OSD's disk removed through the bus (destroyed, id kept), a fresh disk added back as the
+/// same id, HEALTH_OK, every object read back. Also: a Remove refused while unsafe, unsigned
+/// and replayed commands refused, simulate changing nothing, one request id acting once.
+@Suite(.serialized, .enabled(if: cephAvailable && TestBroker.available, "needs root, Ceph (ceph-mon, ceph-osd) and mosquitto"))
+struct CephServiceTests {
+    @Test(.timeLimit(.minutes(10)))
+    func removeAndReaddThroughTheBus() async throws {
+        let temp = try makeTemporaryDirectory(prefix: "bynar-ceph-dm")
+        var finished = false
+        defer { if finished { try? FileManager.default.removeItem(atPath: temp) } }
+        var started = ContinuousClock.now
+        let cluster: DevCluster
+        do {
+            cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
+        } catch {
+            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
+            throw error
+        }
+        defer { cluster.stop() }
+        print("ceph-dm: cluster start (4 OSDs, bluestore on loop devices) until healthy: \(seconds(since: started))")
+        let log = "\(temp)/commands.log"
+        let rados = { (arguments: [String]) throws in
+            try DevCluster.run("/usr/bin/rados", ["-c", cluster.conf, "--client-mount-timeout", "15", "--rados-osd-op-timeout", "30"] + arguments, log: log)
+        }
+        let ceph = CephBackend(cluster: try RadosCluster(configPath: cluster.conf))
+        func waitHealthy() throws {
+            try DevCluster.script(["wait-healthy", cluster.directory, "180"], log: cluster.log, timeout: 200)
+        }
+
+        // A size-3 pool with 20 objects.
+        let pool = "bynar"
+        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool create","pool":"\#(pool)","pg_num":32,"pgp_num":32,"pool_type":"replicated"}"#)
+        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool set","pool":"\#(pool)","var":"size","val":"3"}"#)
+        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool application enable","pool":"\#(pool)","app":"rados"}"#)
+        try waitHealthy()
+        let objects = "\(temp)/objects"
+        try FileManager.default.createDirectory(atPath: objects, withIntermediateDirectories: true)
+        var originals: [String: Data] = [:]
+        for i in 1...20 {
+            let bytes = Data((0..<(4096 * i + i)).map { _ in UInt8.random(in: 0...255) })
+            try bytes.write(to: URL(fileURLWithPath: "\(objects)/obj-\(i)"))
+            try rados(["-p", pool, "put", "obj-\(i)", "\(objects)/obj-\(i)"])
+            originals["obj-\(i)"] = bytes
+        }
+
+        // The disk-manager, trusting one key, with the dev cluster's daemon commands.
+        let broker = try TestBroker()
+        let files = try KeyFiles.generate(keyID: "orchestrator")
+        try files.trustedKeysLine.write(toFile: temp + "/trusted-keys", atomically: true, encoding: .utf8)
+        let bus = try await connectedBus(broker, service: "tester")
+        let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "orchestrator", privateKeyText: files.privateKeyFileText)
+        let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
+        let script = DevCluster.script
+        let dir = cluster.directory
+        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: temp, extraConfig: """
+            "disk_manager": {"trusted_keys_file": "\(temp)/trusted-keys", "max_disks_out": 1,
+              "ceph": {"config_file": "\(cluster.conf)", "poll_interval_ms": 500, "safe_to_destroy_timeout_seconds": 180,
+                       "up_timeout_seconds": 120, "command_timeout_seconds": 180,
+                       "stop_command": ["/bin/bash", "\(script)", "osd-stop", "\(dir)", "{id}"],
+                       "start_command": ["/bin/bash", "\(script)", "osd-start", "\(dir)", "{id}", "--wait", "60"],
+                       "create_with_id_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "{id}", "--device", "{device}"],
+                       "create_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "--device", "{device}"]}}
+            """)
+        defer { manager.signal(SIGTERM) }
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(manager.log)")
+
+        // List: the four OSD disks, by id.
+        let disks = try await line.disks()
+        let osdDisks = disks.filter { $0.backend == "ceph" }
+        #expect(Set(osdDisks.map(\.backendID)) == ["0", "1", "2", "3"], "\(disks.map { "\($0.disk.devPath) \($0.backend) \($0.backendID)" })")
+        #expect(osdDisks.allSatisfy { $0.status == .inService })
+        let osd0 = try #require(osdDisks.first { $0.backendID == "0" })
+        let osd0Disk = diskSelector(key: osd0.disk.key)
+
+        // Unsigned and replayed commands: refused, audited, nothing done.
+        var unsigned = Bynar_V1_DiskManagerRequest()
+        unsigned.requestID = "unsigned"
+        unsigned.host = "h1"
+        unsigned.remove.disk = osd0Disk
+        let unsignedAnswer = try await bus.request(unsigned, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(10)).payload
+        #expect(unsignedAnswer.outcome == .refused && unsignedAnswer.reason.contains("not signed"), "\(unsignedAnswer)")
+        let safeRequest = try line.request("safe-1", .safeToRemove(.with { $0.disk = osd0Disk }))
+        let safe = try await bus.request(safeRequest, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(30)).payload
+        #expect(safe.outcome == .success && safe.safeToRemove.safe && safe.safeToRemove.clusterHealth == "HEALTH_OK", "\(safe)")
+        let replay = try await bus.request(safeRequest, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(10)).payload
+        #expect(replay.outcome == .refused && replay.reason.contains("replay"), "\(replay)")
+
+        // Unsafe: with osd.3 down, stopping osd.0 would leave PGs below min_size.
+        try DevCluster.script(["osd-stop", dir, "3"], log: cluster.log)
+        #expect(try ceph.waitUntil(timeout: .seconds(30)) { try !ceph.osdState(3).up }, "osd.3 never went down")
+        let refused = try await line.send("remove-unsafe", .remove(.with { $0.disk = osd0Disk }))
+        #expect(refused.outcome == .refused && refused.reason.contains("not safe to remove"), "\(refused)")
+        #expect(try ceph.osdState(0) == OSDState(exists: true, up: true, in: true, destroyed: false), "a refused Remove changed osd.0")
+        try DevCluster.script(["osd-start", dir, "3", "--wait", "60"], log: cluster.log)
+        try waitHealthy()
+
+        // Simulate: the steps, no change.
+        let simulated = try await line.send("remove-sim", simulate: true, .remove(.with { $0.disk = osd0Disk }))
+        #expect(simulated.outcome == .success && simulated.simulated && simulated.steps.contains("mark osd.0 out") && simulated.steps.contains("destroy osd.0 (id and CRUSH position kept)"), "\(simulated)")
+        #expect(try ceph.osdState(0) == OSDState(exists: true, up: true, in: true, destroyed: false), "simulate changed osd.0")
+
+        // Remove through the bus.
+        started = ContinuousClock.now
+        let remove = try await line.send("remove-1", .remove(.with { $0.disk = osd0Disk }))
+        #expect(remove.outcome == .accepted && remove.backend == "ceph" && remove.backendID == "0", "\(remove)")
+        let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(300)), "\(manager.log.suffix(3000))")
+        print("ceph-dm: remove osd.0 through the bus: \(seconds(since: started)): \(removed.steps)")
+        #expect(removed.outcome == .success && removed.backendID == "0", "\(removed)")
+        #expect(try ceph.osdState(0) == OSDState(exists: true, up: false, in: false, destroyed: true), "id 0 kept as destroyed")
+        let progressSteps = line.progress.all.filter { $0.payload.jobID == remove.jobID && $0.payload.state == .running }.map(\.payload.step)
+        #expect(progressSteps.contains("mark osd.0 out") && progressSteps.contains("stop the daemon of osd.0"), "\(progressSteps)")
+        // The same request id: the first answer, no second run.
+        let again = try await line.send("remove-1", .remove(.with { $0.disk = osd0Disk }))
+        #expect(again.outcome == .alreadyDone && again.originalOutcome == .accepted && again.jobID == remove.jobID, "\(again)")
+        // The host's limit: one disk out already.
+        let second = try #require(osdDisks.first { $0.backendID == "1" })
+        let overLimit = try await line.send("remove-2", .remove(.with { $0.disk = diskSelector(key: second.disk.key) }))
+        #expect(overLimit.outcome == .refused && overLimit.reason.contains("limit is 1"), "\(overLimit)")
+
+        // A fresh disk in its place, added back as osd.0.
+        let fresh = try LoopDisk(directory: temp, name: "replacement", sizeMB: 4096)
+        defer { fresh.teardown() }
+        let freshDisk = try #require(try await line.disks().first { $0.disk.devPath == fresh.device })
+        #expect(freshDisk.status == .blank)
+        started = ContinuousClock.now
+        let add = try await line.send("add-1", .add(.with { $0.disk = diskSelector(key: freshDisk.disk.key); $0.reuseOsdID = removed.backendID }))
+        #expect(add.outcome == .accepted, "\(add)")
+        let added = try #require(await line.finished(add.jobID, timeout: .seconds(300)), "\(manager.log.suffix(3000))")
+        print("ceph-dm: add osd.0 on \(fresh.device) through the bus until up+in: \(seconds(since: started)): \(added.steps)")
+        #expect(added.outcome == .success && added.backendID == "0", "\(added)")
+        #expect(try ceph.osdState(0) == OSDState(exists: true, up: true, in: true, destroyed: false))
+        try waitHealthy()
+        print("ceph-dm: add until HEALTH_OK: \(seconds(since: started))")
+        #expect(try ceph.health() == "HEALTH_OK")
+        let after = try await line.disks().first { $0.disk.devPath == fresh.device }
+        #expect(after?.backend == "ceph" && after?.backendID == "0" && after?.status == .inService)
+
+        var same = 0
+        for (name, bytes) in originals {
+            let path = "\(objects)/\(name).read"
+            unlink(path)
+            try rados(["-p", pool, "get", name, path])
+            if (try? Data(contentsOf: URL(fileURLWithPath: path))) == bytes { same += 1 }
+        }
+        #expect(same == originals.count, "read back \(same) of \(originals.count) identical")
+
+        manager.signal(SIGTERM)
+        await bus.shutdown()
+        // The cluster uses the replacement disk: stop it before the loop device is detached.
+        cluster.stop()
+        finished = true
+    }
+}
