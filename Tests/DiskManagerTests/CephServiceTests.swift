@@ -157,6 +157,18 @@ struct CephServiceTests {
         }
         #expect(same == originals.count, "read back \(same) of \(originals.count) identical")
 
+        // Deploy: a brand-new OSD on another blank disk.
+        let blank = try LoopDisk(directory: temp, name: "new", sizeMB: 4096)
+        defer { blank.teardown() }
+        let blankDisk = try #require(try await line.disks().first { $0.disk.devPath == blank.device })
+        started = ContinuousClock.now
+        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = diskSelector(key: blankDisk.disk.key) }))
+        #expect(deploy.outcome == .accepted && deploy.backend == "ceph", "\(deploy)")
+        let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(300)), "\(manager.log.suffix(3000))")
+        print("ceph-dm: deploy a new OSD on \(blank.device) until up+in: \(seconds(since: started)): \(deployed.steps)")
+        #expect(deployed.outcome == .success && deployed.backendID == "4", "\(deployed)")
+        #expect(try ceph.osdState(4) == OSDState(exists: true, up: true, in: true, destroyed: false))
+
         manager.signal(SIGTERM)
         await bus.shutdown()
         // The cluster uses the replacement disk: stop it before the loop device is detached.
