@@ -32,7 +32,7 @@ let services: [(name: String, executable: String)] = [
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
     "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess"],
-    "DiskManager": ["CRados", crypto, "BynarAuth", "BynarDisks", "BynarProcess"],
+    "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess"],
     "Ticketing": [httpClient, nioCore],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
     "Orchestrator": [crypto, "BynarAuth", "BynarProcess"],
@@ -96,12 +96,6 @@ let package = Package(
             pkgConfig: "libudev",
             providers: [.apt(["libudev-dev"])]
         ),
-        // librados (Ceph mon/mgr commands), wrapped once: only the disk-manager imports it.
-        .systemLibrary(
-            name: "CRados",
-            path: "Shared/CRados",
-            providers: [.apt(["librados-dev"])]
-        ),
         // The host's block devices (libudev, sysfs, mountinfo): inventory, system disks,
         // kernel uevents. Shared by the detector (watches) and the disk-manager (acts).
         // External tools (smartctl, fsck, systemctl): spawned one way, with a deadline.
@@ -138,7 +132,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bynar-bench",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", protobuf, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarAuth", protobuf, log],
             path: "Benchmarks/bynar-bench",
             swiftSettings: strict
         ),

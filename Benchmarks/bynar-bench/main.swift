@@ -9,6 +9,8 @@
 //       kernel I/O error (a failed O_DIRECT read on a faultfs disk) -> detector event
 //   bynar-bench rtt --port P --samples N
 //       request/response round trips through the broker, one at a time
+//   bynar-bench disk-manager --port P --host H --key FILE --disk /dev/X --samples N
+//       signed List and SafeToRemove round trips to a running bynar-disk-manager
 import BynarBus
 import BynarConfig
 import BynarProto
@@ -194,6 +196,10 @@ case "kernel-latency":
     })
 case "rtt":
     try await benchRoundTrip(port: port, samples: option("samples", 2000))
+case "disk-manager":
+    let arguments = CommandLine.arguments
+    func text(_ name: String) -> String { arguments.firstIndex(of: "--\(name)").map { arguments[$0 + 1] } ?? "" }
+    try await benchDiskManager(port: port, host: text("host"), keyFile: text("key"), disk: text("disk"), samples: option("samples", 500))
 default:
     writeToStandardError("usage: bynar-bench publish|stream|rtt|kernel-latency --port P [--messages N] [--samples N]")
     exit(64)

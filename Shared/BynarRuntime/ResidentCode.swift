@@ -44,6 +44,19 @@ public enum ResidentCode {
                 released += length / 1024
             }
         }
+        // Freed heap memory the allocator still holds (every thread that allocated may have
+        // its own arena) goes back to the kernel too.
+        _ = glibcMallocTrim(0)
         return released
     }
+
+    /// At most this many malloc arenas: a service that runs blocking work on short-lived
+    /// threads would otherwise collect one arena (and its freed-but-kept pages) per thread.
+    public static func limitArenas(_ count: Int32 = 2) {
+        _ = glibcMallopt(-8 /* M_ARENA_MAX */, count)
+    }
 }
+
+// glibc's malloc.h is not part of the Glibc module; these two have plain C signatures.
+@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+@_silgen_name("mallopt") private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -42,6 +42,7 @@ public enum ServiceMain {
     /// the outbox until SIGTERM/SIGINT, then shuts down cleanly. Exits on bad usage (64)
     /// or bad config (78) with a message that names the problem.
     public static func run<S: BynarService>(_ type: S.Type, arguments: [String] = CommandLine.arguments) async {
+        ResidentCode.limitArenas()
         let executable = arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? S.serviceName
         var configPath: String?
         var rest = arguments.dropFirst()

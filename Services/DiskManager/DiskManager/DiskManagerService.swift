@@ -105,16 +105,25 @@ actor RequestHandler {
     }
 
     func handle(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
+        let clock = ContinuousClock()
+        let started = clock.now
         let verification = verifier?.verify(request, nowMs: nowMs) ?? .failure(.unknownKey("(no trusted keys configured)"))
+        let verified = clock.now
         let response = await answer(request, verification: verification, nowMs: nowMs)
+        let answered = clock.now
         do {
             _ = try audit.record(AuditRecord(request: request, receivedUnixMs: nowMs, verification: verification, response: response))
         } catch {
             context.logger.error("cannot write the audit record", metadata: ["request_id": "\(request.requestID)", "error": "\(error)"])
         }
+        func ms(_ duration: Duration) -> String {
+            let (seconds, attoseconds) = duration.components
+            return String(Double(seconds) * 1000 + Double(attoseconds) / 1e15)
+        }
         context.logger.notice("disk-manager command", metadata: [
             "request_id": "\(request.requestID)", "operation": "\(DiskManagerService.operationName(request))",
             "outcome": "\(response.outcome)", "reason": "\(response.reason)", "job": "\(response.jobID)",
+            "verify_ms": "\(ms(verified - started))", "answer_ms": "\(ms(answered - verified))", "audit_ms": "\(ms(clock.now - answered))",
         ])
         return response
     }
