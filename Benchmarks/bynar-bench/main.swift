@@ -194,6 +194,8 @@ case "kernel-latency":
     })
 case "rtt":
     try await benchRoundTrip(port: port, samples: option("samples", 2000))
+case "orchestrator":
+    try await benchOrchestrator(port: port, hosts: option("hosts", 10_000), rate: option("rate", 1000), seconds: option("seconds", 10), flood: option("flood", 20_000))
 default:
     writeToStandardError("usage: bynar-bench publish|stream|rtt|kernel-latency --port P [--messages N] [--samples N]")
     exit(64)
