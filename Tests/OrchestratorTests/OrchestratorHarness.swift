@@ -34,20 +34,21 @@ final class OrchestratorHarness: @unchecked Sendable {
         births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "orch", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
     }
 
-    /// The orchestrator section used by ``start(orchestrator:)``: the test's key, quick
-    /// retries, plus `extra` members.
-    func config(_ extra: String) -> String {
+    /// The orchestrator section used by ``start(orchestrator:steps:requestTimeout:)``: the
+    /// test's key, quick retries and rechecks, plus `extra` members.
+    func config(_ extra: String, steps: String, requestTimeout: Int) -> String {
         """
-        "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 2, "queue_recheck_seconds": 1,
-                         "steps": {"retry_delay_seconds": 0}\(extra.isEmpty ? "" : ", " + extra)}
+        "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": \(requestTimeout), "queue_recheck_seconds": 1,
+                         "steps": {"retry_delay_seconds": 0\(steps.isEmpty ? "" : ", " + steps)}\(extra.isEmpty ? "" : ", " + extra)}
         """
     }
 
     /// Starts (or restarts) bynar-orchestrator as host "orch" and waits for its birth.
-    func start(orchestrator extra: String = "") async throws {
+    func start(orchestrator extra: String = "", steps: String = "", requestTimeout: Int = 2) async throws {
         sessions += 1
         let session = sessions
-        orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: directory, extraConfig: config(extra))
+        orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: directory,
+                                          extraConfig: config(extra, steps: steps, requestTimeout: requestTimeout))
         let born = await births.wait(timeout: .seconds(20)) { $0.contains { $0.payload.state == .birth && $0.payload.session == session } }
         guard born else { throw TestSupportError("bynar-orchestrator did not announce session \(session); log:\n\(orchestrator?.log ?? "")") }
     }

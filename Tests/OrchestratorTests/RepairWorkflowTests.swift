@@ -141,7 +141,7 @@ import Testing
     func stuckStepIsReported() async throws {
         try await withHarness { h in
             h.dm.configure { $0.silentSafeToRemove = true }
-            try await h.start(orchestrator: #""request_timeout_seconds": 1, "steps": {"retry_delay_seconds": 0, "safe_to_remove": {"timeout_seconds": 5, "retries": 1}}"#)
+            try await h.start(steps: #""safe_to_remove": {"timeout_seconds": 5, "retries": 1}"#, requestTimeout: 1)
             try await h.detector.say(Self.failed, from: .failing, to: .failed)
             let id = try await h.waitFor(.stuck)
             #expect(h.latest[id]?.incident.detail.contains("after 2 attempts") == true, "\(h.latest[id]?.incident.detail ?? "")")
