@@ -140,9 +140,8 @@ final class DiskManagerStandIn: Sendable {
             progress.stepCount = UInt32(steps.count)
             state.withLock { $0.jobs[job] = progress }
             let duration = behaviour.jobDuration
-            let removedKey = key
             Task { [self] in
-                try? await self.bus.publish(progress, to: Topics.diskManagerProgress(host: request.host))
+                _ = try? await self.bus.publish(progress, to: Topics.diskManagerProgress(host: request.host))
                 try? await Task.sleep(for: duration)
                 var done = progress
                 done.state = .succeeded
@@ -159,7 +158,7 @@ final class DiskManagerStandIn: Sendable {
                         if let old = state.osdIDs.first(where: { $0.value == osd })?.key { state.out.remove(old) }
                     }
                 }
-                try? await self.bus.publish(done, to: Topics.diskManagerProgress(host: request.host))
+                _ = try? await self.bus.publish(done, to: Topics.diskManagerProgress(host: request.host))
             }
         case .jobStatus(let status):
             guard let job = state.withLock({ $0.jobs[status.jobID] }) else {
@@ -255,8 +254,8 @@ final class TicketingStandIn: Sendable {
         event.state = ticketState
         event.backend = "stand-in"
         event.changedUnixMs = Bus.nowUnixMs()
-        try? await bus.publish(event, to: Topics.ticketEvents)
-        try? await bus.publish(event, to: Topics.ticketState(incident: incident), retain: true)
+        _ = try? await bus.publish(event, to: Topics.ticketEvents)
+        _ = try? await bus.publish(event, to: Topics.ticketState(incident: incident), retain: true)
     }
 
     func stop() async {
