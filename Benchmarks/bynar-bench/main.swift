@@ -200,6 +200,8 @@ case "disk-manager":
     let arguments = CommandLine.arguments
     func text(_ name: String) -> String { arguments.firstIndex(of: "--\(name)").map { arguments[$0 + 1] } ?? "" }
     try await benchDiskManager(port: port, host: text("host"), keyFile: text("key"), disk: text("disk"), samples: option("samples", 500))
+case "orchestrator":
+    try await benchOrchestrator(port: port, hosts: option("hosts", 10_000), rate: option("rate", 1000), seconds: option("seconds", 10), flood: option("flood", 20_000))
 default:
     writeToStandardError("usage: bynar-bench publish|stream|rtt|kernel-latency --port P [--messages N] [--samples N]")
     exit(64)

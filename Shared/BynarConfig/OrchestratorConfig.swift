@@ -1,11 +1,151 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The orchestrator's section of the host config (`"orchestrator": {...}`).
+///
+/// ```json
+/// "orchestrator": {
+///   "signing_key_file": "/etc/bynar/orchestrator.key",
+///   "dry_run": false,
+///   "brake": {"max_out_per_cluster": 2, "max_out_per_rack": 1, "max_out_per_host": 1,
+///             "removals_per_hour": 6, "removal_burst": 2, "allow_removal_when_health_err": false},
+///   "hosts": [{"host": "stor1", "rack": "r1", "cluster": "ceph", "address": "10.0.0.11"}],
+///   "steps": {"remove": {"timeout_seconds": 900, "retries": 2}},
+///   "hooks": [{"command": "/etc/bynar/hooks/handler", "timeout_seconds": 30}]
+/// }
+/// ```
 public struct OrchestratorConfig: Codable, Sendable, Equatable {
+    /// Private key (from `bynar keys generate`) that signs disk-manager commands. Without it
+    /// the orchestrator only decides and reports: every step that needs the disk-manager
+    /// fails with "no signing key" and the incident ends STUCK.
+    public var signingKeyFile: String?
+    /// Decide and report, change nothing: SafeToRemove (read-only) is asked, Remove and Add
+    /// are sent with `simulate`, no ticket is opened; notifications say "dry run: would …".
+    public var dryRun = false
+    public var brake = BrakeConfig()
+    /// Where each host sits (rack, cluster) and its address for hooks. Hosts not listed are
+    /// in rack "" (their own failure domain is the host) and cluster `default_cluster`.
+    public var hosts: [HostPlacement] = []
+    public var defaultCluster = "default"
+    public var steps = StepsConfig()
+    /// How long to wait for the disk-manager's answer to one request.
+    public var requestTimeoutSeconds = 30
+    /// A queued incident asks again whether it may go this often (and at once when a disk
+    /// comes back in).
+    public var queueRecheckSeconds = 30
+    /// Scripts run on a host or service going up or down: `COMMAND <app> <ip> <up|down>`.
+    public var hooks: [HookConfig] = []
+    /// Shared-subscription group the orchestrators share hook events through (each live
+    /// birth/death goes to one member).
+    public var hookGroup = "orchestrator-hooks"
+
     public init() {}
+
+    /// Limits on disks out at once and on removals (the cluster brake).
+    public struct BrakeConfig: Codable, Sendable, Equatable {
+        /// At most this many disks out (removed, not yet added back) per cluster.
+        public var maxOutPerCluster = 2
+        /// ... per rack (hosts with no rack are not limited by this).
+        public var maxOutPerRack = 1
+        /// ... per host.
+        public var maxOutPerHost = 1
+        /// Token bucket: removals start at most this often on average ...
+        public var removalsPerHour = 6.0
+        /// ... with at most this many back to back.
+        public var removalBurst = 2
+        /// Remove even while the cluster reports HEALTH_ERR (operators only, knowingly).
+        public var allowRemovalWhenHealthErr = false
+        public init() {}
+    }
+
+    /// One host's place in the failure domains.
+    public struct HostPlacement: Codable, Sendable, Equatable {
+        public var host: String
+        public var rack: String?
+        public var cluster: String?
+        /// Address handed to hooks as `<ip>`; default: the host name resolved, else the name.
+        public var address: String?
+        public init(host: String, rack: String? = nil, cluster: String? = nil, address: String? = nil) {
+            self.host = host
+            self.rack = rack
+            self.cluster = cluster
+            self.address = address
+        }
+    }
+
+    /// Per-step timeouts and retries.
+    public struct StepsConfig: Codable, Sendable, Equatable {
+        public var safeToRemove = StepLimit(timeoutSeconds: 60, retries: 3)
+        public var remove = StepLimit(timeoutSeconds: 1800, retries: 2)
+        public var openTicket = StepLimit(timeoutSeconds: 300, retries: 5)
+        public var add = StepLimit(timeoutSeconds: 1800, retries: 2)
+        /// Pause before a retry (times the attempt number).
+        public var retryDelaySeconds = 5
+        public init() {}
+    }
+
+    /// How long one attempt of a step may take, and how many more attempts follow a
+    /// failed one before the incident is STUCK.
+    public struct StepLimit: Codable, Sendable, Equatable {
+        public var timeoutSeconds: Int
+        public var retries: Int
+        public init(timeoutSeconds: Int, retries: Int) {
+            self.timeoutSeconds = timeoutSeconds
+            self.retries = retries
+        }
+    }
+
+    /// One operator hook.
+    public struct HookConfig: Codable, Sendable, Equatable {
+        /// Executable path (PicoRed's HANDLER); run as `COMMAND <app> <ip> <up|down>`.
+        public var command: String
+        /// Killed (its whole process group) after this long.
+        public var timeoutSeconds = 30
+        public init(command: String, timeoutSeconds: Int = 30) {
+            self.command = command
+            self.timeoutSeconds = timeoutSeconds
+        }
+
+        private enum CodingKeys: String, CodingKey { case command, timeoutSeconds }
+
+        /// Array items are not laid over defaults, so `timeout_seconds` may be left out here.
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            command = try container.decode(String.self, forKey: .command)
+            timeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .timeoutSeconds) ?? 30
+        }
+    }
 
     func validate() -> [FieldError] {
         var problems: [FieldError] = []
         func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "orchestrator." + field, problem: text)) }
-        _ = problem
+        if let file = signingKeyFile, let reason = unreadable(file) { problem("signing_key_file", reason) }
+        if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
+        if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
+        if brake.maxOutPerHost < 1 { problem("brake.max_out_per_host", "must be at least 1, got \(brake.maxOutPerHost)") }
+        if !(brake.removalsPerHour > 0) { problem("brake.removals_per_hour", "must be more than 0, got \(brake.removalsPerHour)") }
+        if brake.removalBurst < 1 { problem("brake.removal_burst", "must be at least 1, got \(brake.removalBurst)") }
+        var seen = Set<String>()
+        for (index, placement) in hosts.enumerated() {
+            if let reason = Topic.invalidSegmentReason(placement.host) { problem("hosts.\(index).host", reason) }
+            if !seen.insert(placement.host).inserted { problem("hosts.\(index).host", "\"\(placement.host)\" is listed twice") }
+        }
+        if defaultCluster.isEmpty { problem("default_cluster", "must not be empty") }
+        let limits = [("safe_to_remove", steps.safeToRemove), ("remove", steps.remove), ("open_ticket", steps.openTicket), ("add", steps.add)]
+        for (name, limit) in limits {
+            if limit.timeoutSeconds < 1 { problem("steps.\(name).timeout_seconds", "must be at least 1, got \(limit.timeoutSeconds)") }
+            if limit.retries < 0 { problem("steps.\(name).retries", "must be 0 or more, got \(limit.retries)") }
+        }
+        if steps.retryDelaySeconds < 0 { problem("steps.retry_delay_seconds", "must be 0 or more, got \(steps.retryDelaySeconds)") }
+        if requestTimeoutSeconds < 1 { problem("request_timeout_seconds", "must be at least 1, got \(requestTimeoutSeconds)") }
+        if queueRecheckSeconds < 1 { problem("queue_recheck_seconds", "must be at least 1, got \(queueRecheckSeconds)") }
+        for (index, hook) in hooks.enumerated() {
+            if !hook.command.hasPrefix("/") { problem("hooks.\(index).command", "must be an absolute path, got \"\(hook.command)\"") }
+            else if access(hook.command, X_OK) != 0 { problem("hooks.\(index).command", "\(hook.command) is not executable") }
+            if hook.timeoutSeconds < 1 { problem("hooks.\(index).timeout_seconds", "must be at least 1, got \(hook.timeoutSeconds)") }
+        }
+        if let reason = Topic.invalidSegmentReason(hookGroup) { problem("hook_group", reason) }
         return problems
     }
 }

@@ -1,16 +1,27 @@
 public import BynarRuntime
+public import BynarStore
+import BynarAuth
 import BynarBus
+import BynarConfig
 import BynarProto
 import Logging
 import ServiceLifecycle
 
-/// The orchestrator: decides what happens to failed disks, across the cluster.
+/// The orchestrator: decides what happens to failed disks, across the cluster, and keeps
+/// track of which services run where.
 ///
-/// This build is the foundation skeleton: it connects, announces itself, and logs every
-/// service birth and death it sees on the bus. The repair workflow, the cluster brake and
-/// membership hooks are not in it yet.
+/// - Repair workflow: every disk the detector declares FAILED (not a system or excluded
+///   disk) gets an incident, driven by ``IncidentMachine`` through the disk-manager
+///   (SafeToRemove, signed Remove and Add), ticketing and the notifier, journaled in SQLite
+///   so a restart resumes without acting twice (``RepairEngine``).
+/// - Cluster brake: ``ClusterBrake`` limits disks out per cluster, rack and host, the removal
+///   rate, and holds removals while the cluster is HEALTH_ERR. `dry_run` decides and reports
+///   only.
+/// - Membership: every service's birth and death → retained HostState per host; operator
+///   hooks on host or service up/down, each event handled by one orchestrator.
 public struct OrchestratorService: BynarService {
     public static let serviceName = "orchestrator"
+    public static var migrations: [LocalStore.Migration] { IncidentJournal.migrations }
     let context: ServiceContext
 
     public init(context: ServiceContext) throws {
@@ -18,15 +29,178 @@ public struct OrchestratorService: BynarService {
     }
 
     public func run() async throws {
-        let statuses = try await context.bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
-        await context.bus.markReady()
+        let config = context.config.orchestrator
+        let bus = context.bus
+        let journal = IncidentJournal(store: context.store)
+        var client: DiskManagerClient?
+        if let keyFile = config.signingKeyFile {
+            client = try DiskManagerClient(bus: bus, privateKeyFile: keyFile, commandLifetime: .seconds(max(60, config.requestTimeoutSeconds * 2)))
+        } else {
+            context.logger.warning("no orchestrator.signing_key_file: disk-manager steps will fail and incidents end STUCK")
+        }
+        if config.dryRun { context.logger.notice("dry run: deciding and reporting only; nothing that changes a disk is sent") }
+        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, client: client, logger: context.logger)
+        let inputs = engine.inputs
+
+        let diskEvents = try await bus.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self)
+        let diskHealth = try await bus.subscribe(Topics.diskHealth(host: "+", disk: "+"), as: Bynar_V1_DiskHealth.self)
+        let progress = try await bus.subscribe(Topics.diskManagerProgress(host: "+"), as: Bynar_V1_JobProgress.self)
+        let ticketEvents = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
+        let ticketStates = try await bus.subscribe(Topics.allTicketStates, as: Bynar_V1_TicketEvent.self)
+        let statuses = try await bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
+        let keeper = MembershipKeeper()
+        let hostStates = Mailbox<String>()
+        let hooks = try await HookDispatcher.start(context: context, journal: journal, keeper: keeper, hostStates: hostStates)
+        await bus.markReady()
+        context.logger.info("orchestrator ready", metadata: [
+            "dry_run": "\(config.dryRun)", "hooks": "\(config.hooks.count)", "signing": "\(client != nil)"])
+
         await cancelWhenGracefulShutdown {
-            for await status in statuses {
-                context.logger.info("service \(status.payload.state == .birth ? "up" : "down")", metadata: [
-                    "service": "\(status.payload.service)", "on_host": "\(status.payload.host)",
-                    "session": "\(status.payload.session)", "retained": "\(status.retained)",
-                ])
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await engine.run() }
+                group.addTask { await engine.sender.run() }
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(250))
+                        inputs.post(.tick)
+                    }
+                }
+                group.addTask { for await event in diskEvents { inputs.post(.diskEvent(event.payload)) } }
+                group.addTask { for await health in diskHealth { inputs.post(.diskHealth(health.payload, retained: health.retained)) } }
+                group.addTask { for await job in progress { inputs.post(.jobProgress(job.payload)) } }
+                group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)) } }
+                group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)) } }
+                group.addTask {
+                    for await status in statuses {
+                        let changed = await keeper.observe(status.payload, messageID: status.envelope.messageID, nowMs: Bus.nowUnixMs())
+                        hostStates.post(contentsOf: Array(changed))
+                    }
+                }
+                group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, logger: context.logger) }
+                if let hooks { group.addTask { await hooks.run() } }
+                await group.next()
+                group.cancelAll()
             }
         }
+        await hooks?.shutdown()
+    }
+
+    /// Publishes the retained HostState of every host whose membership changed, coalesced.
+    static func publishHostStates(_ dirty: Mailbox<String>, keeper: MembershipKeeper, bus: Bus, logger: Logger) async {
+        while !Task.isCancelled {
+            let hosts = Array(Set(await dirty.next())).sorted()
+            var batch: [(bytes: [UInt8], topic: String, retain: Bool)] = []
+            for host in hosts {
+                guard let state = await keeper.hostState(host), let bytes = try? Bus.serialize(bus.envelope(state)) else { continue }
+                batch.append((bytes, Topics.hostState(host: host), true))
+            }
+            var start = 0
+            while start < batch.count {
+                let slice = Array(batch[start..<min(batch.count, start + Bus.maxBatch)])
+                do {
+                    _ = try await bus.publish(batch: slice)
+                } catch {
+                    logger.warning("cannot publish host states", metadata: ["hosts": "\(slice.count)", "error": "\(error)"])
+                }
+                start += Bus.maxBatch
+            }
+        }
+    }
+}
+
+/// Hooks on host and service up/down: a second connection with a shared subscription on the
+/// service statuses, so each live birth or death goes to one orchestrator of the group
+/// (MQTT 5 sends no retained messages to shared subscriptions: start-up is not an event);
+/// the journal of handled event ids keeps a redelivery from running a hook twice.
+final class HookDispatcher: Sendable {
+    let context: ServiceContext
+    let journal: IncidentJournal
+    let keeper: MembershipKeeper
+    let hostStates: Mailbox<String>
+    let bus: Bus
+    let subscription: Subscription<Bynar_V1_ServiceStatus>
+    let addresses: [String: String]
+
+    private init(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, bus: Bus, subscription: Subscription<Bynar_V1_ServiceStatus>) {
+        self.context = context
+        self.journal = journal
+        self.keeper = keeper
+        self.hostStates = hostStates
+        self.bus = bus
+        self.subscription = subscription
+        var addresses: [String: String] = [:]
+        for placement in context.config.orchestrator.hosts { if let address = placement.address { addresses[placement.host] = address } }
+        self.addresses = addresses
+    }
+
+    /// Connects the hook subscription; nil when no hooks are configured.
+    static func start(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>) async throws -> HookDispatcher? {
+        let config = context.config.orchestrator
+        guard !config.hooks.isEmpty else { return nil }
+        var broker = context.config.broker
+        // A connection of its own: on one connection the bus hands every copy of a status
+        // to every matching subscription, which would undo the sharing.
+        broker.clientId = (broker.clientId ?? "\(OrchestratorService.serviceName)-\(context.host)") + "-hooks"
+        let bus = try Bus(config: broker, identity: context.bus.identity, logger: context.logger, announce: false)
+        bus.start()
+        let subscription = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allServiceStatus), as: Bynar_V1_ServiceStatus.self)
+        return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, bus: bus, subscription: subscription)
+    }
+
+    func run() async {
+        _ = try? journal.pruneHookEvents(beforeMs: Bus.nowUnixMs() - 7 * 86_400_000)
+        await withDiscardingTaskGroup { group in
+            for await status in subscription {
+                // Retained statuses are the past (the spec sends none to shared subscriptions;
+                // this holds even for a broker that would).
+                if status.retained { continue }
+                let now = Bus.nowUnixMs()
+                let (transitions, changed) = await keeper.claim(status.payload, messageID: status.envelope.messageID, nowMs: now)
+                if changed { hostStates.post(status.payload.host) }
+                for transition in transitions {
+                    group.addTask { await self.handle(transition, status: status.payload, messageID: status.envelope.messageID, nowMs: now) }
+                }
+            }
+        }
+    }
+
+    func shutdown() async { await bus.shutdown() }
+
+    private func handle(_ transition: Membership.Transition, status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64) async {
+        let host: String, app: String, up: Bool, eventID: String
+        switch transition {
+        case .service(let name, let service, let isUp):
+            (host, app, up) = (name, service, isUp)
+            eventID = "\(name)/\(service)/s\(status.session)/\(isUp ? "up" : "down")/\(messageID)"
+        case .host(let name, let isUp):
+            (host, app, up) = (name, "host", isUp)
+            eventID = "\(name)/host/\(isUp ? "up" : "down")/\(messageID)"
+        }
+        do {
+            guard try journal.claimHookEvent(eventID, host: host, service: app, up: up, nowMs: nowMs) else {
+                context.logger.info("hook event already handled", metadata: ["event_id": "\(eventID)"])
+                return
+            }
+        } catch {
+            context.logger.error("cannot journal a hook event; hooks not run", metadata: ["event_id": "\(eventID)", "error": "\(error)"])
+            return
+        }
+        let ip = HookRunner.address(of: host, configured: addresses[host])
+        let environment = [
+            "BYNAR_EVENT_ID": eventID, "BYNAR_EVENT_TIME": HookRunner.timestamp(unixMs: nowMs), "BYNAR_EVENT_TIME_UNIX_MS": "\(nowMs)",
+            "BYNAR_HOST": host, "BYNAR_SERVICE": app == "host" ? "" : app, "BYNAR_STATE": up ? "up" : "down",
+        ]
+        for hook in context.config.orchestrator.hooks {
+            let result = await HookRunner.run(.init(eventID: eventID, command: hook.command, arguments: [app, ip, up ? "up" : "down"],
+                                                    environment: environment, timeout: .seconds(hook.timeoutSeconds)))
+            context.logger.notice("hook ran", metadata: [
+                "event_id": "\(eventID)", "hook": "\(hook.command)", "exit_status": "\(result.exitStatus)", "timed_out": "\(result.timedOut)"])
+            do {
+                try context.outbox.publish(result, to: Topics.hookEvents, correlationId: eventID)
+            } catch {
+                context.logger.error("cannot store a hook result", metadata: ["event_id": "\(eventID)", "error": "\(error)"])
+            }
+        }
+        try? journal.finishHookEvent(eventID)
     }
 }

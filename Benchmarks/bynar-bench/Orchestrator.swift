@@ -1,0 +1,224 @@
+// The orchestrator under simulated load, through the real broker (driven by
+// scripts/bench-orchestrator, which starts mosquitto and bynar-orchestrator):
+//
+//   bynar-bench orchestrator --port P [--hosts 10000] [--rate 1000] [--seconds 10] [--flood 20000]
+//
+// 1. `hosts` hosts announce themselves (retained detector births); timed until the
+//    orchestrator has published a HostState for every one of them.
+// 2. `rate` incidents per second for `seconds`: a FAILED DiskHealthEvent plus the FAILED
+//    DiskHealth that the detector publishes after it, each on a different disk, spread over
+//    the hosts. Decision latency = event published → the first IncidentEvent or SafeToRemove
+//    request for that disk seen on the bus.
+// 3. `flood` incidents published as fast as possible: the orchestrator's decision rate next to
+//    the rate at which a plain subscriber of the same topics receives them (what the broker
+//    moves raw in the same run).
+//
+// SafeToRemove requests are answered "not safe" at once by this process (it plays every
+// host's disk-manager, without checking signatures), so each incident also goes on to QUEUED.
+import BynarBus
+import BynarProto
+import Synchronization
+
+/// When each disk's failure was published and when the orchestrator's first reaction was seen.
+final class DecisionLog: Sendable {
+    private struct State {
+        var published: [String: ContinuousClock.Instant] = [:]
+        var decided: [String: ContinuousClock.Instant] = [:]
+        var rawArrivals: [ContinuousClock.Instant] = []
+        var hostStates: Set<String> = []
+        var hostStatesDone: ContinuousClock.Instant?
+    }
+    private let state = Mutex(State())
+    let hosts: Int
+    init(hosts: Int) { self.hosts = hosts }
+
+    func published(_ keys: [String], at instant: ContinuousClock.Instant) {
+        state.withLock { state in for key in keys { state.published[key] = instant } }
+    }
+    func decided(_ key: String) {
+        let now = ContinuousClock.now
+        state.withLock { state in if state.decided[key] == nil { state.decided[key] = now } }
+    }
+    func raw() {
+        let now = ContinuousClock.now
+        state.withLock { $0.rawArrivals.append(now) }
+    }
+    func hostState(_ host: String) {
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.hostStates.insert(host)
+            if state.hostStates.count == hosts && state.hostStatesDone == nil { state.hostStatesDone = now }
+        }
+    }
+    var hostStatesDone: ContinuousClock.Instant? { state.withLock { $0.hostStatesDone } }
+    func decidedCount(_ keys: [String]) -> Int { state.withLock { state in keys.filter { state.decided[$0] != nil }.count } }
+    /// Latencies in ms, and the first publish and last decision, for `keys`.
+    func latencies(_ keys: [String]) -> (ms: [Double], first: ContinuousClock.Instant?, last: ContinuousClock.Instant?) {
+        state.withLock { state in
+            var ms: [Double] = []
+            var first: ContinuousClock.Instant?, last: ContinuousClock.Instant?
+            for key in keys {
+                guard let sent = state.published[key] else { continue }
+                first = min(first ?? sent, sent)
+                guard let seen = state.decided[key] else { continue }
+                last = max(last ?? seen, seen)
+                ms.append(seconds(seen - sent) * 1000)
+            }
+            return (ms.sorted(), first, last)
+        }
+    }
+    func rawWindow(from start: ContinuousClock.Instant) -> (count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?) {
+        state.withLock { state in
+            let window = state.rawArrivals.filter { $0 >= start }
+            return (window.count, window.first, window.last)
+        }
+    }
+}
+
+func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int, flood: Int) async throws {
+    let log = DecisionLog(hosts: hosts)
+    let observer = try await makeBus("observer", port: port)
+    let raw = try await makeBus("raw", port: port)
+    let detector = try await makeBus("detector", port: port)
+    let hostName = { (index: Int) in "host-\(index % hosts)" }
+
+    // Play every disk-manager: note the request, answer "not safe".
+    let commands = try await observer.subscribe(Topics.diskManagerCommands(host: "+"), as: Bynar_V1_DiskManagerRequest.self, buffer: 1 << 20)
+    let responder = Task {
+        for await command in commands {
+            guard case .safeToRemove(let ask)? = command.payload.operation else { continue }
+            log.decided(ask.disk.key)
+            var response = Bynar_V1_DiskManagerResponse()
+            response.requestID = command.payload.requestID
+            response.host = command.payload.host
+            response.outcome = .success
+            response.safeToRemove.safe = false
+            response.safeToRemove.detail = "bench: not safe"
+            response.safeToRemove.clusterHealth = "HEALTH_OK"
+            Task { try? await observer.reply(to: command, with: response) }
+        }
+    }
+    let incidents = try await observer.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self, buffer: 1 << 20)
+    let incidentWatcher = Task { for await event in incidents { log.decided(event.payload.incident.disk.key) } }
+    let hostStates = try await observer.subscribe(Topics.hostState(host: "+"), as: Bynar_V1_HostState.self, buffer: 1 << 20)
+    let hostWatcher = Task { for await state in hostStates where state.payload.up { log.hostState(state.payload.host) } }
+    let rawEvents = try await raw.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self, buffer: 1 << 20)
+    let rawWatcher = Task { for await _ in rawEvents { log.raw() } }
+
+    // 1. Births.
+    let birthsStarted = ContinuousClock.now
+    var batch: [(bytes: [UInt8], topic: String, retain: Bool)] = []
+    for index in 0..<hosts {
+        var status = Bynar_V1_ServiceStatus()
+        status.service = "detector"
+        status.host = hostName(index)
+        status.state = .birth
+        status.session = 1
+        status.startedUnixMs = Bus.nowUnixMs()
+        batch.append((try Bus.serialize(detector.envelope(status)), Topics.serviceStatus(host: status.host, service: "detector"), true))
+        if batch.count == Bus.maxBatch || index == hosts - 1 {
+            _ = try await detector.publish(batch: batch)
+            batch = []
+        }
+    }
+    let birthsPublished = ContinuousClock.now
+    while log.hostStatesDone == nil && ContinuousClock.now - birthsStarted < .seconds(120) { try await Task.sleep(for: .milliseconds(20)) }
+    let membership = log.hostStatesDone.map { seconds($0 - birthsStarted) }
+
+    func failure(_ key: String, host: String) throws -> [(bytes: [UInt8], topic: String, retain: Bool)] {
+        var disk = Bynar_V1_DiskIdentity()
+        disk.host = host
+        disk.key = key
+        disk.serial = String(key.dropFirst("serial-".count))
+        disk.devPath = "/dev/sdb"
+        var reason = Bynar_V1_HealthReason()
+        reason.rule = "smart.overall_failing"
+        reason.severity = .failed
+        var event = Bynar_V1_DiskHealthEvent()
+        event.disk = disk
+        event.fromState = .failing
+        event.toState = .failed
+        event.reasons = [reason]
+        var health = Bynar_V1_DiskHealth()
+        health.disk = disk
+        health.state = .failed
+        health.reasons = [reason]
+        health.stateSinceUnixMs = Bus.nowUnixMs()
+        return [
+            (try Bus.serialize(detector.envelope(event)), Topics.diskEvents(host: host), false),
+            (try Bus.serialize(detector.envelope(health)), Topics.diskHealth(host: host, disk: key), true),
+        ]
+    }
+
+    // 2. Steady rate, in 10 ms slices.
+    let steadyKeys = (0..<(rate * runSeconds)).map { "serial-S\($0)" }
+    let perSlice = max(1, rate / 100)
+    let steadyStart = ContinuousClock.now
+    var next = 0
+    var slice = 0
+    while next < steadyKeys.count {
+        let due = steadyStart + .milliseconds(10 * slice)
+        if due > .now { try await Task.sleep(until: due) }
+        let keys = Array(steadyKeys[next..<min(steadyKeys.count, next + perSlice)])
+        var messages: [(bytes: [UInt8], topic: String, retain: Bool)] = []
+        for (offset, key) in keys.enumerated() { messages += try failure(key, host: hostName(next + offset)) }
+        log.published(keys, at: .now)
+        _ = try await detector.publish(batch: messages)
+        next += keys.count
+        slice += 1
+    }
+    let steadyPublished = ContinuousClock.now
+    let steadyDeadline = ContinuousClock.now + .seconds(60)
+    while log.decidedCount(steadyKeys) < steadyKeys.count && ContinuousClock.now < steadyDeadline { try await Task.sleep(for: .milliseconds(20)) }
+    let steady = log.latencies(steadyKeys)
+    let steadyRaw = log.rawWindow(from: steadyStart)
+    try await Task.sleep(for: .seconds(2))
+
+    // 3. Flood.
+    let floodKeys = (0..<flood).map { "serial-F\($0)" }
+    let floodStart = ContinuousClock.now
+    var index = 0
+    while index < floodKeys.count {
+        let keys = Array(floodKeys[index..<min(floodKeys.count, index + Bus.maxBatch / 2)])
+        var messages: [(bytes: [UInt8], topic: String, retain: Bool)] = []
+        for (offset, key) in keys.enumerated() { messages += try failure(key, host: hostName(index + offset)) }
+        log.published(keys, at: .now)
+        _ = try await detector.publish(batch: messages)
+        index += keys.count
+    }
+    let floodDeadline = ContinuousClock.now + .seconds(120)
+    while log.decidedCount(floodKeys) < floodKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
+    let floodResult = log.latencies(floodKeys)
+    let floodRaw = log.rawWindow(from: floodStart)
+
+    func perSecond(_ count: Int, _ first: ContinuousClock.Instant?, _ last: ContinuousClock.Instant?) -> Double {
+        guard let first, let last, last > first else { return 0 }
+        return Double(count) / seconds(last - first)
+    }
+    print("orchestrator_bench hosts=\(hosts)")
+    print("membership births_published_s=\(format3(seconds(birthsPublished - birthsStarted))) all_host_states_s=\(membership.map(format3) ?? "timeout")")
+    if steady.ms.isEmpty {
+        print("steady rate=\(rate)/s seconds=\(runSeconds) decided=0")
+    } else {
+        let steadyRate = perSecond(steady.ms.count, steady.first, steady.last)
+        let rawRate = perSecond(steadyRaw.count, steadyRaw.first, steadyRaw.last)
+        print("steady offered=\(rate)/s seconds=\(runSeconds) published_s=\(format3(seconds(steadyPublished - steadyStart))) decided=\(steady.ms.count)/\(steadyKeys.count) "
+              + "latency_ms p50=\(format3(percentile(steady.ms, 0.5))) p99=\(format3(percentile(steady.ms, 0.99))) max=\(format3(steady.ms.last!)) "
+              + "orchestrator_per_s=\(Int(steadyRate)) raw_per_s=\(Int(rawRate)) fraction=\(format3(rawRate > 0 ? steadyRate / rawRate : 0))")
+    }
+    if !floodResult.ms.isEmpty {
+        let floodRate = perSecond(floodResult.ms.count, floodResult.first, floodResult.last)
+        let rawRate = perSecond(floodRaw.count, floodRaw.first, floodRaw.last)
+        print("flood incidents=\(flood) decided=\(floodResult.ms.count) orchestrator_per_s=\(Int(floodRate)) raw_per_s=\(Int(rawRate)) "
+              + "fraction=\(format3(rawRate > 0 ? floodRate / rawRate : 0)) latency_ms p50=\(format3(percentile(floodResult.ms, 0.5))) p99=\(format3(percentile(floodResult.ms, 0.99)))")
+    }
+    for task in [responder, incidentWatcher, hostWatcher, rawWatcher] { task.cancel() }
+    await observer.shutdown()
+    await raw.shutdown()
+    await detector.shutdown()
+}
+
+func format3(_ value: Double) -> String {
+    let scaled = (value * 1000).rounded() / 1000
+    return "\(scaled)"
+}

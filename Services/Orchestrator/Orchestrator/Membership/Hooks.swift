@@ -1,0 +1,210 @@
+import BynarBus
+import BynarConfig
+import BynarProcess
+import BynarProto
+import Dispatch
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Membership as this orchestrator sees it, fed by two streams of the same statuses: the
+/// full subscription (every orchestrator sees everything, retained ones included) and the
+/// shared hook subscription (each live status goes to one orchestrator). Each status is
+/// applied once, whichever stream brings it first; the transitions it caused belong to the
+/// orchestrator that got it on the shared subscription.
+actor MembershipKeeper {
+    private(set) var membership = Membership()
+    /// Transitions per status message id, kept until claimed or two minutes old.
+    private var applied: [String: (transitions: [Membership.Transition], atMs: Int64, claimed: Bool)] = [:]
+    private var lastPrune: Int64 = 0
+
+    /// From the full subscription: applies the status; returns the hosts whose state changed.
+    func observe(_ status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64) -> Set<String> {
+        guard applied[messageID] == nil else { return [] }
+        let transitions = apply(status, messageID: messageID, nowMs: nowMs, claimed: false)
+        return transitions.isEmpty ? [] : [status.host]
+    }
+
+    /// From the shared subscription: the transitions this orchestrator must run hooks for.
+    func claim(_ status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64) -> (transitions: [Membership.Transition], changedHost: Bool) {
+        if let entry = applied[messageID] {
+            guard !entry.claimed else { return ([], false) }
+            applied[messageID]?.claimed = true
+            return (entry.transitions, false)
+        }
+        let transitions = apply(status, messageID: messageID, nowMs: nowMs, claimed: true)
+        return (transitions, !transitions.isEmpty)
+    }
+
+    private func apply(_ status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64, claimed: Bool) -> [Membership.Transition] {
+        let birth = status.state == .birth
+        guard birth || status.state == .death else { return [] }
+        let transitions = membership.apply(host: status.host, service: status.service, birth: birth, session: status.session, atMs: nowMs)
+        if birth {
+            // A service's will repeats its message id on every lost connection of one run:
+            // once it is back, its next death is a new event.
+            applied = applied.filter { _, entry in
+                !entry.transitions.contains(.service(host: status.host, service: status.service, up: false))
+            }
+        }
+        applied[messageID] = (transitions, nowMs, claimed)
+        if nowMs - lastPrune > 30_000 {
+            lastPrune = nowMs
+            applied = applied.filter { nowMs - $0.value.atMs < 120_000 }
+        }
+        return transitions
+    }
+
+    /// The retained HostState of `host`.
+    func hostState(_ host: String) -> Bynar_V1_HostState? {
+        guard let record = membership.hosts[host] else { return nil }
+        var state = Bynar_V1_HostState()
+        state.host = host
+        state.up = record.up
+        state.sinceUnixMs = record.sinceMs
+        state.services = record.services.keys.sorted().map { name in
+            let service = record.services[name]!
+            var entry = Bynar_V1_HostState.Service()
+            entry.service = name
+            entry.up = service.up
+            entry.session = service.session
+            entry.sinceUnixMs = service.sinceMs
+            return entry
+        }
+        return state
+    }
+}
+
+/// Runs operator hooks the PicoRed way: `COMMAND <app> <ip> <up|down>`, `app` being the
+/// service name or "host", with BYNAR_EVENT_ID, BYNAR_EVENT_TIME (RFC 3339, UTC),
+/// BYNAR_EVENT_TIME_UNIX_MS, BYNAR_HOST, BYNAR_SERVICE (empty for a host) and BYNAR_STATE in
+/// its environment. The hook runs in its own session and process group (setsid), so a
+/// timeout kills everything it started.
+enum HookRunner {
+    struct Run: Sendable {
+        var eventID: String
+        var command: String
+        var arguments: [String]
+        var environment: [String: String]
+        var timeout: Duration
+    }
+
+    /// Where `setsid` lives; the hook is started through it to get its own process group.
+    static let setsid: String = ["/usr/bin/setsid", "/bin/setsid"].first { (path: String) in access(path, X_OK) == 0 } ?? "setsid"
+
+    /// Runs on a Dispatch thread (hooks block while they run; the cooperative pool must not).
+    static func run(_ run: Run) async -> Bynar_V1_HookResult {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(returning: runBlocking(run)) }
+        }
+    }
+
+    static func runBlocking(_ run: Run) -> Bynar_V1_HookResult {
+        var result = Bynar_V1_HookResult()
+        result.eventID = run.eventID
+        result.hook = run.command
+        result.arguments = run.arguments
+        result.startedUnixMs = Bus.nowUnixMs()
+        let started = ContinuousClock.now
+        func finished() -> Bynar_V1_HookResult {
+            result.durationMs = milliseconds(ContinuousClock.now - started)
+            return result
+        }
+        var environment = inheritedEnvironment()
+        for (key, value) in run.environment { environment[key] = value }
+        let spawned: (pid: pid_t, output: Int32?)
+        do {
+            spawned = try Tool.spawn([setsid, run.command] + run.arguments, output: .pipe, mergeStderr: true,
+                                     environment: environment.map { "\($0.key)=\($0.value)" }.sorted())
+        } catch {
+            result.exitStatus = -1
+            result.stderrTail = "\(error)"
+            return finished()
+        }
+        guard let fd = spawned.output else {
+            Tool.reap(spawned.pid, kill: true)
+            result.exitStatus = -1
+            return finished()
+        }
+        defer { close(fd) }
+        let deadline = started + run.timeout
+        var tail: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+        var timedOut = false
+        reading: while true {
+            let remaining = deadline - .now
+            if remaining <= .zero { timedOut = true; break }
+            var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&descriptor, 1, Int32(clamping: max(1, milliseconds(remaining))))
+            if ready <= 0 { continue }
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
+            if count <= 0 { break reading }
+            tail += chunk[0..<count]
+            if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
+        }
+        var status: Int32 = 0
+        while !timedOut {
+            let reaped = waitpid(spawned.pid, &status, WNOHANG)
+            if reaped == spawned.pid { break }
+            if reaped < 0 && errno != EINTR { break }
+            if ContinuousClock.now >= deadline { timedOut = true; break }
+            usleep(2_000)
+        }
+        if timedOut {
+            // The whole group: the hook and whatever it started.
+            kill(-spawned.pid, SIGKILL)
+            Tool.reap(spawned.pid, kill: true)
+            result.timedOut = true
+            result.exitStatus = -1
+        } else {
+            result.exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : -1
+        }
+        result.stderrTail = String(decoding: tail, as: UTF8.self)
+        return finished()
+    }
+
+    /// The hook's `<ip>`: the configured address, else the host name resolved, else the name.
+    static func address(of host: String, configured: String?) -> String {
+        if let configured, !configured.isEmpty { return configured }
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &list) == 0, let first = list else { return host }
+        defer { freeaddrinfo(list) }
+        var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        guard getnameinfo(first.pointee.ai_addr, first.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 else { return host }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// RFC 3339 UTC with milliseconds.
+    static func timestamp(unixMs: Int64) -> String {
+        var seconds = time_t(unixMs / 1000)
+        var parts = tm()
+        gmtime_r(&seconds, &parts)
+        var buffer = [CChar](repeating: 0, count: 32)
+        let length = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S", &parts)
+        let text = String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let millis = Int(unixMs % 1000)
+        return text + "." + String(repeating: "0", count: 3 - String(millis).count) + String(millis) + "Z"
+    }
+
+    static func inheritedEnvironment() -> [String: String] {
+        var result: [String: String] = [:]
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            pointer += 1
+        }
+        return result
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        let (seconds, attoseconds) = duration.components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}

@@ -1,0 +1,279 @@
+public import BynarStore
+import BynarBus
+import GRDB
+import Logging
+import Synchronization
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The orchestrator's memory in its SQLite store: every incident (its whole machine: state,
+/// step in flight, attempts, deadlines, request generations), the messages its last change
+/// must still send, the removal rate limiter, and the hook events already handled.
+///
+/// An incident's new state and the messages that report it are written in one transaction,
+/// so a crash can neither lose a report nor report a change that was not kept; the sender
+/// deletes a message only once the broker acknowledged it (this is the incidents' outbox:
+/// one commit per batch of changes instead of one per message).
+public struct IncidentJournal: Sendable {
+    public let store: LocalStore
+
+    public init(store: LocalStore) {
+        self.store = store
+    }
+
+    public static let migrations: [LocalStore.Migration] = [
+        LocalStore.Migration("orchestrator-v1: incidents, their messages, hook events") { db in
+            try db.create(table: "orchestrator_incident") { table in
+                table.primaryKey("id", .text)
+                table.column("host", .text).notNull()
+                table.column("disk_key", .text).notNull()
+                table.column("state", .text).notNull()
+                table.column("open", .boolean).notNull()
+                table.column("machine", .blob).notNull()
+                table.column("opened_unix_ms", .integer).notNull()
+                table.column("updated_unix_ms", .integer).notNull()
+            }
+            try db.create(index: "orchestrator_incident_open", on: "orchestrator_incident", columns: ["open"])
+            try db.create(table: "orchestrator_message") { table in
+                table.autoIncrementedPrimaryKey("id")
+                table.column("topic", .text).notNull()
+                table.column("payload", .blob).notNull()
+                table.column("retain", .boolean).notNull()
+            }
+            try db.create(table: "orchestrator_hook_event") { table in
+                table.primaryKey("event_id", .text)
+                table.column("host", .text).notNull()
+                table.column("service", .text).notNull()
+                table.column("up", .boolean).notNull()
+                table.column("started_unix_ms", .integer).notNull()
+                table.column("finished", .boolean).notNull().defaults(to: false)
+            }
+        },
+    ]
+
+    /// A message waiting for the broker: an envelope's bytes (or none, to clear a retained topic).
+    public struct Message: Sendable, Equatable {
+        public var id: Int64 = 0
+        public var topic: String
+        public var payload: [UInt8]
+        public var retain: Bool
+        public init(topic: String, payload: [UInt8], retain: Bool) {
+            self.topic = topic
+            self.payload = payload
+            self.retain = retain
+        }
+    }
+
+    /// Incidents not yet resolved or cancelled (stuck ones included: their disks may be out).
+    public func openIncidents() throws -> [IncidentMachine] {
+        try store.database.read { db in
+            try Data.fetchAll(db, sql: "SELECT machine FROM orchestrator_incident WHERE open ORDER BY updated_unix_ms")
+                .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+        }
+    }
+
+    /// When the latest incident of each disk ("host/key") was opened, open or not: a
+    /// retained FAILED health older than that is the same failure, not a new one.
+    public func latestOpenings() throws -> [String: Int64] {
+        try store.database.read { db in
+            var result: [String: Int64] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT host, disk_key, MAX(opened_unix_ms) AS opened FROM orchestrator_incident GROUP BY host, disk_key") {
+                result["\(row["host"] as String)/\(row["disk_key"] as String)"] = row["opened"]
+            }
+            return result
+        }
+    }
+
+    /// One incident by id, open or not.
+    public func incident(id: String) throws -> IncidentMachine? {
+        try store.database.read { db in
+            try Data.fetchOne(db, sql: "SELECT machine FROM orchestrator_incident WHERE id = ?", arguments: [id])
+                .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+        }
+    }
+
+    /// Writes changed incidents, the messages they send and the brake's bucket, atomically.
+    public func commit(_ incidents: [IncidentMachine], messages: [Message], bucket: ClusterBrake.Bucket?) throws {
+        let encoder = JSONEncoder()
+        let rows = try incidents.map { ($0, try encoder.encode($0)) }
+        let bucketText = try bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
+        try store.database.write { db in
+            for (machine, data) in rows {
+                try db.execute(sql: """
+                    INSERT INTO orchestrator_incident(id, host, disk_key, state, open, machine, opened_unix_ms, updated_unix_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET state = excluded.state, open = excluded.open, machine = excluded.machine,
+                        updated_unix_ms = excluded.updated_unix_ms
+                    """, arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
+                                     machine.state != .resolved && machine.state != .cancelled, data, machine.openedMs, machine.updatedMs])
+            }
+            for message in messages {
+                try db.execute(sql: "INSERT INTO orchestrator_message(topic, payload, retain) VALUES(?, ?, ?)",
+                               arguments: [message.topic, Data(message.payload), message.retain])
+            }
+            if let bucketText {
+                try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.brake_bucket', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                               arguments: [bucketText])
+            }
+        }
+    }
+
+    /// The removal rate limiter as last committed.
+    public func bucket() throws -> ClusterBrake.Bucket? {
+        try store.database.read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = 'orchestrator.brake_bucket'")
+                .map { try JSONDecoder().decode(ClusterBrake.Bucket.self, from: Data($0.utf8)) }
+        }
+    }
+
+    /// The oldest messages not yet acknowledged, in order.
+    public func pendingMessages(limit: Int) throws -> [Message] {
+        try store.database.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, topic, payload, retain FROM orchestrator_message ORDER BY id LIMIT ?", arguments: [limit]).map { row in
+                var message = Message(topic: row["topic"], payload: [UInt8](row["payload"] as Data), retain: row["retain"])
+                message.id = row["id"]
+                return message
+            }
+        }
+    }
+
+    public func removeMessages(ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try store.database.write { db in
+            for id in ids { try db.execute(sql: "DELETE FROM orchestrator_message WHERE id = ?", arguments: [id]) }
+        }
+    }
+
+    // MARK: Hook events
+
+    /// Records that `eventID` is being handled; false when it was handled (or started) before.
+    /// An "up" forgets the same service's handled "down" events: a will carries the same
+    /// message id every time one run of a service loses its connection.
+    public func claimHookEvent(_ eventID: String, host: String, service: String, up: Bool, nowMs: Int64) throws -> Bool {
+        try store.database.write { db in
+            if up {
+                try db.execute(sql: "DELETE FROM orchestrator_hook_event WHERE host = ? AND service = ? AND NOT up", arguments: [host, service])
+            }
+            try db.execute(sql: "INSERT OR IGNORE INTO orchestrator_hook_event(event_id, host, service, up, started_unix_ms) VALUES(?, ?, ?, ?, ?)",
+                           arguments: [eventID, host, service, up, nowMs])
+            return db.changesCount == 1
+        }
+    }
+
+    public func finishHookEvent(_ eventID: String) throws {
+        try store.database.write { db in
+            try db.execute(sql: "UPDATE orchestrator_hook_event SET finished = 1 WHERE event_id = ?", arguments: [eventID])
+        }
+    }
+
+    /// Forgets handled events older than `beforeMs` (the journal only has to outlive redelivery).
+    public func pruneHookEvents(beforeMs: Int64) throws {
+        try store.database.write { db in
+            try db.execute(sql: "DELETE FROM orchestrator_hook_event WHERE started_unix_ms < ?", arguments: [beforeMs])
+        }
+    }
+}
+
+/// Sends the journal's messages in order and deletes each once the broker acknowledged it.
+final class JournalSender: Sendable {
+    let journal: IncidentJournal
+    let bus: Bus
+    let logger: Logger
+    private let wake = Mailbox<Void>()
+
+    init(journal: IncidentJournal, bus: Bus, logger: Logger) {
+        self.journal = journal
+        self.bus = bus
+        self.logger = logger
+    }
+
+    /// New messages were committed.
+    func signal() { wake.post(()) }
+
+    func run() async {
+        var delay = Duration.milliseconds(200)
+        while !Task.isCancelled {
+            let batch: [IncidentJournal.Message]
+            do {
+                batch = try journal.pendingMessages(limit: 512)
+            } catch {
+                logger.error("cannot read the orchestrator's pending messages", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            if batch.isEmpty {
+                _ = await wake.next()
+                continue
+            }
+            do {
+                let refusals = try await bus.publish(batch: batch.map { ($0.payload, $0.topic, $0.retain) })
+                for (message, refusal) in zip(batch, refusals) where refusal != nil {
+                    // The broker will never take it (ACL): say so loudly and go on.
+                    logger.error("broker refused an orchestrator message; dropped", metadata: ["topic": "\(message.topic)", "error": "\(refusal!)"])
+                }
+                try journal.removeMessages(ids: batch.map(\.id))
+                delay = .milliseconds(200)
+            } catch BusError.stopped {
+                return
+            } catch {
+                logger.warning("orchestrator messages not acknowledged; will resend", metadata: ["messages": "\(batch.count)", "error": "\(error)"])
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+                while !bus.isConnected && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(100)) }
+            }
+        }
+    }
+}
+
+/// A queue one task drains: ``post(_:)`` from anywhere, ``next()`` takes everything posted
+/// so far (waiting while there is nothing).
+final class Mailbox<Element: Sendable>: Sendable {
+    private struct State {
+        var items: [Element] = []
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    init() {}
+
+    func post(_ element: Element) { post(contentsOf: [element]) }
+
+    func post(contentsOf elements: [Element]) {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            state.items += elements
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Everything posted so far; waits for at least one. Returns [] when the task is cancelled.
+    func next() async -> [Element] {
+        while !Task.isCancelled {
+            let taken = state.withLock { state -> [Element] in
+                defer { state.items = [] }
+                return state.items
+            }
+            if !taken.isEmpty { return taken }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let ready = state.withLock { state -> Bool in
+                        if !state.items.isEmpty { return true }
+                        state.waiter = continuation
+                        return false
+                    }
+                    if ready { continuation.resume() }
+                }
+            } onCancel: {
+                let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+                    defer { state.waiter = nil }
+                    return state.waiter
+                }
+                waiter?.resume()
+            }
+        }
+        return []
+    }
+}

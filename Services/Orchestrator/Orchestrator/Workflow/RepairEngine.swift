@@ -1,0 +1,460 @@
+import BynarAuth
+import BynarBus
+import BynarConfig
+import BynarProto
+import Logging
+import SwiftProtobuf
+
+/// The shell around the incident machines and the brake: turns bus messages into events,
+/// journals every change with the messages it sends (one transaction per batch), performs
+/// the commands, and feeds the answers back. One task runs it, so the machines and the brake
+/// see every event in one order.
+actor RepairEngine {
+    /// Everything that can happen to the workflow, as it arrives.
+    enum Input: Sendable {
+        case diskEvent(Bynar_V1_DiskHealthEvent)
+        case diskHealth(Bynar_V1_DiskHealth, retained: Bool)
+        case jobProgress(Bynar_V1_JobProgress)
+        case ticket(Bynar_V1_TicketEvent)
+        /// An answer (or a failure) for a command this engine sent.
+        case event(incident: String, IncidentMachine.Event)
+        case tick
+    }
+
+    let config: OrchestratorConfig
+    let journal: IncidentJournal
+    let bus: Bus
+    let client: DiskManagerClient?
+    let logger: Logger
+    let inputs = Mailbox<Input>()
+    let sender: JournalSender
+    private let clock: @Sendable () -> Int64
+    private var brake: ClusterBrake
+    private var machines: [String: IncidentMachine] = [:]
+    /// Open incident per disk ("host/key").
+    private var openByDisk: [String: String] = [:]
+    /// When the latest incident of each disk was opened (open or closed).
+    private var latestOpening: [String: Int64]
+    /// The detector's latest health per disk (flags, reasons, SMART for the ticket).
+    private var health: [String: Bynar_V1_DiskHealth] = [:]
+    /// FAILED events for disks whose flags (system, excluded) are not known yet: decided
+    /// when the health (which the detector publishes right after the event) arrives.
+    private var waitingForHealth: [String: Bynar_V1_DiskHealthEvent] = [:]
+    private var placements: [String: OrchestratorConfig.HostPlacement] = [:]
+    /// Incidents changed in the batch being processed, and what they send.
+    private var dirty: Set<String> = []
+    private var messages: [IncidentJournal.Message] = []
+    private var commands: [(String, IncidentMachine.Action)] = []
+    private var bucketChanged = false
+
+    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, client: DiskManagerClient?, logger: Logger,
+         clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
+        self.config = config
+        self.journal = journal
+        self.bus = bus
+        self.client = client
+        self.logger = logger
+        self.clock = clock
+        self.sender = JournalSender(journal: journal, bus: bus, logger: logger)
+        let now = clock()
+        let limits = ClusterBrake.Limits(
+            maxOutPerCluster: config.brake.maxOutPerCluster, maxOutPerRack: config.brake.maxOutPerRack,
+            maxOutPerHost: config.brake.maxOutPerHost, removalsPerHour: config.brake.removalsPerHour,
+            burst: config.brake.removalBurst, allowHealthErr: config.brake.allowRemovalWhenHealthErr)
+        brake = ClusterBrake(limits: limits, bucket: try journal.bucket(), nowMs: now)
+        latestOpening = try journal.latestOpenings()
+        for placement in config.hosts { placements[placement.host] = placement }
+        for machine in try journal.openIncidents() {
+            machines[machine.id] = machine
+            if !machine.state.isTerminal { openByDisk[Self.diskKey(machine.disk.host, machine.disk.key)] = machine.id }
+        }
+    }
+
+    static func diskKey(_ host: String, _ key: String) -> String { "\(host)/\(key)" }
+
+    var settings: IncidentMachine.Settings {
+        let steps = config.steps
+        func limit(_ step: OrchestratorConfig.StepLimit) -> IncidentMachine.Settings.Limit {
+            .init(timeoutMs: Int64(step.timeoutSeconds) * 1000, retries: step.retries)
+        }
+        return IncidentMachine.Settings(
+            limits: [.safeToRemove: limit(steps.safeToRemove), .remove: limit(steps.remove), .openTicket: limit(steps.openTicket), .add: limit(steps.add)],
+            retryDelayMs: Int64(steps.retryDelaySeconds) * 1000, queueRecheckMs: Int64(config.queueRecheckSeconds) * 1000, dryRun: config.dryRun)
+    }
+
+    /// Resumes the open incidents (re-sends what was in flight, with the same request ids),
+    /// then handles inputs until cancelled.
+    func run() async {
+        let resumed = machines.values.filter { !$0.state.isTerminal }.map(\.id).sorted()
+        if !resumed.isEmpty { logger.notice("resuming open incidents", metadata: ["count": "\(resumed.count)"]) }
+        for id in resumed { apply(.resumed, to: id) }
+        flush()
+        while !Task.isCancelled {
+            let batch = await inputs.next()
+            if batch.isEmpty { continue }
+            for input in batch { handle(input) }
+            flush()
+        }
+    }
+
+    /// Open incidents (for tests and logs).
+    func snapshot() -> [IncidentMachine] { Array(machines.values) }
+
+    // MARK: Inputs → events
+
+    private func handle(_ input: Input) {
+        switch input {
+        case .diskEvent(let event):
+            diskEvent(event)
+        case .diskHealth(let health, let retained):
+            diskHealth(health, retained: retained)
+        case .jobProgress(let progress):
+            let incident = String(progress.requestID.split(separator: "/").first ?? "")
+            apply(.jobMoved(Self.job(progress)), to: incident)
+        case .ticket(let ticket):
+            let state: IncidentMachine.Ticket.State
+            switch ticket.state {
+            case .opened: state = .opened
+            case .resolved: state = .resolved
+            case .closed: state = .closed
+            case .failed: state = .failed
+            default: return
+            }
+            apply(.ticketChanged(.init(state: state, key: ticket.ticketKey, url: ticket.url, detail: ticket.detail)), to: ticket.incidentID)
+        case .event(let incident, let event):
+            apply(event, to: incident)
+        case .tick:
+            let now = clock()
+            for (id, machine) in machines where !machine.state.isTerminal {
+                if let at = machine.retryAtMs, now >= at { apply(.timePassed, to: id); continue }
+                if let at = machine.deadlineMs, now >= at { apply(.timePassed, to: id) }
+            }
+        }
+    }
+
+    private func diskEvent(_ event: Bynar_V1_DiskHealthEvent) {
+        let host = event.disk.host
+        let key = Self.diskKey(host, event.disk.key)
+        switch event.toState {
+        case .failed:
+            guard openByDisk[key] == nil else { return }
+            if let known = health[key] {
+                open(event.disk, reasons: event.reasons, flags: known, why: "FAILED event")
+            } else {
+                waitingForHealth[key] = event
+            }
+        case .healthy:
+            waitingForHealth[key] = nil
+            if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
+        case .replaced:
+            let previous = Self.diskKey(event.previousDisk.host.isEmpty ? host : event.previousDisk.host, event.previousDisk.key)
+            if !event.previousDisk.key.isEmpty, let id = openByDisk[previous] {
+                apply(.newDiskSeen(Self.disk(event.disk)), to: id)
+            }
+        default:
+            break
+        }
+    }
+
+    private func diskHealth(_ latest: Bynar_V1_DiskHealth, retained: Bool) {
+        let key = Self.diskKey(latest.disk.host, latest.disk.key)
+        health[key] = latest
+        if let event = waitingForHealth.removeValue(forKey: key), openByDisk[key] == nil {
+            open(event.disk, reasons: event.reasons, flags: latest, why: "FAILED event")
+            return
+        }
+        switch latest.state {
+        case .failed where openByDisk[key] == nil:
+            // Missed the event (orchestrator was away): the retained health says failed.
+            // The same failure as an incident already opened is not a new one.
+            if let opened = latestOpening[key], opened >= latest.stateSinceUnixMs { return }
+            open(latest.disk, reasons: latest.reasons, flags: latest, why: retained ? "retained FAILED health" : "FAILED health")
+        case .healthy:
+            if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
+        default:
+            break
+        }
+    }
+
+    private func open(_ identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], flags: Bynar_V1_DiskHealth, why: String) {
+        let key = Self.diskKey(identity.host, identity.key)
+        guard !flags.systemDisk, !flags.excluded else {
+            logger.notice("failed disk is not a repair candidate", metadata: [
+                "disk": "\(key)", "system_disk": "\(flags.systemDisk)", "excluded": "\(flags.excluded)"])
+            return
+        }
+        let now = clock()
+        let placement = placements[identity.host]
+        let id = "\(identity.host).\(identity.key).\(now)"
+        let machine = IncidentMachine(
+            id: id, disk: Self.disk(identity), cluster: placement?.cluster ?? config.defaultCluster, rack: placement?.rack ?? "",
+            reasons: reasons.map { $0.detail.isEmpty ? $0.rule : "\($0.rule): \($0.detail)" }, settings: settings, nowMs: now)
+        machines[id] = machine
+        openByDisk[key] = id
+        latestOpening[key] = now
+        logger.notice("incident opened", metadata: ["incident": "\(id)", "why": "\(why)"])
+        apply(.started, to: id)
+    }
+
+    // MARK: Events → actions
+
+    private func apply(_ event: IncidentMachine.Event, to id: String) {
+        guard var machine = machines[id] else { return }
+        let wasOut = machine.countsAsOut
+        let actions = machine.handle(event, nowMs: clock())
+        guard actions.isEmpty ? machine != machines[id] : true else { return }
+        machines[id] = machine
+        dirty.insert(id)
+        for action in actions { perform(action, for: id) }
+        if let after = machines[id] {
+            if after.state.isTerminal && after.state != .stuck { openByDisk[Self.diskKey(after.disk.host, after.disk.key)] = nil }
+            if wasOut && !after.countsAsOut { capacityFreed(in: after.cluster) }
+        }
+    }
+
+    private func capacityFreed(in cluster: String) {
+        for (id, machine) in machines where machine.state == .queued && machine.cluster == cluster {
+            apply(.capacityFreed, to: id)
+        }
+    }
+
+    private func perform(_ action: IncidentMachine.Action, for id: String) {
+        guard let machine = machines[id] else { return }
+        switch action {
+        case .askBrake(let clusterHealth):
+            let out = machines.values.filter { $0.countsAsOut && $0.id != id }.map(Self.placement)
+            let decision = brake.decide(Self.placement(machine), clusterHealth: clusterHealth, out: out, nowMs: clock())
+            bucketChanged = true
+            apply(.brakeDecided(decision), to: id)
+        case .report(let from, let step, let message):
+            var event = Bynar_V1_IncidentEvent()
+            event.incident = Self.incident(machine)
+            event.fromState = Self.wire(from)
+            event.step = step
+            event.message = message
+            queue(event, to: Topics.incidentEvents, incident: id)
+            queue(event, to: Topics.incidentState(id: id), incident: id, retain: true)
+        case .notify(let severity, let title, let text, let nextAction):
+            var note = Bynar_V1_Notification()
+            note.severity = severity == .info ? .info : severity == .warning ? .warning : .error
+            note.title = title
+            note.text = text
+            note.host = machine.disk.host
+            note.disk = Self.identity(machine.disk)
+            note.nextAction = nextAction
+            note.incidentID = id
+            note.ticketURL = machine.ticketURL
+            queue(note, to: Topics.notifications, incident: id)
+        case .ticket(let what, let comment):
+            var request = Bynar_V1_TicketRequest()
+            request.incidentID = id
+            request.action = what == .open ? .open : what == .comment ? .comment : .close
+            request.comment = comment
+            request.ticketKey = machine.ticketKey
+            request.health = health[Self.diskKey(machine.disk.host, machine.disk.key)] ?? Self.health(of: machine)
+            queue(request, to: Topics.ticketCommands, incident: id)
+        case .close:
+            messages.append(.init(topic: Topics.incidentState(id: id), payload: [], retain: true))
+        case .checkSafety, .remove, .add, .queryJob:
+            commands.append((id, action))
+        }
+    }
+
+    private func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false) {
+        do {
+            messages.append(.init(topic: topic, payload: try Bus.serialize(bus.envelope(payload, correlationId: incident)), retain: retain))
+        } catch {
+            logger.error("cannot encode an incident message", metadata: ["incident": "\(incident)", "topic": "\(topic)", "error": "\(error)"])
+        }
+    }
+
+    /// Commits the batch's changes and messages in one transaction, then sends commands.
+    private func flush() {
+        guard !dirty.isEmpty || !messages.isEmpty else { return }
+        let changed = dirty.compactMap { machines[$0] }
+        do {
+            try journal.commit(changed, messages: messages, bucket: bucketChanged ? brake.bucket : nil)
+        } catch {
+            // Without the journal nothing may be sent: a restart must find what was done.
+            logger.critical("cannot write the incident journal; commands held back", metadata: ["error": "\(error)", "incidents": "\(changed.count)"])
+            dirty = []
+            messages = []
+            commands = []
+            return
+        }
+        for machine in changed where machine.state == .resolved || machine.state == .cancelled { machines[machine.id] = nil }
+        dirty = []
+        messages = []
+        bucketChanged = false
+        sender.signal()
+        let batch = commands
+        commands = []
+        for (id, action) in batch { send(action, for: id) }
+    }
+
+    // MARK: Commands
+
+    private func send(_ action: IncidentMachine.Action, for id: String) {
+        guard let machine = machines[id] else { return }
+        let host = machine.disk.host
+        let selector = Bynar_V1_DiskSelector.key(machine.disk.key)
+        let step: IncidentMachine.Step
+        let operation: Bynar_V1_DiskManagerRequest.OneOf_Operation
+        let requestID: String
+        var simulate = false
+        switch action {
+        case .checkSafety(let request):
+            step = .safeToRemove
+            requestID = request
+            var safe = Bynar_V1_DiskManagerRequest.SafeToRemove()
+            safe.disk = selector
+            operation = .safeToRemove(safe)
+        case .remove(let request, let simulated):
+            step = .remove
+            requestID = request
+            simulate = simulated
+            var remove = Bynar_V1_DiskManagerRequest.Remove()
+            remove.disk = selector
+            operation = .remove(remove)
+        case .add(let request, let disk, let reuse, let simulated):
+            step = .add
+            requestID = request
+            simulate = simulated
+            var add = Bynar_V1_DiskManagerRequest.Add()
+            add.disk = .key(disk.key)
+            add.reuseOsdID = reuse
+            operation = .add(add)
+        case .queryJob(let request, let job):
+            step = machine.state == .adding ? .add : .remove
+            // A status query gets its own id: the job's request id stays the job's.
+            requestID = "\(request)/status/\(clock())"
+            var status = Bynar_V1_DiskManagerRequest.JobStatus()
+            status.jobID = job
+            operation = .jobStatus(status)
+        default:
+            return
+        }
+        let isStatus: Bool = if case .queryJob = action { true } else { false }
+        guard let client else {
+            inputs.post(.event(incident: id, .commandFailed(step, reason: "no orchestrator.signing_key_file configured: cannot sign disk-manager commands")))
+            return
+        }
+        let timeout = Duration.seconds(config.requestTimeoutSeconds)
+        let inputs = self.inputs
+        let logger = self.logger
+        Task {
+            let event: IncidentMachine.Event
+            do {
+                let response = try await client.send(operation, to: host, requestID: requestID, simulate: simulate, timeout: timeout, correlationID: id)
+                event = Self.event(for: response, step: step, isStatus: isStatus)
+            } catch {
+                logger.warning("disk-manager command failed", metadata: ["incident": "\(id)", "request_id": "\(requestID)", "error": "\(error)"])
+                event = .commandFailed(step, reason: "\(requestID): \(error)")
+            }
+            inputs.post(.event(incident: id, event))
+        }
+    }
+
+    static func event(for response: Bynar_V1_DiskManagerResponse, step: IncidentMachine.Step, isStatus: Bool) -> IncidentMachine.Event {
+        let alreadyDone = response.outcome == .alreadyDone
+        let outcome = alreadyDone ? response.originalOutcome : response.outcome
+        if isStatus {
+            if case .job(let job)? = response.result { return .jobMoved(Self.job(job)) }
+            return .commandFailed(step, reason: "JobStatus answered \(response.outcome): \(response.reason)")
+        }
+        if step == .safeToRemove, case .safeToRemove(let verdict)? = response.result, outcome == .success {
+            return .safetyAnswered(safe: verdict.safe, detail: verdict.detail, clusterHealth: verdict.clusterHealth)
+        }
+        var answer = IncidentMachine.Answer(outcome: answerOutcome(outcome), alreadyDone: alreadyDone, jobID: response.jobID, backendID: response.backendID,
+                                            reason: response.reason, failedStep: response.failedStep, steps: response.steps, simulated: response.simulated)
+        if case .job(let job)? = response.result, answer.backendID.isEmpty { answer.backendID = job.backendID }
+        return .answered(step, answer)
+    }
+
+    static func answerOutcome(_ outcome: Bynar_V1_Outcome) -> IncidentMachine.Answer.Outcome {
+        switch outcome {
+        case .success: .success
+        case .skipped: .skipped
+        case .accepted: .accepted
+        case .refused: .refused
+        case .failed: .failed
+        default: .unknown
+        }
+    }
+
+    // MARK: Conversions
+
+    static func job(_ progress: Bynar_V1_JobProgress) -> IncidentMachine.Job {
+        let state: IncidentMachine.Job.State = switch progress.state {
+        case .succeeded: .succeeded
+        case .failed: .failed
+        default: .running
+        }
+        return .init(requestID: progress.requestID, jobID: progress.jobID, state: state, step: progress.step,
+                     backendID: progress.backendID, failedStep: progress.failedStep, message: progress.message)
+    }
+
+    static func disk(_ identity: Bynar_V1_DiskIdentity) -> IncidentMachine.Disk {
+        .init(host: identity.host, key: identity.key, serial: identity.serial, devPath: identity.devPath, byPath: identity.byPath)
+    }
+
+    static func identity(_ disk: IncidentMachine.Disk) -> Bynar_V1_DiskIdentity {
+        var identity = Bynar_V1_DiskIdentity()
+        identity.host = disk.host
+        identity.key = disk.key
+        identity.serial = disk.serial
+        identity.devPath = disk.devPath
+        identity.byPath = disk.byPath
+        return identity
+    }
+
+    static func placement(_ machine: IncidentMachine) -> ClusterBrake.Placement {
+        .init(cluster: machine.cluster, rack: machine.rack, host: machine.disk.host)
+    }
+
+    static func health(of machine: IncidentMachine) -> Bynar_V1_DiskHealth {
+        var health = Bynar_V1_DiskHealth()
+        health.disk = identity(machine.disk)
+        health.state = .failed
+        health.reasons = machine.reasons.map { text in
+            var reason = Bynar_V1_HealthReason()
+            reason.rule = String(text.split(separator: ":").first ?? "")
+            reason.detail = text
+            reason.severity = .failed
+            return reason
+        }
+        return health
+    }
+
+    static func incident(_ machine: IncidentMachine) -> Bynar_V1_Incident {
+        var incident = Bynar_V1_Incident()
+        incident.id = machine.id
+        incident.disk = identity(machine.disk)
+        incident.state = wire(machine.state)
+        incident.reasons = health(of: machine).reasons
+        incident.ticketKey = machine.ticketKey
+        incident.osdID = machine.osdID
+        incident.openedUnixMs = machine.openedMs
+        incident.updatedUnixMs = machine.updatedMs
+        incident.detail = machine.detail
+        incident.cluster = machine.cluster
+        incident.failureDomain = machine.rack.isEmpty ? "host:\(machine.disk.host)" : "rack:\(machine.rack)"
+        return incident
+    }
+
+    static func wire(_ state: IncidentMachine.State) -> Bynar_V1_IncidentState {
+        switch state {
+        case .opened: .opened
+        case .checkingSafety: .checkingSafety
+        case .queued: .queued
+        case .removing: .removing
+        case .removed: .removed
+        case .ticketed: .ticketed
+        case .waitingForReplacement: .waitingForReplacement
+        case .adding: .adding
+        case .resolved: .resolved
+        case .cancelled: .cancelled
+        case .stuck: .stuck
+        }
+    }
+}

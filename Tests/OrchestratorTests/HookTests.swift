@@ -1,0 +1,97 @@
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+
+/// Operator hooks with two real orchestrators on one broker: each host or service going
+/// up or down runs the hook once, with PicoRed's arguments and the event's environment;
+/// a hook that overruns its timeout is killed with everything it started.
+@Suite(.serialized) struct HookTests {
+    /// Running (a zombie waiting for a reaper is not).
+    static func alive(_ pid: Int32) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+        return !(stat.split(separator: ")").last?.hasPrefix(" Z") ?? true)
+    }
+
+    @Test func hooksRunOncePerEventAcrossTwoOrchestrators() async throws {
+        guard TestBroker.available else { return }
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-hooks")
+        let log = directory + "/hook.log"
+        let pids = directory + "/sleepers"
+        let recorder = directory + "/record-hook"
+        try """
+        #!/bin/sh
+        echo "$1 $2 $3 id=$BYNAR_EVENT_ID time=$BYNAR_EVENT_TIME host=$BYNAR_HOST service=$BYNAR_SERVICE state=$BYNAR_STATE" >> \(log)
+        """.write(toFile: recorder, atomically: true, encoding: .utf8)
+        let sleeper = directory + "/slow-hook"
+        // Starts a grandchild and waits for it: the timeout must kill both.
+        try "#!/bin/sh\nsleep 60 &\necho \"$2 $!\" >> \(pids)\nwait\n".write(toFile: sleeper, atomically: true, encoding: .utf8)
+        chmod(recorder, 0o755)
+        chmod(sleeper, 0o755)
+        var orchestrators: [ServiceProcess] = []
+        let tap = try await connectedBus(broker, service: "tap", host: "t")
+        let results = Collector(try await tap.subscribe(Topics.hookEvents, as: Bynar_V1_HookResult.self))
+        let hostStates = Collector(try await tap.subscribe(Topics.hostState(host: "stor9"), as: Bynar_V1_HostState.self))
+        let births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "+", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
+        defer {
+            for orchestrator in orchestrators { orchestrator.signal(SIGTERM) }
+            broker.stop()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        for name in ["o1", "o2"] {
+            let home = directory + "/" + name
+            try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
+            orchestrators.append(try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: name, directory: home, extraConfig: """
+                "orchestrator": {"hosts": [{"host": "stor9", "address": "10.9.9.9"}],
+                                 "hooks": [{"command": "\(recorder)"}, {"command": "\(sleeper)", "timeout_seconds": 1}]}
+                """))
+        }
+        #expect(await births.wait(timeout: .seconds(20)) { Set($0.filter { $0.payload.state == .birth }.map(\.payload.host)) == ["o1", "o2"] })
+        try await Task.sleep(for: .milliseconds(300))
+
+        func lines() -> [String] {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init).filter { $0.contains("host=stor9") }
+        }
+        // A service on stor9 is born: "detector up" and "host up", once each.
+        let service = try await connectedBus(broker, service: "detector", host: "stor9", clientId: "detector-stor9", announce: true, session: 4)
+        await service.markReady()
+        #expect(await Collector<Int>.poll(timeout: .seconds(10)) { lines().count >= 2 })
+        // It shuts down: "detector down" and "host down" (its only service).
+        await service.shutdown()
+        #expect(await Collector<Int>.poll(timeout: .seconds(10)) { lines().count >= 4 })
+        try await Task.sleep(for: .seconds(2))  // time for a duplicate to show up, if any
+
+        let seen = lines()
+        #expect(seen.count == 4, "each event once across both orchestrators: \(seen)")
+        let heads = seen.map { $0.split(separator: " ").prefix(3).joined(separator: " ") }
+        #expect(Set(heads) == ["detector 10.9.9.9 up", "host 10.9.9.9 up", "detector 10.9.9.9 down", "host 10.9.9.9 down"])
+        #expect(seen.allSatisfy { $0.contains(" time=20") && $0.contains("Z host=stor9") })
+        #expect(seen.filter { $0.hasPrefix("detector") }.allSatisfy { $0.contains("service=detector") })
+        #expect(seen.filter { $0.hasPrefix("host") }.allSatisfy { $0.contains("service= ") })
+        let ids = seen.compactMap { $0.split(separator: " ").first { $0.hasPrefix("id=") } }
+        #expect(Set(ids).count == 4, "distinct event ids")
+
+        // Every run is published: the recorder exits 0, the slow hook is killed at 1 s.
+        #expect(await results.wait(timeout: .seconds(10)) { $0.filter { $0.payload.arguments.first != "orchestrator" && $0.payload.arguments.contains("10.9.9.9") }.count >= 8 })
+        let ours = results.all.map(\.payload).filter { $0.arguments.contains("10.9.9.9") }
+        #expect(ours.count == 8)
+        #expect(ours.filter { $0.hook == recorder }.allSatisfy { $0.exitStatus == 0 && !$0.timedOut })
+        #expect(ours.filter { $0.hook == sleeper }.allSatisfy { $0.timedOut && $0.exitStatus == -1 && $0.durationMs < 5000 })
+        // The grandchildren died with their process group.
+        let sleepers = ((try? String(contentsOfFile: pids, encoding: .utf8)) ?? "").split(separator: "\n")
+            .filter { $0.hasPrefix("10.9.9.9 ") }.compactMap { Int32($0.split(separator: " ").last ?? "") }
+        #expect(sleepers.count == 4)
+        #expect(sleepers.allSatisfy { !Self.alive($0) }, "no hook child outlived its timeout")
+
+        // Membership: the retained host state says stor9 is down, its detector too.
+        #expect(await hostStates.wait(timeout: .seconds(5)) { $0.last?.payload.up == false })
+        #expect(hostStates.all.last?.payload.services.first { $0.service == "detector" }?.up == false)
+        results.cancel()
+        hostStates.cancel()
+        births.cancel()
+        await tap.shutdown()
+    }
+}

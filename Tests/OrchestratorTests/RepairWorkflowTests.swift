@@ -1,0 +1,172 @@
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+
+/// The real bynar-orchestrator on a real broker, driving a repair end to end. The
+/// disk-manager and ticketing here are STAND-INS (StandIns.swift: the real schema and
+/// protocol, signatures verified) until the real Remove/Add and ticketing land.
+@Suite(.serialized) struct RepairWorkflowTests {
+    static let failed = DetectorVoice.identity(host: "stor1", key: "serial-OLD1")
+    static let replacement = DetectorVoice.identity(host: "stor1", key: "serial-NEW1")
+
+    @Test("failed disk → removed → ticket → replaced → re-added with its OSD id (stand-in disk-manager and ticketing)")
+    func failedDiskGoesAllTheWayBackIn() async throws {
+        try await withHarness { h in
+            try await h.start()
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed)
+            await h.tickets.resolve(incident: id)
+            try await h.waitFor(.waitingForReplacement)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            try await h.waitFor(.resolved)
+
+            var states: [Bynar_V1_IncidentState] = []
+            for event in h.incidents.all where states.last != event.payload.incident.state { states.append(event.payload.incident.state) }
+            #expect(states == [.checkingSafety, .removing, .removed, .ticketed, .waitingForReplacement, .adding, .resolved])
+            let removes = h.dm.seen("Remove"), adds = h.dm.seen("Add")
+            #expect(removes.count == 1 && removes[0].diskKey == "serial-OLD1" && !removes[0].simulate)
+            #expect(removes[0].requestID == "\(id)/remove/1")
+            #expect(adds.count == 1 && adds[0].diskKey == "serial-NEW1")
+            #expect(adds[0].reuseOsdID == "0", "Add reuses the OSD id Remove's job reported")
+            #expect(h.dm.rejected.isEmpty, "every command was signed with the trusted key")
+            #expect(h.tickets.requests.map(\.action) == [.open, .comment, .close])
+            #expect(h.tickets.requests.first?.health.disk.key == "serial-OLD1")
+            let notes = h.notifications.all.map(\.payload)
+            #expect(notes.first?.severity == .warning && notes.first?.incidentID == id)
+            #expect(notes.contains { $0.title.contains("replaced") && $0.nextAction.contains("resolved") })
+            #expect(try await !h.retainedState(id), "the retained incident state is cleared once resolved")
+        }
+    }
+
+    @Test("SIGKILL at every step: the orchestrator resumes and acts exactly once (stand-ins)")
+    func killedAtEachStepActsOnce() async throws {
+        try await withHarness { h in
+            h.dm.configure { $0.jobDuration = .seconds(2) }
+            try await h.start()
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            // 1: killed while the Remove job runs.
+            #expect(await Collector<Int>.poll(timeout: .seconds(10)) { !h.dm.seen("Remove").isEmpty })
+            h.kill()
+            try await h.start()
+            // 2: killed right after the ticket was asked for.
+            #expect(await Collector<Int>.poll(timeout: .seconds(10)) { !h.tickets.requests.isEmpty })
+            h.kill()
+            try await h.start()
+            let id = try await h.waitFor(.ticketed)
+            // 3: killed while ticketed.
+            h.kill()
+            try await h.start()
+            await h.tickets.resolve(incident: id)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            // 4: killed while the Add job runs.
+            #expect(await Collector<Int>.poll(timeout: .seconds(10)) { !h.dm.seen("Add").isEmpty })
+            h.kill()
+            try await h.start()
+            try await h.waitFor(.resolved, timeout: .seconds(30))
+
+            #expect(Set(h.latest.keys) == [id], "one incident across five runs")
+            let executed = h.dm.executions
+            #expect(executed == ["\(id)/remove/1": 1, "\(id)/add/1": 1], "Remove and Add each acted once: \(executed)")
+            #expect(h.dm.seen("Remove").count + h.dm.seen("JobStatus").count >= 2, "after the restart the Remove was re-sent (ALREADY_DONE) or its job asked for")
+            #expect(h.tickets.ticketsOpened == 1)
+            #expect(h.dm.seen("Add").allSatisfy { $0.reuseOsdID == "0" })
+        }
+    }
+
+    @Test("a storm of 20 failures on one host with a limit of 2 never has more than 2 out (stand-ins)")
+    func stormQueuesAndNeverExceedsTheLimit() async throws {
+        try await withHarness(autoResolveTickets: true) { h in
+            h.dm.configure { $0.jobDuration = .milliseconds(100) }
+            try await h.start(orchestrator: """
+                "brake": {"max_out_per_host": 2, "max_out_per_rack": 100, "max_out_per_cluster": 100, "removals_per_hour": 1000000, "removal_burst": 100}
+                """)
+            let disks = (1...20).map { DetectorVoice.identity(host: "stor7", key: "serial-S\($0)") }
+            for disk in disks { try await h.detector.say(disk, from: .failing, to: .failed) }
+            // Be the technician: a disk whose ticket is resolved gets its replacement.
+            var replaced: Set<String> = []
+            let deadline = ContinuousClock.now + .seconds(90)
+            while ContinuousClock.now < deadline {
+                let latest = h.latest
+                if latest.count == 20 && latest.values.allSatisfy({ $0.incident.state == .resolved }) { break }
+                for event in latest.values where event.incident.state == .waitingForReplacement && !replaced.contains(event.incident.id) {
+                    replaced.insert(event.incident.id)
+                    var new = event.incident.disk
+                    new.key = event.incident.disk.key.replacingOccurrences(of: "serial-S", with: "serial-N")
+                    try await h.detector.say(new, from: .unspecified, to: .replaced, previous: event.incident.disk)
+                }
+                #expect(h.dm.currentlyOut <= 2)
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let latest = h.latest
+            #expect(latest.count == 20 && latest.values.allSatisfy { $0.incident.state == .resolved }, "\(latest.mapValues { "\($0.incident.state)" })")
+            #expect(h.dm.maxOut == 2, "the limit was used and never exceeded (max out \(h.dm.maxOut))")
+            #expect(h.dm.executions.values.allSatisfy { $0 == 1 })
+            let queued = h.incidents.all.filter { $0.payload.incident.state == .queued }
+            #expect(queued.count >= 18, "the storm queued visibly")
+            #expect(queued.allSatisfy { $0.payload.message.contains("host stor7") || $0.payload.message.contains("not safe") })
+        }
+    }
+
+    @Test("a disk healthy again before removal closes the incident without action (stand-ins)")
+    func healthyBeforeRemovalCancels() async throws {
+        try await withHarness { h in
+            h.dm.configure { $0.safe = false }
+            try await h.start()
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.queued)
+            #expect(h.latest[id]?.message.contains("not safe") == true)
+            try await h.detector.say(Self.failed, from: .failed, to: .healthy)
+            try await h.waitFor(.cancelled)
+            #expect(h.dm.seen("Remove").isEmpty && h.tickets.requests.isEmpty)
+            #expect(h.notifications.all.contains { $0.payload.title.contains("recovered") })
+            #expect(try await !h.retainedState(id))
+        }
+    }
+
+    @Test("a system disk's failure opens no incident")
+    func systemDiskIsNeverACandidate() async throws {
+        try await withHarness { h in
+            try await h.start()
+            try await h.detector.say(DetectorVoice.identity(host: "stor1", key: "serial-ROOT", dev: "/dev/sda"), from: .failing, to: .failed, system: true)
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed)
+            #expect(Set(h.latest.keys) == [id] && id.contains("serial-OLD1"))
+            #expect(h.dm.seen.allSatisfy { $0.diskKey != "serial-ROOT" })
+        }
+    }
+
+    @Test("a step that exhausts its retries is STUCK, reported, and not retried")
+    func stuckStepIsReported() async throws {
+        try await withHarness { h in
+            h.dm.configure { $0.silentSafeToRemove = true }
+            try await h.start(steps: #""safe_to_remove": {"timeout_seconds": 5, "retries": 1}"#, requestTimeout: 1)
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.stuck)
+            #expect(h.latest[id]?.incident.detail.contains("after 2 attempts") == true, "\(h.latest[id]?.incident.detail ?? "")")
+            #expect(h.notifications.all.contains { $0.payload.severity == .error && $0.payload.incidentID == id })
+            let asked = h.dm.seen("SafeToRemove").count
+            #expect(asked == 2)
+            try await Task.sleep(for: .seconds(2))
+            #expect(h.dm.seen("SafeToRemove").count == asked, "no retry after STUCK")
+            #expect(try await h.retainedState(id), "a stuck incident stays visible")
+        }
+    }
+
+    @Test("dry run decides and reports but sends nothing that changes a disk (stand-ins)")
+    func dryRunChangesNothing() async throws {
+        try await withHarness { h in
+            try await h.start(orchestrator: #""dry_run": true"#)
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            try await h.waitFor(.removed)
+            #expect(h.notifications.all.contains { $0.payload.title.hasPrefix("dry run: would remove") })
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            try await h.waitFor(.resolved)
+            #expect(h.dm.seen("Remove").count == 1 && h.dm.seen("Remove").allSatisfy(\.simulate))
+            #expect(h.dm.seen("Add").count == 1 && h.dm.seen("Add").allSatisfy(\.simulate))
+            #expect(h.dm.executions.isEmpty, "nothing was executed")
+            #expect(h.tickets.requests.isEmpty, "no ticket in a dry run")
+        }
+    }
+}
