@@ -71,20 +71,17 @@ struct BrokerOptions: ParsableArguments {
 struct KeyOptions: ParsableArguments {
     static let defaultPath = "/etc/bynar/operator.key"
 
-    @Option(name: .customLong("key"), help: "Private key file from `bynar keys generate` (default: $BYNAR_KEY, else \(KeyOptions.defaultPath)).")
-    var keyPath: String?
-
-    var resolvedPath: String {
-        keyPath ?? CLIEnvironment.value("BYNAR_KEY") ?? Self.defaultPath
-    }
+    // Not an environment variable: every BYNAR_* variable is a config override.
+    @Option(name: .customLong("key"), help: "Private key file from `bynar keys generate`.")
+    var keyPath: String = KeyOptions.defaultPath
 
     func client(bus: Bus) throws -> DiskManagerClient {
-        let path = resolvedPath
+        let path = keyPath
         do {
             return try DiskManagerClient(bus: bus, privateKeyFile: path)
         } catch {
             throw CLIFailure(
-                "cannot use the signing key \(path): \(error) (make one with `bynar keys generate --id ID --out FILE`, add its line to the disk-managers' trusted keys, and pass --key FILE or set BYNAR_KEY)",
+                "cannot use the signing key \(path): \(error) (make one with `bynar keys generate --id ID --out FILE`, add its line to the disk-managers' trusted keys, and pass --key FILE)",
                 code: CLIFailure.config
             )
         }
@@ -164,14 +161,6 @@ func writeAll(_ fd: Int32, _ text: String) {
 func emit(_ line: String) {
     print(line)
     fflush(nil)
-}
-
-enum CLIEnvironment {
-    static func value(_ name: String) -> String? {
-        guard let raw = getenv(name) else { return nil }
-        let text = String(cString: raw)
-        return text.isEmpty ? nil : text
-    }
 }
 
 extension String {

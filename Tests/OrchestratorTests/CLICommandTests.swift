@@ -17,9 +17,10 @@ struct CLICommandTests {
         defer { broker.stop(); fixture.cleanUp() }
         let port = try freeLoopbackPort()
         let hosts = try fixture.file("hosts", ["h1"])
-        for command in [["disks", "list", "--host", "h1"], ["incidents"], ["tickets"], ["cluster", "status"],
-                        ["disks", "remove", "--host", "h1", "--disk", "x"], ["deploy", "osds", "--hosts", hosts, "--devices", "*"]] {
-            let run = try await fixture.run(command + ["--config", fixture.configPath, "--broker", "127.0.0.1:\(port)", "--timeout", "1", "--key", fixture.keyPath])
+        let key = ["--key", fixture.keyPath]
+        for command in [["disks", "list", "--host", "h1"] + key, ["incidents"], ["tickets"], ["cluster", "status"],
+                        ["disks", "remove", "--host", "h1", "--disk", "x"] + key, ["deploy", "osds", "--hosts", hosts, "--devices", "*"] + key] {
+            let run = try await fixture.run(command + ["--config", fixture.configPath, "--broker", "127.0.0.1:\(port)", "--timeout", "1"])
             #expect(run.exitCode == 69, "\(command): \(run.stderr)")
             #expect(run.stderr.contains("cannot reach MQTT broker 127.0.0.1:\(port)"), "\(command): \(run.stderr)")
             #expect(run.stdout.isEmpty)

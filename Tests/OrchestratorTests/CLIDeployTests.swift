@@ -21,7 +21,7 @@ struct CLIDeployTests {
         #expect(run.exitCode == 0, "\(run.stderr)")
         let lines = run.stdout.split(separator: "\n")
         #expect(lines.first?.hasPrefix("HOST") == true)
-        #expect(lines.filter { $0.contains(" succeeded ") }.count == 20, "\(run.stdout)")
+        #expect(lines.filter { $0.hasPrefix("rack1-") && $0.contains(" succeeded ") }.count == 20, "\(run.stdout)")
         #expect(lines.last?.hasPrefix("10 hosts: 20 succeeded in ") == true, "\(run.stdout)")
         #expect(!run.stdout.contains("/dev/sdd"))
         #expect(run.stderr.contains("20/20 disks"), "final progress line: \(run.stderr)")

@@ -52,8 +52,8 @@ final class CLIFixture: @unchecked Sendable {
         let out = directory + "/\(tag).out"
         let err = directory + "/\(tag).err"
         // sh splits stderr from stdout (ChildProcess writes both to one file).
-        let process = try ChildProcess("/bin/sh", ["-c", "exec \"$0\" \"$@\" 2>\"$BYNAR_TEST_STDERR\"", builtExecutable("bynar")] + arguments,
-                                       outputPath: out, environment: ["BYNAR_TEST_STDERR": err, "BYNAR_KEY": "", "BYNAR_CONFIG": ""])
+        let process = try ChildProcess("/bin/sh", ["-c", "exec \"$0\" \"$@\" 2>\"$CLI_TEST_STDERR_FILE\"", builtExecutable("bynar")] + arguments,
+                                       outputPath: out, environment: ["CLI_TEST_STDERR_FILE": err])
         return (process, out, err)
     }
 
