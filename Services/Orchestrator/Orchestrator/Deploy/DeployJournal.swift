@@ -178,7 +178,7 @@ public final class DeployJournal: Sendable {
         state.withLock { Self.apply(entry, to: &$0) }
         guard fd >= 0, let path else { return }
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let data: Data
         do { data = try encoder.encode(entry) } catch {
             throw JournalError(path: path, line: 0, problem: "cannot encode an entry: \(error)")
