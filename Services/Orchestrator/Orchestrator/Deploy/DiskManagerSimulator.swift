@@ -39,7 +39,6 @@ public final class DiskManagerSimulator: Sendable {
         var jobDuration: Duration
         var started: [String: Int] = [:]
         var requests = 0
-        var refusedUnsigned = 0
     }
 
     public let bus: Bus
@@ -75,7 +74,7 @@ public final class DiskManagerSimulator: Sendable {
         let task = Task { [weak self] in
             for await command in commands {
                 guard let self else { return }
-                self.serve(command)
+                Task { self.serve(command) }
             }
         }
         server.withLock { $0 = task }
@@ -140,19 +139,24 @@ public final class DiskManagerSimulator: Sendable {
         guard parts.count == 5 else { return }
         let host = String(parts[3])
         let request = command.payload
-        let outcome = state.withLock { state -> (answer: Bynar_V1_DiskManagerResponse?, job: Bynar_V1_JobProgress?) in
+        let served = state.withLock { state -> Bool in
             state.requests += 1
-            guard state.hosts[host] != nil else { return (nil, nil) }
+            guard state.hosts[host] != nil else { return false }
             if state.hosts[host]!.dropNext > 0 {
                 state.hosts[host]!.dropNext -= 1
-                return (nil, nil)
+                return false
             }
-            return answer(request, host: host, state: &state)
+            return true
         }
-        guard let response = outcome.answer else { return }
+        guard served else { return }
+        // Outside the lock: signature checks of many hosts' commands run side by side, as
+        // they would on many machines.
+        let verification = request.host == host ? verifier.verify(request, nowMs: Bus.nowUnixMs()) : nil
+        let outcome = state.withLock { answer(request, host: host, verification: verification, state: &$0) }
+        guard let response = outcome.0 else { return }
         Task {
             try? await self.bus.reply(to: command, with: response)
-            if let job = outcome.job {
+            if let job = outcome.1 {
                 try? await self.bus.publish(job, to: Topics.diskManagerProgress(host: host))
                 let duration = self.state.withLock { $0.jobDuration }
                 try? await Task.sleep(for: duration)
@@ -163,7 +167,9 @@ public final class DiskManagerSimulator: Sendable {
         }
     }
 
-    private func answer(_ request: Bynar_V1_DiskManagerRequest, host name: String, state: inout State) -> (Bynar_V1_DiskManagerResponse?, Bynar_V1_JobProgress?) {
+    private func answer(
+        _ request: Bynar_V1_DiskManagerRequest, host name: String, verification: Result<VerifiedCommand, CommandRejection>?, state: inout State
+    ) -> (Bynar_V1_DiskManagerResponse?, Bynar_V1_JobProgress?) {
         var response = Bynar_V1_DiskManagerResponse()
         response.requestID = request.requestID
         response.host = name
@@ -173,9 +179,8 @@ public final class DiskManagerSimulator: Sendable {
             response.reason = reason
             return (response, nil)
         }
-        guard request.host == name else { return refuse("the request is for host \"\(request.host)\", this is \"\(name)\"") }
-        if case .failure(let why) = verifier.verify(request, nowMs: Bus.nowUnixMs()) {
-            state.refusedUnsigned += 1
+        guard request.host == name, let verification else { return refuse("the request is for host \"\(request.host)\", this is \"\(name)\"") }
+        if case .failure(let why) = verification {
             return refuse("not authorised: \(why)")
         }
         if let first = state.hosts[name]!.answers[request.requestID] {
