@@ -1,10 +1,9 @@
 import ArgumentParser
+import BynarAuth
 import BynarBus
 import BynarConfig
 import BynarProto
-import BynarAuth
 import Logging
-import SwiftProtobuf
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,9 +12,14 @@ import Glibc
 struct Bynar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bynar",
-        abstract: "Operate Bynar: watch the bus and see which services are alive.",
+        abstract: "Operate Bynar: disks, incidents, tickets, the cluster's state, parallel OSD deploys, the bus.",
+        discussion: """
+        Exit status: 0 done; 1 refused, failed or partly failed (the message says what and why);
+        3 safe-to-remove answered "not safe"; 64 bad usage; 69 the broker or a disk-manager
+        could not be reached; 78 bad config or key file.
+        """,
         version: bynarVersion,
-        subcommands: [Tap.self, Services.self, Keys.self]
+        subcommands: [Disks.self, Incidents.self, Tickets.self, Cluster.self, Deploy.self, Tap.self, Services.self, Keys.self]
     )
 }
 
@@ -31,7 +35,12 @@ struct BrokerOptions: ParsableArguments {
     var timeout: Double = 5
 
     func connect(purpose: String) async throws -> Bus {
-        var config = try ConfigLoader.load(path: configPath).config
+        var config: BynarConfig
+        do {
+            config = try ConfigLoader.load(path: configPath).config
+        } catch {
+            throw CLIFailure("\(error)", code: CLIFailure.config)
+        }
         if let broker {
             let parts = broker.split(separator: ":")
             guard parts.count == 2, let port = Int(parts[1]), (1...65535).contains(port) else {
@@ -52,150 +61,110 @@ struct BrokerOptions: ParsableArguments {
             try await bus.waitUntilConnected(timeout: .milliseconds(Int(timeout * 1000)))
         } catch {
             await bus.shutdown()
-            throw error
+            throw CLIFailure("\(purpose): \(error)", code: CLIFailure.unavailable)
         }
         return bus
     }
 }
 
-struct Tap: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print bus messages as JSON lines, decoded.")
+/// The operator's signing key for disk-manager commands.
+struct KeyOptions: ParsableArguments {
+    static let defaultPath = "/etc/bynar/operator.key"
 
-    @OptionGroup var brokerOptions: BrokerOptions
+    // Not an environment variable: every BYNAR_* variable is a config override.
+    @Option(name: .customLong("key"), help: "Private key file from `bynar keys generate`.")
+    var keyPath: String = KeyOptions.defaultPath
 
-    @Argument(help: "Topic filters.")
-    var topics: [String] = ["bynar/v1/#"]
-
-    @Option(help: "Stop after this many messages.")
-    var count: Int?
-
-    func run() async throws {
-        let bus = try await brokerOptions.connect(purpose: "tap")
-        var seen = 0
-        await withTaskGroup(of: Void.self) { group in
-            let (lines, output) = AsyncStream.makeStream(of: String.self)
-            for filter in topics {
-                group.addTask {
-                    do {
-                        for await message in try await bus.subscribeEnvelopes(filter) {
-                            output.yield(Tap.jsonLine(message))
-                        }
-                    } catch {
-                        output.yield("{\"error\": \(Tap.quote("\(error)"))}")
-                    }
-                }
-            }
-            for await line in lines {
-                print(line)
-                fflush(nil)
-                seen += 1
-                if let count, seen >= count { break }
-            }
-            group.cancelAll()
+    func client(bus: Bus) throws -> DiskManagerClient {
+        let path = keyPath
+        do {
+            return try DiskManagerClient(bus: bus, privateKeyFile: path)
+        } catch {
+            throw CLIFailure(
+                "cannot use the signing key \(path): \(error) (make one with `bynar keys generate --id ID --out FILE`, add its line to the disk-managers' trusted keys, and pass --key FILE)",
+                code: CLIFailure.config
+            )
         }
-        await bus.shutdown()
-    }
-
-    static func jsonLine(_ message: EnvelopeSubscription.Element) -> String {
-        let body = (try? message.envelope.jsonString()) ?? "null"
-        return "{\"topic\": \(quote(message.topic)), \"retained\": \(message.retained), \"envelope\": \(body)}"
-    }
-
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
     }
 }
 
-struct Services: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List every service's last birth or death, from the retained messages.")
+/// A failure the CLI reports in one line on stderr, with its exit status.
+struct CLIFailure: Error, CustomStringConvertible {
+    static let failed: Int32 = 1
+    static let notSafe: Int32 = 3
+    static let unavailable: Int32 = 69
+    static let config: Int32 = 78
 
-    @OptionGroup var brokerOptions: BrokerOptions
+    var description: String
+    var code: Int32
 
-    @Flag(help: "JSON lines instead of a table.")
-    var json = false
+    init(_ description: String, code: Int32 = CLIFailure.failed) {
+        self.description = description
+        self.code = code
+    }
 
-    @Option(help: "Seconds to collect retained messages.")
-    var wait: Double = 1
-
-    func run() async throws {
-        let bus = try await brokerOptions.connect(purpose: "services")
-        let statuses = try await bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
-        var latest: [String: Bynar_V1_ServiceStatus] = [:]
-        let collector = Task {
-            var collected: [String: Bynar_V1_ServiceStatus] = [:]
-            for await status in statuses {
-                collected["\(status.payload.host)/\(status.payload.service)"] = status.payload
-                if Task.isCancelled { break }
-            }
-            return collected
-        }
-        try await Task.sleep(for: .milliseconds(Int(wait * 1000)))
-        await bus.shutdown()
-        latest = await collector.value
-        let rows = latest.values.sorted { ($0.host, $0.service) < ($1.host, $1.service) }
-        if json {
-            for status in rows { print((try? status.jsonString()) ?? "{}") }
+    /// A bus error while talking to `what`: an unreachable broker or a silent disk-manager
+    /// is "unavailable"; everything else failed.
+    init(_ error: any Error, talkingTo what: String) {
+        if let failure = error as? CLIFailure {
+            self = failure
             return
         }
-        print("HOST".padding(20) + "SERVICE".padding(16) + "STATE".padding(8) + "SESSION".padding(9) + "PID")
-        for status in rows {
-            let state = status.state == .birth ? "up" : (status.deathCause == .cleanShutdown ? "stopped" : "down")
-            print(status.host.padding(20) + status.service.padding(16) + state.padding(8) + "\(status.session)".padding(9) + "\(status.pid)")
+        switch error as? BusError {
+        case .unreachable?:
+            self.init("\(error)", code: CLIFailure.unavailable)
+        case .timedOut?:
+            self.init("\(what): no answer (\(error)); is its service running and subscribed?", code: CLIFailure.unavailable)
+        default:
+            self.init("\(what): \(error)")
         }
-        if rows.isEmpty { print("(no service has announced itself)") }
     }
+}
+
+/// Runs `body`, turning a ``CLIFailure`` (or any other error) into a line on stderr and
+/// the exit status.
+func reportingFailures(_ body: () async throws -> Void) async throws {
+    do {
+        try await body()
+    } catch let error as ExitCode {
+        throw error
+    } catch let error as ValidationError {
+        throw error
+    } catch let failure as CLIFailure {
+        printError("bynar: \(failure.description)")
+        throw ExitCode(failure.code)
+    } catch {
+        printError("bynar: \(CLIFailure(error, talkingTo: "bus").description)")
+        throw ExitCode(CLIFailure(error, talkingTo: "bus").code)
+    }
+}
+
+/// Writes `line` and a newline to stderr (unbuffered).
+func printError(_ line: String) {
+    writeAll(2, line + "\n")
+}
+
+func writeAll(_ fd: Int32, _ text: String) {
+    let bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if written <= 0 {
+            if written < 0 && errno == EINTR { continue }
+            return
+        }
+        offset += written
+    }
+}
+
+/// Prints stdout lines and flushes (a pipe reader sees them at once).
+func emit(_ line: String) {
+    print(line)
+    fflush(nil)
 }
 
 extension String {
     func padding(_ width: Int) -> String {
         count >= width ? self + " " : self + String(repeating: " ", count: width - count)
-    }
-}
-
-struct Keys: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Keys that sign disk-manager commands.",
-        subcommands: [Generate.self]
-    )
-
-    struct Generate: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Make an Ed25519 key pair: the private key file (mode 0600) and the line for the disk-managers' trusted-keys file."
-        )
-
-        @Option(name: .customLong("id"), help: "Key id (no spaces), e.g. orchestrator-1.")
-        var keyID: String
-
-        @Option(help: "Where to write the private key file.")
-        var out: String
-
-        func run() throws {
-            let files = try KeyFiles.generate(keyID: keyID)
-            // O_EXCL: never overwrite an existing key; 0600 from the start, not chmod after.
-            let fd = open(out, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode_t(KeyFiles.privateKeyFileMode))
-            guard fd >= 0 else { throw ValidationError("cannot create \(out): \(String(cString: strerror(errno)))") }
-            let bytes = Array(files.privateKeyFileText.utf8)
-            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            close(fd)
-            guard written == bytes.count else { throw ValidationError("cannot write \(out)") }
-            print(files.trustedKeysLine)
-        }
     }
 }

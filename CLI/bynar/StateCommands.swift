@@ -1,0 +1,195 @@
+import ArgumentParser
+import BynarBus
+import BynarProto
+import FoundationEssentials
+import Orchestrator
+import SwiftProtobuf
+
+/// How long to read retained state.
+struct RetainedOptions: ParsableArguments {
+    @Option(name: .customLong("wait"), help: "At most this many seconds to read the retained state.")
+    var cap: Double = 5
+
+    @Flag(help: "JSON lines instead of a table.")
+    var json = false
+
+    var capDuration: Duration { .milliseconds(Int(cap * 1000)) }
+}
+
+struct Incidents: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Open repair incidents (the orchestrator's retained incident states).",
+        discussion: "Reads \(Topics.allIncidentStates). Resolved and cancelled incidents are left out unless --all."
+    )
+
+    @OptionGroup var brokerOptions: BrokerOptions
+    @OptionGroup var retained: RetainedOptions
+
+    @Flag(help: "Also incidents that are resolved or cancelled.")
+    var all = false
+
+    func run() async throws {
+        try await reportingFailures {
+            let bus = try await brokerOptions.connect(purpose: "incidents")
+            defer { Task { await bus.shutdown() } }
+            let events = payloads(try await collectRetained(bus, filters: [Topics.allIncidentStates], cap: retained.capDuration), as: Bynar_V1_IncidentEvent.self)
+                .map(\.payload)
+                .filter { all || ($0.incident.state != .resolved && $0.incident.state != .cancelled) }
+                .sorted { $0.incident.openedUnixMs < $1.incident.openedUnixMs }
+            if retained.json {
+                for event in events { emit((try? event.jsonString()) ?? "{}") }
+                return
+            }
+            let rows = events.map { event -> [String] in
+                let incident = event.incident
+                return [incident.id, stateName(incident.state), incident.disk.host, incident.disk.key, dash(incident.disk.devPath),
+                        dash(incident.osdID), dash(incident.ticketKey), age(incident.updatedUnixMs), incident.detail.isEmpty ? event.message : incident.detail]
+            }
+            emit(TextTable.render(header: ["INCIDENT", "STATE", "HOST", "DISK", "DEVICE", "OSD", "TICKET", "UPDATED", "DETAIL"], rows: rows))
+            if rows.isEmpty { emit(all ? "(no incident)" : "(no open incident)") }
+        }
+    }
+
+    func stateName(_ state: Bynar_V1_IncidentState) -> String {
+        protoName(state)
+    }
+}
+
+struct Tickets: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Tickets of incidents (ticketing's retained ticket states).",
+        discussion: "Reads \(Topics.allTicketStates)."
+    )
+
+    @OptionGroup var brokerOptions: BrokerOptions
+    @OptionGroup var retained: RetainedOptions
+
+    func run() async throws {
+        try await reportingFailures {
+            let bus = try await brokerOptions.connect(purpose: "tickets")
+            defer { Task { await bus.shutdown() } }
+            let events = payloads(try await collectRetained(bus, filters: [Topics.allTicketStates], cap: retained.capDuration), as: Bynar_V1_TicketEvent.self)
+                .map(\.payload)
+                .sorted { $0.changedUnixMs < $1.changedUnixMs }
+            if retained.json {
+                for event in events { emit((try? event.jsonString()) ?? "{}") }
+                return
+            }
+            let rows = events.map { event -> [String] in
+                [event.incidentID, dash(event.ticketKey), protoName(event.state), dash(event.backend),
+                 age(event.changedUnixMs), dash(event.url), event.detail]
+            }
+            emit(TextTable.render(header: ["INCIDENT", "TICKET", "STATE", "BACKEND", "CHANGED", "URL", "DETAIL"], rows: rows))
+            if rows.isEmpty { emit("(no ticket)") }
+        }
+    }
+}
+
+struct Cluster: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The cluster as the bus knows it.", subcommands: [Status.self])
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "One line per host: up or down, its services, its disks by state.",
+            discussion: """
+            From the retained births and deaths (\(Topics.allServiceStatus)), the orchestrator's host
+            membership (\(Topics.hostState(host: "+"))) when it publishes it, and the detectors' disk
+            health (\(Topics.diskHealth(host: "+", disk: "+"))).
+            """
+        )
+
+        @OptionGroup var brokerOptions: BrokerOptions
+        @OptionGroup var retained: RetainedOptions
+
+        struct HostLine: Codable {
+            var host: String
+            var up: Bool
+            /// "orchestrator" when the orchestrator's membership said so, else "services".
+            var source: String
+            var servicesUp: [String]
+            var servicesDown: [String]
+            var disks: [String: Int]
+
+            enum CodingKeys: String, CodingKey {
+                case host, up, source, servicesUp = "services_up", servicesDown = "services_down", disks
+            }
+        }
+
+        func run() async throws {
+            try await reportingFailures {
+                let bus = try await brokerOptions.connect(purpose: "cluster status")
+                defer { Task { await bus.shutdown() } }
+                let messages = try await collectRetained(
+                    bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+")],
+                    cap: retained.capDuration
+                )
+                let lines = Self.summarize(
+                    statuses: payloads(messages, as: Bynar_V1_ServiceStatus.self).map(\.payload),
+                    hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
+                    health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload)
+                )
+                if retained.json {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys]
+                    for line in lines { emit(String(decoding: try encoder.encode(line), as: UTF8.self)) }
+                    return
+                }
+                let rows = lines.map { line -> [String] in
+                    let disks = line.disks.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }.joined(separator: ", ")
+                    return [line.host, line.up ? "up" : "DOWN", line.servicesUp.isEmpty ? "-" : line.servicesUp.joined(separator: ","),
+                            line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks]
+                }
+                emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS"], rows: rows))
+                if rows.isEmpty { emit("(no host has announced itself)") }
+            }
+        }
+
+        static func summarize(statuses: [Bynar_V1_ServiceStatus], hosts: [Bynar_V1_HostState], health: [Bynar_V1_DiskHealth]) -> [HostLine] {
+            var lines: [String: HostLine] = [:]
+            func line(_ host: String) -> HostLine {
+                lines[host] ?? HostLine(host: host, up: false, source: "services", servicesUp: [], servicesDown: [], disks: [:])
+            }
+            for status in statuses {
+                var entry = line(status.host)
+                if status.state == .birth { entry.servicesUp.append(status.service) } else { entry.servicesDown.append(status.service) }
+                entry.up = !entry.servicesUp.isEmpty
+                lines[status.host] = entry
+            }
+            for state in hosts {
+                var entry = line(state.host)
+                // The orchestrator's view wins: it also knows services whose death was not retained.
+                entry.up = state.up
+                entry.source = "orchestrator"
+                entry.servicesUp = state.services.filter(\.up).map(\.service)
+                entry.servicesDown = state.services.filter { !$0.up }.map(\.service)
+                lines[state.host] = entry
+            }
+            for disk in health {
+                var entry = line(disk.disk.host)
+                entry.disks[protoName(disk.state), default: 0] += 1
+                lines[disk.disk.host] = entry
+            }
+            return lines.values.map { entry in
+                var sorted = entry
+                sorted.servicesUp.sort()
+                sorted.servicesDown.sort()
+                return sorted
+            }.sorted { $0.host < $1.host }
+        }
+    }
+}
+
+/// An enum value's proto name without its type prefix: `.waitingForReplacement` ->
+/// "WAITING_FOR_REPLACEMENT" (the generated case name, upper snake case).
+func protoName<E: SwiftProtobuf.Enum>(_ value: E) -> String {
+    var name = ""
+    var previousLower = false
+    for character in "\(value)" {
+        if character.isUppercase && previousLower { name += "_" }
+        previousLower = character.isLowercase || character.isNumber
+        name += character.uppercased()
+    }
+    return name
+}
+
+func dash(_ text: String) -> String { text.isEmpty ? "-" : text }
