@@ -22,6 +22,9 @@ Tests steer it through /_standin/... (never authenticated, never faulted):
   POST /_standin/fail        {"count":N,"status":500,"retry_after":"2","body":{...}}  next N /rest/ requests fail
   POST /_standin/down        {"down":true}   /rest/ connections are closed without an answer
   POST /_standin/create-delay {"seconds":S} store each created issue, then wait S s before answering
+  POST /_standin/index-lag   {"seconds":S}   searches do not see issues created less than S s ago
+                                             (JIRA indexes asynchronously; a search right after a
+                                             create may miss it)
   POST /_standin/resolve     {"key":"BYN-1"} the issue moves to Done with resolution Fixed
   POST /_standin/forbid-delete {"forbid":true} DELETE answers 403 (no "Delete issues" permission)
   GET  /_standin/issues      every issue ever created (deleted ones flagged), with comments
@@ -66,6 +69,7 @@ class State:
         self.fail = []  # queued faults: dicts with status, retry_after, body
         self.down = False
         self.create_delay = 0.0
+        self.index_lag = 0.0
         self.forbid_delete = False
 
     def find(self, id_or_key):
@@ -266,7 +270,7 @@ class Handler(BaseHTTPRequestHandler):
             issue = {
                 "id": str(self.state.next_id), "key": "%s-%d" % (self.state.project, number),
                 "fields": fields, "status": STATUS_TODO, "resolution": None, "comments": [],
-                "created": now_iso(), "deleted": False,
+                "created": now_iso(), "created_at": time.time(), "deleted": False,
             }
             self.state.issues.append(issue)
             delay = self.state.create_delay
@@ -285,8 +289,10 @@ class Handler(BaseHTTPRequestHandler):
         label, open_only = match.group(1), bool(match.group(2))
         wanted = [f for f in (query.get("fields") or [""])[0].split(",") if f] or None
         with self.state.lock:
+            indexed_before = time.time() - self.state.index_lag
             found = [i for i in self.state.issues
                      if not i["deleted"] and label in (i["fields"].get("labels") or [])
+                     and i["created_at"] <= indexed_before
                      and not (open_only and i["status"] is STATUS_DONE)]
         if match.group(5) and match.group(5).upper() == "DESC":
             found.reverse()
@@ -311,6 +317,9 @@ class Handler(BaseHTTPRequestHandler):
             if what == "create-delay" and method == "POST":
                 state.create_delay = float(payload.get("seconds", 0))
                 return self.send(200, {"seconds": state.create_delay})
+            if what == "index-lag" and method == "POST":
+                state.index_lag = float(payload.get("seconds", 0))
+                return self.send(200, {"seconds": state.index_lag})
             if what == "forbid-delete" and method == "POST":
                 state.forbid_delete = bool(payload.get("forbid", True))
                 return self.send(200, {"forbid": state.forbid_delete})
@@ -322,7 +331,7 @@ class Handler(BaseHTTPRequestHandler):
                 issue["resolution"] = {"id": "10000", "name": "Fixed"}
                 return self.send(200, {"key": issue["key"]})
             if what == "reset" and method == "POST":
-                state.fail, state.down, state.create_delay, state.forbid_delete = [], False, 0.0, False
+                state.fail, state.down, state.create_delay, state.index_lag, state.forbid_delete = [], False, 0.0, 0.0, False
                 return self.send(200, {})
             if what == "issues" and method == "GET":
                 return self.send(200, {"issues": [
