@@ -60,6 +60,7 @@ struct TicketingServiceTests {
             #expect(try h.jira.issues().count == 1)
             let creates = try h.jira.requests().filter { $0.method == "POST" && $0.path == "/rest/api/2/issue" }
             #expect(creates.count == 1, "the restarted instance did not create again")
+            #expect(h.logs.contains("adopting the ticket already filed for the incident"))
         }
     }
 

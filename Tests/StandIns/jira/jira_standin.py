@@ -29,6 +29,7 @@ Tests steer it through /_standin/... (never authenticated, never faulted):
   POST /_standin/forbid-delete {"forbid":true} DELETE answers 403 (no "Delete issues" permission)
   GET  /_standin/issues      every issue ever created (deleted ones flagged), with comments
   GET  /_standin/requests    every /rest/ request: method, path, authorization, via, answer status
+                             (0 while unanswered, or when the connection was closed unanswered)
   POST /_standin/reset       forget faults (not issues)
 
 Usage: jira_standin.py --port-file FILE [--port P] [--project KEY] (--user U --token T | --bearer PAT)
@@ -156,12 +157,16 @@ class Handler(BaseHTTPRequestHandler):
             "via": self.headers.get("Via") or "",
             "time": time.time(),
         }
+        # Logged on arrival (a create held back by create-delay is visible at once); the
+        # status is filled in when the answer goes out.
+        record["status"] = 0
+        with self.state.lock:
+            self.state.requests.append(record)
         try:
             self.rest(method, url)
         finally:
-            record["status"] = self.answered
             with self.state.lock:
-                self.state.requests.append(record)
+                record["status"] = self.answered
 
     def rest(self, method, url):
         state = self.state
