@@ -128,6 +128,20 @@ public final class JiraStandIn: @unchecked Sendable {
         }
     }
 
+    /// One POST to the stand-in's webhook receiver (`/hooks/tickets`).
+    public struct Webhook: @unchecked Sendable {
+        public var body: [String: Any]
+        public var idempotencyKey: String
+    }
+
+    /// Every webhook POST so far, in order.
+    public func webhooks() throws -> [Webhook] {
+        let object = try json(try control("GET", "webhooks", nil))
+        return (object["webhooks"] as? [[String: Any]] ?? []).map {
+            Webhook(body: $0["body"] as? [String: Any] ?? [:], idempotencyKey: $0["idempotency_key"] as? String ?? "")
+        }
+    }
+
     private func json(_ data: Data) throws -> [String: Any] {
         guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw TestSupportError("the stand-in JIRA answered something that is not a JSON object")

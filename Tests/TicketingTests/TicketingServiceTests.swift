@@ -313,4 +313,32 @@ struct TicketingServiceTests {
             #expect(try h.jira.liveIssues().count == 1)
         }
     }
+
+    /// The webhook backend, POSTing to the stand-in's receiver: the ticket's JSON with an
+    /// idempotency key and the bearer token; a repeated OPEN is answered from the local
+    /// record; CLOSE is posted too; nothing is followed (a webhook cannot be asked).
+    @Test func webhookBackendPostsEachActionOnceStandIn() async throws {
+        try await withHarness(jira: try JiraStandIn(bearer: "hook-token")) { h in
+            let file = h.directory + "/hook-token"
+            try "hook-token\n".write(toFile: file, atomically: true, encoding: .utf8)
+            try await h.start(config: """
+                "ticketing": {"backend": "webhook", "webhook": {"url": "\(h.jira.baseURL)/hooks/tickets", "bearer_token_file": "\(file)"},
+                  "follow": {"first_check_seconds": 1, "backoff_factor": 1.0, "max_interval_seconds": 1}}
+                """)
+            let opened = try await h.ask(.open, incident: "inc-hook")
+            #expect(opened.ticketKey == "HOOK-1" && opened.created, "\(opened)\n\(h.logs)")
+            #expect(try await h.ask(.open, incident: "inc-hook").ticketKey == "HOOK-1")
+            _ = try await h.ask(.close, incident: "inc-hook", comment: "disk back in service")
+            try await Task.sleep(for: .seconds(1.5))
+            let hooks = try h.jira.webhooks()
+            #expect(hooks.map { $0.body["action"] as? String ?? "" } == ["open", "comment", "close"])
+            let open = try #require(hooks.first)
+            #expect(open.idempotencyKey == "bynar-incident-inc-hook-open")
+            #expect(open.body["incident_id"] as? String == "inc-hook")
+            #expect((open.body["disk"] as? [String: Any])?["serial"] as? String == "Z1Z3ABCD")
+            #expect((open.body["summary"] as? String)?.contains("storage-07") == true)
+            #expect(try h.jira.requests().allSatisfy { $0.authorization == "Bearer hook-token" })
+            #expect(await h.event(.closed, incident: "inc-hook")?.backend == "webhook")
+        }
+    }
 }

@@ -17,6 +17,10 @@ personal access token), else 401 with JIRA's "You are not authenticated" body. O
 bynar-ticketing uses is understood (labels = "..." [AND statusCategory != Done] [ORDER BY ...]);
 anything else is a 400 as JIRA answers a JQL error.
 
+It also serves POST /hooks/tickets: a receiver for bynar-ticketing's generic webhook backend
+(not a JIRA API; the contract is docs/ticketing.md's). It keeps every body and answers an
+"open" with {"key": "HOOK-<n>", "url": ...}; GET /_standin/webhooks lists what arrived.
+
 Tests steer it through /_standin/... (never authenticated, never faulted):
 
   POST /_standin/fail        {"count":N,"status":500,"retry_after":"2","body":{...}}  next N /rest/ requests fail
@@ -67,6 +71,7 @@ class State:
         self.issues = []  # in creation order
         self.next_id = 10000
         self.requests = []
+        self.webhooks = []
         self.fail = []  # queued faults: dicts with status, retry_after, body
         self.down = False
         self.create_delay = 0.0
@@ -197,6 +202,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(400, {"errorMessages": ["Unexpected character in the request body: %s" % error], "errors": {}})
 
         path = url.path
+        if method == "POST" and path == "/hooks/tickets":
+            return self.webhook(payload or {})
         if method == "POST" and path == "/rest/api/2/issue":
             return self.create(payload or {})
         if method == "GET" and path == "/rest/api/2/search":
@@ -284,6 +291,14 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
         self.send(201, {"id": issue["id"], "key": issue["key"], "self": self.base() + "/rest/api/2/issue/" + issue["id"]})
 
+    def webhook(self, payload):
+        with self.state.lock:
+            self.state.webhooks.append({"body": payload, "idempotency_key": self.headers.get("Idempotency-Key") or ""})
+            number = len(self.state.webhooks)
+        if payload.get("action") == "open":
+            return self.send(200, {"key": "HOOK-%d" % number, "url": self.base() + "/hooks/ticket/HOOK-%d" % number})
+        self.send(200, {})
+
     def search(self, query):
         jql = (query.get("jql") or [""])[0]
         match = re.fullmatch(
@@ -343,6 +358,8 @@ class Handler(BaseHTTPRequestHandler):
                     {"id": i["id"], "key": i["key"], "deleted": i["deleted"], "fields": i["fields"],
                      "status": i["status"]["name"], "resolution": i["resolution"], "comments": i["comments"]}
                     for i in state.issues]})
+            if what == "webhooks" and method == "GET":
+                return self.send(200, {"webhooks": state.webhooks})
             if what == "requests" and method == "GET":
                 return self.send(200, {"requests": state.requests})
         self.send(404, {"error": "unknown control %s %s" % (method, url.path)})
