@@ -51,10 +51,12 @@ public struct TicketingService: BynarService {
         let context = context
         let output = TicketOutput(
             event: { event, retain in
-                try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: event.incidentID)
+                // The retained state first: the outbox keeps order, so whoever hears the
+                // event and then reads the state finds it current.
                 if retain {
                     try context.outbox.publish(event, to: Topics.ticketState(incident: event.incidentID), retain: true, correlationId: event.incidentID)
                 }
+                try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: event.incidentID)
             },
             notify: { note in
                 try context.outbox.publish(note, to: Topics.notifications, correlationId: note.incidentID)
@@ -113,8 +115,8 @@ public struct TicketingService: BynarService {
                             event.state = .failed
                             event.detail = "ticketing is not configured (\(missing)); the request is kept and done after a restart with complete settings"
                             event.changedUnixMs = Bus.nowUnixMs()
-                            try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: request.incidentID)
                             try context.outbox.publish(event, to: Topics.ticketState(incident: request.incidentID), retain: true, correlationId: request.incidentID)
+                            try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: request.incidentID)
                         }
                         response.error = "stored, but ticketing is not configured: \(missing)"
                     } catch {
