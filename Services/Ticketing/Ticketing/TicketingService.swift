@@ -1,23 +1,169 @@
+import BynarBus
+import BynarConfig
+import BynarProto
 public import BynarRuntime
+public import BynarStore
 import Logging
 import ServiceLifecycle
+import Synchronization
 
-/// The ticketing service: files and follows tickets for the datacenter technician.
+/// The ticketing service: files a ticket per incident, follows it, and says when it is
+/// resolved; comments and closes it when asked.
 ///
-/// This build is the foundation skeleton: it connects, announces itself and shuts down
-/// cleanly. It does not subscribe to its work topic yet, so requests wait in the broker for
-/// the build that handles them instead of being consumed and dropped.
+/// Takes ``Bynar_V1_TicketRequest``s from `$share/ticketing/bynar/v1/ticket/cmd` (so several
+/// instances share the work), stores each in SQLite before answering, and works through
+/// them with ``TicketEngine``. Publishes ``Bynar_V1_TicketEvent``s on
+/// `bynar/v1/ticket/events` and, retained, on `bynar/v1/ticket/state/{incident}`, and
+/// notifications (configuration problems, refused tickets) on `bynar/v1/notify`, all through
+/// the outbox.
+///
+/// Without the settings its backend needs (no JIRA URL, no credentials) it still runs: it
+/// says what is missing (log, a Notification, a FAILED event per request), and stores every
+/// request, so they are filed once it is restarted with complete settings.
 public struct TicketingService: BynarService {
     public static let serviceName = "ticketing"
+    public static var migrations: [LocalStore.Migration] { TicketStore.migrations }
     let context: ServiceContext
+    let settings: Result<TicketingSettings, ConfigError>
 
     public init(context: ServiceContext) throws {
         self.context = context
+        do {
+            settings = .success(try context.config.ticketingSettings())
+        } catch {
+            settings = .failure(error)
+        }
     }
 
     public func run() async throws {
-        await context.bus.markReady()
-        context.logger.notice("ticketing work is not part of this build; announcing presence only")
-        try? await gracefulShutdown()
+        switch settings {
+        case .success(let settings): try await run(settings)
+        case .failure(let problems): try await runUnconfigured(problems)
+        }
     }
+
+    private func run(_ settings: TicketingSettings) async throws {
+        let backend: any TicketBackend = switch settings.backend {
+        case .jira(let jira): JiraBackend(jira, settings: settings)
+        case .webhook(let webhook): WebhookBackend(webhook, settings: settings)
+        }
+        let waiting = WaitingRequesters()
+        let context = context
+        let output = TicketOutput(
+            event: { event, retain in
+                // The retained state first: the outbox keeps order, so whoever hears the
+                // event and then reads the state finds it current.
+                if retain {
+                    try context.outbox.publish(event, to: Topics.ticketState(incident: event.incidentID), retain: true, correlationId: event.incidentID)
+                }
+                try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: event.incidentID)
+            },
+            notify: { note in
+                try context.outbox.publish(note, to: Topics.notifications, correlationId: note.incidentID)
+            },
+            reply: { messageId, response in
+                guard let request = waiting.requests.withLock({ $0.removeValue(forKey: messageId) }) else { return }
+                do { try await context.bus.reply(to: request, with: response) } catch {
+                    context.logger.warning("cannot answer a ticket request", metadata: ["incident": "\(response.incidentID)", "error": "\(error)"])
+                }
+            }
+        )
+        let engine = TicketEngine(store: TicketStore(store: context.store), backend: backend, settings: settings, output: output, logger: context.logger)
+        try engine.prepare()
+        let requests = try await context.bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketCommands), as: Bynar_V1_TicketRequest.self)
+        await context.bus.markReady()
+        context.logger.info("ticketing ready", metadata: ["backend": "\(backend.name)", "parallel_incidents": "\(settings.parallelIncidents)"])
+
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await engine.runQueue() }
+                group.addTask { await engine.runFollower() }
+                for await received in requests {
+                    await take(received, engine: engine, waiting: waiting)
+                }
+                group.cancelAll()
+            }
+        }
+        await backend.shutdown()
+    }
+
+    /// Stores requests and reports the configuration problem, until shutdown.
+    private func runUnconfigured(_ problems: ConfigError) async throws {
+        let store = TicketStore(store: context.store)
+        let missing = problems.problems.map(\.description).joined(separator: "; ")
+        context.logger.critical("ticketing is not configured: requests are stored, and filed after a restart with complete settings", metadata: ["problems": "\(missing)"])
+        var note = Bynar_V1_Notification()
+        note.severity = .error
+        note.title = "Ticketing is not configured: no tickets can be filed"
+        note.text = missing
+        note.nextAction = "Set the named fields in bynar.json and restart bynar-ticketing; requests received meanwhile are kept and filed then."
+        try context.outbox.publish(note, to: Topics.notifications)
+        let requests = try await context.bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketCommands), as: Bynar_V1_TicketRequest.self)
+        await context.bus.markReady()
+        await cancelWhenGracefulShutdown {
+            for await received in requests {
+                let request = received.payload
+                var response = Bynar_V1_TicketResponse()
+                response.incidentID = request.incidentID
+                if let problem = TicketEngine.problem(with: request) {
+                    response.error = "unusable ticket request: \(problem)"
+                } else {
+                    do {
+                        if try store.accept(messageId: received.envelope.messageID, request: request, nowMs: Bus.nowUnixMs()) != nil {
+                            var event = Bynar_V1_TicketEvent()
+                            event.incidentID = request.incidentID
+                            event.state = .failed
+                            event.detail = "ticketing is not configured (\(missing)); the request is kept and done after a restart with complete settings"
+                            event.changedUnixMs = Bus.nowUnixMs()
+                            try context.outbox.publish(event, to: Topics.ticketState(incident: request.incidentID), retain: true, correlationId: request.incidentID)
+                            try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: request.incidentID)
+                        }
+                        response.error = "stored, but ticketing is not configured: \(missing)"
+                    } catch {
+                        response.error = "cannot store the request: \(error)"
+                    }
+                }
+                try? await context.bus.reply(to: received, with: response)
+            }
+        }
+    }
+
+    /// Stores one request (answering at once only when it is unusable, cannot be stored,
+    /// or cannot be worked on until the configuration is fixed).
+    private func take(_ received: Received<Bynar_V1_TicketRequest>, engine: TicketEngine, waiting: WaitingRequesters) async {
+        let request = received.payload
+        func answer(_ error: String) async {
+            var response = Bynar_V1_TicketResponse()
+            response.incidentID = request.incidentID
+            response.error = error
+            try? await context.bus.reply(to: received, with: response)
+        }
+        if let problem = TicketEngine.problem(with: request) {
+            context.logger.warning("unusable ticket request", metadata: ["incident": "\(request.incidentID)", "problem": "\(problem)", "message_id": "\(received.envelope.messageID)"])
+            await answer("unusable ticket request: \(problem)")
+            return
+        }
+        let messageId = received.envelope.messageID
+        // Registered before the request is stored: the queue may finish it at once.
+        if received.responseTopic != nil { waiting.requests.withLock { $0[messageId] = received } }
+        do {
+            guard try engine.accept(messageId: messageId, request: request) != nil else {
+                context.logger.debug("ticket request delivered again; stored once", metadata: ["message_id": "\(messageId)"])
+                return
+            }
+            if let blocked = engine.blockedReason, waiting.requests.withLock({ $0.removeValue(forKey: messageId) }) != nil {
+                await answer("stored, but ticketing is stopped by a configuration problem (\(blocked)); it is done after a restart with fixed settings")
+            }
+        } catch {
+            waiting.requests.withLock { _ = $0.removeValue(forKey: messageId) }
+            context.logger.error("cannot store a ticket request", metadata: ["incident": "\(request.incidentID)", "error": "\(error)"])
+            await answer("cannot store the request: \(error)")
+        }
+    }
+}
+
+/// Requests whose requester waits for an answer, by message id (only while this process
+/// runs: an answer carries the request's correlation data, which is not stored).
+final class WaitingRequesters: Sendable {
+    let requests = Mutex<[String: Received<Bynar_V1_TicketRequest>]>([:])
 }
