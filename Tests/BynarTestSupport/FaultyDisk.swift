@@ -109,6 +109,10 @@ public final class FaultyDisk: @unchecked Sendable {
         guard first else { return }
         try? control("clear")
         if let mountpoint { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
+        // Whatever else mounted the device (a disk-manager under test) is unmounted too.
+        if !lock.withLock({ detached }) {
+            for other in FaultyDisk.mountpoints(of: device) { _ = try? FaultyDisk.run("/bin/umount", ["-l", other]) }
+        }
         // Once detached, the device may already belong to someone else: leave it alone.
         for _ in 0..<20 where !lock.withLock({ detached }) {
             if (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
@@ -123,6 +127,16 @@ public final class FaultyDisk: @unchecked Sendable {
     }
 
     deinit { teardown() }
+
+    /// Where `device` is mounted now (from /proc/self/mountinfo).
+    public static func mountpoints(of device: String) -> [String] {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2] == device else { return nil }
+            return String(fields[4])
+        }
+    }
 
     /// Runs a command; throws with its output when it fails.
     @discardableResult

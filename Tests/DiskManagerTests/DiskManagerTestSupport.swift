@@ -24,14 +24,7 @@ final class LoopDisk: @unchecked Sendable {
     func teardown() {
         guard !done else { return }
         done = true
-        if let mountinfo = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) {
-            for line in mountinfo.split(separator: "\n") {
-                let fields = line.split(separator: " ")
-                if let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2] == device {
-                    _ = try? FaultyDisk.run("/bin/umount", ["-l", String(fields[4])])
-                }
-            }
-        }
+        for mountpoint in FaultyDisk.mountpoints(of: device) { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
         for _ in 0..<20 {
             if (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
             usleep(100_000)
