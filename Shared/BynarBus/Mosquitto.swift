@@ -260,11 +260,15 @@ final class MosquittoClient: @unchecked Sendable {
         return mosquitto_connect_bind_v5(handle, options.host, options.port, options.keepaliveSeconds, nil, properties)
     }
 
-    /// Sleeps up to `seconds`, waking early when stopping.
+    /// Sleeps up to `seconds`, waking early when stopping. Deadlines keep running while the
+    /// broker is away: a publish or request waiting for an answer times out on time instead
+    /// of hanging until the broker comes back.
     private func pause(seconds: Int) {
         for _ in 0..<(seconds * 10) {
             if state.withLock({ $0.stopping }) { return }
             usleep(100_000)
+            expireWaiters()
+            onTick()
         }
     }
 

@@ -219,6 +219,27 @@ struct BusTests {
         await bus.shutdown()
     }
 
+    /// Found by running the system: with the broker gone, a publish waiting for its ack must
+    /// still time out (the reconnect loop keeps the deadlines), or a service asked to stop
+    /// waits forever.
+    @Test(.timeLimit(.minutes(1))) func publishAndRequestTimeOutWhileTheBrokerIsAway() async throws {
+        let broker = try TestBroker()
+        let bus = try await connectedBus(broker) { $0.publishTimeoutMs = 500; $0.reconnectMaxSeconds = 5 }
+        broker.stop()
+        try await Task.sleep(for: .milliseconds(300))
+        let clock = ContinuousClock()
+        let started = clock.now
+        await #expect(throws: BusError.self) {
+            try await bus.publish(Bynar_V1_Notification(), to: "test/away")
+        }
+        await #expect(throws: BusError.self) {
+            _ = try await bus.request(Bynar_V1_TicketRequest(), to: "test/away-request", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(500))
+        }
+        let waited = clock.now - started
+        #expect(waited < .seconds(4), "gave up after \(waited)")
+        await bus.shutdown()
+    }
+
     @Test func slowSubscriberOverflowIsCounted() async throws {
         let broker = try TestBroker()
         let publisher = try await connectedBus(broker, service: "pub")

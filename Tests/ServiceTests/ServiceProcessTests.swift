@@ -86,3 +86,26 @@ struct ServiceProcessTests {
         await watcher.shutdown()
     }
 }
+
+/// SIGTERM stops every service also when the broker has gone away first (found by running
+/// the system: services then waited forever for acknowledgements that could not come).
+@Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
+struct ServiceStopWithoutBrokerTests {
+    @Test(arguments: ["bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"])
+    func sigtermStopsTheServiceWhileTheBrokerIsDown(executable: String) async throws {
+        let service = executable.replacingOccurrences(of: "bynar-", with: "")
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-svc-nobroker")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let statuses = Collector(try await watcher.subscribe(Topics.serviceStatus(host: "h1", service: service), as: Bynar_V1_ServiceStatus.self))
+        let process = try ServiceProcess(executable, brokerPort: broker.port, directory: directory)
+        defer { process.signal(SIGKILL) }
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(process.log)")
+        await watcher.shutdown()
+        broker.stop()
+        try await Task.sleep(for: .seconds(2))
+        process.process.stop(SIGTERM, timeout: .seconds(20))
+        #expect(!process.process.isRunning, "\(executable) still running 20 s after SIGTERM with the broker down\n\(process.log.suffix(2000))")
+    }
+}
