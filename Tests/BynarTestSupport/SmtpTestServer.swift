@@ -180,10 +180,6 @@ elif mode == "tls":
                             auth_required=True, auth_require_tls=False, **kwargs)
 else:
     controller = Controller(Handler(), **kwargs)
-# The controller's own readiness probe speaks plain SMTP, which an implicit-TLS server
-# cannot answer; skip it there and wait for the port below instead.
-if mode == "tls":
-    controller._trigger_server = lambda: None
 controller.start()
 with open(port_file + ".tmp", "w") as f:
     f.write(str(port))

@@ -97,9 +97,10 @@ struct SMTPClient: Sendable {
     /// the server's reply code and text.
     func send(_ message: MailMessage) async throws {
         let tlsContext = try makeTLSContext()
-        let channel = try await connect(tls: settings.security == .tls ? tlsContext : nil)
+        let tlsFailure = TLSFailure()
+        let channel = try await connect(tls: settings.security == .tls ? tlsContext : nil, tlsFailure: tlsFailure)
         defer { channel.close(promise: nil) }
-        let session = Session(channel: channel, server: server, timeout: settings.timeout)
+        let session = Session(channel: channel, server: server, timeout: settings.timeout, tlsFailure: tlsFailure)
 
         try await session.expect(nil, as: "greeting", 220)
         var capabilities = try await ehlo(session)
@@ -161,7 +162,7 @@ struct SMTPClient: Sendable {
         }
     }
 
-    private func connect(tls: NIOSSLContext?) async throws -> any Channel {
+    private func connect(tls: NIOSSLContext?, tlsFailure: TLSFailure) async throws -> any Channel {
         let name = Self.sniName(settings.host)
         let timeout = TimeAmount.nanoseconds(Int64(settings.timeout.components.seconds) * 1_000_000_000 + settings.timeout.components.attoseconds / 1_000_000_000)
         let bootstrap = ClientBootstrap(group: group)
@@ -171,7 +172,7 @@ struct SMTPClient: Sendable {
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: name))
                     }
-                    try channel.pipeline.syncOperations.addHandler(SMTPReplyHandler())
+                    try channel.pipeline.syncOperations.addHandler(SMTPReplyHandler(tlsFailure: tlsFailure))
                 }
             }
         do {
@@ -200,6 +201,13 @@ struct SMTPClient: Sendable {
     }
 }
 
+/// The first TLS error on a connection, seen by the handler, read by the session.
+final class TLSFailure: Sendable {
+    private let first = Mutex<String?>(nil)
+    func record(_ reason: String) { first.withLock { if $0 == nil { $0 = reason } } }
+    var reason: String? { first.withLock { $0 } }
+}
+
 /// One SMTP reply: the code and its lines (a multi-line reply has several).
 struct SMTPReply: Sendable {
     var code: Int
@@ -212,6 +220,7 @@ private struct Session {
     let channel: any Channel
     let server: String
     let timeout: Duration
+    let tlsFailure: TLSFailure
 
     /// Sends `command` (nil: send nothing, just read the next reply) and returns the reply,
     /// or throws if its code is not one of `accepted`.
@@ -243,19 +252,26 @@ private struct Session {
         let promise = channel.eventLoop.makePromise(of: SMTPReply.self)
         let timedOut = Mutex(false)
         let channel = self.channel
+        let (server, timeout) = (self.server, self.timeout)
+        // Whatever happens to the connection, the reply promise is completed: by the reply,
+        // by the handler failing it, by a write that never reached the handler (the
+        // connection closed first), or by the timer. Later completions are ignored.
         let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) {
             timedOut.withLock { $0 = true }
+            promise.fail(SMTPError.timeout(server: server, command: label))
             channel.close(promise: nil)
         }
         defer { timer.cancel() }
-        channel.writeAndFlush(SMTPReplyHandler.Request(bytes: bytes, reply: promise), promise: nil)
+        channel.writeAndFlush(SMTPReplyHandler.Request(bytes: bytes, reply: promise)).whenFailure { error in
+            promise.fail(error)
+        }
         do {
             return try await promise.futureResult.get()
         } catch {
             if timedOut.withLock({ $0 }) { throw SMTPError.timeout(server: server, command: label) }
-            if error is NIOSSLError || error is BoringSSLError {
-                throw SMTPError.tls(server: server, reason: "\(error)")
-            }
+            // A TLS failure closes the connection; whatever error the waiting request saw,
+            // the TLS one is the cause.
+            if let reason = tlsFailure.reason { throw SMTPError.tls(server: server, reason: reason) }
             if let error = error as? SMTPError { throw error }
             if case ChannelError.ioOnClosedChannel = error { throw SMTPError.closed(server: server, command: label) }
             throw SMTPError.closed(server: server, command: "\(label) (\(error))")
@@ -282,6 +298,11 @@ final class SMTPReplyHandler: ChannelDuplexHandler {
     private var waiting = CircularBuffer<EventLoopPromise<SMTPReply>>()
     private var unclaimed = CircularBuffer<SMTPReply>()
     private var failure: (any Error)?
+    private let tlsFailure: TLSFailure
+
+    init(tlsFailure: TLSFailure) {
+        self.tlsFailure = tlsFailure
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
@@ -334,6 +355,7 @@ final class SMTPReplyHandler: ChannelDuplexHandler {
 
     private func fail(context: ChannelHandlerContext, _ error: any Error) {
         if failure == nil { failure = error }
+        if error is NIOSSLError || error is BoringSSLError { tlsFailure.record("\(error)") }
         while let waiter = waiting.popFirst() { waiter.fail(failure ?? error) }
         context.close(promise: nil)
     }
