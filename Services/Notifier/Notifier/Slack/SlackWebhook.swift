@@ -60,7 +60,9 @@ final class SlackWebhook: DeliveryChannel {
             var channel: String?
             var username: String?
         }
-        return Array(try JSONEncoder().encode(Body(text: text, channel: channel, username: username)))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]  // the same message encodes the same way on every attempt
+        return Array(try encoder.encode(Body(text: text, channel: channel, username: username)))
     }
 
     func send(_ message: OutgoingMessage) async -> DeliveryOutcome {
