@@ -17,21 +17,7 @@ public final class SlackStandIn: @unchecked Sendable {
         directory = try makeTemporaryDirectory(prefix: "bynar-slack")
         process = try ChildProcess("/usr/bin/python3", [packageRoot + "/Tests/StandIns/slack/slack_standin.py", directory + "/port"],
                                    outputPath: directory + "/standin.log")
-        let deadline = ContinuousClock.now + .seconds(15)
-        var port: Int?
-        while ContinuousClock.now < deadline {
-            if let text = try? String(contentsOfFile: directory + "/port", encoding: .utf8), let number = Int(text) {
-                port = number
-                break
-            }
-            if !process.isRunning { break }
-            usleep(20_000)
-        }
-        guard let port else {
-            process.stop(SIGKILL)
-            throw TestSupportError("Slack stand-in did not start; log:\n\((try? String(contentsOfFile: directory + "/standin.log", encoding: .utf8)) ?? "")")
-        }
-        self.port = port
+        port = try portWrittenBy(process, to: directory + "/port", name: "Slack stand-in", log: directory + "/standin.log")
     }
 
     /// The webhook URL to configure.
@@ -126,4 +112,17 @@ public final class SlackStandIn: @unchecked Sendable {
         guard text.hasPrefix("HTTP/1.1 200") || text.hasPrefix("HTTP/1.0 200") else { throw TestSupportError("Slack stand-in control said: \(text)") }
         return String(text[split.upperBound...])
     }
+}
+
+/// The port a test server `process` writes to `portFile` once it listens (within 15 s);
+/// throws with its log when it exits or takes longer.
+func portWrittenBy(_ process: ChildProcess, to portFile: String, name: String, log: String) throws -> Int {
+    let deadline = ContinuousClock.now + .seconds(15)
+    while ContinuousClock.now < deadline {
+        if let text = try? String(contentsOfFile: portFile, encoding: .utf8), let port = Int(text) { return port }
+        if !process.isRunning { break }
+        usleep(20_000)
+    }
+    process.stop(SIGKILL)
+    throw TestSupportError("\(name) did not start; log:\n\((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
 }

@@ -50,21 +50,7 @@ public final class SmtpTestServer: @unchecked Sendable {
             arguments += [caFile, directory + "/key.pem"]
         }
         process = try ChildProcess("/usr/bin/python3", arguments, outputPath: directory + "/server.log")
-        let deadline = ContinuousClock.now + .seconds(15)
-        var port: Int?
-        while ContinuousClock.now < deadline {
-            if let text = try? String(contentsOfFile: directory + "/port", encoding: .utf8), let number = Int(text) {
-                port = number
-                break
-            }
-            if !process.isRunning { break }
-            usleep(20_000)
-        }
-        guard let port else {
-            process.stop(SIGKILL)
-            throw TestSupportError("aiosmtpd did not start; log:\n\((try? String(contentsOfFile: directory + "/server.log", encoding: .utf8)) ?? "")")
-        }
-        self.port = port
+        port = try portWrittenBy(process, to: directory + "/port", name: "aiosmtpd", log: directory + "/server.log")
     }
 
     /// One accepted message.
