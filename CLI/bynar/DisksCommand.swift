@@ -165,17 +165,13 @@ struct Disks: AsyncParsableCommand {
         @OptionGroup var keyOptions: KeyOptions
         @OptionGroup var diskOptions: DiskOptions
 
-        @Flag(inversion: .prefixedNo, help: "Follow the job until it ends.")
-        var wait = true
-
-        @Option(name: .customLong("job-timeout"), help: "Seconds to follow the job before giving up (the job goes on).")
-        var jobTimeout: Double = 3600
+        @OptionGroup var jobOptions: JobOptions
 
         func run() async throws {
             try await reportingFailures {
                 var operation = Bynar_V1_DiskManagerRequest.Remove()
                 operation.disk = diskOptions.selector
-                try await runJob(.remove(operation), name: "Remove", broker: brokerOptions, key: keyOptions, options: diskOptions, wait: wait, jobTimeout: jobTimeout)
+                try await runJob(.remove(operation), name: "Remove", broker: brokerOptions, key: keyOptions, options: diskOptions, wait: jobOptions.wait, jobTimeout: jobOptions.jobTimeout)
             }
         }
     }
@@ -192,18 +188,14 @@ struct Disks: AsyncParsableCommand {
         @Option(name: .customLong("reuse-osd-id"), help: "Recreate this OSD id (from `bynar disks remove`), so data moves once.")
         var reuseOsdID: String?
 
-        @Flag(inversion: .prefixedNo, help: "Follow the job until it ends.")
-        var wait = true
-
-        @Option(name: .customLong("job-timeout"), help: "Seconds to follow the job before giving up (the job goes on).")
-        var jobTimeout: Double = 3600
+        @OptionGroup var jobOptions: JobOptions
 
         func run() async throws {
             try await reportingFailures {
                 var operation = Bynar_V1_DiskManagerRequest.Add()
                 operation.disk = diskOptions.selector
                 if let reuseOsdID { operation.reuseOsdID = reuseOsdID }
-                try await runJob(.add(operation), name: "Add", broker: brokerOptions, key: keyOptions, options: diskOptions, wait: wait, jobTimeout: jobTimeout)
+                try await runJob(.add(operation), name: "Add", broker: brokerOptions, key: keyOptions, options: diskOptions, wait: jobOptions.wait, jobTimeout: jobOptions.jobTimeout)
             }
         }
     }
@@ -271,11 +263,20 @@ private func runJob(_ operation: Bynar_V1_DiskManagerRequest.OneOf_Operation, na
 
 /// "<op> on <host> REFUSED: reason (failed step: x)".
 func refusal(_ response: Bynar_V1_DiskManagerResponse, operation: String, host: String) -> String {
-    var text = "\(operation) on \(host) \(OutcomeName.of(response.outcome))"
-    if response.outcome == .alreadyDone { text += " (first outcome \(OutcomeName.of(response.originalOutcome)))" }
+    var text = "\(operation) on \(host) \(response.outcome.name)"
+    if response.outcome == .alreadyDone { text += " (first outcome \(response.originalOutcome.name))" }
     text += ": \(response.reason.isEmpty ? "no reason given" : response.reason)"
     if !response.failedStep.isEmpty { text += " (failed step: \(response.failedStep))" }
     return text
+}
+
+/// How Remove and Add follow their job.
+struct JobOptions: ParsableArguments {
+    @Flag(inversion: .prefixedNo, help: "Follow the job until it ends.")
+    var wait = true
+
+    @Option(name: .customLong("job-timeout"), help: "Seconds to follow the job before giving up (the job goes on).")
+    var jobTimeout: Double = 3600
 }
 
 /// Bytes as "4.0 TB", "512 GB".

@@ -1,17 +1,18 @@
 import Synchronization
 
-/// Counts permits; `acquire` suspends while none is left. Used to bound QoS 1 messages in
-/// flight, so a fast publisher waits instead of growing libmosquitto's queue without end.
-final class AsyncSemaphore: Sendable {
+/// Counts permits; `acquire` suspends while none is left (FIFO). Bounds QoS 1 messages in
+/// flight, so a fast publisher waits instead of growing libmosquitto's queue without end,
+/// and the deploy engine's commands in flight.
+public final class AsyncSemaphore: Sendable {
     private struct State {
         var available: Int
         var waiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state: Mutex<State>
 
-    init(permits: Int) { state = Mutex(State(available: permits)) }
+    public init(permits: Int) { state = Mutex(State(available: permits)) }
 
-    func acquire() async {
+    public func acquire() async {
         // Fast path: a free permit costs one lock, no continuation.
         let took = state.withLock { state -> Bool in
             guard state.available > 0 else { return false }
@@ -32,7 +33,7 @@ final class AsyncSemaphore: Sendable {
         }
     }
 
-    func release() {
+    public func release() {
         let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
             if state.waiters.isEmpty {
                 state.available += 1

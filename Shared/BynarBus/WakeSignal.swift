@@ -1,16 +1,18 @@
 import Synchronization
 
 /// Wakes one waiting task; a signal sent while nobody waits is kept for the next wait.
-final class WakeSignal: Sendable {
+/// Wake-ups are hints: a waiter re-reads whatever it waits for (an outbox, a queue, a
+/// schedule) and may be woken once more than needed, never less.
+public final class WakeSignal: Sendable {
     private struct State {
         var pending = false
         var waiter: CheckedContinuation<Void, Never>?
     }
     private let state = Mutex(State())
 
-    init() {}
+    public init() {}
 
-    func signal() {
+    public func signal() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
             if let waiter = state.waiter {
                 state.waiter = nil
@@ -23,7 +25,7 @@ final class WakeSignal: Sendable {
     }
 
     /// Returns on a signal, or when the task is cancelled.
-    func wait() async {
+    public func wait() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 let ready = state.withLock { state -> Bool in
@@ -39,5 +41,23 @@ final class WakeSignal: Sendable {
         } onCancel: {
             signal()
         }
+    }
+
+    /// Returns on a signal, at `deadline` (none: only on a signal), or when the task is
+    /// cancelled.
+    public func wait(until deadline: ContinuousClock.Instant?) async {
+        let timer = deadline.map { deadline in
+            Task { [weak self] in
+                try? await Task.sleep(until: deadline)
+                if !Task.isCancelled { self?.signal() }
+            }
+        }
+        defer { timer?.cancel() }
+        await wait()
+    }
+
+    /// Returns on a signal, after `timeout`, or when the task is cancelled.
+    public func wait(upTo timeout: Duration) async {
+        await wait(until: .now + timeout)
     }
 }

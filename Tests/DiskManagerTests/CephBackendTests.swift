@@ -46,6 +46,56 @@ struct DevCluster {
     func stop() {
         try? Self.script(["stop", directory], log: log, timeout: 120)
     }
+
+    func waitHealthy(seconds: Int) throws {
+        try Self.script(["wait-healthy", directory, String(seconds)], log: log, timeout: seconds + 30)
+    }
+
+    /// Runs the `rados` tool against this cluster.
+    func rados(_ arguments: [String], log commandLog: String) throws {
+        try Self.run("/usr/bin/rados", ["-c", conf, "--client-mount-timeout", "15", "--rados-osd-op-timeout", "30"] + arguments, log: commandLog)
+    }
+}
+
+/// A size-3 pool with 20 objects of random bytes, written with the `rados` tool, to read
+/// back after every change to the cluster.
+struct TestObjects {
+    let cluster: DevCluster
+    let pool = "bynar"
+    let directory: String
+    let log: String
+    private(set) var originals: [String: Data] = [:]
+
+    /// Creates the pool, waits until the cluster is healthy, writes the objects.
+    init(cluster: DevCluster, rados: RadosCluster, directory: String, log: String, healthySeconds: Int) throws {
+        self.cluster = cluster
+        self.directory = directory
+        self.log = log
+        try rados.checkedMonCommand(#"{"prefix":"osd pool create","pool":"\#(pool)","pg_num":32,"pgp_num":32,"pool_type":"replicated"}"#)
+        try rados.checkedMonCommand(#"{"prefix":"osd pool set","pool":"\#(pool)","var":"size","val":"3"}"#)
+        try rados.checkedMonCommand(#"{"prefix":"osd pool application enable","pool":"\#(pool)","app":"rados"}"#)
+        try cluster.waitHealthy(seconds: healthySeconds)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for i in 1...20 {
+            let bytes = Data((0..<(4096 * i + i)).map { _ in UInt8.random(in: 0...255) })
+            let path = "\(directory)/obj-\(i)"
+            try bytes.write(to: URL(fileURLWithPath: path))
+            try cluster.rados(["-p", pool, "put", "obj-\(i)", path], log: log)
+            originals["obj-\(i)"] = bytes
+        }
+    }
+
+    /// How many objects read back identical to what was written.
+    func identical() throws -> Int {
+        var same = 0
+        for (name, bytes) in originals {
+            let path = "\(directory)/\(name).read"
+            unlink(path)
+            try cluster.rados(["-p", pool, "get", name, path], log: log)
+            if (try? Data(contentsOf: URL(fileURLWithPath: path))) == bytes { same += 1 }
+        }
+        return same
+    }
 }
 
 struct TestFailure: Error, CustomStringConvertible {
@@ -81,13 +131,7 @@ struct CephBackendTests {
 
         let rados = try RadosCluster(configPath: cluster.conf, timeout: .seconds(15))
         let ceph = CephBackend(cluster: rados, pollInterval: .milliseconds(500))
-        let log = "\(temp)/commands.log"
-        let rados_ = { (arguments: [String]) throws in
-            try DevCluster.run("/usr/bin/rados", ["-c", cluster.conf, "--client-mount-timeout", "15", "--rados-osd-op-timeout", "30"] + arguments, log: log)
-        }
-        func waitHealthy() throws {
-            try DevCluster.script(["wait-healthy", cluster.directory, "120"], log: cluster.log, timeout: 150)
-        }
+        func waitHealthy() throws { try cluster.waitHealthy(seconds: 120) }
         func state(_ id: Int) throws -> OSDState { try ceph.osdState(id) }
         let upIn = OSDState(exists: true, up: true, in: true, destroyed: false)
         let control = CommandDaemonControl(
@@ -99,30 +143,10 @@ struct CephBackendTests {
         )
 
         // A size-3 pool with 20 objects.
-        let pool = "bynar"
-        try rados.checkedMonCommand(#"{"prefix":"osd pool create","pool":"\#(pool)","pg_num":32,"pgp_num":32,"pool_type":"replicated"}"#)
-        try rados.checkedMonCommand(#"{"prefix":"osd pool set","pool":"\#(pool)","var":"size","val":"3"}"#)
-        try rados.checkedMonCommand(#"{"prefix":"osd pool application enable","pool":"\#(pool)","app":"rados"}"#)
-        try waitHealthy()
-        let objects = "\(temp)/objects"
-        try FileManager.default.createDirectory(atPath: objects, withIntermediateDirectories: true)
-        var originals: [String: Data] = [:]
-        for i in 1...20 {
-            let bytes = Data((0..<(4096 * i + i)).map { _ in UInt8.random(in: 0...255) })
-            let path = "\(objects)/obj-\(i)"
-            try bytes.write(to: URL(fileURLWithPath: path))
-            try rados_(["-p", pool, "put", "obj-\(i)", path])
-            originals["obj-\(i)"] = bytes
-        }
+        let objects = try TestObjects(cluster: cluster, rados: rados, directory: "\(temp)/objects", log: "\(temp)/commands.log", healthySeconds: 120)
         func readBack(_ tag: String) throws {
-            var same = 0
-            for (name, bytes) in originals {
-                let path = "\(objects)/\(name).read"
-                unlink(path)
-                try rados_(["-p", pool, "get", name, path])
-                if (try? Data(contentsOf: URL(fileURLWithPath: path))) == bytes { same += 1 }
-            }
-            #expect(same == originals.count, "read back \(tag): \(same) of \(originals.count) identical")
+            let same = try objects.identical()
+            #expect(same == objects.originals.count, "read back \(tag): \(same) of \(objects.originals.count) identical")
         }
         try readBack("after write")
 

@@ -31,30 +31,11 @@ struct CephServiceTests {
         }
         defer { cluster.stop() }
         print("ceph-dm: cluster start (4 OSDs, bluestore on loop devices) until healthy: \(seconds(since: started))")
-        let log = "\(temp)/commands.log"
-        let rados = { (arguments: [String]) throws in
-            try DevCluster.run("/usr/bin/rados", ["-c", cluster.conf, "--client-mount-timeout", "15", "--rados-osd-op-timeout", "30"] + arguments, log: log)
-        }
         let ceph = CephBackend(cluster: try RadosCluster(configPath: cluster.conf))
-        func waitHealthy() throws {
-            try DevCluster.script(["wait-healthy", cluster.directory, "180"], log: cluster.log, timeout: 200)
-        }
+        func waitHealthy() throws { try cluster.waitHealthy(seconds: 180) }
 
         // A size-3 pool with 20 objects.
-        let pool = "bynar"
-        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool create","pool":"\#(pool)","pg_num":32,"pgp_num":32,"pool_type":"replicated"}"#)
-        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool set","pool":"\#(pool)","var":"size","val":"3"}"#)
-        try ceph.cluster.checkedMonCommand(#"{"prefix":"osd pool application enable","pool":"\#(pool)","app":"rados"}"#)
-        try waitHealthy()
-        let objects = "\(temp)/objects"
-        try FileManager.default.createDirectory(atPath: objects, withIntermediateDirectories: true)
-        var originals: [String: Data] = [:]
-        for i in 1...20 {
-            let bytes = Data((0..<(4096 * i + i)).map { _ in UInt8.random(in: 0...255) })
-            try bytes.write(to: URL(fileURLWithPath: "\(objects)/obj-\(i)"))
-            try rados(["-p", pool, "put", "obj-\(i)", "\(objects)/obj-\(i)"])
-            originals["obj-\(i)"] = bytes
-        }
+        let objects = try TestObjects(cluster: cluster, rados: ceph.cluster, directory: "\(temp)/objects", log: "\(temp)/commands.log", healthySeconds: 180)
 
         // The disk-manager, trusting one key, with the dev cluster's daemon commands.
         let broker = try TestBroker()
@@ -83,7 +64,7 @@ struct CephServiceTests {
         #expect(Set(osdDisks.map(\.backendID)) == ["0", "1", "2", "3"], "\(disks.map { "\($0.disk.devPath) \($0.backend) \($0.backendID)" })")
         #expect(osdDisks.allSatisfy { $0.status == .inService })
         let osd0 = try #require(osdDisks.first { $0.backendID == "0" })
-        let osd0Disk = diskSelector(key: osd0.disk.key)
+        let osd0Disk = Bynar_V1_DiskSelector.key(osd0.disk.key)
 
         // Unsigned and replayed commands: refused, audited, nothing done.
         var unsigned = Bynar_V1_DiskManagerRequest()
@@ -127,7 +108,7 @@ struct CephServiceTests {
         #expect(again.outcome == .alreadyDone && again.originalOutcome == .accepted && again.jobID == remove.jobID, "\(again)")
         // The host's limit: one disk out already.
         let second = try #require(osdDisks.first { $0.backendID == "1" })
-        let overLimit = try await line.send("remove-2", .remove(.with { $0.disk = diskSelector(key: second.disk.key) }))
+        let overLimit = try await line.send("remove-2", .remove(.with { $0.disk = .key(second.disk.key) }))
         #expect(overLimit.outcome == .refused && overLimit.reason.contains("limit is 1"), "\(overLimit)")
 
         // A fresh disk in its place, added back as osd.0.
@@ -136,7 +117,7 @@ struct CephServiceTests {
         let freshDisk = try #require(try await line.disks().first { $0.disk.devPath == fresh.device })
         #expect(freshDisk.status == .blank)
         started = ContinuousClock.now
-        let add = try await line.send("add-1", .add(.with { $0.disk = diskSelector(key: freshDisk.disk.key); $0.reuseOsdID = removed.backendID }))
+        let add = try await line.send("add-1", .add(.with { $0.disk = .key(freshDisk.disk.key); $0.reuseOsdID = removed.backendID }))
         #expect(add.outcome == .accepted, "\(add)")
         let added = try #require(await line.finished(add.jobID, timeout: .seconds(300)), "\(manager.log.suffix(3000))")
         print("ceph-dm: add osd.0 on \(fresh.device) through the bus until up+in: \(seconds(since: started)): \(added.steps)")
@@ -148,21 +129,15 @@ struct CephServiceTests {
         let after = try await line.disks().first { $0.disk.devPath == fresh.device }
         #expect(after?.backend == "ceph" && after?.backendID == "0" && after?.status == .inService)
 
-        var same = 0
-        for (name, bytes) in originals {
-            let path = "\(objects)/\(name).read"
-            unlink(path)
-            try rados(["-p", pool, "get", name, path])
-            if (try? Data(contentsOf: URL(fileURLWithPath: path))) == bytes { same += 1 }
-        }
-        #expect(same == originals.count, "read back \(same) of \(originals.count) identical")
+        let same = try objects.identical()
+        #expect(same == objects.originals.count, "read back \(same) of \(objects.originals.count) identical")
 
         // Deploy: a brand-new OSD on another blank disk.
         let blank = try LoopDisk(directory: temp, name: "new", sizeMB: 4096)
         defer { blank.teardown() }
         let blankDisk = try #require(try await line.disks().first { $0.disk.devPath == blank.device })
         started = ContinuousClock.now
-        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = diskSelector(key: blankDisk.disk.key) }))
+        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = .key(blankDisk.disk.key) }))
         #expect(deploy.outcome == .accepted && deploy.backend == "ceph", "\(deploy)")
         let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(300)), "\(manager.log.suffix(3000))")
         print("ceph-dm: deploy a new OSD on \(blank.device) until up+in: \(seconds(since: started)): \(deployed.steps)")

@@ -75,9 +75,3 @@ struct DiskManagerLine {
         try await send("list-\(UUID().uuidString)", .list(.init())).diskList.disks
     }
 }
-
-func diskSelector(key: String) -> Bynar_V1_DiskSelector {
-    var selector = Bynar_V1_DiskSelector()
-    selector.key = key
-    return selector
-}

@@ -79,10 +79,10 @@ struct FilesystemBackendTests {
         let secondKey = try await disk(second).disk.key
 
         // Deploy: simulated first (nothing happens), then for real.
-        let simulated = try await line.send("deploy-sim", simulate: true, .deploy(.with { $0.disk = diskSelector(key: firstKey) }))
+        let simulated = try await line.send("deploy-sim", simulate: true, .deploy(.with { $0.disk = .key(firstKey) }))
         #expect(simulated.outcome == .success && simulated.simulated && simulated.steps.contains { $0.hasPrefix("make xfs") }, "\(simulated)")
         #expect(try await disk(first).status == .blank, "simulate changed nothing")
-        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = diskSelector(key: firstKey) }))
+        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = .key(firstKey) }))
         #expect(deploy.outcome == .accepted && !deploy.jobID.isEmpty, "\(deploy)")
         let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
         let mountpoint = "\(mountRoot)/\(firstKey)"
@@ -101,39 +101,39 @@ struct FilesystemBackendTests {
         let holder = try ChildProcess("/bin/sh", ["-c", "cd '\(mountpoint)' && exec sleep 60"])
         var unsafe = Bynar_V1_DiskManagerResponse()
         for _ in 0..<50 {
-            unsafe = try await line.send("safe-\(UUID().uuidString)", .safeToRemove(.with { $0.disk = diskSelector(key: firstKey) }))
+            unsafe = try await line.send("safe-\(UUID().uuidString)", .safeToRemove(.with { $0.disk = .key(firstKey) }))
             if !unsafe.safeToRemove.safe { break }
             try await Task.sleep(for: .milliseconds(100))
         }
         #expect(unsafe.outcome == .success && !unsafe.safeToRemove.safe && unsafe.safeToRemove.detail.contains("pid \(holder.pid)"), "\(unsafe)")
-        let refused = try await line.send("remove-busy", .remove(.with { $0.disk = diskSelector(key: firstKey) }))
+        let refused = try await line.send("remove-busy", .remove(.with { $0.disk = .key(firstKey) }))
         #expect(refused.outcome == .refused && refused.reason.contains("pid \(holder.pid)"), "\(refused)")
         holder.stop(SIGKILL)
-        let safe = try await line.send("safe-2", .safeToRemove(.with { $0.disk = diskSelector(key: firstKey) }))
+        let safe = try await line.send("safe-2", .safeToRemove(.with { $0.disk = .key(firstKey) }))
         #expect(safe.safeToRemove.safe && safe.safeToRemove.clusterHealth.isEmpty, "\(safe)")
 
         // Remove, simulated: steps, no change.
-        let removeSim = try await line.send("remove-sim", simulate: true, .remove(.with { $0.disk = diskSelector(key: firstKey) }))
+        let removeSim = try await line.send("remove-sim", simulate: true, .remove(.with { $0.disk = .key(firstKey) }))
         #expect(removeSim.outcome == .success && removeSim.steps == ["unmount \(mountpoint)", "remove the \(fstabPath) line for \(mountpoint)"], "\(removeSim)")
         #expect(FileManager.default.fileExists(atPath: mountpoint + "/data"))
         // Remove for real; the same request id again acts once.
-        let remove = try await line.send("remove-1", .remove(.with { $0.disk = diskSelector(key: firstKey) }))
+        let remove = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
         #expect(remove.outcome == .accepted, "\(remove)")
         let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
         #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
         #expect(!FileManager.default.fileExists(atPath: mountpoint + "/data"), "unmounted")
         #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n")
-        let again = try await line.send("remove-1", .remove(.with { $0.disk = diskSelector(key: firstKey) }))
+        let again = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
         #expect(again.outcome == .alreadyDone && again.originalOutcome == .accepted && again.jobID == remove.jobID, "\(again)")
 
         // Add needs the id Remove answered; a disk carrying data is never formatted.
-        let noID = try await line.send("add-noid", .add(.with { $0.disk = diskSelector(key: secondKey) }))
+        let noID = try await line.send("add-noid", .add(.with { $0.disk = .key(secondKey) }))
         #expect(noID.outcome == .refused && noID.reason.contains("reuse_osd_id"), "\(noID)")
-        let overData = try await line.send("add-old", .add(.with { $0.disk = diskSelector(key: firstKey); $0.reuseOsdID = mountpoint }))
+        let overData = try await line.send("add-old", .add(.with { $0.disk = .key(firstKey); $0.reuseOsdID = mountpoint }))
         #expect(overData.outcome == .refused && overData.reason.contains("carries data"), "\(overData)")
 
         // The new disk goes in at the old mountpoint, by UUID.
-        let add = try await line.send("add-1", .add(.with { $0.disk = diskSelector(key: secondKey); $0.reuseOsdID = mountpoint }))
+        let add = try await line.send("add-1", .add(.with { $0.disk = .key(secondKey); $0.reuseOsdID = mountpoint }))
         #expect(add.outcome == .accepted, "\(add)")
         let added = try #require(await line.finished(add.jobID, timeout: .seconds(60)))
         #expect(added.outcome == .success && added.backendID == mountpoint, "\(added)")

@@ -207,13 +207,12 @@ actor RequestHandler {
         case .add(let add):
             guard !add.reuseOsdID.isEmpty else { return refuse("Add needs reuse_osd_id (the id the Remove answered); use Deploy for a new member") }
             if let claimed { return refuse("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id)") }
-            backend = backends.first { $0.name == "ceph" && Int(add.reuseOsdID) != nil }
-                ?? backends.first { $0.name == "filesystem" && add.reuseOsdID.hasPrefix("/") }
+            backend = self.backend(reusing: add.reuseOsdID)
             guard let backend else { return refuse("no configured backend re-uses the id \"\(add.reuseOsdID)\"") }
             outKey = "\(backend.name):\(add.reuseOsdID)"
         case .deploy:
             if let claimed { return refuse("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id); Deploy takes blank disks") }
-            backend = backends.first { $0.name == config.effectiveDeployBackend }
+            backend = deployBackend
         default:
             break
         }
@@ -412,15 +411,8 @@ actor RequestHandler {
         for job in interrupted {
             let request = job.request
             let selector = AuditLog.selector(of: request)
-            var final = job.progress
             guard let kind = Self.kind(of: request), let device = devices.first(where: { Self.matches($0, selector) }) else {
-                final.state = .failed
-                final.outcome = .failed
-                final.failedStep = final.step
-                final.message = "interrupted by a restart, and the disk \(AuditLog.selectorText(selector)) is no longer here"
-                final.updatedUnixMs = Bus.nowUnixMs()
-                try? jobs.update(id: job.id, progress: final)
-                publish(final)
+                abandon(job, "interrupted by a restart, and the disk \(AuditLog.selectorText(selector)) is no longer here")
                 continue
             }
             var claimed: (backend: any StorageBackend, claim: BackendClaim)?
@@ -433,19 +425,13 @@ actor RequestHandler {
             var backend = claimed?.backend
             var outKey = claimed.map { "\($0.backend.name):\($0.claim.id)" }
             if case .add(let add) = request.operation {
-                backend = backends.first { $0.name == "ceph" && Int(add.reuseOsdID) != nil } ?? backends.first { $0.name == "filesystem" && add.reuseOsdID.hasPrefix("/") }
+                backend = self.backend(reusing: add.reuseOsdID)
                 outKey = backend.map { "\($0.name):\(add.reuseOsdID)" }
             } else if case .deploy = request.operation {
-                backend = backend ?? backends.first { $0.name == config.effectiveDeployBackend }
+                backend = backend ?? deployBackend
             }
             guard let backend else {
-                final.state = .failed
-                final.outcome = .failed
-                final.failedStep = final.step
-                final.message = "interrupted by a restart; no configured backend manages \(device.identity.key) now"
-                final.updatedUnixMs = Bus.nowUnixMs()
-                try? jobs.update(id: job.id, progress: final)
-                publish(final)
+                abandon(job, "interrupted by a restart; no configured backend manages \(device.identity.key) now")
                 continue
             }
             let gated = RequestGate.Request(
@@ -459,6 +445,28 @@ actor RequestHandler {
             start.message = "resumed after a restart"
             Task { await self.run(jobID: job.id, request: request, device: device, backend: backend, claim: claim, gated: gated, progress: start) }
         }
+    }
+
+    /// Ends an interrupted job that cannot run again: FAILED at the step it had reached.
+    private func abandon(_ job: JobStore.Job, _ message: String) {
+        var final = job.progress
+        final.state = .failed
+        final.outcome = .failed
+        final.failedStep = final.step
+        final.message = message
+        final.updatedUnixMs = Bus.nowUnixMs()
+        try? jobs.update(id: job.id, progress: final)
+        publish(final)
+    }
+
+    /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the filesystem's.
+    private func backend(reusing id: String) -> (any StorageBackend)? {
+        backends.first { $0.name == "ceph" && Int(id) != nil } ?? backends.first { $0.name == "filesystem" && id.hasPrefix("/") }
+    }
+
+    /// The backend Deploy uses (`disk_manager.deploy_backend`).
+    private var deployBackend: (any StorageBackend)? {
+        backends.first { $0.name == config.effectiveDeployBackend }
     }
 
     /// Ends a request answered at once: the gate, and the first-outcome table.
@@ -523,7 +531,7 @@ actor RequestHandler {
             disk.backend = claimed.backend.name
             disk.backendID = claimed.claim.id
             disk.status = claimed.claim.status
-        } else if !device.isSystemDisk && device.identity.partitions.isEmpty && ((try? DiskChecks.holders(of: device)) ?? []).isEmpty {
+        } else if !device.isSystemDisk && device.identity.partitions.isEmpty && DiskChecks.holders(of: device).isEmpty {
             disk.status = .blank
         }
         if gate.busy[device.identity.key] != nil { disk.status = .busy }

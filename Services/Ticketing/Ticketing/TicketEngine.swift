@@ -45,8 +45,8 @@ final class TicketEngine: Sendable {
     let output: TicketOutput
     let logger: Logger
     let follow: FollowPlan
-    private let queueWake = Wakeup()
-    private let followWake = Wakeup()
+    private let queueWake = WakeSignal()
+    private let followWake = WakeSignal()
     private let state: Mutex<State>
     private let clock: @Sendable () -> Int64
 

@@ -131,7 +131,7 @@ public struct AuditLog: Sendable {
                     """,
                 arguments: [
                     record.receivedUnixMs, record.requestID, record.operation, record.disk, record.signerKeyID, record.verified,
-                    record.rejection, record.simulate, Self.outcomeName(record.outcome), record.reason, record.failedStep,
+                    record.rejection, record.simulate, record.outcome.name, record.reason, record.failedStep,
                 ]
             )
             return db.lastInsertedRowID
@@ -205,21 +205,8 @@ public struct AuditLog: Sendable {
             .joined(separator: " ")
     }
 
-    static func outcomeName(_ outcome: Bynar_V1_Outcome) -> String {
-        switch outcome {
-        case .unspecified: "UNSPECIFIED"
-        case .success: "SUCCESS"
-        case .skipped: "SKIPPED"
-        case .alreadyDone: "ALREADY_DONE"
-        case .refused: "REFUSED"
-        case .failed: "FAILED"
-        case .accepted: "ACCEPTED"
-        case .UNRECOGNIZED(let value): "UNRECOGNIZED(\(value))"
-        }
-    }
-
     static func outcome(named name: String) -> Bynar_V1_Outcome {
-        for outcome in Bynar_V1_Outcome.allCases where outcomeName(outcome) == name { return outcome }
+        for outcome in Bynar_V1_Outcome.allCases where outcome.name == name { return outcome }
         if name.hasPrefix("UNRECOGNIZED("), let value = Int(name.dropFirst(13).dropLast()) { return .UNRECOGNIZED(value) }
         return .unspecified
     }

@@ -15,7 +15,7 @@ enum DiskChecks {
         if !mounted.isEmpty { return "\(identity.devPath) is mounted at \(mounted.joined(separator: ", "))" }
         let partitions = identity.partitions.filter { $0.devPath != identity.devPath }
         if !partitions.isEmpty { return "\(identity.devPath) has partitions (\(partitions.map(\.devPath).joined(separator: ", ")))" }
-        if let holders = try? holders(of: disk), !holders.isEmpty {
+        if case let holders = holders(of: disk), !holders.isEmpty {
             return "\(identity.devPath) is held by \(holders.joined(separator: ", "))"
         }
         // blkid -p probes the device directly (no udev, no cache): exit 2 means no signature.
@@ -37,16 +37,8 @@ enum DiskChecks {
     }
 
     /// Kernel holders of the disk (device-mapper, md) from sysfs.
-    static func holders(of disk: BlockDevice) throws -> [String] {
-        let directory = disk.sysPath + "/holders"
-        guard let handle = opendir(directory) else { return [] }
-        defer { closedir(handle) }
-        var names: [String] = []
-        while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+    static func holders(of disk: BlockDevice) -> [String] {
+        listDirectory(disk.sysPath + "/holders")
     }
 
     /// Zeroes the first and last MiB of `device` (old labels must not confuse the next

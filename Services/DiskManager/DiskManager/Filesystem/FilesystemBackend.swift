@@ -169,40 +169,24 @@ public struct FilesystemBackend: StorageBackend {
     }
 
     static func isMountpoint(_ path: String) -> Bool {
-        guard let text = try? readText("/proc/self/mountinfo") else { return false }
-        return text.split(separator: "\n").contains { line in
-            let fields = line.split(separator: " ")
-            return fields.count > 4 && unescapeMountField(String(fields[4])) == path
-        }
+        guard let text = try? readFile("/proc/self/mountinfo").get() else { return false }
+        return MountInfoEntry.parse(String(decoding: text, as: UTF8.self)).contains { $0.mountPoint == path }
     }
 
     /// Processes with a file, working directory or root under `mountpoint` ("pid 123 (name)").
     static func users(of mountpoint: String) -> [String] {
-        guard let proc = opendir("/proc") else { return [] }
-        defer { closedir(proc) }
-        var users: [String] = []
         let me = getpid()
-        while let entry = readdir(proc) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let pid = Int32(name), pid != me else { continue }
-            var links = ["/proc/\(pid)/cwd", "/proc/\(pid)/root"]
-            if let fds = opendir("/proc/\(pid)/fd") {
-                while let fd = readdir(fds) {
-                    let fdName = withUnsafeBytes(of: fd.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                    if fdName != "." && fdName != ".." { links.append("/proc/\(pid)/fd/\(fdName)") }
-                }
-                closedir(fds)
-            }
+        return listDirectory("/proc").compactMap { name -> String? in
+            guard let pid = Int32(name), pid != me else { return nil }
+            let links = ["/proc/\(pid)/cwd", "/proc/\(pid)/root"] + listDirectory("/proc/\(pid)/fd").map { "/proc/\(pid)/fd/\($0)" }
             let uses = links.contains { link in
                 guard let target = readLink(link) else { return false }
                 return target == mountpoint || target.hasPrefix(mountpoint + "/")
             }
-            if uses {
-                let comm = ((try? readText("/proc/\(pid)/comm")) ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
-                users.append("pid \(pid) (\(comm))")
-            }
+            guard uses else { return nil }
+            let comm = (try? readFile("/proc/\(pid)/comm").get()).map { String(decoding: $0, as: UTF8.self) } ?? "?"
+            return "pid \(pid) (\(comm.trimmingCharacters(in: .whitespacesAndNewlines)))"
         }
-        return users
     }
 
     static func readLink(_ path: String) -> String? {
@@ -210,36 +194,5 @@ public struct FilesystemBackend: StorageBackend {
         let count = readlink(path, &buffer, buffer.count - 1)
         guard count > 0 else { return nil }
         return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    static func readText(_ path: String) throws -> String {
-        guard let file = fopen(path, "r") else { throw BackendRefusal("cannot read \(path)") }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&buffer, 1, buffer.count, file)
-            if count <= 0 { break }
-            bytes += buffer[0..<count]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// mountinfo escapes space, tab, newline and backslash as octal (\040 …).
-    static func unescapeMountField(_ field: String) -> String {
-        guard field.contains("\\") else { return field }
-        var out: [UInt8] = []
-        let bytes = Array(field.utf8)
-        var i = 0
-        while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count, let value = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
-                out.append(value)
-                i += 4
-            } else {
-                out.append(bytes[i])
-                i += 1
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }

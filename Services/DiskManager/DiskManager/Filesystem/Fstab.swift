@@ -1,3 +1,4 @@
+import BynarDisks
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,17 +29,11 @@ public struct Fstab: Sendable, Equatable {
 
     public init(path: String) throws(BackendRefusal) {
         self.path = path
-        guard let file = fopen(path, "r") else {
-            if errno == ENOENT { lines = []; return }
-            throw BackendRefusal("cannot read \(path): \(String(cString: strerror(errno)))")
-        }
-        defer { fclose(file) }
-        var text: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = fread(&buffer, 1, buffer.count, file)
-            if count <= 0 { break }
-            text += buffer[0..<count]
+        let text: [UInt8]
+        switch readFile(path) {
+        case .success(let bytes): text = bytes
+        case .failure(let error) where error.code == ENOENT: text = []
+        case .failure(let error): throw BackendRefusal("cannot read \(path): \(String(cString: strerror(error.code)))")
         }
         var all = String(decoding: text, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         if all.last == "" { all.removeLast() }

@@ -1,3 +1,4 @@
+import BynarBus
 import Logging
 import Synchronization
 #if canImport(Glibc)
@@ -61,53 +62,6 @@ func retryDelay(attempts: Int, capSeconds: Int) -> Duration {
     return .milliseconds(Int64(seconds * 1000))
 }
 
-/// Wakes a waiting task; a ring while nobody waits is kept for the next wait.
-final class Doorbell: Sendable {
-    private struct State {
-        var rung = false
-        var waiter: CheckedContinuation<Void, Never>?
-    }
-    private let state = Mutex(State())
-
-    func ring() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if let waiter = state.waiter {
-                state.waiter = nil
-                return waiter
-            }
-            state.rung = true
-            return nil
-        }
-        waiter?.resume()
-    }
-
-    /// Returns on a ring, at `deadline` (if any), or when the task is cancelled.
-    func wait(until deadline: ContinuousClock.Instant?) async {
-        let timer = deadline.map { deadline in
-            Task { [weak self] in
-                try? await Task.sleep(until: deadline)
-                self?.ring()
-            }
-        }
-        defer { timer?.cancel() }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { continuation in
-                let now = state.withLock { state -> Bool in
-                    if state.rung {
-                        state.rung = false
-                        return true
-                    }
-                    state.waiter = continuation
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            ring()
-        }
-    }
-}
-
 /// Turns one channel's waiting notifications into messages and sends them, in order,
 /// honouring the channel's answers. Everything waiting is in SQLite, so a restart picks up
 /// where it stopped.
@@ -118,7 +72,7 @@ final class ChannelPump: Sendable {
     let store: NotifierStore
     let retryCapSeconds: Int
     let logger: Logger
-    let bell = Doorbell()
+    let bell = WakeSignal()
     private let counters = Mutex(Counters())
 
     /// What happened so far, for logs and tests.
@@ -143,13 +97,13 @@ final class ChannelPump: Sendable {
     /// Stores a notification for this channel and wakes the pump.
     func enqueue(_ notice: Notice, receivedUnixMs: Int64) throws {
         try store.addPending(channel: channel.name, notice: notice, receivedUnixMs: receivedUnixMs)
-        bell.ring()
+        bell.signal()
     }
 
     /// Stores a ready message (the digest) and wakes the pump.
     func enqueue(message: OutgoingMessage) throws {
         try store.addOutgoing([message])
-        bell.ring()
+        bell.signal()
     }
 
     /// Coalesces and sends until the task is cancelled.

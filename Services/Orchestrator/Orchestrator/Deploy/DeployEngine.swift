@@ -54,14 +54,14 @@ public final class DeployEngine: Sendable {
     public let journal: DeployJournal
     private let counters = Mutex(DeployProgress())
     private let roundTrips = Mutex<[Double]>([])
-    private let inFlight: Slots
+    private let inFlight: AsyncSemaphore
 
     public init(client: DiskManagerClient, plan: DeployPlan, options: DeployOptions, journal: DeployJournal) {
         self.client = client
         self.plan = plan
         self.options = options
         self.journal = journal
-        inFlight = Slots(options.maxInFlight)
+        inFlight = AsyncSemaphore(permits: options.maxInFlight)
         counters.withLock { $0.hostsTotal = plan.hosts.count }
     }
 
@@ -114,7 +114,7 @@ public final class DeployEngine: Sendable {
             return [DeployReport.Row(host: host.name, result: .failed, reason: "cannot list disks: \(failure.reason)", failedStep: "list", retries: failure.retries)]
         case .success(let (response, _)):
             guard response.outcome == .success, case .diskList(let list)? = response.result else {
-                return [DeployReport.Row(host: host.name, result: .failed, reason: "list \(OutcomeName.of(response.outcome)): \(response.reason)", failedStep: "list")]
+                return [DeployReport.Row(host: host.name, result: .failed, reason: "list \(response.outcome.name): \(response.reason)", failedStep: "list")]
             }
             disks = list.disks
         }
@@ -225,7 +225,7 @@ public final class DeployEngine: Sendable {
             if response.originalOutcome == .success {
                 return finish(.succeeded, osd: response.backendID)
             }
-            return finish(.failed, reason: "an earlier send of \(requestID) ended \(OutcomeName.of(response.originalOutcome)): \(response.reason)", step: response.failedStep)
+            return finish(.failed, reason: "an earlier send of \(requestID) ended \(response.originalOutcome.name): \(response.reason)", step: response.failedStep)
         case .success where response.simulated || options.simulate:
             row.reason = response.steps.joined(separator: "; ")
             counters.withLock { $0.succeeded += 1 }
@@ -234,7 +234,7 @@ public final class DeployEngine: Sendable {
         case .success:
             return finish(.succeeded, osd: response.backendID)
         default:
-            return finish(.failed, reason: "\(OutcomeName.of(response.outcome)): \(response.reason)", step: response.failedStep)
+            return finish(.failed, reason: "\(response.outcome.name): \(response.reason)", step: response.failedStep)
         }
         counters.withLock { $0.running += 1 }
         defer { counters.withLock { $0.running -= 1 } }
@@ -303,56 +303,4 @@ public final class DeployEngine: Sendable {
 
     /// Journal writes that failed (the disk full, the file removed).
     public var journalProblems: [String] { journalErrors.withLock { $0 } }
-}
-
-/// Upper-case names of outcomes, as the CLI prints them.
-public enum OutcomeName {
-    public static func of(_ outcome: Bynar_V1_Outcome) -> String {
-        switch outcome {
-        case .success: "SUCCESS"
-        case .skipped: "SKIPPED"
-        case .alreadyDone: "ALREADY_DONE"
-        case .refused: "REFUSED"
-        case .failed: "FAILED"
-        case .accepted: "ACCEPTED"
-        case .unspecified: "UNSPECIFIED"
-        case .UNRECOGNIZED(let value): "UNKNOWN(\(value))"
-        }
-    }
-}
-
-/// A counting semaphore for async tasks (FIFO).
-final class Slots: Sendable {
-    private struct State {
-        var available: Int
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-    private let state: Mutex<State>
-
-    init(_ permits: Int) { state = Mutex(State(available: permits)) }
-
-    func acquire() async {
-        await withCheckedContinuation { continuation in
-            let granted = state.withLock { state -> Bool in
-                if state.available > 0 {
-                    state.available -= 1
-                    return true
-                }
-                state.waiters.append(continuation)
-                return false
-            }
-            if granted { continuation.resume() }
-        }
-    }
-
-    func release() {
-        let next = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            if state.waiters.isEmpty {
-                state.available += 1
-                return nil
-            }
-            return state.waiters.removeFirst()
-        }
-        next?.resume()
-    }
 }

@@ -181,7 +181,7 @@ final class JournalSender: Sendable {
     let journal: IncidentJournal
     let bus: Bus
     let logger: Logger
-    private let wake = Mailbox<Void>()
+    private let wake = WakeSignal()
 
     init(journal: IncidentJournal, bus: Bus, logger: Logger) {
         self.journal = journal
@@ -190,7 +190,7 @@ final class JournalSender: Sendable {
     }
 
     /// New messages were committed.
-    func signal() { wake.post(()) }
+    func signal() { wake.signal() }
 
     func run() async {
         var delay = Duration.milliseconds(200)
@@ -204,7 +204,7 @@ final class JournalSender: Sendable {
                 continue
             }
             if batch.isEmpty {
-                _ = await wake.next()
+                await wake.wait()
                 continue
             }
             do {
