@@ -31,8 +31,8 @@ let services: [(name: String, executable: String)] = [
 
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
-    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess"],
-    "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess"],
+    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph"],
+    "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess", "BynarCeph"],
     "Ticketing": [httpClient, nioCore],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
     "Orchestrator": [crypto, "BynarAuth", "BynarProcess"],
@@ -102,6 +102,10 @@ let package = Package(
         .target(name: "BynarProcess", path: "Shared/BynarProcess", swiftSettings: strict),
         .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto"], path: "Shared/BynarDisks", swiftSettings: strict),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
+        // librados, wrapped once (loaded with dlopen when a Ceph backend is configured), and
+        // the read-only view of a cluster the detector and the disk-manager share: OSDs,
+        // health checks, BlueStore labels, and which OSD a disk serves by stable identity.
+        .target(name: "BynarCeph", dependencies: ["BynarDisks"], path: "Shared/BynarCeph", swiftSettings: strict),
         // Signed disk-manager commands (Ed25519): signing, trusted keys, verification with
         // replay protection, and the client the orchestrator and the CLI send them with.
         .target(
@@ -151,6 +155,12 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(
+            name: "BynarCephTests",
+            dependencies: ["BynarCeph"],
+            path: "Tests/BynarCephTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
             name: "BynarConfigTests",
             dependencies: ["BynarConfig"],
             path: "Tests/BynarConfigTests",
@@ -164,13 +174,13 @@ let package = Package(
         ),
         .testTarget(
             name: "DetectorTests",
-            dependencies: ["Detector", "BynarDisks", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
+            dependencies: ["Detector", "BynarDisks", "BynarCeph", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
             path: "Tests/DetectorTests",
             swiftSettings: strict
         ),
         .testTarget(
             name: "DiskManagerTests",
-            dependencies: ["DiskManager", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
+            dependencies: ["DiskManager", "BynarCeph", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
             path: "Tests/DiskManagerTests",
             swiftSettings: strict
         ),

@@ -22,6 +22,13 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     public var fsckQuietSeconds = 3600
     /// SMART samples kept per disk for trends.
     public var smartSamplesKept = 100
+    /// Read 4 KiB with O_DIRECT at four places across each non-system disk per check
+    /// (read-only, safe under a running OSD): how a dead disk with no filesystem to probe
+    /// and no SMART is seen. Every read failing twice in a row makes the disk FAILED.
+    public var readProbe = true
+    /// Watch a Ceph cluster's view of this host's OSDs (down OSDs, scrub errors) as
+    /// evidence about their disks; off when absent.
+    public var ceph: DetectorCephConfig?
 
     public init() {}
 
@@ -36,6 +43,28 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
         if fsckTimeoutSeconds < 1 { problem("fsck_timeout_seconds", "must be at least 1, got \(fsckTimeoutSeconds)") }
         if smartSamplesKept < 2 { problem("smart_samples_kept", "must be at least 2 (trends need two), got \(smartSamplesKept)") }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }
+        if let ceph {
+            if ceph.configFile.isEmpty { problem("ceph.config_file", "must not be empty") }
+            if ceph.clientName.isEmpty { problem("ceph.client_name", "must not be empty") }
+            if ceph.pollSeconds < 1 { problem("ceph.poll_seconds", "must be at least 1, got \(ceph.pollSeconds)") }
+        }
         return problems
     }
+}
+
+/// How the detector reads a Ceph cluster's view (`"detector": {"ceph": {...}}`): read-only
+/// mon commands (`osd dump`, `osd metadata`, `health detail`), so a `profile crash`-like
+/// read-only cephx identity (`mon 'allow r'`) is enough.
+public struct DetectorCephConfig: Codable, Sendable, Equatable {
+    public var configFile = "/etc/ceph/ceph.conf"
+    public var clientName = "client.admin"
+    /// The host name Ceph records for this host's OSDs (`ceph osd metadata` "hostname");
+    /// default the machine's host name.
+    public var osdHostname: String?
+    /// Ask the cluster this often (and at once after a kernel error).
+    public var pollSeconds = 10
+    /// A name for the cluster in tickets and messages ("ceph-prod-east"); default its fsid.
+    public var clusterName: String?
+
+    public init() {}
 }

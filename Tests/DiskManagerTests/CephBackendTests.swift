@@ -1,3 +1,4 @@
+import BynarCeph
 import BynarTestSupport
 import DiskManager
 import Foundation

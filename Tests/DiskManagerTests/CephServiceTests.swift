@@ -1,4 +1,5 @@
 import BynarAuth
+import BynarCeph
 import BynarBus
 import BynarProto
 import BynarTestSupport

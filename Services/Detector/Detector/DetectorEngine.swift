@@ -1,3 +1,4 @@
+import BynarCeph
 import BynarConfig
 import BynarProto
 import BynarDisks
@@ -29,6 +30,13 @@ actor DetectorEngine {
         var lastFsckAtMs: Int64 = 0
         /// Since when every check found the disk unused (nothing mounted); nil when in use.
         var unusedSinceMs: Int64?
+        /// What the watched Ceph cluster says about the OSD on this disk.
+        var ceph: DiskHealthMachine.CephFacts?
+        /// The disk's BlueStore label as last read while it could be read: a dying disk's
+        /// OSD is still known by its label.
+        var cephLabel: BluestoreLabel?
+        /// "ceph osd.4 (cluster east)", for tickets.
+        var inUseBy = ""
     }
 
     let context: ServiceContext
@@ -37,6 +45,8 @@ actor DetectorEngine {
     private let probe = WriteProbe()
     private var checking: Set<String> = []
     private var pendingChecks: Set<String> = []
+    /// Poked on every kernel disk error, so the Ceph watcher asks the cluster at once.
+    let cephPoke = WakeSignal()
     private var logger: Logger { context.logger }
 
     init(context: ServiceContext) {
@@ -95,9 +105,29 @@ actor DetectorEngine {
     /// check it needs).
     func reconcile(_ devices: [BlockDevice], nowMs: Int64) async {
         var present: Set<String> = []
+        let keyBySlot = Dictionary(devices.map { (Self.slotID(of: $0), $0.identity.key) }, uniquingKeysWith: { first, _ in first })
         for device in devices {
             let id = Self.slotID(of: device)
             present.insert(id)
+            let target = slots[id]
+            if target == nil || target?.machine.state == .missing || target?.machine.state == .unknown,
+               target?.machine.key != device.identity.key,
+               let moved = slots.first(where: { $0.key != id && $0.value.machine.key == device.identity.key && keyBySlot[$0.key] != device.identity.key })?.key {
+                // A disk we know showed up under another slot name (moved, or the kernel
+                // renumbered it during a swap): it keeps its history and its verdict, and is
+                // not judged from scratch as a new disk.
+                logger.notice("disk moved slots", metadata: ["disk": "\(device.identity.key)", "from": "\(moved)", "to": "\(id)"])
+                var record = slots.removeValue(forKey: moved)!
+                record.device = device
+                record.identity = device.identity
+                slots[id] = record
+                forget(moved)
+                persist(id)
+                if record.machine.state == .missing {
+                    await perform(id) { $0.handle(.appeared(key: device.identity.key, atMs: nowMs)) }
+                }
+                continue
+            }
             var slot = slots[id] ?? Slot(machine: DiskHealthMachine(), identity: device.identity)
             let isNew = slots[id] == nil || slot.machine.key != device.identity.key || slot.machine.state == .missing
             slot.device = device
@@ -121,6 +151,7 @@ actor DetectorEngine {
             return
         }
         logger.warning("kernel reports a disk error", metadata: ["device": "\(error.device)", "line": "\(error.line)"])
+        cephPoke.signal()
         await perform(id) { $0.handle(.kernelIOError(detail: error.line, atMs: nowMs)) }
     }
 
@@ -186,6 +217,14 @@ actor DetectorEngine {
             }
         }
 
+        // The whole device, read-only at a few places: a disk with no filesystem to probe
+        // (an OSD's) that cannot be read at all is dead; some unreadable places are bad sectors.
+        if config.readProbe && !device.isSystemDisk {
+            let read = await probe.read(device: device.identity.devPath, timeout: .seconds(config.probeTimeoutSeconds))
+            if let errors = read.readErrors { durable.append(errors) }
+            if let unreadable = read.unreadable { probeFailure = probeFailure ?? unreadable }
+        }
+
         // A disk no cluster uses: a read-only fsck now and then (never on a system disk), and
         // only once it has stayed unused for a quiet period, so a disk being prepared (mkfs,
         // mount, ceph-volume) is never held open under the tool preparing it.
@@ -214,7 +253,8 @@ actor DetectorEngine {
         }
         slots[id]?.filesystems = findings
         slots[id]?.checkedAtMs = nowMs
-        await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, atMs: nowMs))) }
+        let ceph = slots[id]?.ceph
+        await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, ceph: ceph, atMs: nowMs))) }
     }
 
     /// Every slot with a device.
@@ -243,6 +283,11 @@ actor DetectorEngine {
                 persist(id)
             case .recheck:
                 recheck = true
+            case .recheckLater(let afterMs, _):
+                Task { [weak self] in
+                    try? await Task.sleep(for: .milliseconds(afterMs))
+                    await self?.check(id)
+                }
             }
         }
         if recheck { await check(id, forceSmart: true) }
@@ -288,6 +333,7 @@ actor DetectorEngine {
         health.stateSinceUnixMs = slot.machine.sinceMs
         health.checkedUnixMs = slot.checkedAtMs
         health.systemDisk = slot.device?.isSystemDisk ?? false
+        health.inUseBy = slot.inUseBy
         health.excluded = slot.device?.excluded ?? false
         return health
     }
@@ -312,6 +358,58 @@ actor DetectorEngine {
             }
         } catch {
             logger.error("cannot save disk state", metadata: ["slot": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func forget(_ id: String) {
+        do {
+            try context.store.database.write { db in try db.execute(sql: "DELETE FROM detector_slot WHERE slot = ?", arguments: [id]) }
+        } catch {
+            logger.error("cannot forget a slot", metadata: ["slot": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Ceph
+
+    /// The devices of every present slot, for the Ceph watcher to read labels off the actor.
+    func presentDevices() -> [String: BlockDevice] {
+        slots.compactMapValues(\.device)
+    }
+
+    /// What a Ceph cluster said, with the labels just read from the devices: each disk is
+    /// tied to the OSD it serves (``OSDDeviceMatcher``, stable identity), and a change in
+    /// that OSD's state (down, inconsistent PGs) re-checks the disk.
+    func cephView(osds: [CephOSD], health: CephHealth, facts: [String: DeviceFacts], hostname: String, clusterName: String) async {
+        let inconsistent = health.inconsistentPGs
+        for (id, read) in facts {
+            guard var slot = slots[id], slot.device != nil, slot.identity.key == read.key else { continue }
+            var facts = read
+            let label = facts.labels.lazy.compactMap { label -> BluestoreLabel? in
+                if case .bluestore(let bluestore) = label { return bluestore } else { return nil }
+            }.first
+            if let label {
+                slot.cephLabel = label
+            } else if facts.labels.contains(where: { if case .unreadable = $0 { true } else { false } }), let known = slot.cephLabel {
+                facts.labels = [.bluestore(known)]
+            }
+            let match = OSDDeviceMatcher.match(facts, osds: osds, hostname: hostname).first { $0.role == .main }
+            var wanted: DiskHealthMachine.CephFacts?
+            if let match, let osd = osds.first(where: { $0.id == match.osd }), osd.exists, !osd.destroyed {
+                wanted = .init(osd: osd.id, up: osd.up, inconsistentPGs: inconsistent.filter { $0.acting.contains(osd.id) }.map(\.pg).sorted())
+                slot.inUseBy = "ceph osd.\(osd.id) (cluster \(clusterName))"
+            } else {
+                slot.inUseBy = ""
+            }
+            let changed = wanted != slot.ceph
+            slot.ceph = wanted
+            slots[id] = slot
+            if changed {
+                logger.notice("ceph view of disk changed", metadata: [
+                    "disk": "\(slot.identity.key)", "osd": "\(wanted.map { "osd.\($0.osd)" } ?? "none")",
+                    "up": "\(wanted?.up ?? false)", "inconsistent_pgs": "\(wanted?.inconsistentPGs ?? [])",
+                    "evidence": "\(match?.evidence ?? "")"])
+                Task { await self.check(id) }
+            }
         }
     }
 

@@ -58,6 +58,11 @@ public struct DetectorService: BynarService {
                         }
                     }
                 }
+                if let ceph = config.ceph {
+                    group.addTask {
+                        await CephWatcher(config: ceph, engine: engine, logger: context.logger).run()
+                    }
+                }
                 if let blockEvents {
                     group.addTask {
                         for await event in blockEvents.events where event.deviceType == .disk {

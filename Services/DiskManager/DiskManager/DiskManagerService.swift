@@ -5,6 +5,7 @@ public import BynarStore
 import BynarBus
 import BynarConfig
 import BynarDisks
+import BynarProcess
 import Logging
 import ServiceLifecycle
 

@@ -78,9 +78,14 @@ public enum FilesystemChecks {
     }
 }
 
-/// Writes, reads back and fsyncs one 4 KiB block with O_DIRECT in a probe file on a mounted
-/// filesystem, with a timeout. A probe that hangs (a dying disk can block I/O for minutes)
-/// is reported as a timeout and no second probe is started on that mount until it returns.
+/// The detector's I/O probes: each runs on a thread of its own with a timeout, because a
+/// dying disk can block I/O for minutes. A probe that hangs is reported as a timeout and no
+/// second probe of the same target is started until it returns.
+///
+/// - ``run(mountpoint:timeout:)``: writes, reads back and fsyncs one 4 KiB block with
+///   O_DIRECT in a probe file on a mounted filesystem.
+/// - ``read(device:timeout:)``: reads 4 KiB with O_DIRECT at a few places across a whole
+///   device (read-only: safe under a running OSD), for disks with no filesystem to probe.
 public final class WriteProbe: Sendable {
     private let inFlight = Mutex<Set<String>>([])
     /// Name of the probe file created (and removed) in the filesystem's root; the pid keeps
@@ -89,37 +94,90 @@ public final class WriteProbe: Sendable {
 
     public init() {}
 
+    /// How a blocking probe ended.
+    enum Ending: Equatable {
+        case passed
+        case failed(String)
+        /// Did not finish in time (it goes on in its thread).
+        case timedOut
+        /// The previous probe of this target has not returned yet.
+        case stillRunning
+    }
+
     /// Nil when the probe passed; a reason when it failed or did not finish in `timeout`.
     public func run(mountpoint: String, timeout: Duration) async -> DiskHealthMachine.Reason? {
-        let started = inFlight.withLock { $0.insert(mountpoint).inserted }
-        guard started else {
-            return .init(rule: "fs.probe_timeout", severity: .suspect, detail: "write probe on \(mountpoint) still has not returned")
-        }
-        let outcome = Outcome()
         let path = mountpoint.hasSuffix("/") ? mountpoint + Self.fileName : mountpoint + "/" + Self.fileName
-        let context = Unmanaged.passRetained(ProbeJob(path: path, outcome: outcome, done: { [self] in
-            _ = self.inFlight.withLock { $0.remove(mountpoint) }
+        switch await runBlocking(key: "fs:" + mountpoint, timeout: timeout, { WriteProbe.probe(path: path) }) {
+        case .passed: return nil
+        case .failed(let problem): return .init(rule: "fs.probe_failed", severity: .suspect, detail: "write probe on \(mountpoint): \(problem)")
+        case .timedOut: return .init(rule: "fs.probe_timeout", severity: .suspect, detail: "write probe on \(mountpoint) took longer than \(timeout)")
+        case .stillRunning: return .init(rule: "fs.probe_timeout", severity: .suspect, detail: "write probe on \(mountpoint) still has not returned")
+        }
+    }
+
+    /// What reading a whole device found.
+    public struct ReadResult: Sendable, Equatable {
+        /// Every place failed (or the device did not answer): the disk cannot be read.
+        public var unreadable: DiskHealthMachine.Reason?
+        /// Some places failed: unreadable sectors.
+        public var readErrors: DiskHealthMachine.Reason?
+    }
+
+    /// Reads 4 KiB at each of ``DeviceReader/probeOffsets(size:)`` of `device`.
+    public func read(device: String, timeout: Duration) async -> ReadResult {
+        let ending = await runBlocking(key: "dev:" + device, timeout: timeout) {
+            guard let size = DeviceReader.size(device) else { return "open: \(String(cString: strerror(errno)))" }
+            let offsets = DeviceReader.probeOffsets(size: size)
+            var failures: [String] = []
+            for offset in offsets {
+                if case .failed(let code) = DeviceReader.read(device, offset: offset) {
+                    failures.append("at \(offset / 1_048_576) MiB: \(String(cString: strerror(code)))")
+                }
+            }
+            if failures.isEmpty { return nil }
+            return (failures.count == offsets.count ? "ALL " : "") + "\(failures.count) of \(offsets.count) reads failed (\(failures.joined(separator: "; ")))"
+        }
+        switch ending {
+        case .passed:
+            return ReadResult()
+        case .failed(let problem) where problem.hasPrefix("ALL ") || problem.hasPrefix("open: "):
+            let text = problem.hasPrefix("ALL ") ? String(problem.dropFirst(4)) : problem
+            return ReadResult(unreadable: .init(rule: "disk.unreadable", severity: .suspect, detail: "read probe of \(device): \(text)"))
+        case .failed(let problem):
+            return ReadResult(readErrors: .init(rule: "disk.read_errors", severity: .failing, detail: "read probe of \(device): \(problem)"))
+        case .timedOut:
+            return ReadResult(unreadable: .init(rule: "disk.read_timeout", severity: .suspect, detail: "read probe of \(device) took longer than \(timeout)"))
+        case .stillRunning:
+            return ReadResult(unreadable: .init(rule: "disk.read_timeout", severity: .suspect, detail: "read probe of \(device) still has not returned"))
+        }
+    }
+
+    /// Runs `body` (nil: passed, else what failed) on its own thread and waits up to `timeout`.
+    func runBlocking(key: String, timeout: Duration, _ body: @escaping @Sendable () -> String?) async -> Ending {
+        let started = inFlight.withLock { $0.insert(key).inserted }
+        guard started else { return .stillRunning }
+        let outcome = Outcome()
+        let context = Unmanaged.passRetained(ProbeJob(body: body, outcome: outcome, done: { [self] in
+            _ = self.inFlight.withLock { $0.remove(key) }
         })).toOpaque()
         var thread = pthread_t()
         guard pthread_create(&thread, nil, { context in
             let job = Unmanaged<ProbeJob>.fromOpaque(context!).takeRetainedValue()
-            job.outcome.finish(WriteProbe.probe(path: job.path))
+            job.outcome.finish(job.body())
             job.done()
             return nil
         }, context) == 0 else {
             Unmanaged<ProbeJob>.fromOpaque(context).release()
-            _ = inFlight.withLock { $0.remove(mountpoint) }
-            return nil
+            _ = inFlight.withLock { $0.remove(key) }
+            return .passed
         }
         pthread_detach(thread)
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if let result = outcome.result {
-                return result.map { .init(rule: "fs.probe_failed", severity: .suspect, detail: "write probe on \(mountpoint): \($0)") }
-            }
+            if let result = outcome.result { return result.map(Ending.failed) ?? .passed }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return .init(rule: "fs.probe_timeout", severity: .suspect, detail: "write probe on \(mountpoint) took longer than \(timeout)")
+        return .timedOut
     }
 
     /// The blocking probe; returns nil on success or what failed.
@@ -134,7 +192,7 @@ public final class WriteProbe: Sendable {
             pattern = pattern &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             words[index] = pattern
         }
-        let fd = open(path, O_RDWR | O_CREAT | directIO | O_DSYNC | O_CLOEXEC, 0o600)
+        let fd = open(path, O_RDWR | O_CREAT | DeviceReader.directIO | O_DSYNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return "open \(path): \(String(cString: strerror(errno)))" }
         defer {
             close(fd)
@@ -151,13 +209,6 @@ public final class WriteProbe: Sendable {
     }
 }
 
-/// O_DIRECT, which Glibc's module does not export (it sits behind _GNU_SOURCE).
-#if arch(x86_64)
-private let directIO: Int32 = 0o40000
-#elseif arch(arm64)
-private let directIO: Int32 = 0o200000
-#endif
-
 /// Where a probe thread leaves its result.
 private final class Outcome: Sendable {
     private let value = Mutex<String??>(nil)
@@ -167,11 +218,11 @@ private final class Outcome: Sendable {
 }
 
 private final class ProbeJob: Sendable {
-    let path: String
+    let body: @Sendable () -> String?
     let outcome: Outcome
     let done: @Sendable () -> Void
-    init(path: String, outcome: Outcome, done: @escaping @Sendable () -> Void) {
-        self.path = path
+    init(body: @escaping @Sendable () -> String?, outcome: Outcome, done: @escaping @Sendable () -> Void) {
+        self.body = body
         self.outcome = outcome
         self.done = done
     }

@@ -52,6 +52,21 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         }
     }
 
+    /// What the Ceph cluster says about the OSD this disk serves (when the detector watches
+    /// a cluster and the disk serves a live OSD).
+    public struct CephFacts: Sendable, Equatable, Codable {
+        public var osd: Int
+        /// Up in the osdmap.
+        public var up: Bool
+        /// PGs that scrub found inconsistent with this OSD in their acting set.
+        public var inconsistentPGs: [String]
+        public init(osd: Int, up: Bool, inconsistentPGs: [String] = []) {
+            self.osd = osd
+            self.up = up
+            self.inconsistentPGs = inconsistentPGs
+        }
+    }
+
     /// Result of one full check of the disk (SMART, filesystems, write probe).
     public struct Check: Sendable, Equatable {
         /// Reasons from durable evidence (SMART rules, filesystem state). Their worst
@@ -60,10 +75,13 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         /// Whether the direct-I/O write/read/fsync probe ran and failed (or timed out);
         /// nil when no probe ran (disk not mounted, or probing not allowed).
         public var probeFailed: Reason?
+        /// The cluster's view of the OSD on this disk; nil when none is known.
+        public var ceph: CephFacts?
         public var atMs: Int64
-        public init(durable: [Reason], probeFailed: Reason? = nil, atMs: Int64) {
+        public init(durable: [Reason], probeFailed: Reason? = nil, ceph: CephFacts? = nil, atMs: Int64) {
             self.durable = durable
             self.probeFailed = probeFailed
+            self.ceph = ceph
             self.atMs = atMs
         }
     }
@@ -84,6 +102,9 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
     public enum Action: Sendable, Equatable {
         /// Run a full check now instead of waiting for the next poll.
         case recheck(because: String)
+        /// Run a full check after `afterMs` (a failed probe is tried again soon, not at once
+        /// and not only at the next poll).
+        case recheckLater(afterMs: Int64, because: String)
         /// The state changed: publish the transition event (through the outbox) and the
         /// new retained health. `previousKey` is set for a replacement.
         case announce(from: State, to: State, reasons: [Reason], previousKey: String?)
@@ -124,6 +145,10 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
     private var betterSinceMs: Int64 = 0
     private var lastDurable: [Reason] = []
     private var lastProbe: Reason?
+    private var lastCeph: CephFacts?
+
+    /// A failed probe is tried again this soon.
+    public static let probeRetryMs: Int64 = 3000
 
     public init(policy: Policy = Policy()) {
         self.policy = policy
@@ -138,6 +163,7 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
             guard state != .missing else { return [] }  // a stale check of a gone device
             expireErrors(nowMs: check.atMs)
             lastDurable = check.durable
+            lastCeph = check.ceph
             if let probe = check.probeFailed {
                 probeFailureStreak += 1
                 lastProbe = probe
@@ -146,6 +172,9 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
                 lastProbe = nil
             }
             actions += settle(nowMs: check.atMs, fromCheck: true)
+            if let probe = check.probeFailed, probeFailureStreak < policy.probeFailuresForFailed {
+                actions.append(.recheckLater(afterMs: Self.probeRetryMs, because: "probe failed: \(probe.detail)"))
+            }
 
         case .kernelIOError(let detail, let atMs):
             guard state != .missing else { return [] }
@@ -249,6 +278,22 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
             evidence.append(Reason(rule: probe.rule, severity: failed ? .failed : .suspect,
                                    detail: "\(probe.detail) (\(probeFailureStreak) time(s) in a row)"))
         }
+        if let ceph = lastCeph {
+            // Ceph's own view is evidence about the disk only together with the disk's own
+            // errors: a daemon stopped by hand or a scrub mismatch alone is no dead disk.
+            let diskErrors = !errorTimesMs.isEmpty || lastProbe != nil || lastDurable.contains { $0.rule == "disk.read_errors" }
+            if !ceph.up {
+                evidence.append(diskErrors
+                    ? Reason(rule: "ceph.osd_down_io_errors", severity: .failed,
+                             detail: "osd.\(ceph.osd) is down in the osdmap and its disk has I/O errors")
+                    : Reason(rule: "ceph.osd_down", severity: .suspect, detail: "osd.\(ceph.osd) is down in the osdmap (no disk error seen)"))
+            }
+            if !ceph.inconsistentPGs.isEmpty {
+                evidence.append(Reason(rule: "ceph.scrub_errors", severity: diskErrors ? .failing : .suspect,
+                                       detail: "scrub found PG(s) \(ceph.inconsistentPGs.joined(separator: ", ")) of osd.\(ceph.osd) inconsistent"
+                                           + (diskErrors ? " and its disk has read errors" : "")))
+            }
+        }
         return evidence.sorted { $0.severity > $1.severity }
     }
 
@@ -263,5 +308,6 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         betterStreak = 0
         lastDurable = []
         lastProbe = nil
+        lastCeph = nil
     }
 }

@@ -1,3 +1,4 @@
+public import BynarCeph
 import FoundationEssentials
 import Glibc
 
@@ -89,17 +90,6 @@ public struct CephBackend: Sendable {
         return (parsed.safe_to_destroy.contains(id), detail)
     }
 
-    struct OSDDump: Decodable {
-        struct OSD: Decodable {
-            var osd: Int
-            var up: Int
-            var `in`: Int
-            var state: [String]
-        }
-        var epoch: Int
-        var osds: [OSD]
-    }
-
     /// The OSD's state in the current osdmap; `exists` is false when the id is unknown.
     public func osdState(_ id: Int) throws -> OSDState {
         try osdDump()[id] ?? OSDState(exists: false, up: false, in: false, destroyed: false)
@@ -107,16 +97,9 @@ public struct CephBackend: Sendable {
 
     /// Every OSD's state in the current osdmap, by id.
     public func osdDump() throws -> [Int: OSDState] {
-        let reply = try cluster.checkedMonCommand(#"{"prefix":"osd dump","format":"json"}"#)
-        let dump: OSDDump
-        do {
-            dump = try JSONDecoder().decode(OSDDump.self, from: Data(reply.output))
-        } catch {
-            throw RadosError(operation: "osd dump", code: -EINVAL, statusText: "unreadable reply: \(error)")
-        }
         var states: [Int: OSDState] = [:]
-        for osd in dump.osds {
-            states[osd.osd] = OSDState(exists: osd.state.contains("exists"), up: osd.up != 0, in: osd.in != 0, destroyed: osd.state.contains("destroyed"))
+        for osd in try cluster.osds(metadata: false).osds {
+            states[osd.id] = OSDState(exists: osd.exists, up: osd.up, in: osd.in, destroyed: osd.destroyed)
         }
         return states
     }

@@ -1,4 +1,5 @@
 public import BynarConfig
+import BynarCeph
 public import BynarDisks
 import BynarProto
 import FoundationEssentials
@@ -28,42 +29,19 @@ public struct CephDiskBackend: StorageBackend {
         osdHostname = config.osdHostname ?? machineHostname
     }
 
-    struct Metadata: Decodable {
-        var id: Int
-        var hostname: String?
-        var devices: String?
-        var bluestore_bdev_dev_node: String?
-
-        /// Kernel names of the disks under this OSD ("sdb", "loop3").
-        var deviceNames: [String] {
-            var names = (devices ?? "").split(separator: ",").map(String.init)
-            if let node = bluestore_bdev_dev_node, let last = node.split(separator: "/").last { names.append(String(last)) }
-            return names
-        }
-    }
-
-    /// This host's OSDs and the kernel names of their disks.
-    func osdsOnThisHost() throws -> [(id: Int, devices: Set<String>)] {
-        let reply = try ceph.cluster.checkedMonCommand(#"{"prefix":"osd metadata","format":"json"}"#)
-        let all: [Metadata]
-        do {
-            all = try JSONDecoder().decode([Metadata].self, from: Data(reply.output))
-        } catch {
-            throw RadosError(operation: "osd metadata", code: -EINVAL, statusText: "unreadable reply: \(error)")
-        }
-        return all.filter { $0.hostname == osdHostname }.map { ($0.id, Set($0.deviceNames)) }
-    }
-
+    /// Which disks serve which OSD, by stable identity (``OSDDeviceMatcher``: the BlueStore
+    /// label on the disk, the metadata's serials, and the kernel name only for a live OSD
+    /// whose disk cannot be read). A disk that serves several OSDs (a shared DB device) is
+    /// claimed by the lowest id; its detail names them all.
     public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
-        let osds = try osdsOnThisHost()
+        let osds = try ceph.cluster.osds().osds
         guard !osds.isEmpty else { return [:] }
-        let dump = try ceph.osdDump()
+        let byID = Dictionary(osds.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         var claims: [String: BackendClaim] = [:]
         for device in devices {
-            let kernelName = String(device.identity.devPath.split(separator: "/").last ?? "")
-            guard let osd = osds.first(where: { $0.devices.contains(kernelName) }) else { continue }
-            let state = dump[osd.id]
-            let status: Bynar_V1_ManagedDisk.Status = state == nil || state!.destroyed ? .removed : .inService
+            let matches = OSDDeviceMatcher.match(DeviceFacts.read(device), osds: osds, hostname: osdHostname)
+            guard let first = matches.min(by: { $0.osd < $1.osd }), let osd = byID[first.osd] else { continue }
+            let status: Bynar_V1_ManagedDisk.Status = osd.destroyed ? .removed : .inService
             claims[device.identity.key] = BackendClaim(backend: name, id: String(osd.id), status: status)
         }
         return claims
@@ -157,7 +135,6 @@ public struct CephDiskBackend: StorageBackend {
     public func deploy(_ disk: BlockDevice, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
         if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
         let device = disk.identity.devPath
-        let kernelName = String(device.split(separator: "/").last ?? "")
         let command = CommandDaemonControl.expand(config.createCommand, id: nil, device: device)
         let createStep = "run \(command.joined(separator: " "))"
         let findStep = "find the new OSD on \(device)"
@@ -175,11 +152,12 @@ public struct CephDiskBackend: StorageBackend {
         progress.step(findStep, 2, of: 3)
         var found: Int?
         let located = try ceph.waitUntil(timeout: .seconds(config.upTimeoutSeconds)) {
-            found = try osdsOnThisHost().first { $0.devices.contains(kernelName) }?.id
+            let osds = try ceph.cluster.osds().osds.filter { $0.exists && !$0.destroyed }
+            found = OSDDeviceMatcher.match(DeviceFacts.read(disk), osds: osds, hostname: osdHostname).first?.osd
             return found != nil
         }
         guard located, let id = found else {
-            throw BackendStepFailure(step: findStep, done: done, underlying: "no OSD of host \(osdHostname) reports \(kernelName) after \(config.upTimeoutSeconds) s")
+            throw BackendStepFailure(step: findStep, done: done, underlying: "no OSD names \(device) (BlueStore label, or metadata of host \(osdHostname)) after \(config.upTimeoutSeconds) s")
         }
         done.append("\(findStep): osd.\(id)")
         let upStep = "wait until osd.\(id) is up and in"

@@ -251,7 +251,7 @@ actor RepairEngine {
             request.action = what == .open ? .open : what == .comment ? .comment : .close
             request.comment = comment
             request.ticketKey = machine.ticketKey
-            request.health = health[Self.diskKey(machine.disk.host, machine.disk.key)] ?? Self.health(of: machine)
+            request.health = Self.ticketHealth(of: machine, latest: health[Self.diskKey(machine.disk.host, machine.disk.key)])
             queue(request, to: Topics.ticketCommands, incident: id)
         case .close:
             messages.append(.init(topic: Topics.incidentState(id: id), payload: [], retain: true))
@@ -415,15 +415,39 @@ actor RepairEngine {
     static func health(of machine: IncidentMachine) -> Bynar_V1_DiskHealth {
         var health = Bynar_V1_DiskHealth()
         health.disk = identity(machine.disk)
-        health.state = .failed
+        health.state = machine.reasons.contains { $0.hasPrefix("disk.missing") } ? .missing : .failed
         health.reasons = machine.reasons.map { text in
             var reason = Bynar_V1_HealthReason()
-            reason.rule = String(text.split(separator: ":").first ?? "")
-            reason.detail = text
-            reason.severity = .failed
+            let parts = text.split(separator: ":", maxSplits: 1)
+            reason.rule = String(parts.first ?? "")
+            reason.detail = parts.count > 1 ? String(parts[1].drop { $0 == " " }) : text
+            reason.severity = health.state
             return reason
         }
         return health
+    }
+
+    /// What the ticket says about the disk: the incident's verdict and the reasons it was
+    /// opened for (the detector's latest health may have moved on: a disk judged FAILED
+    /// reads as "failing" once its errors age), with the detector's latest facts (identity,
+    /// SMART, filesystems) and what the disk served (the OSD the disk-manager removed, and
+    /// the cluster).
+    static func ticketHealth(of machine: IncidentMachine, latest: Bynar_V1_DiskHealth?) -> Bynar_V1_DiskHealth {
+        let verdict = health(of: machine)
+        guard var ticket = latest else {
+            var bare = verdict
+            if !machine.osdID.isEmpty { bare.inUseBy = "OSD \(machine.osdID) in cluster \(machine.cluster)" }
+            return bare
+        }
+        ticket.state = verdict.state
+        ticket.reasons = verdict.reasons
+        if ticket.disk.key.isEmpty { ticket.disk = verdict.disk }
+        if ticket.inUseBy.isEmpty && !machine.osdID.isEmpty {
+            ticket.inUseBy = "OSD \(machine.osdID) in cluster \(machine.cluster)"
+        } else if !machine.osdID.isEmpty && !ticket.inUseBy.contains("osd.\(machine.osdID)") {
+            ticket.inUseBy += "; removed as OSD \(machine.osdID) in cluster \(machine.cluster)"
+        }
+        return ticket
     }
 
     static func incident(_ machine: IncidentMachine) -> Bynar_V1_Incident {
