@@ -144,6 +144,7 @@ public enum ConfigLoader {
     static let optionalSections: [([String], any Encodable & Sendable)] = [
         (["disk_manager", "ceph"], CephBackendConfig()),
         (["disk_manager", "filesystem"], FilesystemBackendConfig()),
+        (["detector", "ceph"], DetectorCephConfig()),
     ]
 
     static func defaultTree() throws -> JSONValue {

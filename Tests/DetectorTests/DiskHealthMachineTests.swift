@@ -137,6 +137,8 @@ struct DiskHealthMachineTests {
         _ = machine.handle(.checked(.init(durable: [], probeFailed: Self.probe, atMs: 10)))
         #expect(machine.state == .suspect)
         _ = machine.handle(.checked(.init(durable: [], probeFailed: Self.probe, atMs: 20)))
+        #expect(machine.state == .suspect, "a second failure 10 ms later is the same observation")
+        _ = machine.handle(.checked(.init(durable: [], probeFailed: Self.probe, atMs: 10 + Machine.probeRetryMs)))
         #expect(machine.state == .failed)
         #expect(machine.reasons.first?.detail == "write probe: EIO (2 time(s) in a row)")
     }
@@ -171,5 +173,56 @@ struct DiskHealthMachineTests {
         let actions = restored.handle(.kernelIOError(detail: "e", atMs: 1500))
         #expect(!actions.contains { if case .announce = $0 { true } else { false } })
         #expect(restored.state == .suspect)
+    }
+}
+
+/// The evidence a dead disk under a Ceph OSD gives: no filesystem, no SMART, only the read
+/// probe, the kernel log and the cluster's own view.
+struct CephDiskEvidenceTests {
+    static let unreadable = Machine.Reason(rule: "disk.unreadable", severity: .suspect, detail: "read probe of /dev/sdx: 4 of 4 reads failed")
+    static let readErrors = Machine.Reason(rule: "disk.read_errors", severity: .failing, detail: "read probe of /dev/sdx: 1 of 4 reads failed")
+
+    static func healthy() -> Machine {
+        var machine = Machine()
+        _ = machine.handle(.appeared(key: "A", atMs: 0))
+        _ = machine.handle(.checked(.init(durable: [], ceph: .init(osd: 4, up: true), atMs: 1)))
+        return machine
+    }
+
+    @Test func aDiskThatCannotBeReadTwiceInARowIsFailedAndIsTriedAgainSoon() {
+        var machine = Self.healthy()
+        let first = machine.handle(.checked(.init(durable: [], probeFailed: Self.unreadable, atMs: 1000)))
+        #expect(machine.state == .suspect)
+        #expect(first.contains(.recheckLater(afterMs: Machine.probeRetryMs, because: "probe failed: \(Self.unreadable.detail)")), "\(first)")
+        let second = machine.handle(.checked(.init(durable: [], probeFailed: Self.unreadable, atMs: 1000 + Machine.probeRetryMs)))
+        #expect(machine.state == .failed)
+        #expect(!second.contains { if case .recheckLater = $0 { true } else { false } })
+        #expect(machine.reasons.first?.rule == "disk.unreadable")
+    }
+
+    @Test func someUnreadablePlacesMakeADiskFailingNotFailed() {
+        var machine = Self.healthy()
+        _ = machine.handle(.checked(.init(durable: [Self.readErrors], atMs: 1000)))
+        #expect(machine.state == .failing)
+    }
+
+    @Test func aDownOSDWithKernelErrorsOnItsDiskIsFailed() {
+        var machine = Self.healthy()
+        _ = machine.handle(.checked(.init(durable: [], ceph: .init(osd: 4, up: false), atMs: 1000)))
+        #expect(machine.state == .suspect, "a stopped daemon alone is no dead disk")
+        #expect(machine.reasons.first?.rule == "ceph.osd_down")
+        _ = machine.handle(.kernelIOError(detail: "I/O error, dev sdx, sector 0", atMs: 1100))
+        #expect(machine.state == .failed)
+        #expect(machine.reasons.first?.rule == "ceph.osd_down_io_errors")
+        #expect(machine.reasons.first?.detail.contains("osd.4") == true)
+    }
+
+    @Test func scrubErrorsOnAnOSDWhoseDiskHasReadErrorsMakeItFailing() {
+        var machine = Self.healthy()
+        _ = machine.handle(.checked(.init(durable: [], ceph: .init(osd: 4, up: true, inconsistentPGs: ["2.3"]), atMs: 1000)))
+        #expect(machine.state == .suspect, "inconsistent PGs alone may be any replica's fault")
+        _ = machine.handle(.kernelIOError(detail: "I/O error, dev sdx, sector 800", atMs: 1100))
+        #expect(machine.state == .failing)
+        #expect(machine.reasons.contains { $0.rule == "ceph.scrub_errors" && $0.detail.contains("2.3") && $0.detail.contains("osd.4") })
     }
 }

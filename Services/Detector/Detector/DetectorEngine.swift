@@ -394,6 +394,7 @@ actor DetectorEngine {
             }
             let match = OSDDeviceMatcher.match(facts, osds: osds, hostname: hostname).first { $0.role == .main }
             var wanted: DiskHealthMachine.CephFacts?
+            let usedBefore = slot.inUseBy
             if let match, let osd = osds.first(where: { $0.id == match.osd }), osd.exists, !osd.destroyed {
                 wanted = .init(osd: osd.id, up: osd.up, inconsistentPGs: inconsistent.filter { $0.acting.contains(osd.id) }.map(\.pg).sorted())
                 slot.inUseBy = "ceph osd.\(osd.id) (cluster \(clusterName))"
@@ -403,6 +404,7 @@ actor DetectorEngine {
             let changed = wanted != slot.ceph
             slot.ceph = wanted
             slots[id] = slot
+            if slot.inUseBy != usedBefore { await publishHealth(id) }
             if changed {
                 logger.notice("ceph view of disk changed", metadata: [
                     "disk": "\(slot.identity.key)", "osd": "\(wanted.map { "osd.\($0.osd)" } ?? "none")",

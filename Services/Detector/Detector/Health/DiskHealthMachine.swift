@@ -120,7 +120,8 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         public var errorWindowMs: Int64 = 10 * 60 * 1000
         /// This many kernel I/O errors inside the window make a disk failing.
         public var errorsForFailing = 3
-        /// This many consecutive failed probes make a disk failed.
+        /// This many consecutive failed probes, each at least ``DiskHealthMachine/probeRetryMs``
+        /// after the one before, make a disk failed.
         public var probeFailuresForFailed = 2
         /// This many consecutive checks better than the current state make it better...
         public var checksToRecover = 3
@@ -146,6 +147,7 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
     private var lastDurable: [Reason] = []
     private var lastProbe: Reason?
     private var lastCeph: CephFacts?
+    private var lastCountedProbeMs: Int64?
 
     /// A failed probe is tried again this soon.
     public static let probeRetryMs: Int64 = 3000
@@ -165,11 +167,17 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
             lastDurable = check.durable
             lastCeph = check.ceph
             if let probe = check.probeFailed {
-                probeFailureStreak += 1
+                // Failures count only when they are at least `probeRetryMs` apart: a burst of
+                // re-checks set off by a flood of kernel errors is one observation, not several.
+                if probeFailureStreak == 0 || check.atMs - (lastCountedProbeMs ?? 0) >= Self.probeRetryMs {
+                    probeFailureStreak += 1
+                    lastCountedProbeMs = check.atMs
+                }
                 lastProbe = probe
             } else {
                 probeFailureStreak = 0
                 lastProbe = nil
+                lastCountedProbeMs = nil
             }
             actions += settle(nowMs: check.atMs, fromCheck: true)
             if let probe = check.probeFailed, probeFailureStreak < policy.probeFailuresForFailed {
@@ -305,6 +313,7 @@ public struct DiskHealthMachine: Sendable, Equatable, Codable {
         errorTimesMs = []
         lastErrorDetail = ""
         probeFailureStreak = 0
+        lastCountedProbeMs = nil
         betterStreak = 0
         lastDurable = []
         lastProbe = nil
