@@ -7,6 +7,9 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var maxDisksOut = 1
     /// Disks never touched: shell patterns on device path, key, serial, WWN, by-path or by-id.
     public var exclude: [String] = []
+    /// When not empty, the only disks this disk-manager touches: shell patterns as for
+    /// `exclude` (`/dev/sd[b-m]`, `by-path` slots). Every other disk is listed as excluded.
+    public var manageOnly: [String] = []
     /// Longest signed-command lifetime accepted.
     public var maxCommandLifetimeSeconds = 600
     /// Ceph OSDs on this host; the Ceph backend is on when this section is present.
@@ -34,6 +37,7 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         if maxCommandLifetimeSeconds < 1 { problem("max_command_lifetime_seconds", "must be at least 1, got \(maxCommandLifetimeSeconds)") }
         if let file = trustedKeysFile, let reason = unreadable(file) { problem("trusted_keys_file", reason) }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }
+        if manageOnly.contains(where: \.isEmpty) { problem("manage_only", "patterns must not be empty") }
         if let deployBackend {
             if !["ceph", "filesystem"].contains(deployBackend) {
                 problem("deploy_backend", "must be \"ceph\" or \"filesystem\", got \"\(deployBackend)\"")

@@ -149,8 +149,16 @@ public enum Inventory {
     /// Throws when libudev fails, the mount table cannot be read, or an active swap area
     /// cannot be traced to a device: without those it could not say which disks are
     /// system disks.
-    public static func scan(host: String, excluded: [String], roots: InventoryRoots = .live) throws -> [BlockDevice] {
-        try InventorySnapshot.gather(roots: roots).devices(host: host, excluded: excluded)
+    /// With `only` non-empty, a disk that matches none of its patterns is excluded too
+    /// ("manage only these slots").
+    public static func scan(host: String, excluded: [String], only: [String] = [], roots: InventoryRoots = .live) throws -> [BlockDevice] {
+        var devices = try InventorySnapshot.gather(roots: roots).devices(host: host, excluded: excluded)
+        guard !only.isEmpty else { return devices }
+        for index in devices.indices where devices[index].exclusionReason == nil
+            && ExclusionRules.reason(for: devices[index].identity, patterns: only) == nil {
+            devices[index].exclusionReason = "not among the disks this host manages (\(only.joined(separator: ", ")))"
+        }
+        return devices
     }
 
     /// The topic key for a disk: its WWN, else "serial-" + serial, with every character

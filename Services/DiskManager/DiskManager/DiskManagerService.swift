@@ -170,7 +170,7 @@ actor RequestHandler {
 
         let devices: [BlockDevice]
         do {
-            devices = try Inventory.scan(host: context.host, excluded: config.exclude)
+            devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
         } catch {
             return fail("inventory", "cannot list this host's disks: \(error)")
         }
@@ -408,7 +408,7 @@ actor RequestHandler {
             return
         }
         guard !interrupted.isEmpty else { return }
-        let devices = (try? Inventory.scan(host: context.host, excluded: config.exclude)) ?? []
+        let devices = (try? Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)) ?? []
         for job in interrupted {
             let request = job.request
             let selector = AuditLog.selector(of: request)
