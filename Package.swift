@@ -180,7 +180,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DiskManagerTests",
-            dependencies: ["DiskManager", "BynarCeph", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
+            dependencies: ["DiskManager", "Orchestrator", "BynarCeph", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf, crypto],
             path: "Tests/DiskManagerTests",
             swiftSettings: strict
         ),

@@ -4,6 +4,7 @@ import BynarBus
 import BynarProto
 import BynarTestSupport
 import DiskManager
+import Orchestrator
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -66,6 +67,40 @@ struct CephServiceTests {
         #expect(osdDisks.allSatisfy { $0.status == .inService })
         let osd0 = try #require(osdDisks.first { $0.backendID == "0" })
         let osd0Disk = Bynar_V1_DiskSelector.key(osd0.disk.key)
+
+        // Contract: DiskManagerSimulator (which `bynar deploy` rehearses and benchmarks
+        // against) seeded with this real List, on a broker of its own, gets the same signed
+        // requests as the real disk-manager and must give the same outcome to each.
+        let simulatorBroker = try TestBroker()
+        let simulatorBus = try await connectedBus(simulatorBroker, service: "dm-simulator", host: "sim")
+        let simulator = try DiskManagerSimulator(bus: simulatorBus, disks: ["h1": disks], jobDuration: .milliseconds(100),
+                                                 trustedKeys: try TrustedKeys(fileText: files.trustedKeysLine))
+        try await simulator.start()
+        let simulatorTester = try await connectedBus(simulatorBroker, service: "tester")
+        let contractBlank = disks.first { $0.status == .blank && !$0.systemDisk && !$0.excluded }.map { Bynar_V1_DiskSelector.key($0.disk.key) }
+        var contract: [(String, Bynar_V1_DiskManagerRequest.OneOf_Operation)] = [
+            ("add without reuse_osd_id", .add(.with { $0.disk = osd0Disk })),
+            ("add re-using a live id", .add(.with { $0.disk = osd0Disk; $0.reuseOsdID = "0" })),
+            ("deploy on an OSD's disk", .deploy(.with { $0.disk = osd0Disk })),
+            ("remove an OSD's disk (simulated)", .remove(.with { $0.disk = osd0Disk })),
+            ("safe-to-remove an OSD's disk", .safeToRemove(.with { $0.disk = osd0Disk })),
+            ("remove a disk that is not there", .remove(.with { $0.disk = .key("serial-NOPE") })),
+        ]
+        if let contractBlank {
+            contract.append(("add to a blank disk re-using a live id", .add(.with { $0.disk = contractBlank; $0.reuseOsdID = "1" })))
+            contract.append(("remove a blank disk", .remove(.with { $0.disk = contractBlank })))
+        }
+        for (index, (what, operation)) in contract.enumerated() {
+            let request = try line.request("contract-\(index)", simulate: true, operation)
+            let real = try await bus.request(request, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(30)).payload
+            let simulated = try await simulatorTester.request(request, to: Topics.diskManagerCommands(host: "h1"), expecting: Bynar_V1_DiskManagerResponse.self, timeout: .seconds(10)).payload
+            #expect(real.outcome == simulated.outcome, "\(what): the real disk-manager says \(real.outcome) (\(real.reason)), the simulator \(simulated.outcome) (\(simulated.reason))")
+            print("ceph-dm: contract \(what): real \(real.outcome), simulator \(simulated.outcome)")
+        }
+        simulator.stop()
+        await simulatorTester.shutdown()
+        await simulatorBus.shutdown()
+        simulatorBroker.stop()
 
         // Unsigned and replayed commands: refused, audited, nothing done.
         var unsigned = Bynar_V1_DiskManagerRequest()

@@ -78,10 +78,17 @@ struct CLICommandTests {
         #expect(refused.exitCode == 1)
         #expect(refused.stderr.contains("Remove on h1 REFUSED: \(disk.devPath) is not an OSD in service"), "\(refused.stderr)")
 
-        let added = try await fixture.run(["disks", "add", "--disk", disk.key] + common)
-        #expect(added.exitCode == 0, "\(added.stderr)")
-        #expect(added.stdout.contains("Add of \(disk.key) on h1 succeeded: osd 0"), "\(added.stdout)")
-        #expect(added.stderr.contains("step 1/3"), "progress on stderr: \(added.stderr)")
+        // Add without the id a Remove answered: refused, as the real disk-manager does.
+        let unnamed = try await fixture.run(["disks", "add", "--disk", disk.key] + common)
+        #expect(unnamed.exitCode == 1)
+        #expect(unnamed.stderr.contains("Add needs reuse_osd_id"), "\(unnamed.stderr)")
+
+        // A new OSD comes from Deploy.
+        let inventory = fixture.directory + "/deploy-one"
+        try "h1 \(disk.devPath)\n".write(toFile: inventory, atomically: true, encoding: .utf8)
+        let deployed = try await fixture.run(["deploy", "osds", "--inventory", inventory, "--key", fixture.keyPath] + fixture.connection)
+        #expect(deployed.exitCode == 0, "\(deployed.stderr)")
+        #expect(simulator.disks(of: "h1")[1].backendID == "0")
 
         let safe = try await fixture.run(["disks", "safe-to-remove", "--disk", disk.key, "--json"] + common)
         #expect(safe.exitCode == 0)
@@ -110,10 +117,9 @@ struct CLICommandTests {
 
         // Failing job: exit 1 with the failed step.
         simulator.failJobs(host: "h1")
-        let blank = simulator.disks(of: "h1")[2].disk.key
-        let failed = try await fixture.run(["disks", "add", "--disk", blank] + common)
+        let failed = try await fixture.run(["disks", "remove", "--disk", disk.key] + common)
         #expect(failed.exitCode == 1)
-        #expect(failed.stderr.contains("FAILED at step \"ceph-volume lvm create --osd-id\""), "\(failed.stderr)")
+        #expect(failed.stderr.contains("FAILED at step \"wait for safe-to-destroy\""), "\(failed.stderr)")
     }
 
     @Test func theRealDiskManagerRefusesAnUntrustedKeyAndTheCLISaysWhy() async throws {

@@ -48,14 +48,21 @@ public final class DiskManagerSimulator: Sendable {
 
     /// `hosts` with `disksPerHost` blank disks each; jobs take `jobDuration`; commands must
     /// be signed by one of `trustedKeys`.
-    public init(bus: Bus, hosts: [String], disksPerHost: Int, jobDuration: Duration, trustedKeys: TrustedKeys) throws {
+    public convenience init(bus: Bus, hosts: [String], disksPerHost: Int, jobDuration: Duration, trustedKeys: TrustedKeys) throws {
+        try self.init(bus: bus, disks: Dictionary(uniqueKeysWithValues: hosts.map { host in
+            (host, (0...disksPerHost).map { Self.disk(host: host, index: $0) })
+        }), jobDuration: jobDuration, trustedKeys: trustedKeys)
+    }
+
+    /// Hosts with exactly these disks (for example a real disk-manager's List answer, so the
+    /// contract test can send both the same requests).
+    public init(bus: Bus, disks: [String: [Bynar_V1_ManagedDisk]], jobDuration: Duration, trustedKeys: TrustedKeys) throws {
         self.bus = bus
         let store = try LocalStore(path: ":memory:", migrations: CommandVerifier.migrations)
         verifier = CommandVerifier(trustedKeys: trustedKeys, store: store)
         var initial = State(jobDuration: jobDuration)
-        for host in hosts {
-            initial.hosts[host] = Host(disks: (0...disksPerHost).map { Self.disk(host: host, index: $0) })
-        }
+        for (host, list) in disks { initial.hosts[host] = Host(disks: list) }
+        initial.nextOSD = disks.values.flatMap { $0 }.compactMap { Int($0.backendID) }.max().map { $0 + 1 } ?? 0
         state = Mutex(initial)
     }
 
@@ -234,12 +241,17 @@ public final class DiskManagerSimulator: Sendable {
             operation = "Remove"
             steps = Self.removeSteps
         case .add(let add)?:
-            guard disk.status == .blank || disk.status == .removed, !disk.systemDisk else {
-                return refuse("\(disk.disk.devPath) is \(DiskStatusName.of(disk.status)), cannot add")
+            // As the real disk-manager (CephDiskBackend.add): Add re-uses a destroyed id on a
+            // blank disk; anything else is refused (contract-tested in CephServiceTests).
+            guard !add.reuseOsdID.isEmpty else { return refuse("Add needs reuse_osd_id (the id the Remove answered); use Deploy for a new member") }
+            guard !disk.systemDisk else { return refuse("\(disk.disk.devPath) is a system disk") }
+            guard state.hosts[name]!.disks.contains(where: { $0.status == .removed && $0.backendID == add.reuseOsdID }) else {
+                return refuse("osd.\(add.reuseOsdID) is not destroyed; only a destroyed id can be re-used")
             }
+            guard disk.status == .blank else { return refuse("\(disk.disk.devPath) is \(DiskStatusName.of(disk.status)), not BLANK") }
             operation = "Add"
             steps = Self.addSteps
-            if !add.reuseOsdID.isEmpty { state.hosts[name]!.disks[index].backendID = add.reuseOsdID }
+            state.hosts[name]!.disks[index].backendID = add.reuseOsdID
         default:
             return refuse("unsupported operation")
         }
@@ -298,8 +310,15 @@ public final class DiskManagerSimulator: Sendable {
                     host.disks[index].status = .removed
                     final.backendID = host.disks[index].backendID
                 case "Add" where !host.disks[index].backendID.isEmpty:
+                    let id = host.disks[index].backendID
+                    // The removed disk no longer names the id (the real one's label names
+                    // a uuid the cluster has forgotten).
+                    for other in host.disks.indices where other != index && host.disks[other].backendID == id {
+                        host.disks[other].backendID = ""
+                        host.disks[other].backend = ""
+                    }
                     host.disks[index].status = .inService
-                    final.backendID = host.disks[index].backendID
+                    final.backendID = id
                 default:
                     host.disks[index].status = .inService
                     host.disks[index].backendID = String(state.nextOSD)
