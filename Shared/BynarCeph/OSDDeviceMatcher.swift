@@ -50,8 +50,10 @@ public struct DeviceFacts: Sendable, Equatable {
     public static func read(_ device: BlockDevice) -> DeviceFacts {
         let identity = device.identity
         let paths = [identity.devPath] + identity.partitions.map(\.devPath).filter { $0 != identity.devPath }
+        // A vanished disk's old /dev name may be another disk's now: never read it.
+        let labels = device.absent ? [DeviceLabel.unreadable("\(identity.devPath) is gone")] : paths.map(DeviceLabel.read)
         return DeviceFacts(key: identity.key, kernelName: String(identity.devPath.split(separator: "/").last ?? ""),
-                           serial: identity.serial, wwn: identity.wwn, labels: paths.map(DeviceLabel.read))
+                           serial: identity.serial, wwn: identity.wwn, labels: labels)
     }
 }
 

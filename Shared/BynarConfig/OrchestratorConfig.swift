@@ -34,6 +34,9 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// A queued incident asks again whether it may go this often (and at once when a disk
     /// comes back in).
     public var queueRecheckSeconds = 30
+    /// A disk the detector reports MISSING (gone from its slot: the commonest death) for this
+    /// long is repaired like a failed one; back within it, nothing happens. 0: at once.
+    public var missingGraceSeconds = 300
     /// Scripts run on a host or service going up or down: `COMMAND <app> <ip> <up|down>`.
     public var hooks: [HookConfig] = []
     /// Shared-subscription group the orchestrators share hook events through (each live
@@ -121,6 +124,7 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         var problems: [FieldError] = []
         func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "orchestrator." + field, problem: text)) }
         if let file = signingKeyFile, let reason = unreadable(file) { problem("signing_key_file", reason) }
+        if missingGraceSeconds < 0 { problem("missing_grace_seconds", "must be 0 or more, got \(missingGraceSeconds)") }
         if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
         if brake.maxOutPerHost < 1 { problem("brake.max_out_per_host", "must be at least 1, got \(brake.maxOutPerHost)") }

@@ -84,6 +84,9 @@ public struct BlockDevice: Sendable, Equatable {
     /// Why the operator's configuration excludes it (the pattern and the field it
     /// matched), or nil.
     public var exclusionReason: String?
+    /// The disk is gone from the host (the disk-manager remembers it to take it out of its
+    /// cluster): nothing may be read from or written to its old /dev name.
+    public var absent = false
 
     /// A device as given.
     public init(identity: Bynar_V1_DiskIdentity, sysPath: String, systemReasons: [String] = [], exclusionReason: String? = nil) {

@@ -125,6 +125,25 @@ import Testing
         }
     }
 
+    @Test("a disk MISSING past the grace period is repaired; one back within it is not (stand-ins)")
+    func missingDiskIsRepairedAfterTheGracePeriod() async throws {
+        try await withHarness { h in
+            try await h.start(orchestrator: #""missing_grace_seconds": 2"#)
+            let flaky = DetectorVoice.identity(host: "stor1", key: "serial-FLAKY")
+            let started = ContinuousClock.now
+            try await h.detector.say(flaky, from: .healthy, to: .missing)
+            try await h.detector.say(Self.failed, from: .healthy, to: .missing)
+            try await h.detector.say(flaky, from: .missing, to: .healthy)
+            let id = try await h.waitFor(.ticketed)
+            #expect(ContinuousClock.now - started >= .seconds(2), "not before the grace period")
+            #expect(id.contains("serial-OLD1"))
+            #expect(Set(h.latest.keys) == [id], "the disk back within the grace period opened nothing")
+            #expect(h.dm.seen("Remove").map(\.diskKey) == ["serial-OLD1"])
+            let ticket = try #require(h.tickets.requests.first)
+            #expect(ticket.health.state == .missing && ticket.health.reasons.first?.rule == "disk.missing", "\(ticket.health)")
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in

@@ -22,7 +22,7 @@ import ServiceLifecycle
 /// Every command and its answer, and every job's end, go to the audit table.
 public struct DiskManagerService: BynarService {
     public static let serviceName = "disk-manager"
-    public static var migrations: [LocalStore.Migration] { CommandVerifier.migrations + AuditLog.migrations + JobStore.migrations }
+    public static var migrations: [LocalStore.Migration] { CommandVerifier.migrations + AuditLog.migrations + JobStore.migrations + KnownDisks.migrations }
     let context: ServiceContext
 
     public init(context: ServiceContext) throws {
@@ -85,6 +85,7 @@ actor RequestHandler {
     let verifier: CommandVerifier?
     let audit: AuditLog
     let jobs: JobStore
+    let known: KnownDisks
     let backends: [any StorageBackend]
     var gate: RequestGate
 
@@ -102,6 +103,7 @@ actor RequestHandler {
         }
         audit = AuditLog(store: context.store)
         jobs = JobStore(store: context.store)
+        known = KnownDisks(store: context.store)
         gate = RequestGate(maxDisksOut: config.maxDisksOut, disksOut: try jobs.outKeys())
     }
 
@@ -168,11 +170,23 @@ actor RequestHandler {
             return response
         }
 
-        let devices: [BlockDevice]
+        var devices: [BlockDevice]
         do {
             devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
         } catch {
             return fail("inventory", "cannot list this host's disks: \(error)")
+        }
+        do {
+            try known.remember(devices, nowMs: nowMs)
+        } catch {
+            context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+        }
+        // A disk that has dropped off the host entirely: its cluster membership can still be
+        // ended (SafeToRemove, Remove), from who it was.
+        let selector = AuditLog.selector(of: request)
+        if kind == .safeToRemove || kind == .remove, !devices.contains(where: { Self.matches($0, selector) }),
+           let vanished = try? known.vanished(matching: selector, present: devices, matches: Self.matches) {
+            devices.append(vanished)
         }
         var claims: [String: (backend: any StorageBackend, claim: BackendClaim)] = [:]
         for backend in backends {
@@ -194,8 +208,7 @@ actor RequestHandler {
             return finish(request, response, kind: .list, nowMs: nowMs)
         }
 
-        let selector = AuditLog.selector(of: request)
-        guard let device = devices.first(where: { Self.matches($0, selector) }) else {
+        guard let device = devices.first(where: { Self.matches($0, selector) }) ?? devices.first(where: \.absent) else {
             return refuse("no disk on \(context.host) matches \(AuditLog.selectorText(selector))")
         }
         let claimed = claims[device.identity.key]

@@ -38,9 +38,15 @@ public struct CephDiskBackend: StorageBackend {
         guard !osds.isEmpty else { return [:] }
         let byID = Dictionary(osds.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         var claims: [String: BackendClaim] = [:]
-        for device in devices {
-            let matches = OSDDeviceMatcher.match(DeviceFacts.read(device), osds: osds, hostname: osdHostname)
+        var claimedByPresent: Set<Int> = []
+        // Present disks first: their labels name their OSDs exactly. A vanished disk is
+        // matched on what is left (its serial, or its old kernel name for a live OSD that no
+        // present disk's label claims: that name may carry a new OSD by now).
+        for device in devices.filter({ !$0.absent }) + devices.filter(\.absent) {
+            let candidates = device.absent ? osds.filter { !claimedByPresent.contains($0.id) } : osds
+            let matches = OSDDeviceMatcher.match(DeviceFacts.read(device), osds: candidates, hostname: osdHostname)
             guard let first = matches.min(by: { $0.osd < $1.osd }), let osd = byID[first.osd] else { continue }
+            if !device.absent { claimedByPresent.formUnion(matches.map(\.osd)) }
             let status: Bynar_V1_ManagedDisk.Status = osd.destroyed ? .removed : .inService
             claims[device.identity.key] = BackendClaim(backend: name, id: String(osd.id), status: status)
         }
@@ -81,7 +87,9 @@ public struct CephDiskBackend: StorageBackend {
                 safeToDestroyTimeout: .seconds(config.safeToDestroyTimeoutSeconds),
                 progress: { step in index += 1; progress.step(step, index, of: count) }
             )
-            if config.wipeAfterDestroy {
+            if config.wipeAfterDestroy && disk.absent {
+                steps.append("\(disk.identity.devPath) is gone from the host: nothing to wipe")
+            } else if config.wipeAfterDestroy {
                 if simulate {
                     steps.append(wipeStep)
                 } else {

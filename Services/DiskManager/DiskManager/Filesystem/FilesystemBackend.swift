@@ -30,7 +30,7 @@ public struct FilesystemBackend: StorageBackend {
 
     public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
         var claims: [String: BackendClaim] = [:]
-        for device in devices {
+        for device in devices where !device.absent {  // a vanished disk: repair through its cluster only
             if let mountpoint = managedMountpoint(of: device) {
                 claims[device.identity.key] = BackendClaim(backend: name, id: mountpoint, status: .inService)
             }

@@ -248,7 +248,10 @@ public final class DiskManagerSimulator: Sendable {
             guard state.hosts[name]!.disks.contains(where: { $0.status == .removed && $0.backendID == add.reuseOsdID }) else {
                 return refuse("osd.\(add.reuseOsdID) is not destroyed; only a destroyed id can be re-used")
             }
-            guard disk.status == .blank else { return refuse("\(disk.disk.devPath) is \(DiskStatusName.of(disk.status)), not BLANK") }
+            // The removed disk itself is blank again for the real one (wipe_after_destroy).
+            guard disk.status == .blank || (disk.status == .removed && disk.backendID == add.reuseOsdID) else {
+                return refuse("\(disk.disk.devPath) is \(DiskStatusName.of(disk.status)), not BLANK")
+            }
             operation = "Add"
             steps = Self.addSteps
             state.hosts[name]!.disks[index].backendID = add.reuseOsdID

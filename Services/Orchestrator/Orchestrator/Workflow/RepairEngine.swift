@@ -40,6 +40,9 @@ actor RepairEngine {
     /// FAILED events for disks whose flags (system, excluded) are not known yet: decided
     /// when the health (which the detector publishes right after the event) arrives.
     private var waitingForHealth: [String: Bynar_V1_DiskHealthEvent] = [:]
+    /// Disks reported MISSING, since when (the detector's `state_since`), with what it said:
+    /// repaired once missing for `missing_grace_seconds`.
+    private var missingSince: [String: (identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], sinceMs: Int64)] = [:]
     private var placements: [String: OrchestratorConfig.HostPlacement] = [:]
     /// Incidents changed in the batch being processed, and what they send.
     private var dirty: Set<String> = []
@@ -124,6 +127,7 @@ actor RepairEngine {
         case .event(let incident, let event):
             apply(event, to: incident)
         case .tick:
+            missingGraceCheck()
             let now = clock()
             for (id, machine) in machines where !machine.state.isTerminal {
                 if let at = machine.retryAtMs, now >= at { apply(.timePassed, to: id); continue }
@@ -145,8 +149,17 @@ actor RepairEngine {
             }
         case .healthy:
             waitingForHealth[key] = nil
+            missingSince[key] = nil
             if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
+        case .missing:
+            guard openByDisk[key] == nil, missingSince[key] == nil else { return }
+            let observed = event.reasons.map(\.observedUnixMs).max() ?? 0
+            missingSince[key] = (event.disk, event.reasons, observed > 0 ? observed : clock())
+            logger.notice("disk missing; repaired unless it is back within the grace period", metadata: [
+                "disk": "\(key)", "grace_seconds": "\(config.missingGraceSeconds)"])
+            missingGraceCheck()
         case .replaced:
+            missingSince[key] = nil
             let previous = Self.diskKey(event.previousDisk.host.isEmpty ? host : event.previousDisk.host, event.previousDisk.key)
             if !event.previousDisk.key.isEmpty, let id = openByDisk[previous] {
                 apply(.newDiskSeen(Self.disk(event.disk)), to: id)
@@ -163,7 +176,14 @@ actor RepairEngine {
             open(event.disk, reasons: event.reasons, flags: latest, why: "FAILED event")
             return
         }
+        if latest.state != .missing { missingSince[key] = nil }
         switch latest.state {
+        case .missing where openByDisk[key] == nil && missingSince[key] == nil:
+            // Missing while the orchestrator was away (retained health): the grace counts
+            // from when the detector saw it go, not from now.
+            if let opened = latestOpening[key], opened >= latest.stateSinceUnixMs { return }
+            missingSince[key] = (latest.disk, latest.reasons, latest.stateSinceUnixMs > 0 ? latest.stateSinceUnixMs : clock())
+            missingGraceCheck()
         case .failed where openByDisk[key] == nil:
             // Missed the event (orchestrator was away): the retained health says failed.
             // The same failure as an incident already opened is not a new one.
@@ -173,6 +193,22 @@ actor RepairEngine {
             if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
         default:
             break
+        }
+    }
+
+    /// Opens an incident for every disk missing longer than the grace period.
+    private func missingGraceCheck() {
+        let now = clock()
+        let graceMs = Int64(config.missingGraceSeconds) * 1000
+        for (key, missing) in missingSince where now - missing.sinceMs >= graceMs {
+            missingSince[key] = nil
+            guard openByDisk[key] == nil else { continue }
+            let flags = health[key] ?? Bynar_V1_DiskHealth.with { $0.disk = missing.identity }
+            var reasons = missing.reasons
+            if reasons.isEmpty {
+                reasons = [Bynar_V1_HealthReason.with { $0.rule = "disk.missing"; $0.detail = "the device is gone from this slot" }]
+            }
+            open(missing.identity, reasons: reasons, flags: flags, why: "missing for \((now - missing.sinceMs) / 1000) s")
         }
     }
 
