@@ -82,7 +82,10 @@ struct DetectorServiceTests {
 
         // The retained health of the new disk says healthy.
         let retained = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: replaced.payload.disk.key), as: Bynar_V1_DiskHealth.self))
-        #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .healthy } })
+        // Retained, or live right after the subscription (the outbox sends the health just
+        // after the event this test waited for): either way the value the broker now keeps.
+        #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.payload.state == .healthy } },
+                "\(retained.all.map { "\($0.retained) \($0.payload.state) \($0.payload.reasons.map(\.detail))" })\n\(detector.log.suffix(3000))")
         await watcher.shutdown()
     }
 
@@ -111,6 +114,52 @@ struct DetectorServiceTests {
         #expect(second.log.contains("restored disk states"), "\(second.log)")
         let retained = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: key), as: Bynar_V1_DiskHealth.self))
         #expect(await retained.wait(timeout: .seconds(5)) { $0.contains { $0.retained && $0.payload.state == .healthy } })
+        await watcher.shutdown()
+    }
+
+    /// A dead disk with no filesystem (an OSD's) is FAILED from the read probe alone; when
+    /// the same disk shows up under another kernel name (renumbered during a hot-swap), it
+    /// keeps its history and is never judged from scratch as a healthy new disk.
+    @Test func aDeadDiskWithoutFilesystemIsFailedAndKeepsItsVerdictUnderAnotherName() async throws {
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector-dead")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let disk = try FaultyDisk(sizeMB: 64, filesystem: nil)
+        defer { disk.teardown() }
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5}
+            """)
+        defer { detector.signal(SIGTERM) }
+        #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == disk.device && $0.payload.toState == .healthy } }, "\(detector.log)")
+        let first = try #require(events.all.first { $0.payload.disk.devPath == disk.device }?.payload.disk)
+
+        try disk.control("fail 0 131072")
+        let dead = ContinuousClock.now
+        #expect(await events.wait(timeout: .seconds(30)) { $0.contains { $0.payload.disk.key == first.key && $0.payload.toState == .failed } }, "\(detector.log)")
+        let failed = try #require(events.all.first { $0.payload.disk.key == first.key && $0.payload.toState == .failed }?.payload)
+        #expect(failed.reasons.first?.rule == "disk.unreadable", "\(failed.reasons)")
+        print("detector: every I/O failing -> FAILED in \(ContinuousClock.now - dead)")
+        #expect(ContinuousClock.now - dead < .seconds(30))
+
+        // The same disk under another kernel name.
+        let before = events.all.count
+        // Reserve another free loop name first (losetup --find would hand back the old one).
+        let placeholder = directory + "/placeholder.img"
+        _ = try FaultyDisk.run("/usr/bin/truncate", ["-s", "1M", placeholder])
+        let other = try FaultyDisk.run("/sbin/losetup", ["--find", "--show", placeholder]).trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = try FaultyDisk.run("/sbin/losetup", ["-d", other])
+        try disk.detach()
+        _ = try FaultyDisk.run("/sbin/losetup", ["--show", "--direct-io=on", other, first.backingFile])
+        defer { _ = try? FaultyDisk.run("/sbin/losetup", ["-d", other]) }
+        #expect(other != disk.device)
+        try await Task.sleep(for: .seconds(8))
+        let after = events.all.dropFirst(before).filter { $0.payload.disk.key == first.key }.map(\.payload)
+        #expect(!after.contains { $0.toState == .healthy || $0.toState == .unspecified }, "never judged from scratch: \(after.map { "\($0.disk.devPath) \($0.fromState)->\($0.toState)" })")
+        let healths = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: first.key), as: Bynar_V1_DiskHealth.self))
+        #expect(await healths.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == other && $0.payload.state == .failed } },
+                "\(healths.all.map { "\($0.payload.disk.devPath) \($0.payload.state)" })\n\(detector.log.suffix(3000))")
         await watcher.shutdown()
     }
 }

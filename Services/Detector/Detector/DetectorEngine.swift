@@ -37,6 +37,10 @@ actor DetectorEngine {
         var cephLabel: BluestoreLabel?
         /// "ceph osd.4 (cluster east)", for tickets.
         var inUseBy = ""
+        /// When (kernel log clock) this device first showed under its kernel name: an error
+        /// the kernel logged before then was about whatever had the name before (a lazily
+        /// unmounted old disk's writeback, a probe of the disk just pulled).
+        var sinceKernelMicros: UInt64 = 0
     }
 
     let context: ServiceContext
@@ -119,6 +123,7 @@ actor DetectorEngine {
                 logger.notice("disk moved slots", metadata: ["disk": "\(device.identity.key)", "from": "\(moved)", "to": "\(id)"])
                 var record = slots.removeValue(forKey: moved)!
                 record.device = device
+                record.sinceKernelMicros = KernelLog.nowMicros()
                 record.identity = device.identity
                 slots[id] = record
                 forget(moved)
@@ -130,6 +135,7 @@ actor DetectorEngine {
             }
             var slot = slots[id] ?? Slot(machine: DiskHealthMachine(), identity: device.identity)
             let isNew = slots[id] == nil || slot.machine.key != device.identity.key || slot.machine.state == .missing
+            if isNew || slot.device == nil { slot.sinceKernelMicros = KernelLog.nowMicros() }
             slot.device = device
             slot.identity = device.identity  // the slot holds this disk now (a replacement names the new one)
             slots[id] = slot
@@ -148,6 +154,10 @@ actor DetectorEngine {
         let disk = KernelLog.wholeDisk(of: error.device)
         guard let id = slots.first(where: { $0.value.device.map { Self.kernelName(of: $0) } == disk })?.key else {
             logger.debug("kernel error for a device we do not watch", metadata: ["device": "\(error.device)"])
+            return
+        }
+        if error.kernelMicros > 0, let since = slots[id]?.sinceKernelMicros, error.kernelMicros < since {
+            logger.info("kernel error from before this disk had its name; not held against it", metadata: ["device": "\(error.device)", "line": "\(error.line)"])
             return
         }
         logger.warning("kernel reports a disk error", metadata: ["device": "\(error.device)", "line": "\(error.line)"])

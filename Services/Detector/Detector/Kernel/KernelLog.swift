@@ -137,6 +137,14 @@ public final class KernelLog: Sendable {
         continuation.finish()
     }
 
+    /// Now on the kernel log's clock (microseconds of CLOCK_MONOTONIC, which `/dev/kmsg`
+    /// timestamps use).
+    public static func nowMicros() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+
     /// The whole disk a kernel device name belongs to: `sdb1` -> `sdb`, `nvme0n1p2` ->
     /// `nvme0n1`, `loop0` -> `loop0`; read from sysfs (`<sysBlock>/<name>/partition` marks
     /// a partition, whose parent directory is its disk).
