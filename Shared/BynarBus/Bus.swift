@@ -47,6 +47,13 @@ public final class Bus: Sendable {
         public var deadLettered: UInt64 = 0
         /// Messages dropped because a subscriber's buffer was full.
         public var overflowed: UInt64 = 0
+        /// Messages that arrived before their subscription was registered (a persistent
+        /// session's queue is delivered on connect) and were held for it.
+        public var held: UInt64 = 0
+        /// Held messages no subscription claimed within ``Bus/heldLimit`` /
+        /// ``Bus/heldBytesLimit`` (too many) or ``Bus/heldSeconds`` (too old): dropped,
+        /// counted and logged.
+        public var unrouted: UInt64 = 0
         public var connects: UInt64 = 0
     }
 
@@ -94,6 +101,9 @@ public final class Bus: Sendable {
         var replyRouteReady = false
         var stats = Stats()
         var lastOverflowLog: ContinuousClock.Instant?
+        /// Messages no route matched yet, oldest first, with when they came.
+        var held: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
+        var heldBytes = 0
         var shutDown = false
         /// The service said it is ready (subscribed, set up): births may be announced.
         var ready = false
@@ -272,6 +282,18 @@ public final class Bus: Sendable {
         let id = state.withLock { state -> UInt64 in
             state.nextRouteId += 1
             state.routes[state.nextRouteId] = route
+            // What arrived for this filter before it was registered goes first, in order,
+            // under the same lock, so no later message can overtake it.
+            var kept: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
+            for entry in state.held {
+                if Topics.matches(filter: route.match, topic: entry.message.topic) {
+                    if !route.deliver(entry.message) { state.stats.overflowed += 1 }
+                } else {
+                    kept.append(entry)
+                }
+            }
+            state.held = kept
+            state.heldBytes = kept.reduce(0) { $0 + $1.message.payload.count }
             return state.nextRouteId
         }
         continuation.onTermination = { [weak self] _ in self?.removeRoute(id) }
@@ -310,9 +332,23 @@ public final class Bus: Sendable {
         // A zero-length message clears a retained topic (``clearRetained(_:)``); it carries
         // no envelope and is nobody's to decode.
         if message.payload.isEmpty { return }
+        var expired: [MQTTMessage] = []
         let targets = state.withLock { state -> [Route] in
             state.stats.received += 1
-            return state.routes.values.filter { Topics.matches(filter: $0.match, topic: message.topic) }
+            let targets = state.routes.values.filter { Topics.matches(filter: $0.match, topic: message.topic) }
+            if targets.isEmpty {
+                // Queued for this session before the service subscribed to it again (the
+                // broker delivers a persistent session's queue on connect): hold it for the
+                // subscription that is about to be registered, within bounds.
+                state.held.append((message, ContinuousClock.now))
+                state.heldBytes += message.payload.count
+                state.stats.held += 1
+                expired = Self.expireHeld(&state)
+            }
+            return targets
+        }
+        for message in expired {
+            logger.warning("no subscription took a message in time; dropped", metadata: ["topic": "\(message.topic)", "bytes": "\(message.payload.count)"])
         }
         var dropped = 0
         for route in targets where !route.deliver(message) { dropped += 1 }
@@ -327,6 +363,26 @@ public final class Bus: Sendable {
         if shouldLog {
             logger.warning("subscriber buffer full: dropped message", metadata: ["topic": "\(message.topic)", "overflowed_total": "\(stats.overflowed)"])
         }
+    }
+
+    /// At most this many messages (and ``heldBytesLimit`` bytes) are held for subscriptions
+    /// not registered yet...
+    public static let heldLimit = 10_000
+    public static let heldBytesLimit = 16 << 20
+    /// ...for at most this long.
+    public static let heldSeconds = 120
+
+    /// Drops held messages beyond ``heldLimit`` or older than ``heldSeconds``; returns them.
+    private static func expireHeld(_ state: inout State) -> [MQTTMessage] {
+        let cutoff = ContinuousClock.now - .seconds(heldSeconds)
+        var dropped: [MQTTMessage] = []
+        while let first = state.held.first, state.held.count > heldLimit || state.heldBytes > heldBytesLimit || first.at < cutoff {
+            dropped.append(first.message)
+            state.heldBytes -= first.message.payload.count
+            state.held.removeFirst()
+        }
+        state.stats.unrouted += UInt64(dropped.count)
+        return dropped
     }
 
     /// Decodes an incoming message as an envelope carrying `P`, or says why not.

@@ -287,6 +287,39 @@ struct ReconnectTests {
         await subscriber.shutdown()
     }
 
+    /// A persistent session's queue is delivered the moment the client connects, before the
+    /// service has registered its subscriptions again: those messages are held for the
+    /// subscription, not dropped (a disk-manager restarted with commands waiting).
+    @Test func messagesQueuedWhileAwayReachTheSubscriptionRegisteredAfterConnect() async throws {
+        let broker = try TestBroker()
+        let clientId = "held-\(UUID().uuidString.prefix(8))"
+        let first = try await connectedBus(broker, service: "dm", clientId: clientId)
+        let kept = try await first.subscribe("test/queued/+", as: Bynar_V1_Notification.self)
+        await first.shutdown()  // gone with its subscription in place (a crash or a stop)
+        withExtendedLifetime(kept) {}
+
+        let publisher = try await connectedBus(broker, service: "pub")
+        for index in 1...5 {
+            var notification = Bynar_V1_Notification()
+            notification.title = "queued \(index)"
+            try await publisher.publish(notification, to: "test/queued/\(index)")
+        }
+        var other = Bynar_V1_Notification()
+        other.title = "nobody's"
+        // Connected again: the broker hands over the queue at once; the subscription comes
+        // a moment later, as in a service's start-up.
+        let second = try await connectedBus(broker, service: "dm", clientId: clientId)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(second.stats.held == 5, "\(second.stats)")
+        let received = Collector(try await second.subscribe("test/queued/+", as: Bynar_V1_Notification.self))
+        #expect(await received.wait(timeout: .seconds(5)) { $0.count == 5 })
+        #expect(received.all.map(\.payload.title) == (1...5).map { "queued \($0)" }, "in order")
+        try await publisher.publish(other, to: "test/queued/6")
+        #expect(await received.wait(timeout: .seconds(5)) { $0.count == 6 })
+        await publisher.shutdown()
+        await second.shutdown()
+    }
+
     /// Oversized garbage is dead-lettered cut to the limit, never dropped by the broker.
     @Test func oversizedGarbageIsCutInTheDeadLetter() async throws {
         let broker = try TestBroker()
