@@ -13,7 +13,9 @@ import Glibc
 /// A dying OSD disk repaired end to end on a real cluster, with every real service:
 /// - a real Pacific cluster from `scripts/ceph-dev-cluster` (4 bluestore OSDs on loop
 ///   devices) and a fifth OSD that the real bynar-disk-manager deploys (signed Deploy) on a
-///   faultfs loop device, so the kernel sees real I/O errors from it;
+///   faultfs loop device, so the kernel sees real I/O errors from it; OSDs are created the
+///   way a host without LVM does it: `ceph-volume raw prepare` + `raw activate`
+///   (`ceph-dev-cluster volume-create`, which starts the daemon by hand: no systemd here);
 /// - the real bynar-detector (read probe, kernel log, the cluster's view), bynar-disk-manager
 ///   (Ceph backend), bynar-orchestrator, bynar-ticketing against the STAND-IN JIRA and
 ///   bynar-notifier against the STAND-IN Slack (no real JIRA or Slack can run here; the
@@ -108,8 +110,8 @@ final class CephRepairRig: @unchecked Sendable {
                        "up_timeout_seconds": 180, "command_timeout_seconds": 240, "wipe_after_destroy": true,
                        "stop_command": ["/bin/bash", "\(script)", "osd-stop", "\(dir)", "{id}"],
                        "start_command": ["/bin/bash", "\(script)", "osd-start", "\(dir)", "{id}", "--wait", "60"],
-                       "create_with_id_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "{id}", "--device", "{device}"],
-                       "create_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "--device", "{device}"]}}
+                       "create_with_id_command": ["/bin/bash", "\(script)", "volume-create", "\(dir)", "--osd-id", "{id}", "--device", "{device}"],
+                       "create_command": ["/bin/bash", "\(script)", "volume-create", "\(dir)", "--device", "{device}"]}}
             """)
         processes.append(("disk-manager", manager))
         #expect(await born("disk-manager"), "\(manager.log)")
@@ -266,6 +268,67 @@ struct CephEndToEndTests {
             try rig.original.control("vanish ENODEV")
             try rig.original.detach()
             try await rig.technicianReplacesTheDisk(ticket: ticket)
+            passed = true
+        } catch {
+            Issue.record(error)
+        }
+        await rig.stop(passed: passed)
+    }
+
+    /// The two ways Ceph itself shows a failing disk, recognised for what they are and named
+    /// (OSD and disk): scrub errors (reads of one object's sectors fail on a replica: the OSD
+    /// stays up, `PG_DAMAGED ... inconsistent`) make the disk FAILING; then writes fail, the
+    /// OSD aborts on the EIO and is marked down, and the disk is FAILED.
+    @Test(.timeLimit(.minutes(10)))
+    func scrubErrorsAndAnOSDThatCrashesOnEIOAreRecognised() async throws {
+        let rig = try await CephRepairRig(prefix: "bynar-ceph-faults")
+        var passed = false
+        do {
+            // An object with osd.4 in its acting set but not its primary (a replica's read
+            // error is found by deep scrub; the primary's is repaired silently on read).
+            struct Mapping: Decodable { var pgid: String; var acting: [Int]; var acting_primary: Int }
+            var chosen: (name: String, pg: String)?
+            for index in (1...20).reversed() where chosen == nil {
+                let reply = try rig.rados.checkedMonCommand(#"{"prefix":"osd map","pool":"bynar","object":"obj-\#(index)","format":"json"}"#)
+                let mapping = try JSONDecoder().decode(Mapping.self, from: Data(reply.output))
+                if mapping.acting.contains(4) && mapping.acting_primary != 4 { chosen = ("obj-\(index)", mapping.pgid) }
+            }
+            let object = try #require(chosen, "an object with a replica on osd.4")
+            let finder = "\(packageRoot)/scripts/ceph-volume-notes/find-object-sectors.py"
+            let found = try FaultyDisk.run("/usr/bin/python3", [finder, rig.original.image, "\(rig.objects.directory)/\(object.name)"])
+            let rule = try #require(found.split(separator: "\n").first { $0.contains("fail-reads") }.map { line in
+                String(line.split(separator: "#")[0]).split(separator: " ").dropFirst().joined(separator: " ")
+            }, "sectors of \(object.name): \(found)")
+            try rig.original.control(rule)
+            rig.mark("reads of \(object.name) (pg \(object.pg)) fail on osd.4: \(rule)")
+            let scrub = ContinuousClock.now
+            try DevCluster.run("/usr/bin/ceph", ["-c", rig.cluster.conf, "pg", "deep-scrub", object.pg], log: "\(rig.temp)/commands.log")
+            #expect(await rig.healths.wait(timeout: .seconds(90)) {
+                $0.contains { $0.payload.disk.key == rig.oldKey && $0.payload.reasons.contains { $0.rule == "ceph.scrub_errors" && $0.detail.contains(object.pg) && $0.detail.contains("osd.4") } }
+            }, "\(rig.healths.all.filter { $0.payload.disk.key == rig.oldKey }.map { "\($0.payload.state) \($0.payload.reasons.map(\.rule))" })\n\(rig.logs())")
+            let scrubbed = try #require(rig.healths.all.last { $0.payload.disk.key == rig.oldKey }?.payload)
+            #expect(scrubbed.state == .failing, "scrub errors with read errors on the disk: failing, \(scrubbed.reasons.map(\.rule))")
+            #expect(scrubbed.inUseBy.contains("osd.4"))
+            rig.mark("detector: \(scrubbed.state) (\(scrubbed.reasons.map(\.rule).joined(separator: ", "))), \(seconds(since: scrub)) after the deep scrub was asked for")
+
+            // Writes fail: bluestore aborts ("Unexpected IO error"), the mon marks osd.4 down.
+            try rig.original.control("clear\nfail-writes 0 8388608")
+            let crash = ContinuousClock.now
+            rig.mark("writes fail on osd.4's disk")
+            let writer = Task.detached {
+                for index in 1...20 {
+                    let path = "\(rig.temp)/objects/crash-\(index)"
+                    try? Data(repeating: UInt8(index), count: 65536).write(to: URL(fileURLWithPath: path))
+                    try? rig.cluster.rados(["-p", "bynar", "put", "crash-\(index)", path], log: "\(rig.temp)/commands.log")
+                }
+            }
+            #expect(await rig.diskEvents.wait(timeout: .seconds(90)) { $0.contains { $0.payload.disk.key == rig.oldKey && $0.payload.toState == .failed } }, "\(rig.logs())")
+            let failed = try #require(rig.diskEvents.all.first { $0.payload.disk.key == rig.oldKey && $0.payload.toState == .failed }?.payload)
+            #expect(failed.reasons.contains { $0.rule == "ceph.osd_down_io_errors" && $0.detail.contains("osd.4") }, "\(failed.reasons.map { "\($0.rule): \($0.detail)" })")
+            rig.mark("detector: FAILED (\(failed.reasons.map(\.rule).joined(separator: ", "))), \(seconds(since: crash)) after writes started failing")
+            let state = try CephBackend(cluster: rig.rados).osdState(4)
+            #expect(!state.up, "osd.4 crashed and is down: \(state)")
+            writer.cancel()
             passed = true
         } catch {
             Issue.record(error)
