@@ -174,7 +174,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DetectorTests",
-            dependencies: ["Detector", "BynarDisks", "BynarCeph", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
+            dependencies: ["Detector", "BynarDisks", "BynarCeph", "BynarProcess", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", protobuf],
             path: "Tests/DetectorTests",
             swiftSettings: strict
         ),

@@ -400,11 +400,17 @@ public final class Bus: Sendable {
     }
 
     func decodeEnvelope(_ message: MQTTMessage) -> Result<Envelope, RejectReason> {
+        let envelope: Envelope
         do {
-            return .success(try Envelope(serializedBytes: message.payload))
+            envelope = try Envelope(serializedBytes: message.payload)
         } catch {
             return .failure(RejectReason(text: "not a bynar.v1.Envelope (\(message.payload.count) bytes): \(error)"))
         }
+        // The topic is what the broker checked; a payload claiming otherwise is not believed.
+        if let mismatch = TopicClaims.mismatch(topic: message.topic, envelope: envelope) {
+            return .failure(RejectReason(text: "claims disagree with the topic: \(mismatch)"))
+        }
+        return .success(envelope)
     }
 
     /// Counts, logs and dead-letters a message that could not be used; answers a request

@@ -5,8 +5,8 @@ public import Glibc
 /// Runs external tools (smartctl, e2fsck, systemctl, ceph tools) the one way Bynar does:
 /// posix_spawn with an empty signal mask and default signal dispositions (Swift's
 /// concurrency threads block SIGTERM, SIGINT and SIGHUP, and a child would inherit that),
-/// standard input from /dev/null, output through a close-on-exec pipe or into a file, and
-/// a hard deadline after which the tool is killed.
+/// standard input from /dev/null, output through a close-on-exec pipe or into a file, its
+/// own process group, and a hard deadline after which the whole group is killed.
 public enum Tool {
     /// Where a spawned tool's standard output (and, with `mergeStderr`, its standard error) goes.
     public enum Output: Sendable {
@@ -51,7 +51,10 @@ public enum Tool {
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // Its own process group (pgid = its pid), so a timeout kills everything it started
+        // (ceph-volume's and mkfs's children too), not only the direct child.
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
         let envp: [UnsafeMutablePointer<CChar>?]? = environment.map { $0.map { strdup($0) } + [nil] }
@@ -133,9 +136,12 @@ public enum Tool {
         }
     }
 
-    /// Kills (when asked) and reaps `pid`.
+    /// Kills (when asked: the tool's whole process group) and reaps `pid`.
     public static func reap(_ pid: pid_t, kill killIt: Bool) {
-        if killIt { kill(pid, SIGKILL) }
+        if killIt {
+            kill(-pid, SIGKILL)
+            kill(pid, SIGKILL)
+        }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     }

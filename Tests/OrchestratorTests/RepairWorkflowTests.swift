@@ -144,6 +144,31 @@ import Testing
         }
     }
 
+    @Test("a FAILED event on one host's topic naming another host's disk moves nothing, and is dead-lettered")
+    func aForgedCrossHostEventIsRefused() async throws {
+        try await withHarness { h in
+            try await h.start()
+            let letters = Collector(try await h.tap.subscribe(Topics.deadLetter(host: "orch", service: "orchestrator"), as: Bynar_V1_DeadLetter.self))
+            // What detector.stor2 could publish on its own topic: a FAILED disk of stor1.
+            var event = Bynar_V1_DiskHealthEvent()
+            event.disk = Self.failed
+            event.fromState = .failing
+            event.toState = .failed
+            try await h.tap.publish(event, to: Topics.diskEvents(host: "stor2"))
+            var health = Bynar_V1_DiskHealth()
+            health.disk = Self.failed
+            health.state = .failed
+            try await h.tap.publish(health, to: Topics.diskHealth(host: "stor2", disk: Self.failed.key), retain: true)
+            #expect(await letters.wait(timeout: .seconds(10)) { $0.count >= 2 }, "both forged messages dead-lettered")
+            #expect(letters.all.allSatisfy { $0.payload.reason.contains("disk.host \"stor1\"") && $0.payload.reason.contains("\"stor2\"") },
+                    "\(letters.all.map(\.payload.reason))")
+            try await Task.sleep(for: .seconds(2))
+            #expect(h.latest.isEmpty, "no incident opened")
+            #expect(h.dm.seen.isEmpty, "nothing sent to any disk-manager")
+            try await h.tap.clearRetained(Topics.diskHealth(host: "stor2", disk: Self.failed.key))
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in

@@ -79,7 +79,7 @@ actor MembershipKeeper {
 /// Runs operator hooks the PicoRed way: `COMMAND <app> <ip> <up|down>`, `app` being the
 /// service name or "host", with BYNAR_EVENT_ID, BYNAR_EVENT_TIME (RFC 3339, UTC),
 /// BYNAR_EVENT_TIME_UNIX_MS, BYNAR_HOST, BYNAR_SERVICE (empty for a host) and BYNAR_STATE in
-/// its environment. The hook runs in its own session and process group (setsid), so a
+/// its environment. The hook runs in its own process group (as every tool: `Tool.spawn`), so a
 /// timeout kills everything it started.
 enum HookRunner {
     struct Run: Sendable {
@@ -90,8 +90,6 @@ enum HookRunner {
         var timeout: Duration
     }
 
-    /// Where `setsid` lives; the hook is started through it to get its own process group.
-    static let setsid: String = ["/usr/bin/setsid", "/bin/setsid"].first { (path: String) in access(path, X_OK) == 0 } ?? "setsid"
 
     /// Runs on a Dispatch thread (hooks block while they run; the cooperative pool must not).
     static func run(_ run: Run) async -> Bynar_V1_HookResult {
@@ -115,7 +113,7 @@ enum HookRunner {
         for (key, value) in run.environment { environment[key] = value }
         let spawned: (pid: pid_t, output: Int32?)
         do {
-            spawned = try Tool.spawn([setsid, run.command] + run.arguments, output: .pipe, mergeStderr: true,
+            spawned = try Tool.spawn([run.command] + run.arguments, output: .pipe, mergeStderr: true,
                                      environment: environment.map { "\($0.key)=\($0.value)" }.sorted())
         } catch {
             result.exitStatus = -1

@@ -1,0 +1,72 @@
+import BynarBus
+import BynarProto
+import Testing
+
+/// ``TopicClaims``: a payload naming another host, service or disk than its topic is
+/// refused, whatever it carries; one that agrees passes.
+struct TopicClaimsTests {
+    static func envelope(_ payload: Bynar_V1_Envelope.OneOf_Payload) -> Envelope {
+        var envelope = Envelope()
+        envelope.payload = payload
+        return envelope
+    }
+
+    static func disk(_ host: String, _ key: String) -> Bynar_V1_DiskIdentity {
+        var disk = Bynar_V1_DiskIdentity()
+        disk.host = host
+        disk.key = key
+        return disk
+    }
+
+    @Test func diskEventsMustNameTheTopicsHost() {
+        var event = Bynar_V1_DiskHealthEvent()
+        event.disk = Self.disk("h1", "serial-A")
+        event.toState = .failed
+        #expect(TopicClaims.mismatch(topic: Topics.diskEvents(host: "h1"), envelope: Self.envelope(.diskHealthEvent(event))) == nil)
+        let forged = TopicClaims.mismatch(topic: Topics.diskEvents(host: "h2"), envelope: Self.envelope(.diskHealthEvent(event)))
+        #expect(forged?.contains("disk.host \"h1\"") == true && forged?.contains("\"h2\"") == true, "\(forged ?? "nil")")
+        event.disk.host = "h2"
+        event.previousDisk = Self.disk("h1", "serial-OLD")
+        #expect(TopicClaims.mismatch(topic: Topics.diskEvents(host: "h2"), envelope: Self.envelope(.diskHealthEvent(event)))?.contains("previous_disk.host") == true)
+    }
+
+    @Test func diskHealthMustNameTheTopicsHostAndDisk() {
+        var health = Bynar_V1_DiskHealth()
+        health.disk = Self.disk("h1", "serial-A")
+        #expect(TopicClaims.mismatch(topic: Topics.diskHealth(host: "h1", disk: "serial-A"), envelope: Self.envelope(.diskHealth(health))) == nil)
+        #expect(TopicClaims.mismatch(topic: Topics.diskHealth(host: "h1", disk: "serial-B"), envelope: Self.envelope(.diskHealth(health)))?.contains("disk.key") == true)
+        #expect(TopicClaims.mismatch(topic: Topics.diskHealth(host: "h2", disk: "serial-A"), envelope: Self.envelope(.diskHealth(health)))?.contains("disk.host") == true)
+    }
+
+    @Test func serviceStatusMustNameTheTopicsHostAndService() {
+        var status = Bynar_V1_ServiceStatus()
+        status.host = "h1"
+        status.service = "disk-manager"
+        status.state = .death
+        #expect(TopicClaims.mismatch(topic: Topics.serviceStatus(host: "h1", service: "disk-manager"), envelope: Self.envelope(.serviceStatus(status))) == nil)
+        // The attack: detector.h2 on its own status topic claiming to be h1's disk-manager.
+        #expect(TopicClaims.mismatch(topic: Topics.serviceStatus(host: "h2", service: "detector"), envelope: Self.envelope(.serviceStatus(status))) != nil)
+        status.host = "h2"
+        #expect(TopicClaims.mismatch(topic: Topics.serviceStatus(host: "h2", service: "detector"), envelope: Self.envelope(.serviceStatus(status)))?.contains("service_status.service") == true)
+    }
+
+    @Test func progressCommandsAndHostStateMustNameTheTopicsHost() {
+        var progress = Bynar_V1_JobProgress()
+        progress.host = "h1"
+        #expect(TopicClaims.mismatch(topic: Topics.diskManagerProgress(host: "h2"), envelope: Self.envelope(.jobProgress(progress))) != nil)
+        #expect(TopicClaims.mismatch(topic: Topics.diskManagerProgress(host: "h1"), envelope: Self.envelope(.jobProgress(progress))) == nil)
+        var request = Bynar_V1_DiskManagerRequest()
+        request.host = "h1"
+        #expect(TopicClaims.mismatch(topic: Topics.diskManagerCommands(host: "h2"), envelope: Self.envelope(.diskManagerRequest(request))) != nil)
+        var state = Bynar_V1_HostState()
+        state.host = "h1"
+        #expect(TopicClaims.mismatch(topic: Topics.hostState(host: "h2"), envelope: Self.envelope(.hostState(state))) != nil)
+    }
+
+    @Test func topicsThatNameNoHostAreNotChecked() {
+        var note = Bynar_V1_Notification()
+        note.host = "anything"
+        #expect(TopicClaims.mismatch(topic: Topics.notifications, envelope: Self.envelope(.notification(note))) == nil)
+        #expect(TopicClaims.mismatch(topic: "test/other", envelope: Self.envelope(.notification(note))) == nil)
+    }
+}
