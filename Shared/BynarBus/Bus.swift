@@ -105,6 +105,8 @@ public final class Bus: Sendable {
         var held: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
         var heldBytes = 0
         var shutDown = false
+        /// The connection (by `stats.connects`) the last birth was announced on.
+        var birthConnection: UInt64 = 0
         /// The service said it is ready (subscribed, set up): births may be announced.
         var ready = false
     }
@@ -283,10 +285,13 @@ public final class Bus: Sendable {
             state.nextRouteId += 1
             state.routes[state.nextRouteId] = route
             // What arrived for this filter before it was registered goes first, in order,
-            // under the same lock, so no later message can overtake it.
+            // under the same lock, so no later message can overtake it. Never to a shared
+            // subscription's route: a message held from this client's own subscription was
+            // not the group's to share out (every member would run it).
             var kept: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
+            let shared = route.filter.hasPrefix("$share/")
             for entry in state.held {
-                if Topics.matches(filter: route.match, topic: entry.message.topic) {
+                if !shared && Topics.matches(filter: route.match, topic: entry.message.topic) {
                     if !route.deliver(entry.message) { state.stats.overflowed += 1 }
                 } else {
                     kept.append(entry)
@@ -590,6 +595,14 @@ public final class Bus: Sendable {
     }
 
     private func announceBirth() async {
+        // Once per connection: markReady and the connect handler can both get here for the
+        // same connection, and a second birth reads as a second "up" to whoever watches.
+        let first = state.withLock { state -> Bool in
+            guard state.birthConnection != state.stats.connects else { return false }
+            state.birthConnection = state.stats.connects
+            return true
+        }
+        guard first else { return }
         let birth = Bus.status(identity, .birth, cause: .unspecified, startedUnixMs: startedUnixMs)
         do {
             try await publish(birth, to: Topics.serviceStatus(host: identity.host, service: identity.service), retain: true)

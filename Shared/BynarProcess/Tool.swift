@@ -42,6 +42,9 @@ public enum Tool {
         } else {
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         }
+        // Nothing of the service's but stdin/stdout/stderr: not its broker sockets, not its
+        // SQLite files (whatever lacks close-on-exec).
+        if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -63,14 +66,36 @@ public enum Tool {
             envp?.forEach { free($0) }
         }
         var pid: pid_t = 0
+        let inherited: [UnsafeMutablePointer<CChar>?] = envp == nil ? cleanEnvironment().map { strdup($0) } + [nil] : []
+        defer { inherited.forEach { free($0) } }
         let rc = envp.map { envp in posix_spawnp(&pid, executable, &actions, &attributes, argv, envp) }
-            ?? posix_spawnp(&pid, executable, &actions, &attributes, argv, environ)
+            ?? posix_spawnp(&pid, executable, &actions, &attributes, argv, inherited)
         if pipeEnds[1] >= 0 { close(pipeEnds[1]) }
         guard rc == 0 else {
             if pipeEnds[0] >= 0 { close(pipeEnds[0]) }
             throw ToolError(command: command, problem: .cannotStart(describe(rc), errno: rc))
         }
         return (pid, pipeEnds[0] >= 0 ? pipeEnds[0] : nil)
+    }
+
+    /// glibc's `posix_spawn_file_actions_addclosefrom_np` (2.34 and later; Swift's Glibc
+    /// module does not export it), looked up once.
+    private static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
+    }()
+
+    /// The service's environment without Bynar's own settings (`BYNAR_*`, which may carry
+    /// the broker password or a JIRA token): what a tool gets unless told otherwise.
+    public static func cleanEnvironment() -> [String] {
+        var result: [String] = []
+        var pointer = environ
+        while let entry = pointer.pointee {
+            let text = String(cString: entry)
+            if !text.hasPrefix("BYNAR_") { result.append(text) }
+            pointer += 1
+        }
+        return result
     }
 
     /// What a finished tool did.

@@ -26,4 +26,16 @@ struct ToolTests {
         let group = Int32(run.text.filter(\.isNumber)) ?? 0
         #expect(group != getpgrp(), "not the caller's group: \(run.text)")
     }
+
+    @Test func aToolInheritsNeitherDescriptorsNorBynarSecrets() throws {
+        let leaked = open("/dev/null", O_RDONLY)  // no close-on-exec, like a library's socket
+        defer { close(leaked) }
+        setenv("BYNAR_BROKER__PASSWORD", "s3cret", 1)
+        defer { unsetenv("BYNAR_BROKER__PASSWORD") }
+        let fds = try Tool.run(["/bin/sh", "-c", "test -e /proc/$$/fd/\(leaked) && echo LEAKED || echo CLEAN"], timeout: .seconds(10))
+        #expect(fds.text.contains("CLEAN"), "descriptor \(leaked) reached the tool: \(fds.text)")
+        let environment = try Tool.run(["/usr/bin/env"], timeout: .seconds(10))
+        #expect(!environment.text.contains("BYNAR_"), "\(environment.text)")
+        #expect(environment.text.contains("PATH="))
+    }
 }

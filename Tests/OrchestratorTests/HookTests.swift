@@ -1,6 +1,7 @@
 import BynarBus
 import BynarProto
 import BynarTestSupport
+import Orchestrator
 import Foundation
 import Testing
 
@@ -93,5 +94,17 @@ import Testing
         hostStates.cancel()
         births.cancel()
         await tap.shutdown()
+    }
+}
+
+/// What may become a hook's argv: host names, addresses and service names only.
+struct HookArgumentTests {
+    @Test func optionsAndShellTextNeverReachAHook() {
+        for good in ["stor-07", "stor07.dc1.example.com", "10.0.3.7", "fe80::1", "disk-manager", "host"] {
+            #expect(HookRunner.unsafeArgument(good, "host") == nil, "\(good)")
+        }
+        for bad in ["-oProxyCommand=id", "a b", "h1;id", "$(id)", "h1\nh2", "", String(repeating: "a", count: 300), "hôst"] {
+            #expect(HookRunner.unsafeArgument(bad, "host") != nil, "\(bad)")
+        }
     }
 }

@@ -186,6 +186,11 @@ final class HookDispatcher: Sendable {
             return
         }
         let ip = HookRunner.address(of: host, configured: addresses[host])
+        if let problem = HookRunner.unsafeArgument(app, "app") ?? HookRunner.unsafeArgument(ip, "address") ?? HookRunner.unsafeArgument(host, "host") {
+            context.logger.error("hook event refused: an argument is no host name, address or service name", metadata: ["event_id": "\(eventID)", "problem": "\(problem)"])
+            try? journal.finishHookEvent(eventID)
+            return
+        }
         let environment = [
             "BYNAR_EVENT_ID": eventID, "BYNAR_EVENT_TIME": HookRunner.timestamp(unixMs: nowMs), "BYNAR_EVENT_TIME_UNIX_MS": "\(nowMs)",
             "BYNAR_HOST": host, "BYNAR_SERVICE": app == "host" ? "" : app, "BYNAR_STATE": up ? "up" : "down",

@@ -81,7 +81,7 @@ actor MembershipKeeper {
 /// BYNAR_EVENT_TIME_UNIX_MS, BYNAR_HOST, BYNAR_SERVICE (empty for a host) and BYNAR_STATE in
 /// its environment. The hook runs in its own process group (as every tool: `Tool.spawn`), so a
 /// timeout kills everything it started.
-enum HookRunner {
+package enum HookRunner {
     struct Run: Sendable {
         var eventID: String
         var command: String
@@ -188,15 +188,24 @@ enum HookRunner {
         return text + "." + String(repeating: "0", count: 3 - String(millis).count) + String(millis) + "Z"
     }
 
+    /// Why `value` may not be a hook argument (it becomes argv of an operator's script:
+    /// `-oProxyCommand=...` must never get there), or nil. Host names, IPv4/IPv6 addresses
+    /// and service names only: letters, digits, `.`, `-`, `_`, `:`, at most 253 characters,
+    /// not starting with `-`.
+    package static func unsafeArgument(_ value: String, _ what: String) -> String? {
+        if value.isEmpty { return "\(what) is empty" }
+        if value.count > 253 { return "\(what) is \(value.count) characters long" }
+        if value.hasPrefix("-") { return "\(what) \"\(value.prefix(64))\" starts with \"-\"" }
+        let allowed = value.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || ".-_:".unicodeScalars.contains($0)) }
+        return allowed ? nil : "\(what) \"\(value.prefix(64))\" holds characters a host name, address or service name does not"
+    }
+
+    /// A hook's environment starts minimal: PATH, HOME, LANG, LC_ALL and TZ from the
+    /// orchestrator's (never its BYNAR_* settings, which may carry secrets), then the event's.
     static func inheritedEnvironment() -> [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            pointer += 1
+        var result: [String: String] = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        for name in ["PATH", "HOME", "LANG", "LC_ALL", "TZ"] {
+            if let value = getenv(name) { result[name] = String(cString: value) }
         }
         return result
     }
