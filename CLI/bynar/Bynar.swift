@@ -65,6 +65,21 @@ struct BrokerOptions: ParsableArguments {
         }
         return bus
     }
+
+    /// Connects, runs `body`, and shuts the bus down before returning, also when `body`
+    /// throws. (A shutdown left to a detached task raced the process's exit: the network
+    /// thread could still be running when the process tore down, and crashed it.)
+    func withBus<T>(purpose: String, _ body: (Bus) async throws -> T) async throws -> T {
+        let bus = try await connect(purpose: purpose)
+        do {
+            let result = try await body(bus)
+            await bus.shutdown()
+            return result
+        } catch {
+            await bus.shutdown()
+            throw error
+        }
+    }
 }
 
 /// The operator's signing key for disk-manager commands.

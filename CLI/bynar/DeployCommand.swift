@@ -97,20 +97,20 @@ struct Deploy: AsyncParsableCommand {
                 options.simulate = simulate
                 let journalFile: DeployJournal
                 do { journalFile = try DeployJournal(path: journal) } catch { throw CLIFailure("\(error)", code: CLIFailure.config) }
-                let bus = try await brokerOptions.connect(purpose: "deploy osds")
-                defer { Task { await bus.shutdown() } }
-                let client = try keyOptions.client(bus: bus)
-                let engine = DeployEngine(client: client, plan: plan, options: options, journal: journalFile)
-                if journalFile.resumed { printError("resuming run \(journalFile.runID) from \(journal ?? "")") }
-                let reporter = Task { await showProgress(engine) }
-                let report = try await engine.run()
-                reporter.cancel()
-                _ = await reporter.value
-                if isatty(2) != 0 { writeAll(2, "\r\u{1B}[K") }
-                printError(engine.progress.line(elapsed: .milliseconds(Int(report.elapsedMs))))
-                emit(json ? report.json() : report.table())
-                for problem in engine.journalProblems { printError("bynar: journal: \(problem)") }
-                if !report.succeeded || !engine.journalProblems.isEmpty { throw ExitCode(CLIFailure.failed) }
+                try await brokerOptions.withBus(purpose: "deploy osds") { bus in
+                    let client = try keyOptions.client(bus: bus)
+                    let engine = DeployEngine(client: client, plan: plan, options: options, journal: journalFile)
+                    if journalFile.resumed { printError("resuming run \(journalFile.runID) from \(journal ?? "")") }
+                    let reporter = Task { await showProgress(engine) }
+                    let report = try await engine.run()
+                    reporter.cancel()
+                    _ = await reporter.value
+                    if isatty(2) != 0 { writeAll(2, "\r\u{1B}[K") }
+                    printError(engine.progress.line(elapsed: .milliseconds(Int(report.elapsedMs))))
+                    emit(json ? report.json() : report.table())
+                    for problem in engine.journalProblems { printError("bynar: journal: \(problem)") }
+                    if !report.succeeded || !engine.journalProblems.isEmpty { throw ExitCode(CLIFailure.failed) }
+                }
             }
         }
 

@@ -31,55 +31,55 @@ struct Disks: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingFailures {
-                let bus = try await brokerOptions.connect(purpose: "disks list")
-                defer { Task { await bus.shutdown() } }
-                let client = try keyOptions.client(bus: bus)
-                var targets = hosts
-                if targets.isEmpty {
-                    let births = payloads(try await collectRetained(bus, filters: [Topics.serviceStatus(host: "+", service: "disk-manager")], cap: .seconds(5)), as: Bynar_V1_ServiceStatus.self)
-                    targets = births.map(\.payload).filter { $0.state == .birth }.map(\.host).sorted()
-                    guard !targets.isEmpty else {
-                        throw CLIFailure("no disk-manager is up (no retained birth on \(Topics.serviceStatus(host: "+", service: "disk-manager"))); name hosts with --host")
+                try await brokerOptions.withBus(purpose: "disks list") { bus in
+                    let client = try keyOptions.client(bus: bus)
+                    var targets = hosts
+                    if targets.isEmpty {
+                        let births = payloads(try await collectRetained(bus, filters: [Topics.serviceStatus(host: "+", service: "disk-manager")], cap: .seconds(5)), as: Bynar_V1_ServiceStatus.self)
+                        targets = births.map(\.payload).filter { $0.state == .birth }.map(\.host).sorted()
+                        guard !targets.isEmpty else {
+                            throw CLIFailure("no disk-manager is up (no retained birth on \(Topics.serviceStatus(host: "+", service: "disk-manager"))); name hosts with --host")
+                        }
                     }
-                }
-                let timeout = Duration.milliseconds(Int(requestTimeout * 1000))
-                let answers = await withTaskGroup(of: (String, Result<Bynar_V1_DiskManagerResponse, any Error>).self) { group in
-                    for host in targets {
-                        group.addTask {
-                            do { return (host, .success(try await client.send(.list(.init()), to: host, timeout: timeout))) } catch {
-                                return (host, .failure(error))
+                    let timeout = Duration.milliseconds(Int(requestTimeout * 1000))
+                    let answers = await withTaskGroup(of: (String, Result<Bynar_V1_DiskManagerResponse, any Error>).self) { group in
+                        for host in targets {
+                            group.addTask {
+                                do { return (host, .success(try await client.send(.list(.init()), to: host, timeout: timeout))) } catch {
+                                    return (host, .failure(error))
+                                }
+                            }
+                        }
+                        var all: [(String, Result<Bynar_V1_DiskManagerResponse, any Error>)] = []
+                        for await answer in group { all.append(answer) }
+                        return all.sorted { $0.0 < $1.0 }
+                    }
+                    var failures: [CLIFailure] = []
+                    var rows: [[String]] = []
+                    for (host, answer) in answers {
+                        switch answer {
+                        case .failure(let error):
+                            failures.append(CLIFailure(error, talkingTo: "disk-manager on \(host)"))
+                        case .success(let response):
+                            guard response.outcome == .success else {
+                                failures.append(CLIFailure(refusal(response, operation: "List", host: host)))
+                                continue
+                            }
+                            for disk in response.diskList.disks {
+                                if json {
+                                    emit((try? disk.jsonString()) ?? "{}")
+                                } else {
+                                    rows.append(diskRow(host: host, disk))
+                                }
                             }
                         }
                     }
-                    var all: [(String, Result<Bynar_V1_DiskManagerResponse, any Error>)] = []
-                    for await answer in group { all.append(answer) }
-                    return all.sorted { $0.0 < $1.0 }
-                }
-                var failures: [CLIFailure] = []
-                var rows: [[String]] = []
-                for (host, answer) in answers {
-                    switch answer {
-                    case .failure(let error):
-                        failures.append(CLIFailure(error, talkingTo: "disk-manager on \(host)"))
-                    case .success(let response):
-                        guard response.outcome == .success else {
-                            failures.append(CLIFailure(refusal(response, operation: "List", host: host)))
-                            continue
-                        }
-                        for disk in response.diskList.disks {
-                            if json {
-                                emit((try? disk.jsonString()) ?? "{}")
-                            } else {
-                                rows.append(diskRow(host: host, disk))
-                            }
-                        }
+                    if !json {
+                        emit(TextTable.render(header: ["HOST", "DISK", "DEVICE", "SIZE", "MODEL", "STATUS", "BACKEND", "FLAGS"], rows: rows))
                     }
+                    for failure in failures { printError("bynar: \(failure.description)") }
+                    if let worst = failures.map(\.code).max() { throw ExitCode(worst) }
                 }
-                if !json {
-                    emit(TextTable.render(header: ["HOST", "DISK", "DEVICE", "SIZE", "MODEL", "STATUS", "BACKEND", "FLAGS"], rows: rows))
-                }
-                for failure in failures { printError("bynar: \(failure.description)") }
-                if let worst = failures.map(\.code).max() { throw ExitCode(worst) }
             }
         }
 
@@ -136,21 +136,21 @@ struct Disks: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingFailures {
-                let bus = try await brokerOptions.connect(purpose: "disks safe-to-remove")
-                defer { Task { await bus.shutdown() } }
-                let client = try keyOptions.client(bus: bus)
-                var operation = Bynar_V1_DiskManagerRequest.SafeToRemove()
-                operation.disk = diskOptions.selector
-                let response = try await send(client, .safeToRemove(operation), options: diskOptions, name: "SafeToRemove")
-                guard response.outcome == .success else { throw CLIFailure(refusal(response, operation: "SafeToRemove", host: diskOptions.host)) }
-                let answer = response.safeToRemove
-                if diskOptions.json {
-                    emit((try? response.jsonString()) ?? "{}")
-                } else {
-                    emit("\(answer.safe ? "safe" : "NOT safe") to remove \(diskOptions.disk) on \(diskOptions.host)\(answer.clusterHealth.isEmpty ? "" : " (cluster \(answer.clusterHealth))")")
-                    if !answer.detail.isEmpty { emit(answer.detail) }
+                try await brokerOptions.withBus(purpose: "disks safe-to-remove") { bus in
+                    let client = try keyOptions.client(bus: bus)
+                    var operation = Bynar_V1_DiskManagerRequest.SafeToRemove()
+                    operation.disk = diskOptions.selector
+                    let response = try await send(client, .safeToRemove(operation), options: diskOptions, name: "SafeToRemove")
+                    guard response.outcome == .success else { throw CLIFailure(refusal(response, operation: "SafeToRemove", host: diskOptions.host)) }
+                    let answer = response.safeToRemove
+                    if diskOptions.json {
+                        emit((try? response.jsonString()) ?? "{}")
+                    } else {
+                        emit("\(answer.safe ? "safe" : "NOT safe") to remove \(diskOptions.disk) on \(diskOptions.host)\(answer.clusterHealth.isEmpty ? "" : " (cluster \(answer.clusterHealth))")")
+                        if !answer.detail.isEmpty { emit(answer.detail) }
+                    }
+                    if !answer.safe { throw ExitCode(CLIFailure.notSafe) }
                 }
-                if !answer.safe { throw ExitCode(CLIFailure.notSafe) }
             }
         }
     }
@@ -214,50 +214,50 @@ private func send(_ client: DiskManagerClient, _ operation: Bynar_V1_DiskManager
 /// Sends a Remove or Add and, with `wait`, follows its job to the end (progress on stderr).
 private func runJob(_ operation: Bynar_V1_DiskManagerRequest.OneOf_Operation, name: String, broker: BrokerOptions, key: KeyOptions,
                     options: Disks.DiskOptions, wait: Bool, jobTimeout: Double) async throws {
-    let bus = try await broker.connect(purpose: "disks \(name.lowercased())")
-    defer { Task { await bus.shutdown() } }
-    let client = try key.client(bus: bus)
-    // Subscribed before sending, so a fast job's progress is not missed.
-    let follower = try await JobFollower(bus: bus, filter: Topics.diskManagerProgress(host: options.host)) { progress in
-        if !options.json { printError("\(progress.host): \(progress.operation) step \(progress.stepIndex)/\(progress.stepCount): \(progress.step)") }
-    }
-    defer { follower.stop() }
-    let response = try await send(client, operation, options: options, name: name)
-    switch response.outcome {
-    case .accepted, .alreadyDone where !response.jobID.isEmpty:
-        break
-    case .success where response.simulated:
-        if options.json { emit((try? response.jsonString()) ?? "{}") } else {
-            emit("\(name) of \(options.disk) on \(options.host) would do (simulated, nothing changed):")
-            for step in response.steps { emit("  \(step)") }
+    try await broker.withBus(purpose: "disks \(name.lowercased())") { bus in
+        let client = try key.client(bus: bus)
+        // Subscribed before sending, so a fast job's progress is not missed.
+        let follower = try await JobFollower(bus: bus, filter: Topics.diskManagerProgress(host: options.host)) { progress in
+            if !options.json { printError("\(progress.host): \(progress.operation) step \(progress.stepIndex)/\(progress.stepCount): \(progress.step)") }
         }
-        return
-    default:
-        throw CLIFailure(refusal(response, operation: name, host: options.host))
-    }
-    guard wait else {
-        if options.json { emit((try? response.jsonString()) ?? "{}") } else {
-            emit("\(name) of \(options.disk) on \(options.host) accepted: job \(response.jobID) (request \(response.requestID))")
+        defer { follower.stop() }
+        let response = try await send(client, operation, options: options, name: name)
+        switch response.outcome {
+        case .accepted, .alreadyDone where !response.jobID.isEmpty:
+            break
+        case .success where response.simulated:
+            if options.json { emit((try? response.jsonString()) ?? "{}") } else {
+                emit("\(name) of \(options.disk) on \(options.host) would do (simulated, nothing changed):")
+                for step in response.steps { emit("  \(step)") }
+            }
+            return
+        default:
+            throw CLIFailure(refusal(response, operation: name, host: options.host))
         }
-        return
-    }
-    if !options.json { printError("\(name) of \(options.disk) on \(options.host): job \(response.jobID) \(response.outcome == .alreadyDone ? "(sent before)" : "accepted")") }
-    let final = await follower.follow(
-        jobID: response.jobID, host: options.host, client: client, pollInterval: .seconds(5),
-        requestTimeout: .milliseconds(Int(options.requestTimeout * 1000)), deadline: .now + .milliseconds(Int(jobTimeout * 1000))
-    )
-    guard let final else {
-        throw CLIFailure("\(name) job \(response.jobID) on \(options.host) did not finish within \(Int(jobTimeout)) s; it goes on (follow it with the same --request-id \(response.requestID))")
-    }
-    if options.json { emit((try? final.jsonString()) ?? "{}") }
-    guard final.state == .succeeded else {
-        throw CLIFailure("\(name) of \(options.disk) on \(options.host) FAILED at step \"\(final.failedStep)\": \(final.message)")
-    }
-    if !options.json {
-        var line = "\(name) of \(options.disk) on \(options.host) succeeded"
-        if !final.backendID.isEmpty { line += ": osd \(final.backendID)" }
-        if name == "Remove" && !final.backendID.isEmpty { line += " (re-add with --reuse-osd-id \(final.backendID))" }
-        emit(line)
+        guard wait else {
+            if options.json { emit((try? response.jsonString()) ?? "{}") } else {
+                emit("\(name) of \(options.disk) on \(options.host) accepted: job \(response.jobID) (request \(response.requestID))")
+            }
+            return
+        }
+        if !options.json { printError("\(name) of \(options.disk) on \(options.host): job \(response.jobID) \(response.outcome == .alreadyDone ? "(sent before)" : "accepted")") }
+        let final = await follower.follow(
+            jobID: response.jobID, host: options.host, client: client, pollInterval: .seconds(5),
+            requestTimeout: .milliseconds(Int(options.requestTimeout * 1000)), deadline: .now + .milliseconds(Int(jobTimeout * 1000))
+        )
+        guard let final else {
+            throw CLIFailure("\(name) job \(response.jobID) on \(options.host) did not finish within \(Int(jobTimeout)) s; it goes on (follow it with the same --request-id \(response.requestID))")
+        }
+        if options.json { emit((try? final.jsonString()) ?? "{}") }
+        guard final.state == .succeeded else {
+            throw CLIFailure("\(name) of \(options.disk) on \(options.host) FAILED at step \"\(final.failedStep)\": \(final.message)")
+        }
+        if !options.json {
+            var line = "\(name) of \(options.disk) on \(options.host) succeeded"
+            if !final.backendID.isEmpty { line += ": osd \(final.backendID)" }
+            if name == "Remove" && !final.backendID.isEmpty { line += " (re-add with --reuse-osd-id \(final.backendID))" }
+            emit(line)
+        }
     }
 }
 

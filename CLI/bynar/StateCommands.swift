@@ -30,23 +30,23 @@ struct Incidents: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingFailures {
-            let bus = try await brokerOptions.connect(purpose: "incidents")
-            defer { Task { await bus.shutdown() } }
-            let events = payloads(try await collectRetained(bus, filters: [Topics.allIncidentStates], cap: retained.capDuration), as: Bynar_V1_IncidentEvent.self)
-                .map(\.payload)
-                .filter { all || ($0.incident.state != .resolved && $0.incident.state != .cancelled) }
-                .sorted { $0.incident.openedUnixMs < $1.incident.openedUnixMs }
-            if retained.json {
-                for event in events { emit((try? event.jsonString()) ?? "{}") }
-                return
+            try await brokerOptions.withBus(purpose: "incidents") { bus in
+                let events = payloads(try await collectRetained(bus, filters: [Topics.allIncidentStates], cap: retained.capDuration), as: Bynar_V1_IncidentEvent.self)
+                    .map(\.payload)
+                    .filter { all || ($0.incident.state != .resolved && $0.incident.state != .cancelled) }
+                    .sorted { $0.incident.openedUnixMs < $1.incident.openedUnixMs }
+                if retained.json {
+                    for event in events { emit((try? event.jsonString()) ?? "{}") }
+                    return
+                }
+                let rows = events.map { event -> [String] in
+                    let incident = event.incident
+                    return [incident.id, stateName(incident.state), incident.disk.host, incident.disk.key, dash(incident.disk.devPath),
+                            dash(incident.osdID), dash(incident.ticketKey), age(incident.updatedUnixMs), incident.detail.isEmpty ? event.message : incident.detail]
+                }
+                emit(TextTable.render(header: ["INCIDENT", "STATE", "HOST", "DISK", "DEVICE", "OSD", "TICKET", "UPDATED", "DETAIL"], rows: rows))
+                if rows.isEmpty { emit(all ? "(no incident)" : "(no open incident)") }
             }
-            let rows = events.map { event -> [String] in
-                let incident = event.incident
-                return [incident.id, stateName(incident.state), incident.disk.host, incident.disk.key, dash(incident.disk.devPath),
-                        dash(incident.osdID), dash(incident.ticketKey), age(incident.updatedUnixMs), incident.detail.isEmpty ? event.message : incident.detail]
-            }
-            emit(TextTable.render(header: ["INCIDENT", "STATE", "HOST", "DISK", "DEVICE", "OSD", "TICKET", "UPDATED", "DETAIL"], rows: rows))
-            if rows.isEmpty { emit(all ? "(no incident)" : "(no open incident)") }
         }
     }
 
@@ -66,21 +66,21 @@ struct Tickets: AsyncParsableCommand {
 
     func run() async throws {
         try await reportingFailures {
-            let bus = try await brokerOptions.connect(purpose: "tickets")
-            defer { Task { await bus.shutdown() } }
-            let events = payloads(try await collectRetained(bus, filters: [Topics.allTicketStates], cap: retained.capDuration), as: Bynar_V1_TicketEvent.self)
-                .map(\.payload)
-                .sorted { $0.changedUnixMs < $1.changedUnixMs }
-            if retained.json {
-                for event in events { emit((try? event.jsonString()) ?? "{}") }
-                return
+            try await brokerOptions.withBus(purpose: "tickets") { bus in
+                let events = payloads(try await collectRetained(bus, filters: [Topics.allTicketStates], cap: retained.capDuration), as: Bynar_V1_TicketEvent.self)
+                    .map(\.payload)
+                    .sorted { $0.changedUnixMs < $1.changedUnixMs }
+                if retained.json {
+                    for event in events { emit((try? event.jsonString()) ?? "{}") }
+                    return
+                }
+                let rows = events.map { event -> [String] in
+                    [event.incidentID, dash(event.ticketKey), protoName(event.state), dash(event.backend),
+                     age(event.changedUnixMs), dash(event.url), event.detail]
+                }
+                emit(TextTable.render(header: ["INCIDENT", "TICKET", "STATE", "BACKEND", "CHANGED", "URL", "DETAIL"], rows: rows))
+                if rows.isEmpty { emit("(no ticket)") }
             }
-            let rows = events.map { event -> [String] in
-                [event.incidentID, dash(event.ticketKey), protoName(event.state), dash(event.backend),
-                 age(event.changedUnixMs), dash(event.url), event.detail]
-            }
-            emit(TextTable.render(header: ["INCIDENT", "TICKET", "STATE", "BACKEND", "CHANGED", "URL", "DETAIL"], rows: rows))
-            if rows.isEmpty { emit("(no ticket)") }
         }
     }
 }
@@ -117,30 +117,30 @@ struct Cluster: AsyncParsableCommand {
 
         func run() async throws {
             try await reportingFailures {
-                let bus = try await brokerOptions.connect(purpose: "cluster status")
-                defer { Task { await bus.shutdown() } }
-                let messages = try await collectRetained(
-                    bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+")],
-                    cap: retained.capDuration
-                )
-                let lines = Self.summarize(
-                    statuses: payloads(messages, as: Bynar_V1_ServiceStatus.self).map(\.payload),
-                    hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
-                    health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload)
-                )
-                if retained.json {
-                    let encoder = JSONEncoder()
-                    encoder.outputFormatting = [.sortedKeys]
-                    for line in lines { emit(String(decoding: try encoder.encode(line), as: UTF8.self)) }
-                    return
+                try await brokerOptions.withBus(purpose: "cluster status") { bus in
+                    let messages = try await collectRetained(
+                        bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+")],
+                        cap: retained.capDuration
+                    )
+                    let lines = Self.summarize(
+                        statuses: payloads(messages, as: Bynar_V1_ServiceStatus.self).map(\.payload),
+                        hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
+                        health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload)
+                    )
+                    if retained.json {
+                        let encoder = JSONEncoder()
+                        encoder.outputFormatting = [.sortedKeys]
+                        for line in lines { emit(String(decoding: try encoder.encode(line), as: UTF8.self)) }
+                        return
+                    }
+                    let rows = lines.map { line -> [String] in
+                        let disks = line.disks.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }.joined(separator: ", ")
+                        return [line.host, line.up ? "up" : "DOWN", line.servicesUp.isEmpty ? "-" : line.servicesUp.joined(separator: ","),
+                                line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks]
+                    }
+                    emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS"], rows: rows))
+                    if rows.isEmpty { emit("(no host has announced itself)") }
                 }
-                let rows = lines.map { line -> [String] in
-                    let disks = line.disks.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }.joined(separator: ", ")
-                    return [line.host, line.up ? "up" : "DOWN", line.servicesUp.isEmpty ? "-" : line.servicesUp.joined(separator: ","),
-                            line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks]
-                }
-                emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS"], rows: rows))
-                if rows.isEmpty { emit("(no host has announced itself)") }
             }
         }
 
