@@ -45,10 +45,25 @@ public struct DiskManagerClient: Sendable {
         request.operation = operation
         let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
         let signed = try CommandSigning.sign(request, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: now)
-        return try await bus.request(
+        let response = try await bus.request(
             signed, to: Topics.diskManagerCommands(host: host), expecting: Bynar_V1_DiskManagerResponse.self,
             timeout: timeout, correlationId: correlationID
         ).payload
+        if let mismatch = Self.mismatch(response, request: request) { throw BusError.badReply(mismatch) }
+        return response
+    }
+
+    /// Nil when `response` answers `request` (it echoes its request id and host); otherwise
+    /// what differs. The bus has already checked the answer came from that host's
+    /// disk-manager; this catches a responder answering a different question.
+    public static func mismatch(_ response: Bynar_V1_DiskManagerResponse, request: Bynar_V1_DiskManagerRequest) -> String? {
+        if response.requestID != request.requestID {
+            return "the answer is for request \"\(response.requestID)\", not \"\(request.requestID)\""
+        }
+        if response.host != request.host {
+            return "the answer about request \"\(request.requestID)\" is for host \"\(response.host)\", not \"\(request.host)\""
+        }
+        return nil
     }
 }
 

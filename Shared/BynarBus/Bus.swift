@@ -85,6 +85,8 @@ public final class Bus: Sendable {
         var continuation: CheckedContinuation<MQTTMessage, any Error>
         var deadline: ContinuousClock.Instant
         var topic: String
+        /// Who may answer (``Topics/responder(forRequestTopic:)``); nil: anyone.
+        var responder: Responder?
     }
 
     private struct State {
@@ -468,7 +470,8 @@ public final class Bus: Sendable {
         let seconds = timeout.components.seconds + (timeout.components.attoseconds > 0 ? 1 : 0)
         let properties = PublishProperties(responseTopic: replyTopic, correlationData: key, messageExpirySeconds: UInt32(max(1, seconds)))
         let message: MQTTMessage = try await withCheckedThrowingContinuation { continuation in
-            state.withLock { $0.requests[key] = PendingRequest(continuation: continuation, deadline: .now + timeout, topic: topic) }
+            let responder = Topics.responder(forRequestTopic: topic)
+            state.withLock { $0.requests[key] = PendingRequest(continuation: continuation, deadline: .now + timeout, topic: topic, responder: responder) }
             Task {
                 do {
                     try await self.publish(bytes: bytes, to: topic, retain: false, properties: properties)
@@ -491,28 +494,81 @@ public final class Bus: Sendable {
         }
     }
 
-    /// Answers a request received on a subscription (to its response topic, with its
-    /// correlation data). Does nothing for a message that asked for no answer.
+    /// Answers a request received on a subscription, with its correlation data, on
+    /// ``Topics/reply(to:host:service:)`` below its response topic: the topic names this
+    /// service, which the broker lets nobody else publish on. Does nothing for a message
+    /// that asked for no answer.
+    /// - Throws: ``BusError/encoding(_:)`` when the response topic is not a Bynar reply
+    ///   topic (a forged request must not make a responder publish anywhere else).
     public func reply<Req, Res: BusPayload>(to request: Received<Req>, with response: Res) async throws {
         guard let topic = request.responseTopic else { return }
         try await send(response, to: topic, correlationData: request.correlationData ?? [], correlationId: request.envelope.correlationID)
     }
 
-    private func send<P: BusPayload>(_ payload: P, to topic: String, correlationData: [UInt8], correlationId: String) async throws {
-        let bytes = try Bus.serialize(envelope(payload, correlationId: correlationId))
+    /// Answers as `service` on `host` instead of this bus's own identity: for
+    /// `DiskManagerSimulator`, which stands in for many hosts' disk-managers on one
+    /// connection. The broker's ACL decides whether the connection may publish there; a
+    /// production identity may answer only as itself.
+    public func reply<Req, Res: BusPayload>(to request: Received<Req>, with response: Res, asHost host: String, service: String) async throws {
+        guard let topic = request.responseTopic else { return }
+        var responder = identity
+        responder.host = host
+        responder.service = service
+        try await send(response, to: topic, correlationData: request.correlationData ?? [], correlationId: request.envelope.correlationID, as: responder)
+    }
+
+    private func send<P: BusPayload>(
+        _ payload: P, to responseTopic: String, correlationData: [UInt8], correlationId: String, as responder: Identity? = nil
+    ) async throws {
+        if let reason = Topics.invalidResponseTopicReason(responseTopic) {
+            logger.warning("not answering a request", metadata: ["reason": "\(reason)"])
+            throw BusError.encoding(reason)
+        }
+        let responder = responder ?? identity
+        var envelope = envelope(payload, correlationId: correlationId)
+        envelope.sourceHost = responder.host
+        envelope.sourceService = responder.service
+        let bytes = try Bus.serialize(envelope)
+        let topic = Topics.reply(to: responseTopic, host: responder.host, service: responder.service)
         try await publish(bytes: bytes, to: topic, retain: false, properties: PublishProperties(correlationData: correlationData))
+    }
+
+    /// Hands a reply to the request it answers, if it came from whom the request was sent to
+    /// (the reply topic's last two levels, which the broker's ACL vouches for) and its claims
+    /// agree with that topic. Anything else is rejected (counted, logged, dead-lettered) and
+    /// the request keeps waiting for its real answer.
+    private func deliverReply(_ message: MQTTMessage) {
+        guard let key = message.correlationData else {
+            reject(message, reason: RejectReason(text: "reply without correlation data"))
+            return
+        }
+        let pending = state.withLock { $0.requests[key] }
+        guard let pending else {
+            logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
+            return
+        }
+        guard let responder = Topics.responder(ofReply: message.topic, responseTopic: replyTopic) else {
+            reject(message, reason: RejectReason(text: "reply on \(message.topic) names no responder (expected \(replyTopic)/{host}/{service})"))
+            return
+        }
+        if let expected = pending.responder, !expected.admits(responder) {
+            reject(message, reason: RejectReason(text: "reply to the request on \(pending.topic) came from \(responder), which was not asked (expected \(expected))"))
+            return
+        }
+        if case .failure(let reason) = decodeEnvelope(message) {
+            reject(message, reason: reason)
+            return
+        }
+        if let taken = state.withLock({ $0.requests.removeValue(forKey: key) }) {
+            taken.continuation.resume(returning: message)
+        }
     }
 
     private func ensureReplyRoute() async throws {
         guard !state.withLock({ $0.replyRouteReady }) else { return }
-        let route = Route(filter: replyTopic, match: replyTopic) { [weak self] message in
-            guard let self, let key = message.correlationData else { return true }
-            let pending = self.state.withLock { $0.requests.removeValue(forKey: key) }
-            if let pending {
-                pending.continuation.resume(returning: message)
-            } else {
-                self.logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
-            }
+        let filter = replyTopic + "/+/+"
+        let route = Route(filter: filter, match: filter) { [weak self] message in
+            self?.deliverReply(message)
             return true
         }
         let first = state.withLock { state -> Bool in
@@ -522,7 +578,7 @@ public final class Bus: Sendable {
             state.routes[state.nextRouteId] = route
             return true
         }
-        if first { try await ensureSubscribed(replyTopic) }
+        if first { try await ensureSubscribed(filter) }
     }
 
     /// Runs on the network thread: fails requests whose deadline passed.

@@ -22,6 +22,9 @@ public import BynarProto
 /// 5. `dm/{host}/cmd`: a `DiskManagerRequest`'s `host` is `{host}` (the sender is the
 ///    orchestrator or an operator, whose own host is not the topic's).
 /// 6. `host/{host}/state`: a `HostState`'s `host` is `{host}`.
+/// 7. `reply/{client}/{host}/{service}`: the envelope's `source_host` and
+///    `source_service` are `{host}` and `{service}` (the topic names the responder; the
+///    requester also checks it is the one it asked, ``Bus/request(_:to:expecting:timeout:correlationId:)``).
 /// Other topics name no host and are not checked here.
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
@@ -52,6 +55,8 @@ public enum TopicClaims {
             if case .jobProgress(let progress)? = envelope.payload, !progress.host.isEmpty { return differs("job_progress.host", progress.host, host) }
         case ("dm", 5) where levels[4] == "cmd":
             if case .diskManagerRequest(let request)? = envelope.payload { return differs("disk_manager_request.host", request.host, host) }
+        case ("reply", 6):
+            return differs("source_host", envelope.sourceHost, String(levels[4])) ?? differs("source_service", envelope.sourceService, String(levels[5]))
         case ("host", 5) where levels[4] == "state":
             if case .hostState(let state)? = envelope.payload { return differs("host_state.host", state.host, host) }
         default:

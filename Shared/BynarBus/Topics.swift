@@ -1,3 +1,5 @@
+import BynarConfig
+
 /// Builders for every topic in `docs/topics.md`, so no service spells a topic by hand.
 public enum Topics {
     public static let root = "bynar/v1"
@@ -14,8 +16,44 @@ public enum Topics {
     public static func diskManagerCommands(host: String) -> String { "\(root)/dm/\(host)/cmd" }
     /// Disk-manager job progress on one host.
     public static func diskManagerProgress(host: String) -> String { "\(root)/dm/\(host)/progress" }
-    /// Where replies to `clientId`'s requests go.
+    /// The response topic `clientId`'s requests carry. Nobody publishes on it as such: a
+    /// responder answers on ``reply(to:host:service:)``, one level per part of its identity.
     public static func replies(clientId: String) -> String { "\(root)/reply/\(clientId)" }
+    /// Where `service` on `host` answers a request whose response topic is `responseTopic`
+    /// (`bynar/v1/reply/{client}/{host}/{service}`): the broker's ACL lets only that
+    /// identity publish there, so the topic names who answered (docs/security.md).
+    public static func reply(to responseTopic: String, host: String, service: String) -> String { "\(responseTopic)/\(host)/\(service)" }
+
+    /// Who may answer a request sent to `topic`: a host's disk-manager commands only that
+    /// host's disk-manager, ticket commands a ticketing service on any host. Nil for topics
+    /// outside the schema (tests), whose replies are checked only against their own topic.
+    public static func responder(forRequestTopic topic: String) -> Responder? {
+        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        guard levels.count >= 3, levels[0] == "bynar", levels[1] == "v1" else { return nil }
+        if levels.count == 5, levels[2] == "dm", levels[4] == "cmd" { return Responder(host: String(levels[3]), service: "disk-manager") }
+        if topic == ticketCommands { return Responder(host: nil, service: "ticketing") }
+        return nil
+    }
+
+    /// The responder a reply topic names (its last two levels below `responseTopic`), or nil
+    /// when `topic` is not `responseTopic/{host}/{service}`.
+    public static func responder(ofReply topic: String, responseTopic: String) -> Responder? {
+        guard topic.hasPrefix(responseTopic + "/") else { return nil }
+        let rest = topic.dropFirst(responseTopic.count + 1).split(separator: "/", omittingEmptySubsequences: false)
+        guard rest.count == 2, !rest[0].isEmpty, !rest[1].isEmpty else { return nil }
+        return Responder(host: String(rest[0]), service: String(rest[1]))
+    }
+
+    /// A response topic a request may name: `bynar/v1/reply/{client}` with a client id that
+    /// is one valid topic level. Nil when acceptable; otherwise why not. A responder answers
+    /// nowhere else, so a forged request cannot make it publish on another service's topic.
+    public static func invalidResponseTopicReason(_ topic: String) -> String? {
+        let prefix = "\(root)/reply/"
+        guard topic.hasPrefix(prefix) else { return "response topic \"\(topic.prefix(200))\" is not under \(prefix)" }
+        let client = String(topic.dropFirst(prefix.count))
+        if let reason = Topic.invalidSegmentReason(client) { return "response topic \"\(topic.prefix(200))\": client id \(reason)" }
+        return nil
+    }
     public static let incidentEvents = "\(root)/incident/events"
     /// Retained latest state of one incident (an IncidentEvent); emptied (a zero-length
     /// retained message) when the incident is resolved or cancelled and reported.
@@ -58,4 +96,22 @@ public enum Topics {
         }
         return index == t.count
     }
+}
+
+/// Who answers a request: a service on a host (any host when `host` is nil).
+public struct Responder: Sendable, Equatable, CustomStringConvertible {
+    public var host: String?
+    public var service: String
+
+    public init(host: String?, service: String) {
+        self.host = host
+        self.service = service
+    }
+
+    /// Whether `other` (a concrete responder from a reply topic) is this one.
+    public func admits(_ other: Responder) -> Bool {
+        other.service == service && (host == nil || other.host == host)
+    }
+
+    public var description: String { "\(service) on \(host ?? "any host")" }
 }

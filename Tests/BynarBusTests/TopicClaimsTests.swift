@@ -69,4 +69,37 @@ struct TopicClaimsTests {
         #expect(TopicClaims.mismatch(topic: Topics.notifications, envelope: Self.envelope(.notification(note))) == nil)
         #expect(TopicClaims.mismatch(topic: "test/other", envelope: Self.envelope(.notification(note))) == nil)
     }
+
+    @Test func aReplyTopicNamesItsResponder() {
+        var envelope = Self.envelope(.errorReply(Bynar_V1_ErrorReply()))
+        envelope.sourceHost = "h1"
+        envelope.sourceService = "disk-manager"
+        let topic = Topics.reply(to: Topics.replies(clientId: "orchestrator-c1"), host: "h1", service: "disk-manager")
+        #expect(topic == "bynar/v1/reply/orchestrator-c1/h1/disk-manager")
+        #expect(TopicClaims.mismatch(topic: topic, envelope: envelope) == nil)
+        envelope.sourceHost = "h2"
+        #expect(TopicClaims.mismatch(topic: topic, envelope: envelope)?.contains("source_host \"h2\"") == true)
+        #expect(Topics.responder(ofReply: topic, responseTopic: "bynar/v1/reply/orchestrator-c1") == Responder(host: "h1", service: "disk-manager"))
+        #expect(Topics.responder(ofReply: "bynar/v1/reply/orchestrator-c1", responseTopic: "bynar/v1/reply/orchestrator-c1") == nil)
+        #expect(Topics.responder(ofReply: "bynar/v1/reply/orchestrator-c1/h1", responseTopic: "bynar/v1/reply/orchestrator-c1") == nil)
+    }
+
+    @Test func onlyTheAskedServiceMayAnswer() {
+        let dm = Topics.responder(forRequestTopic: Topics.diskManagerCommands(host: "h1"))
+        #expect(dm == Responder(host: "h1", service: "disk-manager"))
+        #expect(dm?.admits(Responder(host: "h1", service: "disk-manager")) == true)
+        #expect(dm?.admits(Responder(host: "h2", service: "disk-manager")) == false)
+        #expect(dm?.admits(Responder(host: "h1", service: "detector")) == false)
+        let ticketing = Topics.responder(forRequestTopic: Topics.ticketCommands)
+        #expect(ticketing?.admits(Responder(host: "any", service: "ticketing")) == true)
+        #expect(ticketing?.admits(Responder(host: "any", service: "orchestrator")) == false)
+        #expect(Topics.responder(forRequestTopic: "test/svc") == nil)
+    }
+
+    @Test func aResponseTopicMustBeABynarReplyTopic() {
+        #expect(Topics.invalidResponseTopicReason("bynar/v1/reply/orchestrator-c1") == nil)
+        for bad in ["bynar/v1/svc/h1/disk-manager", "bynar/v1/reply/a/b", "bynar/v1/reply/", "bynar/v1/reply/#", "bynar/v1/reply/x+y", "other"] {
+            #expect(Topics.invalidResponseTopicReason(bad) != nil, "\(bad)")
+        }
+    }
 }

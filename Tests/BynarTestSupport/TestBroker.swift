@@ -20,10 +20,23 @@ public final class TestBroker: @unchecked Sendable {
 
     /// Starts a broker. `extraConfig` lines are appended to the listener config (ACL and
     /// password files, limits); `persistence` keeps sessions and queues across restarts.
-    public init(extraConfig: String = "", persistence: Bool = false) throws {
+    public convenience init(extraConfig: String = "", persistence: Bool = false) throws {
+        try self.init { port, directory in
+            TestBroker.plainConfig(port: port, directory: directory, extraConfig: extraConfig, persistence: persistence)
+        }
+    }
+
+    /// Starts a broker whose whole configuration `config(port, directory)` writes, for a
+    /// free loopback port and the scratch directory (``ProductionBroker``).
+    public init(config: (Int, String) throws -> String) throws {
         directory = try makeTemporaryDirectory(prefix: "bynar-broker")
         port = try freeLoopbackPort()
         configPath = directory + "/mosquitto.conf"
+        try config(port, directory).write(toFile: configPath, atomically: true, encoding: .utf8)
+        try start()
+    }
+
+    static func plainConfig(port: Int, directory: String, extraConfig: String, persistence: Bool) -> String {
         var config = """
         # Test broker: stays root (no privilege drop) so it can read the scratch files.
         user root
@@ -41,8 +54,7 @@ public final class TestBroker: @unchecked Sendable {
             config += "persistence true\npersistence_location \(directory)/\nautosave_interval 1\n"
         }
         config += extraConfig.isEmpty ? "allow_anonymous true\n" : extraConfig + "\n"
-        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
-        try start()
+        return config
     }
 
     /// Starts (or restarts) the broker process on the same port and waits until it accepts

@@ -62,7 +62,10 @@ final class DiskManagerStandIn: Sendable {
         let consumer = Task { [self] in
             for await command in commands {
                 if let response = await self.handle(command.payload) {
-                    try? await self.bus.reply(to: command, with: response)
+                    // As the disk-manager of the host the topic names: the orchestrator
+                    // takes answers only from the disk-manager it asked.
+                    let host = command.topic.split(separator: "/")[3]
+                    try? await self.bus.reply(to: command, with: response, asHost: String(host), service: "disk-manager")
                 }
             }
         }

@@ -162,7 +162,7 @@ public final class DiskManagerSimulator: Sendable {
         let outcome = state.withLock { answer(request, host: host, verification: verification, state: &$0) }
         guard let response = outcome.0 else { return }
         Task {
-            try? await self.bus.reply(to: command, with: response)
+            try? await self.bus.reply(to: command, with: response, asHost: host, service: "disk-manager")
             if let job = outcome.1 {
                 try? await self.bus.publish(job, to: Topics.diskManagerProgress(host: host))
                 let duration = self.state.withLock { $0.jobDuration }
