@@ -42,8 +42,19 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// Shared-subscription group the orchestrators share hook events through (each live
     /// birth/death goes to one member).
     public var hookGroup = "orchestrator-hooks"
+    /// At most this many hook events run per minute on this orchestrator; beyond, events
+    /// are logged, counted and reported, not run (a flapping or forged host must not fork
+    /// hundreds of scripts).
+    public var hookLimit = HookLimit()
 
     public init() {}
+
+    /// Caps on hook events per rolling minute (`orchestrator.hook_limit`).
+    public struct HookLimit: Codable, Sendable, Equatable {
+        public var perMinute = 120
+        public var perHostPerMinute = 12
+        public init() {}
+    }
 
     /// Limits on disks out at once and on removals (the cluster brake).
     public struct BrakeConfig: Codable, Sendable, Equatable {
@@ -127,6 +138,8 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         if missingGraceSeconds < 0 { problem("missing_grace_seconds", "must be 0 or more, got \(missingGraceSeconds)") }
         if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
+        if hookLimit.perMinute < 1 { problem("hook_limit.per_minute", "must be at least 1, got \(hookLimit.perMinute)") }
+        if hookLimit.perHostPerMinute < 1 { problem("hook_limit.per_host_per_minute", "must be at least 1, got \(hookLimit.perHostPerMinute)") }
         if brake.maxOutPerHost < 1 { problem("brake.max_out_per_host", "must be at least 1, got \(brake.maxOutPerHost)") }
         if !(brake.removalsPerHour > 0) { problem("brake.removals_per_hour", "must be more than 0, got \(brake.removalsPerHour)") }
         if brake.removalBurst < 1 { problem("brake.removal_burst", "must be at least 1, got \(brake.removalBurst)") }

@@ -95,6 +95,45 @@ import Testing
         births.cancel()
         await tap.shutdown()
     }
+
+    @Test("a flapping host runs at most the per-host cap of hook events a minute")
+    func hookFloodIsCapped() async throws {
+        guard TestBroker.available else { return }
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-hook-flood")
+        let log = directory + "/hook.log"
+        let recorder = directory + "/record-hook"
+        try "#!/bin/sh\necho \"$1 $2 $3\" >> \(log)\n".write(toFile: recorder, atomically: true, encoding: .utf8)
+        chmod(recorder, 0o755)
+        let tap = try await connectedBus(broker, service: "tap", host: "t")
+        let births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "o1", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
+        let orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "o1", directory: directory, extraConfig: """
+            "orchestrator": {"hooks": [{"command": "\(recorder)"}], "hook_limit": {"per_minute": 50, "per_host_per_minute": 4}}
+            """)
+        defer {
+            orchestrator.signal(SIGTERM)
+            broker.stop()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        #expect(await births.wait(timeout: .seconds(20)) { $0.contains { $0.payload.state == .birth } })
+        try await Task.sleep(for: .milliseconds(300))
+        // What detector.stor9's password allows: 200 statuses on its own topic, each a new
+        // session flipping between birth and death (2 transitions each: service and host).
+        for index in 0..<200 {
+            var status = Bynar_V1_ServiceStatus()
+            status.host = "stor9"
+            status.service = "detector"
+            status.state = index % 2 == 0 ? .birth : .death
+            status.session = UInt64(index + 1)
+            try await tap.publish(status, to: Topics.serviceStatus(host: "stor9", service: "detector"))
+        }
+        try await Task.sleep(for: .seconds(3))
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        print("hook flood: 200 statuses (400 transitions) ran \(lines.count) hook events with per_host_per_minute 4")
+        #expect(lines.count == 4, "\(lines)")
+        births.cancel()
+        await tap.shutdown()
+    }
 }
 
 /// What may become a hook's argv: host names, addresses and service names only.

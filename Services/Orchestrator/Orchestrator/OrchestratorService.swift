@@ -2,6 +2,7 @@ public import BynarRuntime
 public import BynarStore
 import BynarAuth
 import BynarBus
+import Synchronization
 import BynarConfig
 import BynarProto
 import Logging
@@ -120,6 +121,8 @@ final class HookDispatcher: Sendable {
     let bus: Bus
     let subscription: Subscription<Bynar_V1_ServiceStatus>
     let addresses: [String: String]
+    /// Hook events per minute (``HookRateLimit``), across this orchestrator's handlers.
+    let limit: Mutex<HookRateLimit>
 
     private init(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, bus: Bus, subscription: Subscription<Bynar_V1_ServiceStatus>) {
         self.context = context
@@ -131,6 +134,8 @@ final class HookDispatcher: Sendable {
         var addresses: [String: String] = [:]
         for placement in context.config.orchestrator.hosts { if let address = placement.address { addresses[placement.host] = address } }
         self.addresses = addresses
+        let caps = context.config.orchestrator.hookLimit
+        limit = Mutex(HookRateLimit(perMinute: caps.perMinute, perHostPerMinute: caps.perHostPerMinute))
     }
 
     /// Connects the hook subscription; nil when no hooks are configured.
@@ -150,6 +155,7 @@ final class HookDispatcher: Sendable {
     func run() async {
         _ = try? journal.pruneHookEvents(beforeMs: Bus.nowUnixMs() - 7 * 86_400_000)
         await withDiscardingTaskGroup { group in
+            group.addTask { await self.reportSuppressed() }
             for await status in subscription {
                 // Retained statuses are the past (the spec sends none to shared subscriptions;
                 // this holds even for a broker that would).
@@ -160,6 +166,27 @@ final class HookDispatcher: Sendable {
                 for transition in transitions {
                     group.addTask { await self.handle(transition, status: status.payload, messageID: status.envelope.messageID, nowMs: now) }
                 }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Once a minute, says how many hook events the limit refused (a log line and an
+    /// operator notification, not one per event: that would be the flood again).
+    private func reportSuppressed() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(60))
+            let suppressed = limit.withLock { $0.takeSuppressed() }
+            guard !suppressed.isEmpty else { continue }
+            let total = suppressed.values.reduce(0, +)
+            let worst = suppressed.sorted { $0.value > $1.value }.prefix(10).map { "\($0.key): \($0.value)" }.joined(separator: ", ")
+            context.logger.warning("hook events not run: over the rate limit", metadata: ["refused": "\(total)", "hosts": "\(worst)"])
+            var note = Bynar_V1_Notification()
+            note.severity = .warning
+            note.title = "\(total) hook events not run in the last minute: over orchestrator.hook_limit"
+            note.text = "Refused per host (most first): \(worst). A host is flapping, or someone publishes statuses for it."
+            do { try context.outbox.publish(note, to: Topics.notifications) } catch {
+                context.logger.error("cannot store a notification", metadata: ["error": "\(error)"])
             }
         }
     }
@@ -188,6 +215,11 @@ final class HookDispatcher: Sendable {
         let ip = HookRunner.address(of: host, configured: addresses[host])
         if let problem = HookRunner.unsafeArgument(app, "app") ?? HookRunner.unsafeArgument(ip, "address") ?? HookRunner.unsafeArgument(host, "host") {
             context.logger.error("hook event refused: an argument is no host name, address or service name", metadata: ["event_id": "\(eventID)", "problem": "\(problem)"])
+            try? journal.finishHookEvent(eventID)
+            return
+        }
+        if case .refuse(let why) = limit.withLock({ $0.admit(host: host, nowMs: nowMs) }) {
+            context.logger.debug("hook event not run", metadata: ["event_id": "\(eventID)", "reason": "\(why)"])
             try? journal.finishHookEvent(eventID)
             return
         }
