@@ -377,10 +377,14 @@ public enum CommandRejection: Error, Equatable, Sendable, CustomStringConvertibl
     case unsigned
     /// The key id is not in the trusted-keys file.
     case unknownKey(String)
-    /// `expires_unix_ms` (this value) is not after now.
-    case expired(at: Int64)
-    /// The expiry is further ahead than the verifier's maximum lifetime allows.
-    case lifetimeTooLong
+    /// `expires_unix_ms` (`at`) is not after now, even allowing for clock skew.
+    case expired(at: Int64, clock: ClockReading)
+    /// The expiry is further ahead than the verifier's maximum lifetime (plus the allowed
+    /// skew) allows.
+    case lifetimeTooLong(at: Int64, clock: ClockReading)
+    /// The command expired before the oldest expiry whose nonce is still remembered: this
+    /// host's clock stepped back past forgotten nonces, so a replay cannot be ruled out.
+    case beforeReplayFloor(at: Int64, floor: Int64)
     /// The signature does not match the request and the named key.
     case badSignature
     /// The nonce is empty or longer than ``CommandVerifier/maxNonceLength``.
@@ -394,13 +398,40 @@ public enum CommandRejection: Error, Equatable, Sendable, CustomStringConvertibl
         switch self {
         case .unsigned: "command is not signed"
         case .unknownKey(let id): "command signed with unknown key \"\(id)\""
-        case .expired(let at): "command expired at \(at) (unix ms)"
-        case .lifetimeTooLong: "command expires too far in the future"
+        case .expired(let at, let clock): "command expired at \(at) (unix ms), \(clock.nowMs - at) ms ago by this host's clock; \(clock)"
+        case .lifetimeTooLong(let at, let clock): "command expires too far in the future (at \(at), \(at - clock.nowMs) ms from now by this host's clock); \(clock)"
+        case .beforeReplayFloor(let at, let floor):
+            "command expired at \(at) (unix ms), before \(floor), the oldest expiry whose nonce is still remembered (this host's clock stepped back?): a replay cannot be ruled out"
         case .badSignature: "command signature is not valid"
         case .badNonce(let length): "command nonce has \(length) bytes (1...\(CommandVerifier.maxNonceLength) allowed)"
         case .replayed(let nonce): "command nonce \(nonce) was used before (replay)"
         case .nonceStoreFailed(let why): "cannot record the command nonce: \(why)"
         }
+    }
+}
+
+/// What a time-based refusal says about the two clocks, so an operator can tell a stale
+/// command from a skewed clock.
+public struct ClockReading: Sendable, Equatable, CustomStringConvertible {
+    /// This host's clock at the check (unix ms).
+    public var nowMs: Int64
+    /// How far the clocks may disagree (`disk_manager.allowed_clock_skew_seconds`).
+    public var allowedSkewMs: Int64
+    /// The sender's clock minus this host's, measured from the envelope's `created_unix_ms`
+    /// (includes the message's transit time); nil when not known.
+    public var senderAheadMs: Int64?
+
+    public init(nowMs: Int64, allowedSkewMs: Int64, senderAheadMs: Int64? = nil) {
+        self.nowMs = nowMs
+        self.allowedSkewMs = allowedSkewMs
+        self.senderAheadMs = senderAheadMs
+    }
+
+    public var description: String {
+        let allowed = "allowed clock skew \(allowedSkewMs) ms"
+        guard let ahead = senderAheadMs else { return allowed }
+        let measured = ahead >= 0 ? "the sender's clock is \(ahead) ms ahead of this host's" : "the sender's clock is \(-ahead) ms behind this host's"
+        return "\(allowed); \(measured) (envelope created_unix_ms)" + (abs(ahead) > allowedSkewMs ? ": check NTP on both" : "")
     }
 }
 
@@ -426,6 +457,14 @@ public struct CommandVerifier: Sendable {
                 table.column("accepted_unix_ms", .integer).notNull()
             }
         },
+        LocalStore.Migration("disk-manager-nonce-floor-v1") { db in
+            // The highest cutoff nonces were ever pruned below: a command expiring before it
+            // may have had its nonce forgotten, so it is refused whatever the clock says now.
+            try db.create(table: "dm_nonce_floor") { table in
+                table.primaryKey("id", .integer).check { $0 == 1 }
+                table.column("floor_unix_ms", .integer).notNull()
+            }
+        },
     ]
 
     /// The keys commands may be signed with.
@@ -437,36 +476,54 @@ public struct CommandVerifier: Sendable {
     /// How long a nonce is kept after its command expired. Past expiry a replay is refused
     /// as expired anyway; the margin keeps it refused as a replay when the clock steps back.
     public let nonceRetention: Duration
+    /// How far the sender's clock and this host's may disagree: a command is still taken
+    /// this long after its expiry by this host's clock (and may expire this much later than
+    /// the maximum lifetime). Must be well below ``nonceRetention``.
+    public let allowedSkew: Duration
 
     /// A verifier over `store`, which must have been opened with ``migrations``.
-    public init(trustedKeys: TrustedKeys, store: LocalStore, maxLifetime: Duration = .seconds(600), nonceRetention: Duration = .seconds(3600)) {
+    public init(
+        trustedKeys: TrustedKeys, store: LocalStore, maxLifetime: Duration = .seconds(600), nonceRetention: Duration = .seconds(3600),
+        allowedSkew: Duration = .seconds(30)
+    ) {
         self.trustedKeys = trustedKeys
         self.store = store
         self.maxLifetime = maxLifetime
-        self.nonceRetention = nonceRetention
+        self.nonceRetention = max(nonceRetention, allowedSkew * 2)
+        self.allowedSkew = allowedSkew
     }
 
     /// Verifies `request` at `nowMs` (unix ms) and, when it passes, records its nonce.
-    public func verify(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64) -> Result<VerifiedCommand, CommandRejection> {
+    /// `sentUnixMs` (the envelope's `created_unix_ms`, by the sender's clock) only makes a
+    /// refusal say how far the clocks disagree; nothing is decided on it.
+    public func verify(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64, sentUnixMs: Int64? = nil) -> Result<VerifiedCommand, CommandRejection> {
         guard request.hasAuth, !request.auth.signature.isEmpty else { return .failure(.unsigned) }
         let auth = request.auth
         guard let key = trustedKeys[auth.keyID] else { return .failure(.unknownKey(auth.keyID)) }
-        guard auth.expiresUnixMs > nowMs else { return .failure(.expired(at: auth.expiresUnixMs)) }
-        guard auth.expiresUnixMs <= nowMs + CommandSigning.milliseconds(maxLifetime) else { return .failure(.lifetimeTooLong) }
+        let skewMs = CommandSigning.milliseconds(allowedSkew)
+        let clock = ClockReading(nowMs: nowMs, allowedSkewMs: skewMs, senderAheadMs: sentUnixMs.flatMap { $0 > 0 ? $0 - nowMs : nil })
+        guard auth.expiresUnixMs + skewMs > nowMs else { return .failure(.expired(at: auth.expiresUnixMs, clock: clock)) }
+        guard auth.expiresUnixMs <= nowMs + CommandSigning.milliseconds(maxLifetime) + skewMs else {
+            return .failure(.lifetimeTooLong(at: auth.expiresUnixMs, clock: clock))
+        }
         guard let bytes = try? CommandSigning.signedBytes(request), key.isValidSignature(auth.signature, for: bytes) else {
             return .failure(.badSignature)
         }
         let nonce = [UInt8](auth.nonce)
         guard (1...Self.maxNonceLength).contains(nonce.count) else { return .failure(.badNonce(length: nonce.count)) }
         do {
-            let fresh = try store.database.write { db in
-                _ = try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention))
+            let fresh = try store.database.write { db -> Bool? in
+                // Sound when the clock steps back: nonces are only ever forgotten below the
+                // floor, and nothing expiring below it is taken.
+                let floor = try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention)).floor
+                if auth.expiresUnixMs < floor { return nil }
                 try db.execute(
                     sql: "INSERT OR IGNORE INTO dm_command_nonce(nonce, key_id, expires_unix_ms, accepted_unix_ms) VALUES(?, ?, ?, ?)",
                     arguments: [Data(nonce), auth.keyID, auth.expiresUnixMs, nowMs]
                 )
                 return db.changesCount == 1
             }
+            guard let fresh else { return .failure(.beforeReplayFloor(at: auth.expiresUnixMs, floor: try floor())) }
             guard fresh else { return .failure(.replayed(Self.hex(nonce))) }
         } catch {
             return .failure(.nonceStoreFailed("\(error)"))
@@ -479,8 +536,13 @@ public struct CommandVerifier: Sendable {
     @discardableResult
     public func pruneNonces(nowMs: Int64) throws -> Int {
         try store.database.write { db in
-            try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention))
+            try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention)).pruned
         }
+    }
+
+    /// The replay floor: commands expiring before it are refused (0 until a nonce was pruned).
+    public func floor() throws -> Int64 {
+        try store.database.read { db in try Int64.fetchOne(db, sql: "SELECT floor_unix_ms FROM dm_nonce_floor WHERE id = 1") ?? 0 }
     }
 
     /// How many nonces are remembered.
@@ -488,9 +550,17 @@ public struct CommandVerifier: Sendable {
         try store.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM dm_command_nonce") ?? 0 }
     }
 
-    private static func prune(_ db: Database, nowMs: Int64, retentionMs: Int64) throws -> Int {
-        try db.execute(sql: "DELETE FROM dm_command_nonce WHERE expires_unix_ms < ?", arguments: [nowMs - retentionMs])
-        return db.changesCount
+    /// Forgets nonces that expired more than `retentionMs` ago, never lowering the floor
+    /// (a clock that stepped back prunes nothing new); returns how many and the floor.
+    private static func prune(_ db: Database, nowMs: Int64, retentionMs: Int64) throws -> (pruned: Int, floor: Int64) {
+        let previous = try Int64.fetchOne(db, sql: "SELECT floor_unix_ms FROM dm_nonce_floor WHERE id = 1") ?? 0
+        let cutoff = nowMs - retentionMs
+        guard cutoff > previous else { return (0, previous) }
+        try db.execute(sql: "DELETE FROM dm_command_nonce WHERE expires_unix_ms < ?", arguments: [cutoff])
+        let pruned = db.changesCount
+        try db.execute(sql: "INSERT INTO dm_nonce_floor(id, floor_unix_ms) VALUES(1, ?) ON CONFLICT(id) DO UPDATE SET floor_unix_ms = excluded.floor_unix_ms",
+                       arguments: [cutoff])
+        return (pruned, cutoff)
     }
 
     static func hex(_ bytes: [UInt8]) -> String {

@@ -12,6 +12,10 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var manageOnly: [String] = []
     /// Longest signed-command lifetime accepted.
     public var maxCommandLifetimeSeconds = 600
+    /// How far a sender's clock and this host's may disagree: commands and request deadlines
+    /// are honoured this long past their time by this host's clock. A refusal says the skew
+    /// it measured. At most 600 (nonces are remembered an hour past expiry).
+    public var allowedClockSkewSeconds = 30
     /// Ceph OSDs on this host; the Ceph backend is on when this section is present.
     public var ceph: CephBackendConfig?
     /// Plain data disks (one filesystem per disk, mounted by UUID); on when present.
@@ -34,6 +38,7 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         var problems: [FieldError] = []
         func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager." + field, problem: text)) }
         if maxDisksOut < 0 { problem("max_disks_out", "must be 0 or more, got \(maxDisksOut)") }
+        if !(0...600).contains(allowedClockSkewSeconds) { problem("allowed_clock_skew_seconds", "must be 0 to 600, got \(allowedClockSkewSeconds)") }
         if maxCommandLifetimeSeconds < 1 { problem("max_command_lifetime_seconds", "must be at least 1, got \(maxCommandLifetimeSeconds)") }
         if let file = trustedKeysFile, let reason = unreadable(file) { problem("trusted_keys_file", reason) }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }

@@ -24,8 +24,9 @@ struct AuthTests {
         try LocalStore(path: "\(directory)/disk-manager.sqlite", migrations: CommandVerifier.migrations + AuditLog.migrations)
     }
 
-    func verifier(_ store: LocalStore, maxLifetime: Duration = .seconds(600), retention: Duration = .seconds(3600)) -> CommandVerifier {
-        CommandVerifier(trustedKeys: TrustedKeys(keys: ["ops": key.publicKey]), store: store, maxLifetime: maxLifetime, nonceRetention: retention)
+    /// A verifier allowing no clock skew, unless asked.
+    func verifier(_ store: LocalStore, maxLifetime: Duration = .seconds(600), retention: Duration = .seconds(3600), skew: Duration = .zero) -> CommandVerifier {
+        CommandVerifier(trustedKeys: TrustedKeys(keys: ["ops": key.publicKey]), store: store, maxLifetime: maxLifetime, nonceRetention: retention, allowedSkew: skew)
     }
 
     static func removeRequest() -> Bynar_V1_DiskManagerRequest {
@@ -41,8 +42,8 @@ struct AuthTests {
         return request
     }
 
-    func signed(_ request: Bynar_V1_DiskManagerRequest = removeRequest(), lifetime: Duration = .seconds(60), nonce: [UInt8]? = nil) throws -> Bynar_V1_DiskManagerRequest {
-        try CommandSigning.sign(request, keyID: "ops", key: key, lifetime: lifetime, nowMs: Self.now, nonce: nonce)
+    func signed(_ request: Bynar_V1_DiskManagerRequest = removeRequest(), lifetime: Duration = .seconds(60), nowMs: Int64 = now, nonce: [UInt8]? = nil) throws -> Bynar_V1_DiskManagerRequest {
+        try CommandSigning.sign(request, keyID: "ops", key: key, lifetime: lifetime, nowMs: nowMs, nonce: nonce)
     }
 
     func rejection(_ result: Result<VerifiedCommand, CommandRejection>) -> CommandRejection? {
@@ -124,15 +125,55 @@ struct AuthTests {
         let store = try openStore()
         let request = try signed(lifetime: .seconds(60))
         let expiry = Self.now + 60_000
-        #expect(rejection(verifier(store).verify(request, nowMs: expiry)) == .expired(at: expiry))
-        #expect(rejection(verifier(store).verify(request, nowMs: expiry + 1)) == .expired(at: expiry))
-        #expect(throws: Never.self) { try verifier(store).verify(request, nowMs: expiry - 1).get() }
+        let strict = verifier(store)
+        #expect(rejection(strict.verify(request, nowMs: expiry)) == .expired(at: expiry, clock: ClockReading(nowMs: expiry, allowedSkewMs: 0)))
+        #expect(rejection(strict.verify(request, nowMs: expiry + 1)) == .expired(at: expiry, clock: ClockReading(nowMs: expiry + 1, allowedSkewMs: 0)))
+        #expect(throws: Never.self) { try strict.verify(request, nowMs: expiry - 1).get() }
+    }
+
+    @Test("a sender's clock a little behind is tolerated; a refusal says the measured skew")
+    func clockSkew() throws {
+        let store = try openStore()
+        let skewed = verifier(store, skew: .seconds(30))
+        // Signed by a sender 70 s behind this host, with a 60 s lifetime: expired 10 s ago by
+        // our clock, within the 30 s allowed.
+        let behind = try signed(lifetime: .seconds(60))
+        #expect(throws: Never.self) { try skewed.verify(behind, nowMs: Self.now + 70_000, sentUnixMs: Self.now).get() }
+        // 100 s behind: refused, and the refusal names the skew it measured.
+        let late = try signed(lifetime: .seconds(60), nowMs: Self.now + 1)
+        let refusal = rejection(skewed.verify(late, nowMs: Self.now + 100_001, sentUnixMs: Self.now + 1))
+        let text = refusal.map { "\($0)" } ?? ""
+        #expect(text.contains("40000 ms ago by this host's clock") && text.contains("allowed clock skew 30000 ms")
+                && text.contains("the sender's clock is 100000 ms behind this host's") && text.contains("check NTP"), "\(text)")
+        // A sender ahead: its expiry may exceed the maximum lifetime by the allowed skew.
+        let ahead = try signed(lifetime: .seconds(600), nowMs: Self.now + 20_000)
+        #expect(throws: Never.self) { try skewed.verify(ahead, nowMs: Self.now, sentUnixMs: Self.now + 20_000).get() }
+        let tooFar = try signed(lifetime: .seconds(600), nowMs: Self.now + 40_000)
+        guard case .lifetimeTooLong? = rejection(skewed.verify(tooFar, nowMs: Self.now)) else { Issue.record("accepted"); return }
+    }
+
+    @Test("replay protection holds when the clock steps back past pruned nonces")
+    func clockStepsBack() throws {
+        let store = try openStore()
+        let verifier = verifier(store, skew: .seconds(30))
+        let request = try signed(lifetime: .seconds(600))
+        #expect(throws: Never.self) { try verifier.verify(request, nowMs: Self.now).get() }
+        // The clock jumps two hours ahead (a bad NTP source); another command prunes the old nonce.
+        let later = try signed(lifetime: .seconds(60), nowMs: Self.now + 7_200_000)
+        #expect(throws: Never.self) { try verifier.verify(later, nowMs: Self.now + 7_200_000).get() }
+        #expect(try verifier.floor() == Self.now + 3_600_000)
+        // Back to the true time: the first command is within its lifetime again, but its nonce
+        // is forgotten: it must not be taken a second time.
+        let replay = rejection(verifier.verify(request, nowMs: Self.now + 1_000))
+        guard case .beforeReplayFloor(let at, let floor)? = replay else { Issue.record("replay taken: \(String(describing: replay))"); return }
+        #expect(at == Self.now + 600_000 && floor == Self.now + 3_600_000)
+        #expect("\(replay!)".contains("a replay cannot be ruled out"))
     }
 
     @Test func tooLongLifetimeIsRejected() throws {
         let store = try openStore()
         let request = try signed(lifetime: .seconds(601))
-        #expect(rejection(verifier(store).verify(request, nowMs: Self.now)) == .lifetimeTooLong)
+        #expect(rejection(verifier(store).verify(request, nowMs: Self.now)) == .lifetimeTooLong(at: Self.now + 601_000, clock: ClockReading(nowMs: Self.now, allowedSkewMs: 0)))
         let justRight = try signed(lifetime: .seconds(600))
         #expect(throws: Never.self) { try verifier(store).verify(justRight, nowMs: Self.now).get() }
     }
@@ -146,8 +187,10 @@ struct AuthTests {
     @Test func rejectionsDescribeThemselves() {
         #expect(CommandRejection.unsigned.description == "command is not signed")
         #expect(CommandRejection.unknownKey("x").description == "command signed with unknown key \"x\"")
-        #expect(CommandRejection.expired(at: 5).description == "command expired at 5 (unix ms)")
-        #expect(CommandRejection.lifetimeTooLong.description == "command expires too far in the future")
+        #expect(CommandRejection.expired(at: 5, clock: ClockReading(nowMs: 7, allowedSkewMs: 0)).description
+                == "command expired at 5 (unix ms), 2 ms ago by this host's clock; allowed clock skew 0 ms")
+        #expect(CommandRejection.lifetimeTooLong(at: 9, clock: ClockReading(nowMs: 7, allowedSkewMs: 0, senderAheadMs: 2)).description
+                == "command expires too far in the future (at 9, 2 ms from now by this host's clock); allowed clock skew 0 ms; the sender's clock is 2 ms ahead of this host's (envelope created_unix_ms): check NTP on both")
         #expect(CommandRejection.badSignature.description == "command signature is not valid")
         #expect(CommandRejection.replayed("00ff").description == "command nonce 00ff was used before (replay)")
     }
@@ -213,7 +256,7 @@ struct AuthTests {
     @Test func rejectedCommandsDoNotBurnTheirNonce() throws {
         let store = try openStore()
         let request = try signed(nonce: [9, 9, 9])
-        #expect(rejection(verifier(store, maxLifetime: .seconds(10)).verify(request, nowMs: Self.now)) == .lifetimeTooLong)
+        guard case .lifetimeTooLong? = rejection(verifier(store, maxLifetime: .seconds(10)).verify(request, nowMs: Self.now)) else { Issue.record("accepted"); return }
         #expect(try verifier(store).rememberedNonceCount() == 0)
         #expect(throws: Never.self) { try verifier(store).verify(request, nowMs: Self.now).get() }
     }
@@ -235,7 +278,7 @@ struct AuthTests {
         _ = try verifier.verify(third, nowMs: Self.now + 400_000).get()
         #expect(try verifier.rememberedNonceCount() == 1)
         // The pruned nonce's command is still refused: as expired.
-        #expect(rejection(verifier.verify(first, nowMs: Self.now + 400_000)) == .expired(at: Self.now + 60_000))
+        #expect(rejection(verifier.verify(first, nowMs: Self.now + 400_000)) == .expired(at: Self.now + 60_000, clock: ClockReading(nowMs: Self.now + 400_000, allowedSkewMs: 0)))
     }
 
     // MARK: Key files

@@ -61,7 +61,15 @@ struct RequestGateTests {
 
     @Test func lateRequestsAreNotStarted() {
         var gate = RequestGate(maxDisksOut: 1)
-        #expect(gate.received(request("r1", deadline: 100), nowMs: 150) == .refuse("deadline passed 50 ms ago; not started"))
+        #expect(gate.received(request("r1", deadline: 100), nowMs: 150)
+                == .refuse("deadline passed 50 ms ago by this host's clock (allowed clock skew 0 ms); not started"))
         #expect(gate.received(request("r2", deadline: 0), nowMs: 150) == .start, "no deadline given")
+    }
+
+    @Test func aSenderBehindByLessThanTheAllowedSkewIsServed() {
+        var gate = RequestGate(maxDisksOut: 1, allowedSkewMs: 30_000)
+        #expect(gate.received(request("r1", deadline: 100), nowMs: 30_100) == .start, "30 s late by this clock: within the skew")
+        #expect(gate.received(request("r2", deadline: 100), nowMs: 30_101)
+                == .refuse("deadline passed 30001 ms ago by this host's clock (allowed clock skew 30000 ms); not started"))
     }
 }

@@ -36,7 +36,7 @@ public struct DiskManagerService: BynarService {
         await context.bus.markReady()
         await cancelWhenGracefulShutdown {
             for await command in commands {
-                let response = await handler.handle(command.payload, nowMs: Bus.nowUnixMs())
+                let response = await handler.handle(command.payload, nowMs: Bus.nowUnixMs(), sentUnixMs: command.envelope.createdUnixMs)
                 do {
                     try await context.bus.reply(to: command, with: response)
                 } catch {
@@ -95,7 +95,8 @@ actor RequestHandler {
         config = context.config.diskManager
         if let path = config.trustedKeysFile {
             let keys = try TrustedKeys(path: path)
-            verifier = CommandVerifier(trustedKeys: keys, store: context.store, maxLifetime: .seconds(config.maxCommandLifetimeSeconds))
+            verifier = CommandVerifier(trustedKeys: keys, store: context.store, maxLifetime: .seconds(config.maxCommandLifetimeSeconds),
+                                       allowedSkew: .seconds(config.allowedClockSkewSeconds))
             context.logger.info("trusting command keys", metadata: ["keys": "\(keys.keyIDs)"])
         } else {
             verifier = nil
@@ -104,13 +105,13 @@ actor RequestHandler {
         audit = AuditLog(store: context.store)
         jobs = JobStore(store: context.store)
         known = KnownDisks(store: context.store)
-        gate = RequestGate(maxDisksOut: config.maxDisksOut, disksOut: try jobs.outKeys())
+        gate = RequestGate(maxDisksOut: config.maxDisksOut, disksOut: try jobs.outKeys(), allowedSkewMs: Int64(config.allowedClockSkewSeconds) * 1000)
     }
 
-    func handle(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
+    func handle(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64, sentUnixMs: Int64? = nil) async -> Bynar_V1_DiskManagerResponse {
         let clock = ContinuousClock()
         let started = clock.now
-        let verification = verifier?.verify(request, nowMs: nowMs) ?? .failure(.unknownKey("(no trusted keys configured)"))
+        let verification = verifier?.verify(request, nowMs: nowMs, sentUnixMs: sentUnixMs) ?? .failure(.unknownKey("(no trusted keys configured)"))
         let verified = clock.now
         let response = await answer(request, verification: verification, nowMs: nowMs)
         let answered = clock.now

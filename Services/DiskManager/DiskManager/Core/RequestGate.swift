@@ -71,8 +71,13 @@ public struct RequestGate: Sendable, Equatable {
     public private(set) var seen: [String: Outcome?] = [:]
     private var running: [String: Request] = [:]
 
-    public init(maxDisksOut: Int, disksOut: Set<String> = []) {
+    /// How far past its deadline (by this host's clock) a request is still started: the
+    /// sender's clock may be behind.
+    public let allowedSkewMs: Int64
+
+    public init(maxDisksOut: Int, disksOut: Set<String> = [], allowedSkewMs: Int64 = 0) {
         self.maxDisksOut = maxDisksOut
+        self.allowedSkewMs = allowedSkewMs
         self.disksOut = disksOut
     }
 
@@ -82,8 +87,9 @@ public struct RequestGate: Sendable, Equatable {
             if let first { return .alreadyDone(first) }
             return .refuse("request \(request.requestID) is still in progress")
         }
-        if request.deadlineUnixMs > 0 && nowMs > request.deadlineUnixMs {
-            return remember(request, .refuse("deadline passed \(nowMs - request.deadlineUnixMs) ms ago; not started"))
+        if request.deadlineUnixMs > 0 && nowMs > request.deadlineUnixMs + allowedSkewMs {
+            return remember(request, .refuse(
+                "deadline passed \(nowMs - request.deadlineUnixMs) ms ago by this host's clock (allowed clock skew \(allowedSkewMs) ms); not started"))
         }
         guard request.kind.changesDisk || request.kind == .safeToRemove else {
             return admit(request)
