@@ -17,14 +17,25 @@ public struct CephOSD: Sendable, Equatable {
     /// Ceph's name for the OSD's host (metadata `hostname`), empty when unknown.
     public var hostname: String
     /// Kernel names of its devices at its last boot ("sdb", "loop3"): `devices`,
-    /// `bluestore_bdev_dev_node`, `bluefs_db_dev_node`, `bluefs_wal_dev_node`.
+    /// `bluestore_bdev_dev_node`, `bluefs_db_dev_node`, `bluefs_wal_dev_node` (and the
+    /// role-specific sets below).
     public var deviceNames: Set<String>
     /// Stable ids of its devices from the metadata `device_ids` ("sdb=ATA_ST4000NM_Z1Z3ABCD"),
     /// by kernel name.
     public var deviceIDs: [String: String]
+    /// Kernel names of the device holding its BlueStore DB when that is a device of its own
+    /// (`bluefs_dedicated_db`): the partition (`bluefs_db_dev_node`, "loop3p1") and the disk
+    /// it is on (`bluefs_db_devices`, "loop3").
+    public var dbDeviceNames: Set<String>
+    /// As ``dbDeviceNames``, for a dedicated WAL (`bluefs_wal_dev_node`, `bluefs_wal_devices`).
+    public var walDeviceNames: Set<String>
+    /// Kernel names of its main (data) device: `bluestore_bdev_dev_node` and
+    /// `bluestore_bdev_devices`.
+    public var mainDeviceNames: Set<String>
 
     public init(id: Int, uuid: String = "", exists: Bool = true, up: Bool = true, in isIn: Bool = true, destroyed: Bool = false,
-                hostname: String = "", deviceNames: Set<String> = [], deviceIDs: [String: String] = [:]) {
+                hostname: String = "", deviceNames: Set<String> = [], deviceIDs: [String: String] = [:],
+                mainDeviceNames: Set<String> = [], dbDeviceNames: Set<String> = [], walDeviceNames: Set<String> = []) {
         self.id = id
         self.uuid = uuid
         self.exists = exists
@@ -32,8 +43,25 @@ public struct CephOSD: Sendable, Equatable {
         self.in = isIn
         self.destroyed = destroyed
         self.hostname = hostname
-        self.deviceNames = deviceNames
+        self.deviceNames = deviceNames.union(mainDeviceNames).union(dbDeviceNames).union(walDeviceNames)
         self.deviceIDs = deviceIDs
+        self.mainDeviceNames = mainDeviceNames
+        self.dbDeviceNames = dbDeviceNames
+        self.walDeviceNames = walDeviceNames
+    }
+
+    /// Not destroyed and still in the osdmap: its devices must not be wiped.
+    public var isLive: Bool { exists && !destroyed }
+
+    /// What the metadata says the device named `kernelName` (a disk or a partition) is to
+    /// this OSD: its main device first (an OSD with data and DB on two partitions of one
+    /// disk is one OSD on that disk), then DB, then WAL; nil when the metadata does not
+    /// name it, `.main` when it names it only in `devices` (no role known).
+    public func metadataRole(of kernelName: String) -> OSDDeviceMatch.Role? {
+        if mainDeviceNames.contains(kernelName) { return .main }
+        if dbDeviceNames.contains(kernelName) { return .db }
+        if walDeviceNames.contains(kernelName) { return .wal }
+        return deviceNames.contains(kernelName) ? .main : nil
     }
 }
 
@@ -98,8 +126,19 @@ extension RadosCluster {
         var devices: String?
         var device_ids: String?
         var bluestore_bdev_dev_node: String?
+        var bluestore_bdev_devices: String?
         var bluefs_db_dev_node: String?
+        var bluefs_db_devices: String?
         var bluefs_wal_dev_node: String?
+        var bluefs_wal_devices: String?
+    }
+
+    /// The kernel names in a metadata device node ("/dev/loop3p1") and device list
+    /// ("loop3" or "sdb,sdc").
+    static func kernelNames(node: String?, devices: String?) -> Set<String> {
+        var names = Set((devices ?? "").split(separator: ",").map { String($0) }.filter { !$0.isEmpty })
+        if let node, let last = node.split(separator: "/").last { names.insert(String(last)) }
+        return names
     }
 
     /// Every OSD in the osdmap with (unless `metadata` is false: one command less, for
@@ -118,11 +157,11 @@ extension RadosCluster {
                               up: entry.up != 0, in: entry.in != 0, destroyed: entry.state.contains("destroyed"))
             if let meta = byID[entry.osd] {
                 osd.hostname = meta.hostname ?? ""
-                var names = Set((meta.devices ?? "").split(separator: ",").map(String.init))
-                for node in [meta.bluestore_bdev_dev_node, meta.bluefs_db_dev_node, meta.bluefs_wal_dev_node] {
-                    if let node, let last = node.split(separator: "/").last { names.insert(String(last)) }
-                }
-                osd.deviceNames = names
+                osd.mainDeviceNames = Self.kernelNames(node: meta.bluestore_bdev_dev_node, devices: meta.bluestore_bdev_devices)
+                osd.dbDeviceNames = Self.kernelNames(node: meta.bluefs_db_dev_node, devices: meta.bluefs_db_devices)
+                osd.walDeviceNames = Self.kernelNames(node: meta.bluefs_wal_dev_node, devices: meta.bluefs_wal_devices)
+                osd.deviceNames = Self.kernelNames(node: nil, devices: meta.devices)
+                    .union(osd.mainDeviceNames).union(osd.dbDeviceNames).union(osd.walDeviceNames)
                 for pair in (meta.device_ids ?? "").split(separator: ",") {
                     let parts = pair.split(separator: "=", maxSplits: 1)
                     if parts.count == 2 { osd.deviceIDs[String(parts[0])] = String(parts[1]) }

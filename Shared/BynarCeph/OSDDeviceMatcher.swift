@@ -74,55 +74,76 @@ public struct OSDDeviceMatch: Sendable, Equatable {
     }
 }
 
-/// Which OSDs a local disk serves, decided on stable identity, never on the kernel name
-/// alone. A pure function of the facts, tested exhaustively.
+/// Which OSDs a local disk serves, and as what (data, DB, WAL), decided on stable identity,
+/// never on the kernel name alone. A pure function of the facts, tested exhaustively.
 ///
-/// Rules, in order:
-/// 1. A BlueStore label names the OSD by uuid (the osdmap's uuid for that id). A label
-///    whose uuid no OSD has (an old OSD's disk, another cluster's) names nothing.
-///    A `bluefs db` / `bluefs wal` label also serves every other live OSD of this host
-///    whose metadata names the same device (a DB device shared by several OSDs).
-/// 2. An LVM physical volume: the OSDs of this host whose metadata `device_ids` carry the
-///    disk's serial or WWN, else (live OSDs only) whose metadata names the kernel name.
-/// 3. Readable with no such label: nothing. A new blank disk that came up under a
+/// A disk serves several OSDs when it holds their BlueStore DBs or WALs (one partition, or
+/// one LV, per OSD: BlueFS takes a whole block device, so OSDs never share an unpartitioned
+/// one). The disk-manager must know every one of them before it touches the disk.
+///
+/// Rules (the disk's own first block, then each partition's):
+/// 1. A BlueStore label names its OSD by uuid (the osdmap's uuid for that id), with the
+///    label's role ("main", "bluefs db", "bluefs wal"). A label whose uuid no OSD has (an
+///    old OSD's disk, another cluster's) names nothing.
+/// 2. A `bluefs db` / `bluefs wal` label also serves every other **up** OSD of this host
+///    whose metadata names the disk, in the role the metadata gives it. Only up OSDs: a
+///    down OSD's metadata is from before it went down, and device names may have moved
+///    since (a reboot, a hot swap), so it could name a healthy disk that is someone
+///    else's now.
+/// 3. A part that is an LVM physical volume (ceph-volume's LVM layout keeps the BlueStore
+///    labels inside the logical volumes) or that cannot be read (a dying disk): the OSDs of
+///    this host whose metadata `device_ids` carry the disk's serial or WWN (destroyed ones
+///    too: a removed disk is REMOVED, not blank), else the live (not destroyed) OSDs of this
+///    host whose metadata names the disk's kernel name; each in the role the metadata
+///    gives the disk. A down OSD counts here: the disk of a down OSD is the one most likely
+///    to be unreadable, and naming one OSD too many only makes a removal refuse.
+/// 4. Readable with no label at all: nothing. A new blank disk that came up under a
 ///    destroyed OSD's old kernel name is blank, not that OSD.
-/// 4. Unreadable (the disk is dying): as rule 2. Metadata of a destroyed OSD is stale and
-///    never matched by kernel name.
+///
+/// Each OSD is named once, with its first match (a label before the metadata).
 public enum OSDDeviceMatcher {
     public static func match(_ facts: DeviceFacts, osds: [CephOSD], hostname: String) -> [OSDDeviceMatch] {
-        let live = osds.filter { $0.exists && !$0.destroyed }
-        let labels = facts.labels.compactMap { label -> BluestoreLabel? in
-            if case .bluestore(let bluestore) = label { return bluestore }
-            return nil
+        var matches: [OSDDeviceMatch] = []
+        var sharedRole: OSDDeviceMatch.Role?
+        for label in facts.labels {
+            guard case .bluestore(let label) = label else { continue }
+            guard let osd = osds.first(where: { !$0.uuid.isEmpty && $0.uuid == label.osdUUID.lowercased() }) else { continue }
+            let role = role(of: label)
+            matches.append(OSDDeviceMatch(osd: osd.id, role: role, evidence: "BlueStore label (osd uuid \(label.osdUUID))"))
+            if role != .main && sharedRole == nil { sharedRole = role }
         }
-        if !labels.isEmpty {
-            var matches: [OSDDeviceMatch] = []
-            for label in labels {
-                guard let osd = osds.first(where: { !$0.uuid.isEmpty && $0.uuid == label.osdUUID.lowercased() }) else { continue }
-                let role = role(of: label)
-                matches.append(OSDDeviceMatch(osd: osd.id, role: role, evidence: "BlueStore label (osd uuid \(label.osdUUID))"))
-                if role != .main {
-                    for other in live where other.id != osd.id && other.hostname == hostname && other.deviceNames.contains(facts.kernelName) {
-                        matches.append(OSDDeviceMatch(osd: other.id, role: role, evidence: "metadata names \(facts.kernelName) as a \(role.rawValue) device of osd.\(other.id)"))
-                    }
-                }
+        if let sharedRole {
+            for other in osds where other.up && other.isLive && other.hostname == hostname {
+                guard let known = other.metadataRole(of: facts.kernelName) else { continue }
+                // Named only in `devices` (no role known): as the label's role.
+                let named = known == .main && !other.mainDeviceNames.contains(facts.kernelName) ? sharedRole : known
+                matches.append(OSDDeviceMatch(osd: other.id, role: named, evidence: "metadata of up osd.\(other.id) names \(facts.kernelName) as its \(named.rawValue) device"))
             }
-            return unique(matches)
         }
-        let readable = !facts.labels.contains { if case .unreadable = $0 { return true } else { return false } }
+        let unreadable = facts.labels.contains { if case .unreadable = $0 { return true } else { return false } }
         let isLVM = facts.labels.contains(.lvm)
-        if readable && !isLVM { return [] }
+        if unreadable || isLVM {
+            matches += metadataMatches(facts, osds: osds, hostname: hostname, why: isLVM ? "LVM physical volume" : "disk unreadable")
+        }
+        return unique(matches)
+    }
+
+    /// Rule 3: the metadata's serials, else the kernel name of a live OSD.
+    static func metadataMatches(_ facts: DeviceFacts, osds: [CephOSD], hostname: String, why: String) -> [OSDDeviceMatch] {
         let local = osds.filter { $0.hostname == hostname && $0.exists }
         let stable = [facts.serial, facts.wwn].filter { $0.count >= 4 }
-        let byID = local.filter { osd in
-            osd.deviceIDs.values.contains { id in stable.contains { id == $0 || id.hasSuffix("_" + $0) } }
+        var byID: [OSDDeviceMatch] = []
+        for osd in local {
+            let named = osd.deviceIDs.first { _, id in stable.contains { id == $0 || id.hasSuffix("_" + $0) } }
+            guard let named else { continue }
+            let role = osd.metadataRole(of: named.key) ?? .main
+            byID.append(OSDDeviceMatch(osd: osd.id, role: role, evidence: "metadata device_ids name serial/WWN \(stable.joined(separator: "/")) (\(why))"))
         }
-        if !byID.isEmpty {
-            return byID.map { OSDDeviceMatch(osd: $0.id, role: .main, evidence: "metadata device_ids name serial/WWN \(stable.joined(separator: "/"))") }
-        }
-        let why = isLVM ? "LVM physical volume" : "disk unreadable"
-        return local.filter { !$0.destroyed && $0.deviceNames.contains(facts.kernelName) }.map {
-            OSDDeviceMatch(osd: $0.id, role: .main, evidence: "metadata names \(facts.kernelName) (\(why))")
+        if !byID.isEmpty { return byID }
+        return local.filter(\.isLive).compactMap { osd in
+            osd.metadataRole(of: facts.kernelName).map {
+                OSDDeviceMatch(osd: osd.id, role: $0, evidence: "metadata names \(facts.kernelName) as its \($0.rawValue) device (\(why))")
+            }
         }
     }
 

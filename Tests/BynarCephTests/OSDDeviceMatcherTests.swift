@@ -96,6 +96,97 @@ struct OSDDeviceMatcherTests {
         #expect(matches.allSatisfy { $0.role == .db })
     }
 
+    // MARK: Shared DB/WAL disks and stale metadata
+
+    static func uuid(_ id: Int) -> String { "aaaaaaaa-0000-0000-0000-\(String(format: "%012d", id))" }
+
+    /// osd.0 on loop0 alone; osd.4, 5, 6 with data on loop4-6 and their DBs on partitions
+    /// 1-3 of loop3, as `ceph osd metadata` reports them (`bluefs_db_dev_node`,
+    /// `bluefs_db_devices`, `devices`).
+    static func sharedDB(up: Bool = true) -> [CephOSD] {
+        [CephOSD(id: 0, uuid: uuid(0), hostname: "h1", mainDeviceNames: ["loop0"])]
+            + (4...6).map { id in
+                CephOSD(id: id, uuid: uuid(id), up: up, hostname: "h1", deviceNames: ["loop\(id)", "loop3"],
+                        mainDeviceNames: ["loop\(id)"], dbDeviceNames: ["loop3p\(id - 3)", "loop3"])
+            }
+    }
+
+    static func db(_ id: Int) -> DeviceLabel { .bluestore(BluestoreLabel(osdUUID: uuid(id), description: "bluefs db")) }
+
+    @Test func eachPartitionLabelNamesItsOSDAsDB() {
+        // The disk's own first block holds the GPT's protective MBR: no label there.
+        let facts = DeviceFacts(key: "db", kernelName: "loop3", labels: [.other, Self.db(4), Self.db(5), Self.db(6)])
+        let matches = OSDDeviceMatcher.match(facts, osds: Self.sharedDB(), hostname: "h1")
+        #expect(matches.map(\.osd) == [4, 5, 6])
+        #expect(matches.allSatisfy { $0.role == .db })
+    }
+
+    @Test func anUnreadableSharedDBDiskNamesEveryOSDOnItAsDB() {
+        // The DB disk died: none of its labels can be read; its OSDs are down. The metadata
+        // names the disk as each one's DB device (before: as their data disk).
+        let facts = DeviceFacts(key: "db", kernelName: "loop3", labels: [.unreadable("EIO"), .unreadable("EIO"), .unreadable("EIO"), .unreadable("EIO")])
+        let matches = OSDDeviceMatcher.match(facts, osds: Self.sharedDB(up: false), hostname: "h1")
+        #expect(matches.map(\.osd) == [4, 5, 6])
+        #expect(matches.allSatisfy { $0.role == .db }, "\(matches)")
+        // The data disk of one of them, unreadable, is that OSD's main device only.
+        let data = DeviceFacts(key: "d5", kernelName: "loop5", labels: [.unreadable("EIO")])
+        let one = OSDDeviceMatcher.match(data, osds: Self.sharedDB(up: false), hostname: "h1")
+        #expect(one.map(\.osd) == [5])
+        #expect(one.first?.role == .main)
+    }
+
+    @Test func aPartlyUnreadableDiskAddsWhatTheMetadataNames() {
+        // Partition 2's first block fails to read and its OSD is down: it comes from the
+        // metadata (an up one would come from rule 2 already).
+        let facts = DeviceFacts(key: "db", kernelName: "loop3", labels: [.other, Self.db(4), .unreadable("EIO"), Self.db(6)])
+        let matches = OSDDeviceMatcher.match(facts, osds: Self.sharedDB(up: false), hostname: "h1")
+        #expect(matches.map(\.osd) == [4, 6, 5])
+        #expect(matches.allSatisfy { $0.role == .db })
+        #expect(matches.last?.evidence.contains("unreadable") == true)
+    }
+
+    /// Device names moved (a reboot): osd.9 went down while its data disk was loop3; the
+    /// disk now at loop3 is the healthy DB disk of osd.4-6. osd.9's stale metadata must not
+    /// make it one of the disk's OSDs, in any role.
+    @Test func staleMetadataOfADownOSDNamesNoHealthyDisk() {
+        var osds = Self.sharedDB()
+        osds.append(CephOSD(id: 9, uuid: Self.uuid(9), up: false, hostname: "h1", deviceNames: ["loop3"], mainDeviceNames: ["loop3"]))
+        let dbDisk = DeviceFacts(key: "db", kernelName: "loop3", labels: [.other, Self.db(4), Self.db(5), Self.db(6)])
+        #expect(OSDDeviceMatcher.match(dbDisk, osds: osds, hostname: "h1").map(\.osd) == [4, 5, 6])
+        // A healthy data disk now at osd.9's old name is its label's OSD only.
+        let dataDisk = DeviceFacts(key: "d", kernelName: "loop3", labels: [.bluestore(BluestoreLabel(osdUUID: Self.uuid(5), description: "main"))])
+        #expect(OSDDeviceMatcher.match(dataDisk, osds: osds, hostname: "h1").map(\.osd) == [5])
+        // A single DB label at that name, with osd.9's metadata naming it only in `devices`
+        // (no role): osd.9 is down, so not added (the old rule took every live OSD).
+        var bare = Self.sharedDB()
+        bare.append(CephOSD(id: 9, uuid: Self.uuid(9), up: false, hostname: "h1", deviceNames: ["loop3"]))
+        let oneLabel = DeviceFacts(key: "db", kernelName: "loop3", labels: [Self.db(4)])
+        #expect(OSDDeviceMatcher.match(oneLabel, osds: bare, hostname: "h1").map(\.osd) == [4, 5, 6])
+        // A blank disk at the old name is nobody's.
+        #expect(OSDDeviceMatcher.match(DeviceFacts(key: "new", kernelName: "loop3", labels: [.other]), osds: osds, hostname: "h1").isEmpty)
+    }
+
+    @Test func anLVMDiskOfSharedDBsFindsEveryOSDBySerialWithItsRole() {
+        let osds = [
+            CephOSD(id: 1, hostname: "h1", deviceIDs: ["sdb": "ATA_SSD_S1", "nvme0n1": "NVME_FAST_N1"], mainDeviceNames: ["sdb"], dbDeviceNames: ["nvme0n1"]),
+            CephOSD(id: 2, hostname: "h1", deviceIDs: ["sdc": "ATA_SSD_S2", "nvme0n1": "NVME_FAST_N1"], mainDeviceNames: ["sdc"], dbDeviceNames: ["nvme0n1"]),
+        ]
+        let facts = DeviceFacts(key: "n", kernelName: "nvme0n1", serial: "N1", labels: [.lvm])
+        let matches = OSDDeviceMatcher.match(facts, osds: osds, hostname: "h1")
+        #expect(matches.map(\.osd) == [1, 2])
+        #expect(matches.allSatisfy { $0.role == .db })
+    }
+
+    @Test func theMetadataRoleOfADevice() {
+        let osd = CephOSD(id: 1, deviceNames: ["sdb", "sdx"], mainDeviceNames: ["sdb1", "sdb"], dbDeviceNames: ["sdb2", "sdb"], walDeviceNames: ["sdc1", "sdc"])
+        #expect(osd.metadataRole(of: "sdb") == .main)
+        #expect(osd.metadataRole(of: "sdb2") == .db)
+        #expect(osd.metadataRole(of: "sdc") == .wal)
+        #expect(osd.metadataRole(of: "sdx") == .main)
+        #expect(osd.metadataRole(of: "sdd") == nil)
+        #expect(osd.deviceNames.isSuperset(of: ["sdb1", "sdb2", "sdc1", "sdx"]))
+    }
+
     @Test func inconsistentPGsComeFromHealthDetail() {
         let health = CephHealth(status: "HEALTH_ERR", checks: [
             CephHealthCheck(code: "OSD_SCRUB_ERRORS", severity: "HEALTH_ERR", summary: "2 scrub errors", details: []),
