@@ -46,6 +46,10 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// are logged, counted and reported, not run (a flapping or forged host must not fork
     /// hundreds of scripts).
     public var hookLimit = HookLimit()
+    /// At most this many disks remembered per host, and this many hosts: a host whose
+    /// detector invents disks cannot grow the orchestrator without bound.
+    public var maxDisksPerHost = 512
+    public var maxHosts = 20_000
 
     public init() {}
 
@@ -138,6 +142,8 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         if missingGraceSeconds < 0 { problem("missing_grace_seconds", "must be 0 or more, got \(missingGraceSeconds)") }
         if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
+        if maxDisksPerHost < 1 { problem("max_disks_per_host", "must be at least 1, got \(maxDisksPerHost)") }
+        if maxHosts < 1 { problem("max_hosts", "must be at least 1, got \(maxHosts)") }
         if hookLimit.perMinute < 1 { problem("hook_limit.per_minute", "must be at least 1, got \(hookLimit.perMinute)") }
         if hookLimit.perHostPerMinute < 1 { problem("hook_limit.per_host_per_minute", "must be at least 1, got \(hookLimit.perHostPerMinute)") }
         if brake.maxOutPerHost < 1 { problem("brake.max_out_per_host", "must be at least 1, got \(brake.maxOutPerHost)") }

@@ -169,6 +169,44 @@ import Testing
         }
     }
 
+    @Test("a host inventing disks cannot grow the orchestrator without bound")
+    func inventedDisksAreBounded() async throws {
+        try await withHarness { h in
+            try await h.start(orchestrator: #""max_disks_per_host": 100"#)
+            let pid = h.orchestrator!.process.pid
+            func rssKiB() -> Int {
+                let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+                return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+            }
+            let before = rssKiB()
+            // What detector.stor2 may publish on its own topics: 3,000 healthy disks, each
+            // with a 20 KB model string.
+            for index in 0..<3_000 {
+                var health = Bynar_V1_DiskHealth()
+                health.disk = DetectorVoice.identity(host: "stor2", key: "serial-F\(index)")
+                health.disk.model = String(repeating: "M", count: 20_000)
+                health.state = .healthy
+                try await h.tap.publish(health, to: Topics.diskHealth(host: "stor2", disk: health.disk.key))
+            }
+            // A 3,001st disk of stor2 fails: not remembered, no incident.
+            var failed = Bynar_V1_DiskHealth()
+            failed.disk = DetectorVoice.identity(host: "stor2", key: "serial-F3000")
+            failed.state = .failed
+            try await h.tap.publish(failed, to: Topics.diskHealth(host: "stor2", disk: failed.disk.key))
+            // stor1 goes on as ever.
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed, timeout: .seconds(60))
+            #expect(id.hasPrefix("stor1."))
+            #expect(h.latest.keys.allSatisfy { !$0.hasPrefix("stor2.") }, "the unremembered disk opened nothing")
+            let after = rssKiB()
+            print("invented disks: 3000 healths of 20 KB from one host, max_disks_per_host 100: orchestrator RSS \(before / 1024) MiB -> \(after / 1024) MiB")
+            #expect(after - before < 64 * 1024, "RSS grew \((after - before) / 1024) MiB")
+            let log = h.orchestrator!.log
+            #expect(log.contains("disk not remembered") && log.contains("refused_so_far=1000"), "the refusals are logged")
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in

@@ -44,6 +44,8 @@ actor RepairEngine {
     /// repaired once missing for `missing_grace_seconds`.
     private var missingSince: [String: (identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], sinceMs: Int64)] = [:]
     private var placements: [String: OrchestratorConfig.HostPlacement] = [:]
+    /// Which disks may be remembered at all (bounded per host).
+    private var memory: DiskMemory
     /// Incidents changed in the batch being processed, and what they send.
     private var dirty: Set<String> = []
     private var messages: [IncidentJournal.Message] = []
@@ -66,9 +68,11 @@ actor RepairEngine {
             burst: config.brake.removalBurst, allowHealthErr: config.brake.allowRemovalWhenHealthErr)
         brake = ClusterBrake(limits: limits, bucket: try journal.bucket(), nowMs: now)
         latestOpening = try journal.latestOpenings()
+        memory = DiskMemory(maxDisksPerHost: config.maxDisksPerHost, maxHosts: config.maxHosts)
         for placement in config.hosts { placements[placement.host] = placement }
         for machine in try journal.openIncidents() {
             machines[machine.id] = machine
+            _ = memory.admit(host: machine.disk.host, key: machine.disk.key)
             if !machine.state.isTerminal { openByDisk[Self.diskKey(machine.disk.host, machine.disk.key)] = machine.id }
         }
     }
@@ -136,9 +140,28 @@ actor RepairEngine {
         }
     }
 
+    /// Whether the disk may be remembered; a refusal is logged at the first and every
+    /// 1000th time per host.
+    private func remembers(_ disk: Bynar_V1_DiskIdentity) -> Bool {
+        let (admitted, refused) = memory.admit(host: disk.host, key: disk.key)
+        if !admitted && (refused == 1 || refused % 1000 == 0) {
+            logger.warning("disk not remembered: its host reports more disks than orchestrator.max_disks_per_host (or too many hosts)", metadata: [
+                "host": "\(disk.host.prefix(256))", "disk": "\(disk.key.prefix(256))", "refused_so_far": "\(refused)",
+                "max_disks_per_host": "\(memory.maxDisksPerHost)", "max_hosts": "\(memory.maxHosts)"])
+        }
+        return admitted
+    }
+
     private func diskEvent(_ event: Bynar_V1_DiskHealthEvent) {
         let host = event.disk.host
         let key = Self.diskKey(host, event.disk.key)
+        if event.toState == .replaced, !event.previousDisk.key.isEmpty {
+            // The old disk left its slot: forget it (its incident keeps its own copy).
+            let previousHost = event.previousDisk.host.isEmpty ? host : event.previousDisk.host
+            memory.forget(host: previousHost, key: event.previousDisk.key)
+            health[Self.diskKey(previousHost, event.previousDisk.key)] = nil
+        }
+        guard remembers(event.disk) else { return }
         switch event.toState {
         case .failed:
             guard openByDisk[key] == nil else { return }
@@ -171,7 +194,8 @@ actor RepairEngine {
 
     private func diskHealth(_ latest: Bynar_V1_DiskHealth, retained: Bool) {
         let key = Self.diskKey(latest.disk.host, latest.disk.key)
-        health[key] = latest
+        guard remembers(latest.disk) else { return }
+        health[key] = DiskMemory.compact(latest)
         if let event = waitingForHealth.removeValue(forKey: key), openByDisk[key] == nil {
             open(event.disk, reasons: event.reasons, flags: latest, why: "FAILED event")
             return
