@@ -3,7 +3,9 @@ import BynarConfig
 import Foundation
 
 /// A real mosquitto running the shipped production configuration (`deploy/mosquitto/
-/// mosquitto.conf`): TLS only, no anonymous access, the passwd and per-identity ACL that
+/// mosquitto.conf`): TLS only, two listeners (storage hosts on ``TestBroker/port``, with
+/// client id = username; central services and operators on ``centralPort``), no anonymous
+/// access, the password files and per-identity ACL that
 /// `deploy/mosquitto/bynar-broker-auth` generates for `hosts`, with throwaway certificates.
 /// Changed from the shipped file only where it names host paths (certificates, auth files,
 /// persistence, log, pid file), the listener (a free loopback port) and `user root` (the
@@ -14,6 +16,8 @@ public final class ProductionBroker: Sendable {
     /// identity -> password, from the generated credentials file.
     public let passwords: [String: String]
     public let caFile: String
+    /// The central services' and operators' listener (8884 in the shipped file).
+    public let centralPort: Int
     private let scratch: String
 
     public init(hosts: [String], admins: [String] = ["ops"]) throws {
@@ -40,15 +44,18 @@ public final class ProductionBroker: Sendable {
         self.scratch = scratch
         caFile = scratch + "/ca.crt"
         let shipped = try String(contentsOfFile: deploy + "/mosquitto.conf", encoding: .utf8)
+        let centralPort = try freeLoopbackPort()
+        self.centralPort = centralPort
         broker = try TestBroker { port, directory in
             shipped.split(separator: "\n", omittingEmptySubsequences: false).compactMap { raw -> String? in
                 let line = String(raw)
                 if line.hasPrefix("pid_file ") { return nil }
                 if line.hasPrefix("user ") { return "user root" }
                 if line.hasPrefix("listener 8883") { return "listener \(port) 127.0.0.1" }
+                if line.hasPrefix("listener 8884") { return "listener \(centralPort) 127.0.0.1" }
                 if line.hasPrefix("persistence_location ") { return "persistence_location \(directory)/" }
                 if line.hasPrefix("log_dest ") { return "log_dest file \(directory)/mosquitto.log" }
-                if line.hasPrefix("password_file ") { return "password_file \(scratch)/auth/passwd" }
+                if line.hasPrefix("password_file ") { return line.replacingOccurrences(of: "/etc/mosquitto/bynar/", with: scratch + "/auth/") }
                 if line.hasPrefix("acl_file ") { return "acl_file \(scratch)/auth/acl" }
                 return line.replacingOccurrences(of: "/etc/mosquitto/bynar/", with: scratch + "/")
             }.joined(separator: "\n")
@@ -57,11 +64,14 @@ public final class ProductionBroker: Sendable {
 
     /// A connected bus for `service` on `host`, logged in as `identity` (default the
     /// production naming: `detector.h1`, `disk-manager.h1`, or the service name for central
-    /// services), over TLS verified against the test CA.
-    public func bus(service: String, host: String, identity: String? = nil, clientId: String? = nil, announce: Bool = false) async throws -> Bus {
+    /// services), over TLS verified against the test CA, on the listener of that identity
+    /// (or `port`).
+    public func bus(service: String, host: String, identity: String? = nil, clientId: String? = nil, announce: Bool = false, port: Int? = nil) async throws -> Bus {
         let user = identity ?? (["detector", "disk-manager"].contains(service) ? "\(service).\(host)" : service)
         guard let password = passwords[user] else { throw TestSupportError("no identity \(user) in the generated credentials") }
+        let storage = user.hasPrefix("detector.") || user.hasPrefix("disk-manager.")
         return try await connectedBus(broker, service: service, host: host, clientId: clientId ?? "\(service)-\(host)", announce: announce) {
+            $0.port = port ?? (storage ? self.broker.port : self.centralPort)
             $0.host = "localhost"
             $0.username = user
             $0.password = password
