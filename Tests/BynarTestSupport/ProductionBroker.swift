@@ -79,6 +79,12 @@ public final class ProductionBroker: Sendable {
         }
     }
 
+    /// The `broker` members a service's config needs to log in as `identity` (host, TLS,
+    /// credentials; the port is the caller's: ``TestBroker/port`` or ``centralPort``).
+    public func brokerConfigJSON(identity: String) -> String {
+        #""host": "localhost", "username": "\#(identity)", "password": "\#(passwords[identity] ?? "")", "tls": {"ca_file": "\#(caFile)"}"#
+    }
+
     deinit {
         try? FileManager.default.removeItem(atPath: scratch)
     }

@@ -11,13 +11,14 @@ public final class ServiceProcess: @unchecked Sendable {
     public let logPath: String
 
     /// Starts `executable` (e.g. "bynar-detector") on `brokerPort` as `host`; `extraConfig`
-    /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`).
-    public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "") throws {
+    /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`);
+    /// `brokerExtra` into the `broker` object (credentials, TLS).
+    public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "", brokerExtra: String = "") throws {
         self.directory = directory
         logPath = directory + "/\(executable).log"
         let config = """
         {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "debug",
-         "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)}
+         "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1\(brokerExtra.isEmpty ? "" : ", " + brokerExtra)}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)}
         """
         try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
         process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: logPath)
