@@ -54,6 +54,9 @@ public final class Bus: Sendable {
         /// ``Bus/heldBytesLimit`` (too many) or ``Bus/heldSeconds`` (too old): dropped,
         /// counted and logged.
         public var unrouted: UInt64 = 0
+        /// Messages this service made that the broker or libmosquitto refused for good (an
+        /// invalid topic, too large, an ACL denial): dead-lettered, not sent.
+        public var refusedOutgoing: UInt64 = 0
         public var connects: UInt64 = 0
     }
 
@@ -236,14 +239,48 @@ public final class Bus: Sendable {
     ///   (some may have been delivered: re-send the batch; receivers drop duplicates by id).
     public func publish(batch: [(bytes: [UInt8], topic: String, retain: Bool)]) async throws -> [BusError?] {
         precondition(batch.count <= Bus.maxBatch, "a batch holds at most \(Bus.maxBatch) messages")
-        let codes = try await client.publishBatch(
+        let outcomes = try await client.publishBatch(
             batch.map { MosquittoClient.Outgoing(topic: $0.topic, payload: $0.bytes, retain: $0.retain) },
             timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count)
         )
-        let accepted = codes.filter { $0 < 0x80 }.count
+        let refusals = zip(outcomes, batch).map { outcome, message -> BusError? in
+            switch outcome {
+            case .acknowledged(let code):
+                code < 0x80 ? nil : BusError.publishRefused(topic: message.topic, reasonCode: code, reason: MosquittoClient.reasonString(code))
+            case .notSent(let code, let detail):
+                BusError.mosquitto(call: "publish to \(message.topic.prefix(200))", code: code, detail: detail)
+            }
+        }
+        let accepted = refusals.filter { $0 == nil }.count
         state.withLock { $0.stats.published += UInt64(accepted) }
-        return zip(codes, batch).map { code, message in
-            code < 0x80 ? nil : BusError.publishRefused(topic: message.topic, reasonCode: code, reason: MosquittoClient.reasonString(code))
+        for (refusal, message) in zip(refusals, batch) {
+            if let refusal { deadLetterOutgoing(message.bytes, topic: message.topic, why: refusal) }
+        }
+        return refusals
+    }
+
+    /// A message this service made and the broker or libmosquitto will never take: counted,
+    /// logged, and put on this service's dead-letter topic (cut to fit) so an operator sees
+    /// what was not sent and why. The caller drops or parks it and goes on.
+    func deadLetterOutgoing(_ bytes: [UInt8], topic: String, why: BusError) {
+        state.withLock { $0.stats.refusedOutgoing += 1 }
+        logger.error("message refused for good; not sent", metadata: ["topic": "\(topic.prefix(200))", "bytes": "\(bytes.count)", "error": "\(why)"])
+        let deadLetterTopic = Topics.deadLetter(host: identity.host, service: identity.service)
+        guard topic != deadLetterTopic else { return }
+        var letter = Bynar_V1_DeadLetter()
+        letter.topic = String(topic.prefix(1024))
+        letter.payload = Data(bytes.prefix(Bus.deadLetterPayloadLimit))
+        letter.reason = "not sent: \(why)" + (bytes.count > Bus.deadLetterPayloadLimit ? " (payload cut to \(Bus.deadLetterPayloadLimit) of \(bytes.count) bytes)" : "")
+        letter.rejectedByService = identity.service
+        letter.rejectedByHost = identity.host
+        letter.receivedUnixMs = Bus.nowUnixMs()
+        Task {
+            do {
+                try await self.publish(letter, to: deadLetterTopic)
+                self.state.withLock { $0.stats.deadLettered += 1 }
+            } catch {
+                self.logger.error("cannot publish dead letter", metadata: ["topic": "\(topic.prefix(200))", "error": "\(error)"])
+            }
         }
     }
 

@@ -108,9 +108,13 @@ final class MosquittoClient: @unchecked Sendable {
         var batchOfMid: [Int32: (batch: UInt64, index: Int)] = [:]
         var nextBatch: UInt64 = 0
         var subscribes: [Int32: Waiter] = [:]
-        /// Acknowledgements that arrived before their waiter was registered.
-        var early: [Int32: Int32] = [:]
-        var earlySubscribes: [Int32: Int32] = [:]
+        /// Acknowledgements no waiter was registered for yet, with when they came: the ack of
+        /// a message just handed over can beat its waiter's registration. A waiter takes one
+        /// only if it came after its own send began; anything older is a late ack of a
+        /// publish that timed out, for an earlier use of the same 16-bit message id, and
+        /// must never acknowledge a new publish (pruned after a minute).
+        var early: [Int32: (code: Int32, at: ContinuousClock.Instant)] = [:]
+        var earlySubscribes: [Int32: (code: Int32, at: ContinuousClock.Instant)] = [:]
         var stopping = false
         var started = false
         var connected = false
@@ -287,6 +291,10 @@ final class MosquittoClient: @unchecked Sendable {
             return out
         }
         for waiter in expired { waiter.continuation.resume(throwing: BusError.timedOut(what: waiter.what)) }
+        state.withLock { state in
+            state.early = state.early.filter { now - $0.value.at < .seconds(60) }
+            state.earlySubscribes = state.earlySubscribes.filter { now - $0.value.at < .seconds(60) }
+        }
         for batch in takeBatches(where: { $0.deadline <= now }) {
             batch.continuation.resume(throwing: BusError.timedOut(what: batch.what))
         }
@@ -342,7 +350,7 @@ final class MosquittoClient: @unchecked Sendable {
                 state.batches[id] = batch
                 return .none
             }
-            state.early[mid] = reason
+            state.early[mid] = (reason, .now)
             return .none
         }
         switch wake {
@@ -355,7 +363,7 @@ final class MosquittoClient: @unchecked Sendable {
     private func handleSubscribeAck(mid: Int32, granted: Int32) {
         let waiter = state.withLock { state -> Waiter? in
             if let waiter = state.subscribes.removeValue(forKey: mid) { return waiter }
-            state.earlySubscribes[mid] = granted
+            state.earlySubscribes[mid] = (granted, .now)
             return nil
         }
         waiter?.continuation.resume(returning: granted)
@@ -395,9 +403,25 @@ final class MosquittoClient: @unchecked Sendable {
     /// While disconnected libmosquitto keeps a QoS 1 message and sends it after the next
     /// connect, so the wait spans short outages up to `timeout`.
     func publish(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties, timeout: Duration) async throws -> Int32 {
+        let started = ContinuousClock.now
         let mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
         if qos == 0 { return 0 }
-        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
+        return try await awaitAck(mid: mid, since: started, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
+    }
+
+    /// libmosquitto refusing a message for good (the broker would never take it, whenever it
+    /// is sent): an invalid topic, text that is not valid UTF-8 to MQTT (control
+    /// characters), a packet over the broker's announced maximum, a payload too large.
+    static func refusesForGood(_ rc: Int32) -> Bool {
+        [MOSQ_ERR_INVAL, MOSQ_ERR_MALFORMED_UTF8, MOSQ_ERR_OVERSIZE_PACKET, MOSQ_ERR_PAYLOAD_SIZE].map { Int32($0.rawValue) }.contains(rc)
+    }
+
+    /// What became of one message of a batch.
+    enum Outcome: Sendable, Equatable {
+        /// The broker's PUBACK reason code (>= 0x80: refused).
+        case acknowledged(Int32)
+        /// libmosquitto refused it before sending (``refusesForGood(_:)``): error code, why.
+        case notSent(Int32, String)
     }
 
     /// One message of a batch.
@@ -410,14 +434,32 @@ final class MosquittoClient: @unchecked Sendable {
     /// Publishes `messages` at QoS 1 back to back, in order, and waits once for all their
     /// acknowledgements; returns the reason codes in the same order. libmosquitto keeps the
     /// ones beyond the broker's receive maximum queued and sends them as acks come back.
-    func publishBatch(_ messages: [Outgoing], timeout: Duration) async throws -> [Int32] {
+    func publishBatch(_ messages: [Outgoing], timeout: Duration) async throws -> [Outcome] {
         guard !messages.isEmpty else { return [] }
+        let started = ContinuousClock.now
+        // One message libmosquitto refuses for good must not hold back the others: it is
+        // reported as not sent, and the rest go.
         var mids: [Int32] = []
+        var notSent: [Int: Outcome] = [:]
         mids.reserveCapacity(messages.count)
-        for message in messages {
-            mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: PublishProperties()))
+        for (index, message) in messages.enumerated() {
+            do {
+                mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: PublishProperties()))
+            } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
+                notSent[index] = .notSent(code, detail)
+            }
         }
-        let what = "acknowledgement of \(messages.count) publishes"
+        let codes = try await awaitBatch(mids, since: started, timeout: timeout, what: "acknowledgement of \(mids.count) publishes")
+        var outcomes: [Outcome] = []
+        var next = codes.makeIterator()
+        for index in messages.indices {
+            if let refused = notSent[index] { outcomes.append(refused) } else { outcomes.append(.acknowledged(next.next() ?? 0)) }
+        }
+        return outcomes
+    }
+
+    private func awaitBatch(_ mids: [Int32], since started: ContinuousClock.Instant, timeout: Duration, what: String) async throws -> [Int32] {
+        guard !mids.isEmpty else { return [] }
         return try await withCheckedThrowingContinuation { continuation in
             let ready = state.withLock { state -> Result<[Int32], BusError>? in
                 if state.threadDone { return .failure(.stopped) }
@@ -425,8 +467,8 @@ final class MosquittoClient: @unchecked Sendable {
                 state.nextBatch += 1
                 let id = state.nextBatch
                 for (index, mid) in mids.enumerated() {
-                    if let code = state.early.removeValue(forKey: mid) {
-                        batch.codes[index] = code
+                    if let early = state.early.removeValue(forKey: mid), early.at >= started {
+                        batch.codes[index] = early.code
                         batch.remaining -= 1
                     } else {
                         state.batchOfMid[mid] = (id, index)
@@ -472,13 +514,14 @@ final class MosquittoClient: @unchecked Sendable {
     /// Subscribes and waits for the SUBACK; returns the granted QoS or the refusal code.
     /// Returns nil when not connected: the caller subscribes again on the next connect.
     func subscribe(filter: String, qos: Int32, timeout: Duration) async throws -> Int32? {
+        let started = ContinuousClock.now
         var mid: Int32 = 0
         let rc = mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
         if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
             throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
         }
-        return try await awaitAck(mid: mid, timeout: timeout, what: "acknowledgement of subscribe to \(filter)", subscribe: true)
+        return try await awaitAck(mid: mid, since: started, timeout: timeout, what: "acknowledgement of subscribe to \(filter)", subscribe: true)
     }
 
     /// Removes a subscription from the broker session (no wait).
@@ -486,11 +529,12 @@ final class MosquittoClient: @unchecked Sendable {
         _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
     }
 
-    private func awaitAck(mid: Int32, timeout: Duration, what: String, subscribe: Bool) async throws -> Int32 {
+    private func awaitAck(mid: Int32, since started: ContinuousClock.Instant, timeout: Duration, what: String, subscribe: Bool) async throws -> Int32 {
         try await withCheckedThrowingContinuation { continuation in
             let early = state.withLock { state -> Int32? in
-                if subscribe, let code = state.earlySubscribes.removeValue(forKey: mid) { return code }
-                if !subscribe, let code = state.early.removeValue(forKey: mid) { return code }
+                // Only an ack that came after this send began is this send's.
+                if subscribe, let early = state.earlySubscribes.removeValue(forKey: mid), early.at >= started { return early.code }
+                if !subscribe, let early = state.early.removeValue(forKey: mid), early.at >= started { return early.code }
                 if state.threadDone { return -1 }
                 let waiter = Waiter(continuation: continuation, deadline: .now + timeout, what: what)
                 if subscribe { state.subscribes[mid] = waiter } else { state.publishes[mid] = waiter }

@@ -33,8 +33,10 @@ public enum TopicClaims {
         guard levels.count >= 4, levels[0] == "bynar", levels[1] == "v1" else { return nil }
         let kind = levels[2]
         let host = String(levels[3])
+        // A level is the claim as ``Topics/level(_:)`` writes it (the same for every name a
+        // Bynar service makes; encoded only for odd ones).
         func differs(_ what: String, _ claimed: String, _ expected: String) -> String? {
-            claimed == expected ? nil : "\(what) \"\(claimed)\" but the topic \(topic) is \"\(expected)\"'s"
+            Topics.level(claimed) == expected ? nil : "\(what) \"\(claimed.prefix(200))\" but the topic \(topic.prefix(300)) is \"\(expected)\"'s"
         }
         switch (kind, levels.count) {
         case ("svc", 5):

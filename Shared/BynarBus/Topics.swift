@@ -5,17 +5,17 @@ public enum Topics {
     public static let root = "bynar/v1"
 
     /// Retained birth/death of one service.
-    public static func serviceStatus(host: String, service: String) -> String { "\(root)/svc/\(host)/\(service)" }
+    public static func serviceStatus(host: String, service: String) -> String { "\(root)/svc/\(level(host))/\(level(service))" }
     /// Every service's birth/death.
     public static let allServiceStatus = "\(root)/svc/+/+"
     /// Retained current health of one disk.
-    public static func diskHealth(host: String, disk: String) -> String { "\(root)/disk/\(host)/\(disk)/health" }
+    public static func diskHealth(host: String, disk: String) -> String { "\(root)/disk/\(level(host))/\(level(disk))/health" }
     /// Disk state transitions on one host.
-    public static func diskEvents(host: String) -> String { "\(root)/disk/\(host)/events" }
+    public static func diskEvents(host: String) -> String { "\(root)/disk/\(level(host))/events" }
     /// Disk-manager commands for one host.
-    public static func diskManagerCommands(host: String) -> String { "\(root)/dm/\(host)/cmd" }
+    public static func diskManagerCommands(host: String) -> String { "\(root)/dm/\(level(host))/cmd" }
     /// Disk-manager job progress on one host.
-    public static func diskManagerProgress(host: String) -> String { "\(root)/dm/\(host)/progress" }
+    public static func diskManagerProgress(host: String) -> String { "\(root)/dm/\(level(host))/progress" }
     /// The response topic `clientId`'s requests carry. Nobody publishes on it as such: a
     /// responder answers on ``reply(to:host:service:)``, one level per part of its identity.
     public static func replies(clientId: String) -> String { "\(root)/reply/\(clientId)" }
@@ -57,18 +57,53 @@ public enum Topics {
     public static let incidentEvents = "\(root)/incident/events"
     /// Retained latest state of one incident (an IncidentEvent); emptied (a zero-length
     /// retained message) when the incident is resolved or cancelled and reported.
-    public static func incidentState(id: String) -> String { "\(root)/incident/state/\(id)" }
+    public static func incidentState(id: String) -> String { "\(root)/incident/state/\(level(id))" }
     public static let allIncidentStates = "\(root)/incident/state/+"
     /// Retained latest TicketEvent of one incident's ticket.
-    public static func ticketState(incident: String) -> String { "\(root)/ticket/state/\(incident)" }
+    public static func ticketState(incident: String) -> String { "\(root)/ticket/state/\(level(incident))" }
     public static let allTicketStates = "\(root)/ticket/state/+"
     public static let ticketCommands = "\(root)/ticket/cmd"
     public static let ticketEvents = "\(root)/ticket/events"
     public static let notifications = "\(root)/notify"
-    public static func hostState(host: String) -> String { "\(root)/host/\(host)/state" }
+    public static func hostState(host: String) -> String { "\(root)/host/\(level(host))/state" }
     public static let hookEvents = "\(root)/hook/events"
     /// Payloads `service` on `host` received and could not use.
-    public static func deadLetter(host: String, service: String) -> String { "\(root)/deadletter/\(host)/\(service)" }
+    public static func deadLetter(host: String, service: String) -> String { "\(root)/deadletter/\(level(host))/\(level(service))" }
+
+    /// Most UTF-8 bytes of one topic level built from data.
+    public static let maxLevelBytes = 200
+
+    /// `value` as one topic level, the one place every level built from data (host, disk key,
+    /// incident id) goes through when a message is made, so no message is ever made that
+    /// libmosquitto or the broker refuses for its topic. Unchanged when it is fit already
+    /// (non-empty, at most ``maxLevelBytes``, none of `/ + # %`, no control characters);
+    /// otherwise those characters are percent-encoded (`%2F`, `%23`, ...) and an overlong
+    /// result is cut, with a hash of the whole value keeping it unique. `+` and `#` alone
+    /// pass through: they are wildcards of a subscription filter.
+    public static func level(_ value: String) -> String {
+        if value == "+" || value == "#" { return value }
+        func unfit(_ unit: UInt8) -> Bool { unit < 0x20 || unit == 0x7F || unit == UInt8(ascii: "/") || unit == UInt8(ascii: "+") || unit == UInt8(ascii: "#") || unit == UInt8(ascii: "%") }
+        let utf8 = Array(value.utf8)
+        if !utf8.isEmpty && utf8.count <= maxLevelBytes && !utf8.contains(where: unfit) { return value }
+        if utf8.isEmpty { return "%00" }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        for unit in utf8 {
+            if unfit(unit) { out += [UInt8(ascii: "%"), hex[Int(unit >> 4)], hex[Int(unit & 15)]] } else { out.append(unit) }
+        }
+        if out.count > maxLevelBytes {
+            // FNV-1a over the whole value: two long values that share a prefix stay apart.
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for unit in utf8 { hash = (hash ^ UInt64(unit)) &* 0x0000_0100_0000_01B3 }
+            var cut = Array(out.prefix(maxLevelBytes - 17))
+            // Never end inside a UTF-8 sequence or a %XX escape.
+            while let last = cut.last, last & 0xC0 == 0x80 || last & 0xC0 == 0xC0 { cut.removeLast() }
+            if cut.count >= 1, cut[cut.count - 1] == UInt8(ascii: "%") { cut.removeLast() }
+            if cut.count >= 2, cut[cut.count - 2] == UInt8(ascii: "%") { cut.removeLast(2) }
+            out = cut + Array("~".utf8) + Array(String(hash, radix: 16).utf8)
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
 
     /// A shared subscription: one of the group's members gets each message.
     public static func shared(group: String, _ filter: String) -> String { "$share/\(group)/\(filter)" }

@@ -82,6 +82,11 @@ public final class TestBroker: @unchecked Sendable {
     }
 
 
+    /// Sends `signal` to the broker process (SIGSTOP / SIGCONT: a broker that hangs).
+    public func signal(_ signal: Int32) {
+        if let pid = lock.withLock({ process?.pid }) { kill(pid, signal) }
+    }
+
     /// The broker's log so far.
     public var log: String { (try? String(contentsOfFile: directory + "/mosquitto.log", encoding: .utf8)) ?? "(no log)" }
 

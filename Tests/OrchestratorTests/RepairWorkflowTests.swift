@@ -207,6 +207,25 @@ import Testing
         }
     }
 
+    @Test("a disk key that is no valid topic level does not block the messages after it")
+    func oddDiskKeyIsEncodedNotStuck() async throws {
+        try await withHarness { h in
+            try await h.start()
+            // Before topic levels were encoded where messages are made, this key made the
+            // orchestrator build bynar/v1/incident/state/stor1.fz-a#b..., which libmosquitto
+            // refuses, and its sender retried that batch for ever: nothing after it went out.
+            let odd = DetectorVoice.identity(host: "stor1", key: "fz-a#b")
+            try await h.detector.say(odd, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed)
+            #expect(id.hasPrefix("stor1.fz-a#b."))
+            #expect(try await h.retainedState(id), "its retained state is on bynar/v1/incident/state/\(Topics.level(id))")
+            let other = DetectorVoice.identity(host: "stor2", key: "serial-NEXT")
+            try await h.detector.say(other, from: .failing, to: .failed)
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { h.latest.keys.contains { $0.hasPrefix("stor2.serial-NEXT.") && h.latest[$0]?.incident.state == .ticketed } },
+                    "the next incident's messages go out: \(h.latest.mapValues(\.incident.state))")
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in
