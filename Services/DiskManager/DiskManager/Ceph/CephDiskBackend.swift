@@ -7,9 +7,13 @@ import FoundationEssentials
 import Glibc
 #endif
 
-/// The Ceph backend as the service uses it: finds which disk carries which OSD of this host
-/// (`ceph osd metadata`: `devices`, `bluestore_bdev_dev_node`), and maps Remove / Add /
-/// Deploy onto ``CephBackend``'s workflows and the configured daemon commands.
+/// The Ceph backend as the service uses it: finds which disk serves which OSDs of this host
+/// (``OSDDeviceMatcher``: BlueStore labels, then `ceph osd metadata`), and maps Remove /
+/// Add / Deploy onto ``CephBackend``'s workflows and the configured daemon commands.
+///
+/// A disk that backs more than one OSD, or the DB/WAL of any live OSD, is never removed as
+/// if it were one OSD's (``CephDeviceRemoval``), and no disk is wiped while it still backs a
+/// live OSD: the world is read again right before the wipe.
 public struct CephDiskBackend: StorageBackend {
     public let name = "ceph"
     public let ceph: CephBackend
@@ -29,38 +33,76 @@ public struct CephDiskBackend: StorageBackend {
         osdHostname = config.osdHostname ?? machineHostname
     }
 
-    /// Which disks serve which OSD, by stable identity (``OSDDeviceMatcher``: the BlueStore
-    /// label on the disk, the metadata's serials, and the kernel name only for a live OSD
-    /// whose disk cannot be read). A disk that serves several OSDs (a shared DB device) is
-    /// claimed by the lowest id; its detail names them all.
+    /// Which disks serve which OSDs, by stable identity (``OSDDeviceMatcher``: the BlueStore
+    /// labels on the disk and its partitions, the metadata's serials, and the kernel name
+    /// only for a live OSD whose disk cannot be read). The claim's id names every OSD the
+    /// disk serves (``CephClaimID``): "4" for the data disk of osd.4, "1:db,2:db,3:db" for
+    /// a disk holding three OSDs' DBs. It is IN_SERVICE while any of them is live, REMOVED
+    /// when all are destroyed.
     public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
         let osds = try ceph.cluster.osds().osds
         guard !osds.isEmpty else { return [:] }
-        let byID = Dictionary(osds.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         var claims: [String: BackendClaim] = [:]
-        var claimedByPresent: Set<Int> = []
+        var foundOnPresent: Set<Dependency> = []
         // Present disks first: their labels name their OSDs exactly. A vanished disk is
-        // matched on what is left (its serial, or its old kernel name for a live OSD that no
-        // present disk's label claims: that name may carry a new OSD by now).
+        // matched on what is left (its serial, or its old kernel name for a live OSD whose
+        // device in that role no present disk's label claims: that name may carry a new OSD
+        // by now).
         for device in devices.filter({ !$0.absent }) + devices.filter(\.absent) {
-            let candidates = device.absent ? osds.filter { !claimedByPresent.contains($0.id) } : osds
-            let matches = OSDDeviceMatcher.match(DeviceFacts.read(device), osds: candidates, hostname: osdHostname)
-            guard let first = matches.min(by: { $0.osd < $1.osd }), let osd = byID[first.osd] else { continue }
-            if !device.absent { claimedByPresent.formUnion(matches.map(\.osd)) }
-            let status: Bynar_V1_ManagedDisk.Status = osd.destroyed ? .removed : .inService
-            claims[device.identity.key] = BackendClaim(backend: name, id: String(osd.id), status: status)
+            var matches = OSDDeviceMatcher.match(DeviceFacts.read(device), osds: osds, hostname: osdHostname)
+            if device.absent {
+                matches.removeAll { foundOnPresent.contains(Dependency($0)) }
+            } else {
+                foundOnPresent.formUnion(matches.map(Dependency.init))
+            }
+            guard !matches.isEmpty else { continue }
+            let live = CephDeviceRemoval.liveDependents(matches, osds: osds)
+            claims[device.identity.key] = BackendClaim(backend: name, id: CephClaimID.encode(matches), status: live.isEmpty ? .removed : .inService)
         }
         return claims
     }
 
-    func osdID(_ claim: BackendClaim) throws -> Int {
-        guard let id = Int(claim.id), id >= 0 else { throw BackendRefusal("\"\(claim.id)\" is not an OSD id") }
-        return id
+    /// One OSD in one role, for telling which devices a present disk already accounts for.
+    private struct Dependency: Hashable {
+        let osd: Int
+        let role: OSDDeviceMatch.Role
+        init(_ match: OSDDeviceMatch) {
+            osd = match.osd
+            role = match.role
+        }
+    }
+
+    /// Every OSD `disk` serves now, read again: the labels of a present disk against the
+    /// current osdmap and metadata; for a disk that is gone (whose old /dev name is never
+    /// read), the OSDs its claim named.
+    func dependents(of disk: BlockDevice, claim: BackendClaim, osds: [CephOSD]) throws -> [OSDDeviceMatch] {
+        if disk.absent {
+            guard let named = CephClaimID.decode(claim.id) else { throw BackendRefusal("\"\(claim.id)\" is not a Ceph claim (OSD ids)") }
+            return named
+        }
+        return OSDDeviceMatcher.match(DeviceFacts.read(disk), osds: osds, hostname: osdHostname)
+    }
+
+    /// What removing `disk` means now (``CephDeviceRemoval``), from the world read again. A
+    /// disk that serves one OSD now but another than when it was claimed is refused.
+    func removal(of disk: BlockDevice, claim: BackendClaim) throws -> CephDeviceRemoval {
+        let osds = try ceph.cluster.osds().osds
+        let decision = CephDeviceRemoval.decide(device: disk.identity.devPath, dependents: try dependents(of: disk, claim: claim, osds: osds), osds: osds)
+        if case .remove(let id) = decision, !(CephClaimID.decode(claim.id) ?? []).contains(where: { $0.osd == id && $0.role == .main }) {
+            return .refuse("\(disk.identity.devPath) is the data disk of osd.\(id) now, not what it was when the request was checked (\(claim.id))")
+        }
+        return decision
     }
 
     public func safeToRemove(_ disk: BlockDevice, claim: BackendClaim) throws -> SafetyAnswer {
-        let id = try osdID(claim)
         let health = (try? ceph.health()) ?? "unknown"
+        let id: Int
+        switch try removal(of: disk, claim: claim) {
+        case .refuse(let reason):
+            return SafetyAnswer(safe: false, detail: reason, clusterHealth: health)
+        case .alreadyDestroyed(let osd), .remove(let osd):
+            id = osd
+        }
         let state = try ceph.osdState(id)
         if state.destroyed { return SafetyAnswer(safe: true, detail: "osd.\(id) is already destroyed", clusterHealth: health) }
         let stop = try ceph.okToStop(id)
@@ -73,7 +115,13 @@ public struct CephDiskBackend: StorageBackend {
     }
 
     public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
-        let id = try osdID(claim)
+        let id: Int
+        switch try removal(of: disk, claim: claim) {
+        case .refuse(let reason):
+            throw BackendRefusal(reason)
+        case .alreadyDestroyed(let osd), .remove(let osd):
+            id = osd
+        }
         let state = try ceph.osdState(id)
         if state.exists && state.destroyed {
             return OperationResult(steps: ["osd.\(id) is already destroyed"], backendID: String(id), skipped: true)
@@ -94,6 +142,11 @@ public struct CephDiskBackend: StorageBackend {
                     steps.append(wipeStep)
                 } else {
                     progress.step(wipeStep, count, of: count)
+                    // Never wipe a disk that still backs a live OSD: read the world again
+                    // right before, whatever was decided before the OSD went.
+                    if let why = whyNotWipe(disk) {
+                        throw BackendStepFailure(step: wipeStep, done: steps, underlying: "\(why); nothing was wiped")
+                    }
                     do {
                         try DiskChecks.wipeLabels(disk.identity.devPath)
                         steps.append(wipeStep)
@@ -110,6 +163,19 @@ public struct CephDiskBackend: StorageBackend {
         } catch let failure as CephStepFailure {
             throw BackendStepFailure(step: failure.step, done: failure.done, rollback: failure.rollback, underlying: failure.underlying)
         }
+    }
+
+    /// Why `disk` must not be wiped now, or nil: it still backs a live OSD (its labels and
+    /// the metadata read again), or the cluster could not be asked.
+    public func whyNotWipe(_ disk: BlockDevice) -> String? {
+        let osds: [CephOSD]
+        do {
+            osds = try ceph.cluster.osds().osds
+        } catch {
+            return "cannot ask the cluster which OSDs \(disk.identity.devPath) still backs (\(error))"
+        }
+        let live = CephDeviceRemoval.liveDependents(OSDDeviceMatcher.match(DeviceFacts.read(disk), osds: osds, hostname: osdHostname), osds: osds)
+        return live.isEmpty ? nil : "\(disk.identity.devPath) still \(CephDeviceRemoval.describe(live))"
     }
 
     public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
