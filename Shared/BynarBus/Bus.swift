@@ -362,13 +362,52 @@ public final class Bus: Sendable {
 
     private func ensureSubscribed(_ filter: String) async throws {
         if state.withLock({ $0.confirmed.contains(filter) }) { return }
-        guard let granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs)) else {
+        let granted: Int32?
+        do {
+            granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs))
+        } catch BusError.timedOut(let what) {
+            // A transient broker condition (the connection dropped under the SUBSCRIBE, a
+            // slow broker) is no reason to stop a service: try again until it is confirmed;
+            // the route is registered, so what arrives meanwhile is held for it.
+            logger.warning("subscribe not acknowledged; retrying", metadata: ["filter": "\(filter)", "waited_for": "\(what)"])
+            retrySubscribe(filter)
+            return
+        }
+        guard let granted else {
             return  // not connected: subscribed on the next connect
         }
         guard granted < 0x80 else {
             throw BusError.subscribeRefused(filter: filter, reasonCode: granted, reason: MosquittoClient.reasonString(granted))
         }
         state.withLock { _ = $0.confirmed.insert(filter) }
+    }
+
+    /// Subscribes to `filter` again every second until the broker confirms it, the route is
+    /// gone, or the bus stops; a refusal is logged (it will not change by retrying).
+    private func retrySubscribe(_ filter: String) {
+        Task {
+            while true {
+                try? await Task.sleep(for: .seconds(1))
+                let (done, wanted) = state.withLock { state in
+                    (state.shutDown || state.confirmed.contains(filter), state.routes.values.contains { $0.filter == filter })
+                }
+                if done || !wanted { return }
+                do {
+                    guard let granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs)) else { continue }
+                    if granted >= 0x80 {
+                        logger.error("broker refused subscription", metadata: ["filter": "\(filter)", "reason": "\(MosquittoClient.reasonString(granted))"])
+                        return
+                    }
+                    state.withLock { _ = $0.confirmed.insert(filter) }
+                    logger.notice("subscribed after retrying", metadata: ["filter": "\(filter)"])
+                    return
+                } catch BusError.stopped {
+                    return
+                } catch {
+                    logger.warning("subscribe not acknowledged; retrying", metadata: ["filter": "\(filter)", "error": "\(error)"])
+                }
+            }
+        }
     }
 
     /// Runs on the network thread for every incoming message.

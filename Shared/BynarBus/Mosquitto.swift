@@ -73,6 +73,13 @@ final class MosquittoClient: @unchecked Sendable {
     private let handle: OpaquePointer
     private let options: MosquittoOptions
     private let state = Mutex(State())
+    /// Held while the network thread (re)connects and while a subscribe or unsubscribe is
+    /// handed over. libmosquitto writes a SUBSCRIBE at once on the calling thread as soon as
+    /// the socket exists, even before CONNECT went out: the broker then saw a SUBSCRIBE as a
+    /// new connection's first packet ("Client <unknown> disconnected due to protocol error")
+    /// and the subscribe was never acknowledged (about 1 start in 9). So a subscribe is only
+    /// sent on a connection whose CONNACK arrived, never while one is being made.
+    private let connectLock = Mutex(())
     private let handlers = Mutex<Handlers?>(nil)
 
     /// Where the network thread reports; set once by ``start(_:)``.
@@ -261,7 +268,10 @@ final class MosquittoClient: @unchecked Sendable {
         var properties: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&properties) }
         mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), options.sessionExpirySeconds)
-        return mosquitto_connect_bind_v5(handle, options.host, options.port, options.keepaliveSeconds, nil, properties)
+        return connectLock.withLock { _ in
+            state.withLock { $0.connected = false }
+            return mosquitto_connect_bind_v5(handle, options.host, options.port, options.keepaliveSeconds, nil, properties)
+        }
     }
 
     /// Sleeps up to `seconds`, waking early when stopping. Deadlines keep running while the
@@ -516,7 +526,12 @@ final class MosquittoClient: @unchecked Sendable {
     func subscribe(filter: String, qos: Int32, timeout: Duration) async throws -> Int32? {
         let started = ContinuousClock.now
         var mid: Int32 = 0
-        let rc = mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
+        // Not connected, or connecting right now (never wait for that here: a connect to an
+        // unreachable broker blocks for long): the bus subscribes again on the next CONNACK.
+        let rc = connectLock.withLockIfAvailable { _ -> Int32 in
+            guard state.withLock({ $0.connected }) else { return Int32(MOSQ_ERR_NO_CONN.rawValue) }
+            return mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
+        } ?? Int32(MOSQ_ERR_NO_CONN.rawValue)
         if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
             throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
@@ -526,7 +541,10 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Removes a subscription from the broker session (no wait).
     func unsubscribe(filter: String) {
-        _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
+        _ = connectLock.withLockIfAvailable { _ in
+            guard state.withLock({ $0.connected }) else { return }
+            _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
+        }
     }
 
     private func awaitAck(mid: Int32, since started: ContinuousClock.Instant, timeout: Duration, what: String, subscribe: Bool) async throws -> Int32 {
