@@ -53,6 +53,10 @@ struct FilesystemBackendTests {
         defer { first.teardown() }
         let second = try LoopDisk(directory: directory, name: "second", sizeMB: 300)
         defer { second.teardown() }
+        // Another program's data (an ext4 nobody mounted): List must not call it BLANK.
+        let foreign = try LoopDisk(directory: directory, name: "foreign", sizeMB: 64)
+        defer { foreign.teardown() }
+        _ = try FaultyDisk.run("/sbin/mkfs.ext4", ["-q", "-F", foreign.device])
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let mountRoot = directory + "/srv"
         let fstabPath = directory + "/fstab"
@@ -75,6 +79,8 @@ struct FilesystemBackendTests {
         }
         let blank = try await disk(first)
         #expect(blank.status == .blank && blank.backend.isEmpty)
+        let notBlank = try await disk(foreign)
+        #expect(notBlank.status == .unspecified && notBlank.backend.isEmpty, "a disk carrying ext4 is not BLANK: \(notBlank.status)")
         let firstKey = blank.disk.key
         let secondKey = try await disk(second).disk.key
 

@@ -204,7 +204,11 @@ actor RequestHandler {
                 return refuse("request \(request.requestID) was not started (deadline passed or seen before)")
             }
             response.outcome = .success
-            response.diskList.disks = devices.map { managed($0, claims[$0.identity.key]) }
+            // An unclaimed disk is BLANK only if probing finds no signature on it (blkid -p,
+            // as Deploy checks): a loop device carrying another program's data is not blank.
+            let unclaimed = devices.filter { claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
+            let blank = (try? await offThread { Set(unclaimed.filter { DiskChecks.whyNotBlank($0) == nil }.map(\.identity.key)) }) ?? []
+            response.diskList.disks = devices.map { managed($0, claims[$0.identity.key], probedBlank: blank.contains($0.identity.key)) }
             response.steps = ["list \(devices.count) disks"]
             return finish(request, response, kind: .list, nowMs: nowMs)
         }
@@ -537,7 +541,10 @@ actor RequestHandler {
         return response
     }
 
-    func managed(_ device: BlockDevice, _ claimed: (backend: any StorageBackend, claim: BackendClaim)?) -> Bynar_V1_ManagedDisk {
+    /// A disk as List reports it. Unclaimed: BLANK when `probedBlank` (no partitions,
+    /// holders, mounts or signatures), otherwise UNSPECIFIED (it holds something Bynar does
+    /// not manage).
+    func managed(_ device: BlockDevice, _ claimed: (backend: any StorageBackend, claim: BackendClaim)?, probedBlank: Bool) -> Bynar_V1_ManagedDisk {
         var disk = Bynar_V1_ManagedDisk()
         disk.disk = device.identity
         disk.systemDisk = device.isSystemDisk
@@ -546,7 +553,7 @@ actor RequestHandler {
             disk.backend = claimed.backend.name
             disk.backendID = claimed.claim.id
             disk.status = claimed.claim.status
-        } else if !device.isSystemDisk && device.identity.partitions.isEmpty && DiskChecks.holders(of: device).isEmpty {
+        } else if !device.isSystemDisk && probedBlank {
             disk.status = .blank
         }
         if gate.busy[device.identity.key] != nil { disk.status = .busy }
