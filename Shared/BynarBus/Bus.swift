@@ -357,7 +357,13 @@ public final class Bus: Sendable {
             state.confirmed.remove(route.filter)
             return route.filter
         }
-        if let unused, !state.withLock({ $0.shutDown }) { client.unsubscribe(filter: unused) }
+        // In a persistent session the subscription belongs to the session, not to this run:
+        // a service stopping (its consumers end before the bus shuts down) must leave it at
+        // the broker, which then queues what comes while the service is away; unsubscribing
+        // here made the broker answer a command sent to a stopped disk-manager with "no
+        // matching subscribers" and drop it. Only a clean-session client (the CLI) lets go.
+        guard let unused, config.sessionExpirySeconds == 0, !state.withLock({ $0.shutDown }) else { return }
+        client.unsubscribe(filter: unused)
     }
 
     private func ensureSubscribed(_ filter: String) async throws {

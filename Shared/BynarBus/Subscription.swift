@@ -22,7 +22,8 @@ public struct Received<P: BusPayload>: Sendable {
 }
 
 /// Decoded messages of one type from one topic filter. Ends when the bus shuts down or
-/// the consuming task is cancelled (which also unsubscribes).
+/// the consuming task is cancelled (which unsubscribes only a clean-session client: a
+/// persistent session keeps its subscriptions for the next run).
 public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
     public typealias Element = Received<P>
     let bus: Bus

@@ -53,6 +53,11 @@ final class OrchestratorHarness: @unchecked Sendable {
         guard born else { throw TestSupportError("bynar-orchestrator did not announce session \(session); log:\n\(orchestrator?.log ?? "")") }
     }
 
+    /// SIGTERM: a clean stop; the broker keeps its persistent session and queues for it.
+    func terminate() {
+        orchestrator?.signal(SIGTERM)
+    }
+
     /// SIGKILL: no clean shutdown, no last words.
     func kill() {
         orchestrator?.process.stop(SIGKILL)

@@ -226,6 +226,21 @@ import Testing
         }
     }
 
+    @Test("what the detector says while the orchestrator is down is handled when it is back")
+    func eventsQueuedWhileDownAreHandled() async throws {
+        try await withHarness { h in
+            try await h.start()
+            h.terminate()
+            // Its persistent session queues these at the broker; on restart they arrive
+            // before its subscriptions are registered again, and must not be lost.
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            try await Task.sleep(for: .milliseconds(300))
+            try await h.start()
+            let id = try await h.waitFor(.ticketed)
+            #expect(id.hasPrefix("stor1.serial-OLD1."))
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in
