@@ -33,6 +33,24 @@ import Testing
         #expect(TicketText.sizeText(4_000_787_030_016) == "4.0 TB (4000787030016 bytes)")
     }
 
+    @Test("disk data is literal text in the ticket: no links, tables, macros or headings from a forged serial")
+    func hostileValuesAreEscaped() {
+        var health = Bynar_V1_DiskHealth()
+        health.disk.host = "st-1"
+        health.disk.serial = "X]|[click|http://evil]{code}"
+        health.disk.model = "M\nh1. Pwned\n----"
+        var reason = Bynar_V1_HealthReason()
+        reason.rule = "smart}}{{x"
+        reason.detail = "*bold* _it_ !img.png! {noformat}"
+        health.reasons = [reason]
+        let text = TicketText.description(incidentID: "i-1", health: health)
+        #expect(text.contains(#"*Serial:* X\]\|\[click\|http://evil\]\{code\}"#), "\(text)")
+        #expect(!text.split(separator: "\n").contains { $0.hasPrefix("h1.") || $0.hasPrefix("----") }, "no line starts with markup: \(text)")
+        #expect(text.contains(#"{{smart\}\}\{\{x}}"#) && text.contains(#"\*bold\* \_it\_ \!img.png\! \{noformat\}"#), "\(text)")
+        #expect(TicketText.wiki(#"a\b"#) == #"a\\b"#)
+        #expect(!TicketText.summary(health).contains("\n"))
+    }
+
     @Test func retryBackoffDoublesToItsCapAndHonoursRetryAfter() {
         var backoff = RetryBackoff(minimumSeconds: 1, maximumSeconds: 5)
         #expect([backoff.failed(), backoff.failed(), backoff.failed(), backoff.failed()] == [.seconds(1), .seconds(2), .seconds(4), .seconds(5)])

@@ -21,7 +21,7 @@ public enum TicketText {
         if !disk.serial.isEmpty { what.append("serial \(disk.serial)") }
         let place = !disk.byPath.isEmpty ? "slot \(disk.byPath)" : (!disk.devPath.isEmpty ? disk.devPath : (disk.key.isEmpty ? "unidentified disk" : disk.key))
         let verb = health.state == .missing ? "Missing disk" : (health.state == .failing ? "Failing disk" : "Failed disk")
-        let line = "\(verb) on \(host): \(place)" + (what.isEmpty ? "" : " (\(what.joined(separator: " ")))")
+        let line = oneLine("\(verb) on \(host): \(place)" + (what.isEmpty ? "" : " (\(what.joined(separator: " ")))"))
         // JIRA caps summaries at 255 characters.
         return line.count <= 255 ? line : String(line.prefix(254)) + "…"
     }
@@ -33,7 +33,7 @@ public enum TicketText {
         lines.append("Bynar found a disk that needs replacing. Bynar takes it out of service before a technician is needed, and puts the new disk into service once it is in the slot.")
         lines.append("")
         lines.append("h3. Where")
-        func row(_ name: String, _ value: String) { lines.append("* *\(name):* \(value.isEmpty ? "unknown" : value)") }
+        func row(_ name: String, _ value: String) { lines.append("* *\(name):* \(value.isEmpty ? "unknown" : wiki(value))") }
         row("Host", disk.host)
         row("Location", disk.location)
         row("Slot (by-path)", disk.byPath)
@@ -51,19 +51,51 @@ public enum TicketText {
         row("Verdict", stateName(health.state))
         if health.reasons.isEmpty { lines.append("* (the detector gave no reasons)") }
         for reason in health.reasons {
-            lines.append("* {{\(reason.rule)}} (\(stateName(reason.severity))): \(reason.detail)")
+            lines.append("* {{\(wiki(reason.rule))}} (\(stateName(reason.severity))): \(wiki(reason.detail))")
         }
         for finding in health.filesystems {
-            lines.append("* filesystem \(finding.mountpoint) (\(finding.filesystem)): \(finding.detail)")
+            lines.append("* filesystem \(wiki(finding.mountpoint)) (\(wiki(finding.filesystem))): \(wiki(finding.detail))")
         }
         if health.hasSmart, health.smart.available {
             lines.append("")
             lines.append("h3. SMART")
-            lines.append(smartSummary(health.smart))
+            lines.append(wiki(smartSummary(health.smart)))
         }
         lines.append("")
-        lines.append("Bynar incident {{\(incidentID)}}. Bynar follows this ticket and closes it once the new disk is in service.")
+        lines.append("Bynar incident {{\(wiki(incidentID))}}. Bynar follows this ticket and closes it once the new disk is in service.")
         return lines.joined(separator: "\n")
+    }
+
+    /// `text` as literal text in JIRA wiki markup: on one line (a value from a disk or a
+    /// detector must not start a line of its own, where `h1.`, `bq.` or `----` would be
+    /// markup), without control characters, and with a backslash before every character the
+    /// notation could read as markup: always `! | [ ] { } \\` (images, tables, links, macros,
+    /// escapes), and `* _ ? - + ^ ~ #` (bold, emphasis, citation, strike-through, insert,
+    /// super/subscript, numbering) unless between two letters or digits, where they are
+    /// plain (`storage-07`, `overall_failing` stay as they are). A forged serial like
+    /// `X]|[click|http://evil]{code}` shows as itself: no link, no table, no macro.
+    public static func wiki(_ text: String) -> String {
+        let characters = Array(oneLine(text))
+        func word(_ index: Int) -> Bool {
+            guard characters.indices.contains(index), let ascii = characters[index].asciiValue else { return false }
+            return (ascii >= 48 && ascii <= 57) || (ascii >= 65 && ascii <= 90) || (ascii >= 97 && ascii <= 122)
+        }
+        var out = ""
+        for (index, character) in characters.enumerated() {
+            if "!|[]{}\\".contains(character) || ("*_?-+^~#".contains(character) && !(word(index - 1) && word(index + 1))) {
+                out.append("\\")
+            }
+            out.append(character)
+        }
+        return out
+    }
+
+    /// `text` on one line: line breaks and other control characters become spaces.
+    static func oneLine(_ text: String) -> String {
+        String(text.unicodeScalars.map { scalar -> Character in
+            scalar.value < 0x20 || scalar.value == 0x7F || scalar.properties.generalCategory == .lineSeparator || scalar.properties.generalCategory == .paragraphSeparator
+                ? " " : Character(scalar)
+        })
     }
 
     static func smartSummary(_ smart: Bynar_V1_SmartSummary) -> String {
