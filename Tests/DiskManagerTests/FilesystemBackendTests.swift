@@ -13,6 +13,56 @@ private let loopAvailable = getuid() == 0 && access("/sbin/losetup", X_OK) == 0 
 
 /// fstab edits keep every line they do not own.
 @Suite struct FstabTests {
+    @Test("a value that would not stay one fstab field is refused, naming it; the file is unchanged")
+    func injectedLinesAreRefused() throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-fstab")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/fstab"
+        try "# fstab\n".write(toFile: path, atomically: true, encoding: .utf8)
+        let hostile: [(Fstab.Entry, String)] = [
+            (.init(source: "UUID=a", mountpoint: "/srv/bynar/x\n/dev/sda / ext4 defaults 0 0", type: "xfs", options: "defaults"), "mountpoint"),
+            (.init(source: "UUID=a", mountpoint: "/srv/bynar/x y", type: "xfs", options: "defaults"), "mountpoint"),
+            (.init(source: "UUID=a#", mountpoint: "/srv/bynar/x", type: "xfs", options: "defaults"), "source"),
+            (.init(source: "UUID=a", mountpoint: "/srv/bynar/x", type: "xfs", options: "defaults\tnoauto"), "options"),
+            (.init(source: "UUID=a", mountpoint: "srv/bynar/x", type: "xfs", options: "defaults"), "absolute"),
+            (.init(source: "UUID=a", mountpoint: "/srv/bynar/../../etc", type: "xfs", options: "defaults"), ".."),
+            (.init(source: "UUID=a", mountpoint: "/srv/bynar/x", type: "", options: "defaults"), "type"),
+        ]
+        for (entry, named) in hostile {
+            do {
+                try Fstab.edit(path: path) { fstab throws(BackendRefusal) in try fstab.set(entry) }
+                Issue.record("accepted \(entry)")
+            } catch {
+                #expect(error.reason.contains(named), "\(error.reason)")
+            }
+        }
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "# fstab\n")
+    }
+
+    @Test("two writers adding 50 lines each lose none (one lock for the read-modify-write)")
+    func concurrentEditsLoseNothing() throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-fstab")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/fstab"
+        try "# fstab\n".write(toFile: path, atomically: true, encoding: .utf8)
+        // Two threads, as two disk-manager jobs would be.
+        let group = DispatchGroup()
+        for writer in 0..<2 {
+            DispatchQueue.global().async(group: group) {
+                for index in 0..<50 {
+                    try? Fstab.edit(path: path) { fstab throws(BackendRefusal) in
+                        try fstab.set(.init(source: "UUID=w\(writer)-\(index)", mountpoint: "/srv/bynar/w\(writer)-\(index)", type: "xfs", options: "defaults"))
+                    }
+                }
+            }
+        }
+        group.wait()
+        let fstab = try Fstab(path: path)
+        #expect(fstab.entries(under: "/srv/bynar").count == 100)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.contains("bynar-new") }
+        #expect(leftovers.isEmpty, "no temporary files left: \(leftovers)")
+    }
+
     @Test func setAndRemoveKeepOtherLinesAndWriteAtomically() throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-fstab")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -20,13 +70,13 @@ private let loopAvailable = getuid() == 0 && access("/sbin/losetup", X_OK) == 0 
         let original = "# /etc/fstab\nUUID=aaa / ext4 defaults 0 1\n\n\t# swap\n/swapfile none swap sw 0 0\n"
         try original.write(toFile: path, atomically: true, encoding: .utf8)
         var fstab = try Fstab(path: path)
-        fstab.set(.init(source: "UUID=bbb", mountpoint: "/srv/bynar/d1", type: "xfs", options: "defaults,nofail"))
+        try fstab.set(.init(source: "UUID=bbb", mountpoint: "/srv/bynar/d1", type: "xfs", options: "defaults,nofail"))
         try fstab.save()
         #expect(try String(contentsOfFile: path, encoding: .utf8) == original + "UUID=bbb /srv/bynar/d1 xfs defaults,nofail 0 2\n")
         // Replacing the disk at the same mountpoint leaves one line for it.
         var again = try Fstab(path: path)
         #expect(again.entry(mountpoint: "/srv/bynar/d1")?.source == "UUID=bbb")
-        again.set(.init(source: "UUID=ccc", mountpoint: "/srv/bynar/d1", type: "xfs", options: "defaults"))
+        try again.set(.init(source: "UUID=ccc", mountpoint: "/srv/bynar/d1", type: "xfs", options: "defaults"))
         #expect(again.entries(under: "/srv/bynar").map(\.source) == ["UUID=ccc"])
         let removedOnce = again.remove(mountpoint: "/srv/bynar/d1")
         let removedTwice = again.remove(mountpoint: "/srv/bynar/d1")

@@ -46,7 +46,7 @@ public struct FilesystemBackend: StorageBackend {
 
     public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
         let mountpoint = claim.id
-        var fstab = try Fstab(path: config.fstab)
+        let fstab = try Fstab(path: config.fstab)
         let mounted = managedMountpoint(of: disk) == mountpoint
         let listed = fstab.entry(mountpoint: mountpoint) != nil
         guard mounted || listed else {
@@ -67,9 +67,8 @@ public struct FilesystemBackend: StorageBackend {
         }
         if listed {
             progress.step(fstabStep, 2, of: 2)
-            fstab.remove(mountpoint: mountpoint)
             do {
-                try fstab.save()
+                try Fstab.edit(path: config.fstab) { fstab throws(BackendRefusal) in fstab.remove(mountpoint: mountpoint) }
             } catch {
                 // Unmounted but still listed: the next boot would mount it again (nofail keeps
                 // a missing disk from stopping the boot). Say so rather than remount a failing disk.
@@ -114,9 +113,9 @@ public struct FilesystemBackend: StorageBackend {
             let probe = try Tool.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], timeout: timeout)
             uuid = probe.text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard probe.exitCode == 0, !uuid.isEmpty else { throw BackendRefusal("blkid found no UUID on \(device) after mkfs") }
-            var fstab = try Fstab(path: config.fstab)
-            fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: config.filesystem, options: config.mountOptions))
-            try fstab.save()
+            try Fstab.edit(path: config.fstab) { fstab throws(BackendRefusal) in
+                try fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: config.filesystem, options: config.mountOptions))
+            }
         } catch {
             throw BackendStepFailure(step: fstabStep, done: done, underlying: "\(error)")
         }
@@ -129,9 +128,7 @@ public struct FilesystemBackend: StorageBackend {
         } catch {
             var rollback: String
             do {
-                var fstab = try Fstab(path: config.fstab)
-                fstab.remove(mountpoint: mountpoint)
-                try fstab.save()
+                try Fstab.edit(path: config.fstab) { fstab throws(BackendRefusal) in fstab.remove(mountpoint: mountpoint) }
                 rollback = "took the \(config.fstab) line back out"
             } catch {
                 rollback = "could not take the \(config.fstab) line back out: \(error)"
