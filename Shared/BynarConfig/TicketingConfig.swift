@@ -260,11 +260,11 @@ extension BynarConfig {
     static func parseProxy(_ text: String) -> Result<TicketingSettings.Proxy, FieldError> {
         func failure(_ reason: String) -> Result<TicketingSettings.Proxy, FieldError> { .failure(FieldError(field: "proxy", problem: reason)) }
         guard text.lowercased().hasPrefix("http://") else {
-            return failure("the ticketing service talks plain HTTP to its proxy (HTTPS targets go through CONNECT): use an http:// proxy URL, got \"\(text)\"")
+            return failure("the ticketing service talks plain HTTP to its proxy (HTTPS targets go through CONNECT): use an http:// proxy URL, got \"\(Redaction.url(text))\"")
         }
         var rest = Substring(text.dropFirst("http://".count))
         if rest.hasSuffix("/") { rest.removeLast() }
-        if rest.contains("/") { return failure("must be http://host:port with no path, got \"\(text)\"") }
+        if rest.contains("/") { return failure("must be http://host:port with no path, got \"\(Redaction.url(text))\"") }
         var user: String?
         var password: String?
         if let at = rest.lastIndex(of: "@") {
@@ -277,13 +277,13 @@ extension BynarConfig {
         var port = 80
         if let colon = rest.lastIndex(of: ":"), !rest[colon...].contains("]") {
             guard let number = Int(rest[rest.index(after: colon)...]), (1...65535).contains(number) else {
-                return failure("has no valid port (1-65535): \"\(text)\"")
+                return failure("has no valid port (1-65535): \"\(Redaction.url(text))\"")
             }
             port = number
             host = String(rest[..<colon])
         }
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host.isEmpty { return failure("has no host: \"\(text)\"") }
+        if host.isEmpty { return failure("has no host: \"\(Redaction.url(text))\"") }
         return .success(.init(host: host, port: port, user: user, password: password))
     }
 }

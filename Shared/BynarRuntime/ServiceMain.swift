@@ -86,6 +86,12 @@ public enum ServiceMain {
         var logger = Logger(label: "bynar.\(S.serviceName)")
         logger[metadataKey: "host"] = "\(host)"
         logger.info("starting", metadata: ["version": "\(bynarVersion)", "config": "\(loaded.path ?? "defaults")", "overrides": "\(loaded.overrides.joined(separator: ","))"])
+        // Files with secrets that others can read are said at every start.
+        var secretFiles = config.secretFiles
+        if let path = loaded.path { secretFiles.insert((path, "the config file"), at: 0) }
+        for file in secretFiles {
+            if let why = Redaction.looseFileReason(file.path, what: file.what) { logger.warning("secret file too open", metadata: ["problem": "\(why)"]) }
+        }
 
         do {
             let store = try LocalStore(path: "\(config.dbLocation)/\(S.serviceName).sqlite", migrations: S.migrations)
@@ -136,7 +142,8 @@ public func localHostName() -> String {
 /// Releases clean code pages (see ``ResidentCode``) once start-up is over and then every
 /// 30 s, so an agent that worked for a moment goes back to its idle footprint. Pages still
 /// in use come back as minor faults from the page cache.
-private struct ResidentCodeTrimmer: Service {
+private struct ResidentCodeTrimmer: Service, CustomStringConvertible {
+    var description: String { "resident-code-trimmer" }
     let logger: Logger
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -150,14 +157,17 @@ private struct ResidentCodeTrimmer: Service {
     }
 }
 
-private struct ServiceAdapter<S: BynarService>: Service {
+private struct ServiceAdapter<S: BynarService>: Service, CustomStringConvertible {
     let service: S
     func run() async throws { try await service.run() }
+    /// What ServiceLifecycle logs for it: the name, never the context (config, secrets).
+    var description: String { S.serviceName }
 }
 
 /// Runs the outbox; on shutdown gives stored events a moment to leave before the bus
 /// says goodbye (whatever is left goes out on the next start).
-private struct OutboxService: Service {
+private struct OutboxService: Service, CustomStringConvertible {
+    var description: String { "outbox" }
     let outbox: Outbox
     let logger: Logger
     func run() async throws {

@@ -114,7 +114,7 @@ public struct Fstab: Sendable, Equatable {
         // A unique name: two writers never share (and truncate) one temporary file.
         var template = Array((path + ".bynar-new.XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        let temp = String(cString: template)
+        let temp = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         guard fd >= 0 else { throw BackendRefusal("cannot write \(temp): \(String(cString: strerror(errno)))") }
         fchmod(fd, 0o644)
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
