@@ -305,19 +305,26 @@ public final class Bus: Sendable {
     /// At most `buffer` (default `subscription_buffer`) messages wait for the consumer;
     /// beyond that new messages are dropped and counted in ``Stats/overflowed``.
     public func subscribe<P: BusPayload>(_ filter: String, as type: P.Type, buffer: Int? = nil) async throws -> Subscription<P> {
-        Subscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer))
+        let budget = ByteBudget(limit: config.subscriptionBufferBytes)
+        return Subscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer, budget: budget), budget: budget)
     }
 
     /// Subscribes to `filter` and yields every envelope, whatever it carries (for taps and
     /// tools). Payloads that are not envelopes are rejected to the dead-letter topic.
     public func subscribeEnvelopes(_ filter: String, buffer: Int? = nil) async throws -> EnvelopeSubscription {
-        EnvelopeSubscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer))
+        let budget = ByteBudget(limit: config.subscriptionBufferBytes)
+        return EnvelopeSubscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer, budget: budget), budget: budget)
     }
 
-    func addRoute(_ filter: String, buffer: Int) async throws -> AsyncStream<MQTTMessage> {
+    func addRoute(_ filter: String, buffer: Int, budget: ByteBudget) async throws -> AsyncStream<MQTTMessage> {
         let (stream, continuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(buffer))
         let route = Route(filter: filter, match: Topics.matchingFilter(filter), deliver: { message in
-            if case .dropped = continuation.yield(message) { return false }
+            // Bounded by count and by bytes: 4096 messages of up to 256 KiB would be 1 GiB.
+            guard budget.take(message.payload.count) else { return false }
+            if case .dropped = continuation.yield(message) {
+                budget.give(message.payload.count)
+                return false
+            }
             return true
         }, finish: { continuation.finish() })
         let id = state.withLock { state -> UInt64 in
@@ -831,4 +838,28 @@ public let bynarVersion = "0.1.0"
 /// Why an incoming message was rejected.
 struct RejectReason: Error, Sendable {
     var text: String
+}
+
+/// Bytes a subscription's buffer holds for its consumer, bounded: a message that would
+/// pass the limit is refused (counted as overflow), except into an empty buffer, so one
+/// large message is never refused for ever.
+final class ByteBudget: Sendable {
+    let limit: Int
+    private let used = Mutex(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Reserves `bytes`; false when they do not fit.
+    func take(_ bytes: Int) -> Bool {
+        used.withLock { used in
+            guard used == 0 || used + bytes <= limit else { return false }
+            used += bytes
+            return true
+        }
+    }
+
+    /// The consumer took a message of `bytes` out of the buffer.
+    func give(_ bytes: Int) {
+        used.withLock { $0 = max(0, $0 - bytes) }
+    }
 }

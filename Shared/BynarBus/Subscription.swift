@@ -28,10 +28,12 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
     public typealias Element = Received<P>
     let bus: Bus
     let stream: AsyncStream<MQTTMessage>
+    let budget: ByteBudget
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let bus: Bus
         var base: AsyncStream<MQTTMessage>.Iterator
+        let budget: ByteBudget
 
         public mutating func next() async -> Received<P>? {
             await next(isolation: nil)
@@ -39,6 +41,7 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
 
         public mutating func next(isolation actor: isolated (any Actor)?) async -> Received<P>? {
             while let message = await base.next(isolation: actor) {
+                budget.give(message.payload.count)
                 switch bus.decode(message, as: P.self) {
                 case .success(let received): return received
                 case .failure(let reason): bus.reject(message, reason: reason)
@@ -50,7 +53,7 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(bus: bus, base: stream.makeAsyncIterator())
+        AsyncIterator(bus: bus, base: stream.makeAsyncIterator(), budget: budget)
     }
 }
 
@@ -63,10 +66,12 @@ public struct EnvelopeSubscription: AsyncSequence, Sendable {
     }
     let bus: Bus
     let stream: AsyncStream<MQTTMessage>
+    let budget: ByteBudget
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let bus: Bus
         var base: AsyncStream<MQTTMessage>.Iterator
+        let budget: ByteBudget
 
         public mutating func next() async -> Element? {
             await next(isolation: nil)
@@ -74,6 +79,7 @@ public struct EnvelopeSubscription: AsyncSequence, Sendable {
 
         public mutating func next(isolation actor: isolated (any Actor)?) async -> Element? {
             while let message = await base.next(isolation: actor) {
+                budget.give(message.payload.count)
                 switch bus.decodeEnvelope(message) {
                 case .success(let envelope): return Element(topic: message.topic, retained: message.retain, envelope: envelope)
                 case .failure(let reason): bus.reject(message, reason: reason)
@@ -85,6 +91,6 @@ public struct EnvelopeSubscription: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(bus: bus, base: stream.makeAsyncIterator())
+        AsyncIterator(bus: bus, base: stream.makeAsyncIterator(), budget: budget)
     }
 }

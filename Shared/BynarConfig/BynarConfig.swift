@@ -81,6 +81,9 @@ public struct BrokerConfig: Codable, Sendable, Equatable {
     public var maxInflight = 100
     /// Messages a subscription buffers for a slow consumer before it counts overflow.
     public var subscriptionBuffer = 4096
+    /// ... and at most this many payload bytes (8 MiB): the worst case a slow consumer can
+    /// hold is this per subscription, not 4096 x the broker's 256 KiB packet limit.
+    public var subscriptionBufferBytes = 8 << 20
 
     public init() {}
 }

@@ -45,6 +45,7 @@ extension BrokerConfig {
         if publishTimeoutMs < 100 { problem("publish_timeout_ms", "must be at least 100, got \(publishTimeoutMs)") }
         if !(1...65535).contains(maxInflight) { problem("max_inflight", "must be 1-65535, got \(maxInflight)") }
         if subscriptionBuffer < 1 { problem("subscription_buffer", "must be at least 1, got \(subscriptionBuffer)") }
+        if subscriptionBufferBytes < 65_536 { problem("subscription_buffer_bytes", "must be at least 65536, got \(subscriptionBufferBytes)") }
         if password != nil && passwordFile != nil { problem("password_file", "set either password or password_file, not both") }
         if (password != nil || passwordFile != nil) && (username ?? "").isEmpty { problem("username", "is required when a password is set") }
         if let passwordFile, let reason = unreadable(passwordFile) { problem("password_file", reason) }

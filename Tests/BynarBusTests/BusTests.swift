@@ -256,6 +256,29 @@ struct BusTests {
         #expect(count == 5)
         await publisher.shutdown()
     }
+
+    @Test("a subscription's buffer is bounded in bytes too, and frees what its consumer took")
+    func slowSubscriberBufferIsBoundedInBytes() async throws {
+        let broker = try TestBroker()
+        let publisher = try await connectedBus(broker, service: "pub")
+        let subscriber = try await connectedBus(broker, service: "sub") { $0.subscriptionBufferBytes = 1 << 20 }
+        let unread = try await subscriber.subscribe("test/big", as: Bynar_V1_Notification.self)
+        var note = Bynar_V1_Notification()
+        note.text = String(repeating: "x", count: 100_000)
+        for _ in 0..<30 { try await publisher.publish(note, to: "test/big") }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while subscriber.stats.received < 30 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        // 1 MiB holds ten messages of ~100 kB; the other twenty overflow, counted.
+        #expect(subscriber.stats.overflowed == 20, "\(subscriber.stats)")
+        var iterator = unread.makeAsyncIterator()
+        for _ in 0..<10 { _ = await iterator.next() }
+        // Consumed: the budget is free again.
+        try await publisher.publish(note, to: "test/big")
+        #expect(await iterator.next() != nil)
+        #expect(subscriber.stats.overflowed == 20)
+        await subscriber.shutdown()
+        await publisher.shutdown()
+    }
 }
 
 @Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
