@@ -85,7 +85,8 @@ public final class Bus: Sendable {
     }
 
     private struct PendingRequest {
-        var continuation: CheckedContinuation<MQTTMessage, any Error>
+        /// Resumed with the reply and its envelope, decoded and checked by ``deliverReply(_:)``.
+        var continuation: CheckedContinuation<(MQTTMessage, Envelope), any Error>
         var deadline: ContinuousClock.Instant
         var topic: String
         /// Who may answer (``Topics/responder(forRequestTopic:)``); nil: anyone.
@@ -265,22 +266,28 @@ public final class Bus: Sendable {
     func deadLetterOutgoing(_ bytes: [UInt8], topic: String, why: BusError) {
         state.withLock { $0.stats.refusedOutgoing += 1 }
         logger.error("message refused for good; not sent", metadata: ["topic": "\(topic.prefix(200))", "bytes": "\(bytes.count)", "error": "\(why)"])
-        let deadLetterTopic = Topics.deadLetter(host: identity.host, service: identity.service)
-        guard topic != deadLetterTopic else { return }
+        guard topic != Topics.deadLetter(host: identity.host, service: identity.service) else { return }
+        Task { await self.publishDeadLetter(topic: String(topic.prefix(1024)), payload: bytes, reason: "not sent: \(why)") }
+    }
+
+    /// Publishes a ``Bynar_V1_DeadLetter`` about `payload` (seen on or meant for `topic`) on
+    /// this service's dead-letter topic, the payload cut to ``deadLetterPayloadLimit`` (so
+    /// the letter stays under the broker's packet limit) and the reason saying so.
+    private func publishDeadLetter(topic: String, payload: [UInt8], reason: String) async {
         var letter = Bynar_V1_DeadLetter()
-        letter.topic = String(topic.prefix(1024))
-        letter.payload = Data(bytes.prefix(Bus.deadLetterPayloadLimit))
-        letter.reason = "not sent: \(why)" + (bytes.count > Bus.deadLetterPayloadLimit ? " (payload cut to \(Bus.deadLetterPayloadLimit) of \(bytes.count) bytes)" : "")
+        letter.topic = topic
+        letter.payload = Data(payload.prefix(Bus.deadLetterPayloadLimit))
+        letter.reason = payload.count > Bus.deadLetterPayloadLimit
+            ? reason + " (payload cut to \(Bus.deadLetterPayloadLimit) of \(payload.count) bytes)"
+            : reason
         letter.rejectedByService = identity.service
         letter.rejectedByHost = identity.host
         letter.receivedUnixMs = Bus.nowUnixMs()
-        Task {
-            do {
-                try await self.publish(letter, to: deadLetterTopic)
-                self.state.withLock { $0.stats.deadLettered += 1 }
-            } catch {
-                self.logger.error("cannot publish dead letter", metadata: ["topic": "\(topic.prefix(200))", "error": "\(error)"])
-            }
+        do {
+            try await publish(letter, to: Topics.deadLetter(host: identity.host, service: identity.service))
+            state.withLock { $0.stats.deadLettered += 1 }
+        } catch {
+            logger.error("cannot publish dead letter", metadata: ["topic": "\(topic.prefix(200))", "error": "\(error)"])
         }
     }
 
@@ -374,21 +381,24 @@ public final class Bus: Sendable {
     }
 
     private func ensureSubscribed(_ filter: String) async throws {
-        if state.withLock({ $0.confirmed.contains(filter) }) { return }
-        let granted: Int32?
         do {
-            granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs))
+            try await subscribeOnce(filter)
         } catch BusError.timedOut(let what) {
             // A transient broker condition (the connection dropped under the SUBSCRIBE, a
             // slow broker) is no reason to stop a service: try again until it is confirmed;
             // the route is registered, so what arrives meanwhile is held for it.
             logger.warning("subscribe not acknowledged; retrying", metadata: ["filter": "\(filter)", "waited_for": "\(what)"])
             retrySubscribe(filter)
-            return
         }
-        guard let granted else {
-            return  // not connected: subscribed on the next connect
-        }
+    }
+
+    /// One SUBSCRIBE unless `filter` is confirmed already; returns without confirming when
+    /// not connected (the next connect subscribes again).
+    /// - Throws: ``BusError/subscribeRefused(filter:reasonCode:reason:)``, or the client's
+    ///   error (a timeout) when no SUBACK came.
+    private func subscribeOnce(_ filter: String) async throws {
+        if state.withLock({ $0.confirmed.contains(filter) }) { return }
+        guard let granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs)) else { return }
         guard granted < 0x80 else {
             throw BusError.subscribeRefused(filter: filter, reasonCode: granted, reason: MosquittoClient.reasonString(granted))
         }
@@ -406,13 +416,12 @@ public final class Bus: Sendable {
                 }
                 if done || !wanted { return }
                 do {
-                    guard let granted = try await client.subscribe(filter: filter, qos: 1, timeout: .milliseconds(config.publishTimeoutMs)) else { continue }
-                    if granted >= 0x80 {
-                        logger.error("broker refused subscription", metadata: ["filter": "\(filter)", "reason": "\(MosquittoClient.reasonString(granted))"])
-                        return
-                    }
-                    state.withLock { _ = $0.confirmed.insert(filter) }
+                    try await subscribeOnce(filter)
+                    guard state.withLock({ $0.confirmed.contains(filter) }) else { continue }  // not connected
                     logger.notice("subscribed after retrying", metadata: ["filter": "\(filter)"])
+                    return
+                } catch BusError.subscribeRefused(_, _, let reason) {
+                    logger.error("broker refused subscription", metadata: ["filter": "\(filter)", "reason": "\(reason)"])
                     return
                 } catch BusError.stopped {
                     return
@@ -514,25 +523,9 @@ public final class Bus: Sendable {
     func reject(_ message: MQTTMessage, reason: RejectReason) {
         state.withLock { $0.stats.rejected += 1 }
         logger.warning("rejected message", metadata: ["topic": "\(message.topic)", "reason": "\(reason.text)"])
-        let deadLetterTopic = Topics.deadLetter(host: identity.host, service: identity.service)
         guard !message.topic.hasPrefix("\(Topics.root)/deadletter/") else { return }
-        var letter = Bynar_V1_DeadLetter()
-        letter.topic = message.topic
-        // Keep the dead letter under the broker's packet limit; the reason says it was cut.
-        letter.payload = Data(message.payload.prefix(Bus.deadLetterPayloadLimit))
-        letter.reason = message.payload.count > Bus.deadLetterPayloadLimit
-            ? reason.text + " (payload cut to \(Bus.deadLetterPayloadLimit) of \(message.payload.count) bytes)"
-            : reason.text
-        letter.rejectedByService = identity.service
-        letter.rejectedByHost = identity.host
-        letter.receivedUnixMs = Bus.nowUnixMs()
         Task {
-            do {
-                try await self.publish(letter, to: deadLetterTopic)
-                self.state.withLock { $0.stats.deadLettered += 1 }
-            } catch {
-                self.logger.error("cannot publish dead letter", metadata: ["topic": "\(message.topic)", "error": "\(error)"])
-            }
+            await self.publishDeadLetter(topic: message.topic, payload: message.payload, reason: reason.text)
             if let responseTopic = message.responseTopic {
                 var reply = Bynar_V1_ErrorReply()
                 reply.code = .malformed
@@ -558,7 +551,7 @@ public final class Bus: Sendable {
         let bytes = try Bus.serialize(envelope)
         let seconds = timeout.components.seconds + (timeout.components.attoseconds > 0 ? 1 : 0)
         let properties = PublishProperties(responseTopic: replyTopic, correlationData: key, messageExpirySeconds: UInt32(max(1, seconds)))
-        let message: MQTTMessage = try await withCheckedThrowingContinuation { continuation in
+        let (message, reply): (MQTTMessage, Envelope) = try await withCheckedThrowingContinuation { continuation in
             let responder = Topics.responder(forRequestTopic: topic)
             state.withLock { $0.requests[key] = PendingRequest(continuation: continuation, deadline: .now + timeout, topic: topic, responder: responder) }
             Task {
@@ -569,18 +562,13 @@ public final class Bus: Sendable {
                 }
             }
         }
-        switch decodeEnvelope(message) {
-        case .failure(let reason):
-            throw BusError.badReply(reason.text)
-        case .success(let reply):
-            if let error = Bynar_V1_ErrorReply.extract(from: reply) {
-                throw BusError.requestRefused(code: "\(error.code)", message: error.message)
-            }
-            guard let payload = Res.extract(from: reply) else {
-                throw BusError.badReply("expected \(Res.payloadName), got \(reply.payload?.payloadName ?? "nothing")")
-            }
-            return Received(payload: payload, envelope: reply, message: message)
+        if let error = Bynar_V1_ErrorReply.extract(from: reply) {
+            throw BusError.requestRefused(code: "\(error.code)", message: error.message)
         }
+        guard let payload = Res.extract(from: reply) else {
+            throw BusError.badReply("expected \(Res.payloadName), got \(reply.payload?.payloadName ?? "nothing")")
+        }
+        return Received(payload: payload, envelope: reply, message: message)
     }
 
     /// Answers a request received on a subscription, with its correlation data, on
@@ -644,12 +632,16 @@ public final class Bus: Sendable {
             reject(message, reason: RejectReason(text: "reply to the request on \(pending.topic) came from \(responder), which was not asked (expected \(expected))"))
             return
         }
-        if case .failure(let reason) = decodeEnvelope(message) {
+        let envelope: Envelope
+        switch decodeEnvelope(message) {
+        case .failure(let reason):
             reject(message, reason: reason)
             return
+        case .success(let decoded):
+            envelope = decoded
         }
         if let taken = state.withLock({ $0.requests.removeValue(forKey: key) }) {
-            taken.continuation.resume(returning: message)
+            taken.continuation.resume(returning: (message, envelope))
         }
     }
 

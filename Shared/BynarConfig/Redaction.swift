@@ -28,9 +28,7 @@ public enum Redaction {
         case .optional?:
             guard let wrapped = mirror.children.first?.value else { return "nil" }
             return describe(wrapped)
-        case .collection?, .set?:
-            return "[" + mirror.children.map { describe($0.value) }.joined(separator: ", ") + "]"
-        case .dictionary?:
+        case .collection?, .set?, .dictionary?:
             return "[" + mirror.children.map { describe($0.value) }.joined(separator: ", ") + "]"
         case .tuple?:
             return "(" + mirror.children.map { ($0.label.map { "\($0): " } ?? "") + describe($0.value) }.joined(separator: ", ") + ")"

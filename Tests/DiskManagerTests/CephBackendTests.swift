@@ -17,10 +17,17 @@ struct DevCluster {
     var conf: String { "\(directory)/ceph.conf" }
     let log: String
 
+    /// Starts the cluster; when that fails, stops whatever it started before throwing, so
+    /// a caller has nothing to clean up.
     init(parent: String, osds: Int, store: String = "memstore") throws {
         directory = "\(parent)/cluster"
         log = "\(parent)/cluster-script.log"
-        try Self.script(["start", directory, "--osds", String(osds), "--store", store], log: log, timeout: 240)
+        do {
+            try Self.script(["start", directory, "--osds", String(osds), "--store", store], log: log, timeout: 240)
+        } catch {
+            try? Self.script(["stop", directory], log: log)
+            throw error
+        }
     }
 
     /// Runs the cluster script; throws with the log's tail unless it exits 0.
@@ -119,14 +126,7 @@ struct CephBackendTests {
         var finished = false
         defer { if finished { try? FileManager.default.removeItem(atPath: temp) } }
         var started = ContinuousClock.now
-        let cluster: DevCluster
-        do {
-            cluster = try DevCluster(parent: temp, osds: 4)
-        } catch {
-            // start stops what it started when it fails; make sure anyway.
-            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
-            throw error
-        }
+        let cluster = try DevCluster(parent: temp, osds: 4)
         defer { cluster.stop() }
         print("ceph: cluster start (4 OSDs, memstore) until healthy: \(seconds(since: started))")
 

@@ -60,12 +60,7 @@ final class CephRepairRig: @unchecked Sendable {
 
     init(prefix: String, missingGraceSeconds: Int = 300) async throws {
         temp = try makeTemporaryDirectory(prefix: prefix)
-        do {
-            cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
-        } catch {
-            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
-            throw error
-        }
+        cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
         do {
             rados = try RadosCluster(configPath: cluster.conf)
             original = try FaultyDisk(sizeMB: 4096, filesystem: nil)

@@ -24,13 +24,7 @@ struct CephServiceTests {
         var finished = false
         defer { if finished { try? FileManager.default.removeItem(atPath: temp) } }
         var started = ContinuousClock.now
-        let cluster: DevCluster
-        do {
-            cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
-        } catch {
-            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
-            throw error
-        }
+        let cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
         defer { cluster.stop() }
         print("ceph-dm: cluster start (4 OSDs, bluestore on loop devices) until healthy: \(seconds(since: started))")
         let ceph = CephBackend(cluster: try RadosCluster(configPath: cluster.conf))

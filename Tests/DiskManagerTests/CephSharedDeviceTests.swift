@@ -104,13 +104,7 @@ struct CephSharedDeviceTests {
         func say(_ text: String) { print("ceph-shared: \(seconds(since: t0)) \(text)") }
         let temp = try makeTemporaryDirectory(prefix: "bynar-ceph-shared")
         let log = "\(temp)/commands.log"
-        let cluster: DevCluster
-        do {
-            cluster = try DevCluster(parent: temp, osds: 3)
-        } catch {
-            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
-            throw error
-        }
+        let cluster = try DevCluster(parent: temp, osds: 3)
         let shared: FaultyDisk
         do {
             shared = try FaultyDisk(sizeMB: 3072, filesystem: nil)

@@ -53,13 +53,7 @@ struct CephxProfileTests {
         func say(_ text: String) { print("cephx: \(seconds(since: t0)) \(text)") }
         let temp = try makeTemporaryDirectory(prefix: "bynar-cephx")
         let log = "\(temp)/commands.log"
-        let cluster: DevCluster
-        do {
-            cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
-        } catch {
-            try? DevCluster.script(["stop", "\(temp)/cluster"], log: "\(temp)/cluster-script.log")
-            throw error
-        }
+        let cluster = try DevCluster(parent: temp, osds: 4, store: "bluestore")
         var newDisk: LoopDisk?
         var passed = false
         defer {

@@ -10,8 +10,12 @@
 public struct HookRateLimit: Sendable, Equatable {
     public let perMinute: Int
     public let perHostPerMinute: Int
-    /// Admission times of the last minute, oldest first, with their host.
-    private var admitted: [(atMs: Int64, host: String)] = []
+    private struct Admission: Sendable, Equatable {
+        var atMs: Int64
+        var host: String
+    }
+    /// Admissions of the last minute, oldest first.
+    private var admitted: [Admission] = []
     /// Refused since the last ``takeSuppressed()``, per host.
     public private(set) var suppressed: [String: Int] = [:]
 
@@ -23,11 +27,6 @@ public struct HookRateLimit: Sendable, Equatable {
     public init(perMinute: Int, perHostPerMinute: Int) {
         self.perMinute = perMinute
         self.perHostPerMinute = perHostPerMinute
-    }
-
-    public static func == (lhs: Self, rhs: Self) -> Bool {
-        lhs.perMinute == rhs.perMinute && lhs.perHostPerMinute == rhs.perHostPerMinute && lhs.suppressed == rhs.suppressed
-            && lhs.admitted.map(\.atMs) == rhs.admitted.map(\.atMs) && lhs.admitted.map(\.host) == rhs.admitted.map(\.host)
     }
 
     /// Whether a hook event for `host` may run now.
@@ -46,7 +45,7 @@ public struct HookRateLimit: Sendable, Equatable {
             if suppressed[host] != nil || suppressed.count < 10_000 { suppressed[host, default: 0] += 1 }
             return .refuse(reason)
         }
-        admitted.append((nowMs, host))
+        admitted.append(Admission(atMs: nowMs, host: host))
         return .run
     }
 
