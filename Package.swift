@@ -124,7 +124,7 @@ let package = Package(
         ),
         .target(
             name: "BynarRuntime",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarProcess", log, lifecycle],
             path: "Shared/BynarRuntime",
             swiftSettings: strict
         ),

@@ -32,6 +32,13 @@ public struct DeviceNumber: Sendable, Hashable, CustomStringConvertible {
         minor = UInt32(truncatingIfNeeded: (value & 0xff) | ((value >> 12) & 0xffff_ff00))
     }
 
+    /// The number of the block or character device at `path`; nil if it is none.
+    package init?(deviceAt path: String) {
+        var info = stat()
+        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFBLK || (info.st_mode & S_IFMT) == S_IFCHR else { return nil }
+        self.init(info.st_rdev)
+    }
+
     /// Parses "major:minor"; nil if it is not that.
     init?(parsing text: Substring) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)

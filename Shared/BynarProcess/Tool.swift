@@ -75,6 +75,7 @@ public enum Tool {
             if pipeEnds[0] >= 0 { close(pipeEnds[0]) }
             throw ToolError(command: command, problem: .cannotStart(describe(rc), errno: rc))
         }
+        ToolGroups.record(pid)
         return (pid, pipeEnds[0] >= 0 ? pipeEnds[0] : nil)
     }
 
@@ -151,7 +152,10 @@ public enum Tool {
         var status: Int32 = 0
         while true {
             let result = waitpid(pid, &status, WNOHANG)
-            if result == pid { return Run(status: status, output: output) }
+            if result == pid {
+                ToolGroups.forget(pid)
+                return Run(status: status, output: output)
+            }
             if result < 0 && errno != EINTR { throw ToolError(command: command, problem: .failed("waitpid: \(describe(errno))"), output: output) }
             if ContinuousClock.now >= deadline {
                 reap(pid, kill: true)
@@ -169,6 +173,7 @@ public enum Tool {
         }
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        ToolGroups.forget(pid)
     }
 
     static func describe(_ code: Int32) -> String { String(cString: strerror(code)) }

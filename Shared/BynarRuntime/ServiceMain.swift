@@ -1,6 +1,7 @@
 public import BynarBus
 public import BynarConfig
 public import BynarStore
+import BynarProcess
 public import Logging
 import ServiceLifecycle
 #if canImport(Glibc)
@@ -94,6 +95,9 @@ public enum ServiceMain {
         }
 
         do {
+            // Tools a killed run of this service left running die before anything resumes.
+            let leftovers = ToolGroups.adopt(directory: "\(config.dbLocation)/\(S.serviceName).tools")
+            if !leftovers.isEmpty { logger.warning("killed tools a previous run left running", metadata: ["tools": "\(leftovers)"]) }
             let store = try LocalStore(path: "\(config.dbLocation)/\(S.serviceName).sqlite", migrations: S.migrations)
             let session = try store.nextSession()
             let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)

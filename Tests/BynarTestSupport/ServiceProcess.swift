@@ -12,8 +12,10 @@ public final class ServiceProcess: @unchecked Sendable {
 
     /// Starts `executable` (e.g. "bynar-detector") on `brokerPort` as `host`; `extraConfig`
     /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`);
-    /// `brokerExtra` into the `broker` object (credentials, TLS).
-    public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "", brokerExtra: String = "") throws {
+    /// `brokerExtra` into the `broker` object (credentials, TLS); `environment` is added to
+    /// the service's environment (test knobs such as pause points).
+    public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "", brokerExtra: String = "",
+                environment: [String: String] = [:]) throws {
         self.directory = directory
         logPath = directory + "/\(executable).log"
         let config = """
@@ -21,7 +23,7 @@ public final class ServiceProcess: @unchecked Sendable {
          "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1\(brokerExtra.isEmpty ? "" : ", " + brokerExtra)}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)}
         """
         try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
-        process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: logPath)
+        process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: logPath, environment: environment)
     }
 
     /// Sends `signal` and waits for the exit.

@@ -194,7 +194,7 @@ struct CephSharedDeviceTests {
             let before = try ceph.osdDump()
             for simulate in [true, false] {
                 do {
-                    let result = try backend.remove(disk, claim: claim, simulate: simulate, progress: .ignore)
+                    let result = try backend.remove(disk, claim: claim, simulate: simulate, job: .direct)
                     Issue.record("\(phase): Remove (simulate \(simulate)) of the shared disk was not refused: \(result)")
                 } catch let refusal as BackendRefusal {
                     say("bynar \(phase): Remove\(simulate ? " (simulate)" : "") \(dbDisk): REFUSED: \(refusal.reason)")

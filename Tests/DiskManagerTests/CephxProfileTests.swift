@@ -119,7 +119,7 @@ struct CephxProfileTests {
         say("SafeToRemove \(disk.identity.devPath): safe=\(answer.safe), \(answer.detail) [\(answer.clusterHealth)]")
         #expect(answer.safe && answer.clusterHealth == "HEALTH_OK", "\(answer)")
         started = ContinuousClock.now
-        let removed = try backend.remove(disk, claim: claim, simulate: false, progress: .ignore)
+        let removed = try backend.remove(disk, claim: claim, simulate: false, job: .direct)
         say("Remove \(disk.identity.devPath) as \(name) (\(seconds(since: started))): \(removed.steps.joined(separator: "; "))")
         #expect(removed.backendID == "0")
         #expect(removed.steps.contains("destroy osd.0 (id and CRUSH position kept)"))
@@ -131,7 +131,7 @@ struct CephxProfileTests {
         newDisk = try LoopDisk(directory: temp, name: "new-osd0", sizeMB: 4096)
         let blank = try #require(try Inventory.scan(host: "h1", excluded: []).first { $0.identity.devPath == newDisk?.device }, "the new disk in the inventory")
         started = ContinuousClock.now
-        let added = try backend.add(blank, reuseID: "0", simulate: false, progress: .ignore)
+        let added = try backend.add(blank, reuseID: "0", simulate: false, job: .direct)
         say("Add \(blank.identity.devPath) as osd.0 (\(seconds(since: started))): \(added.steps.joined(separator: "; "))")
         let back = try backend.ceph.osdState(0)
         #expect(back.up && back.in && !back.destroyed, "\(back)")

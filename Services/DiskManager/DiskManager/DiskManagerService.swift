@@ -132,11 +132,25 @@ actor RequestHandler {
         return response
     }
 
-    /// A disk as the backends see it.
-    struct Resolved {
+    /// This host's disks and which backend holds each, read now.
+    struct World {
+        var devices: [BlockDevice]
+        var claims: [String: (backend: any StorageBackend, claim: BackendClaim)]
+    }
+
+    /// A step of answering that failed before anything changed.
+    struct Unanswerable: Error {
+        var step: String
+        var reason: String
+    }
+
+    /// What a disk-changing request will act on: the disk, the backend that acts, the
+    /// backend's hold on the disk, and what counts as out for the host's limit.
+    struct Plan {
         var device: BlockDevice
         var backend: (any StorageBackend)?
         var claim: BackendClaim?
+        var outKey: String?
     }
 
     private func answer(_ request: Bynar_V1_DiskManagerRequest, verification: Result<VerifiedCommand, CommandRejection>, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
@@ -149,20 +163,9 @@ actor RequestHandler {
             response.reason = reason
             return response
         }
-        func fail(_ step: String, _ reason: String) -> Bynar_V1_DiskManagerResponse {
-            response.outcome = .failed
-            response.failedStep = step
-            response.reason = reason
-            return response
-        }
         guard request.host == context.host else { return refuse("the request is for host \"\(request.host)\", this is \"\(context.host)\"") }
         if case .failure(let why) = verification { return refuse("not authorised: \(why)") }
-        if let first = try? audit.firstResponse(requestID: request.requestID) {
-            var again = first
-            again.originalOutcome = first.outcome
-            again.outcome = .alreadyDone
-            return again
-        }
+        if let again = repeated(request) { return again }
         guard let kind = Self.kind(of: request) else { return refuse("the request names no operation") }
         if case .jobStatus(let status) = request.operation {
             guard let job = try? jobs.job(id: status.jobID) else { return refuse("no job \"\(status.jobID)\" on \(context.host)") }
@@ -171,74 +174,26 @@ actor RequestHandler {
             return response
         }
 
-        var devices: [BlockDevice]
-        do {
-            devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
-        } catch {
-            return fail("inventory", "cannot list this host's disks: \(error)")
-        }
-        do {
-            try known.remember(devices, nowMs: nowMs)
-        } catch {
-            context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
-        }
-        // A disk that has dropped off the host entirely: its cluster membership can still be
-        // ended (SafeToRemove, Remove), from who it was.
         let selector = AuditLog.selector(of: request)
-        if kind == .safeToRemove || kind == .remove, !devices.contains(where: { Self.matches($0, selector) }),
-           let vanished = try? known.vanished(matching: selector, present: devices, matches: Self.matches) {
-            devices.append(vanished)
+        let world: World
+        do {
+            world = try await survey(nowMs: nowMs, vanished: kind == .safeToRemove || kind == .remove ? selector : nil)
+        } catch {
+            response.outcome = .failed
+            response.failedStep = error.step
+            response.reason = error.reason
+            return response
         }
-        var claims: [String: (backend: any StorageBackend, claim: BackendClaim)] = [:]
-        for backend in backends {
-            do {
-                let found = try await offThread { [devices] in try backend.claims(devices) }
-                for (key, claim) in found where claims[key] == nil { claims[key] = (backend, claim) }
-            } catch {
-                return fail("ask the \(backend.name) backend which disks it manages", "\(error)")
-            }
-        }
+        if kind == .list { return await list(request, world, into: response, nowMs: nowMs) }
 
-        if kind == .list {
-            guard case .start = gate.received(.init(requestID: request.requestID, diskKey: "", kind: .list, simulate: request.simulate, deadlineUnixMs: request.deadlineUnixMs), nowMs: nowMs) else {
-                return refuse("request \(request.requestID) was not started (deadline passed or seen before)")
-            }
-            response.outcome = .success
-            // An unclaimed disk is BLANK only if probing finds no signature on it (blkid -p,
-            // as Deploy checks): a loop device carrying another program's data is not blank.
-            let unclaimed = devices.filter { claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
-            let blank = (try? await offThread { Set(unclaimed.filter { DiskChecks.whyNotBlank($0) == nil }.map(\.identity.key)) }) ?? []
-            response.diskList.disks = devices.map { managed($0, claims[$0.identity.key], probedBlank: blank.contains($0.identity.key)) }
-            response.steps = ["list \(devices.count) disks"]
-            return finish(request, response, kind: .list, nowMs: nowMs)
+        let plan: Plan
+        switch Self.plan(request, selector: selector, world: world, host: context.host, reusing: backend(reusing:), deployBackend: deployBackend) {
+        case .failure(let refusal): return refuse(refusal.reason)
+        case .success(let planned): plan = planned
         }
-
-        guard let device = devices.first(where: { Self.matches($0, selector) }) ?? devices.first(where: \.absent) else {
-            return refuse("no disk on \(context.host) matches \(AuditLog.selectorText(selector))")
-        }
-        let claimed = claims[device.identity.key]
-        var backend = claimed?.backend
-        var outKey: String?
-        switch request.operation {
-        case .safeToRemove, .remove:
-            guard let claimed, !device.isSystemDisk, !device.excluded else { break }
-            outKey = "\(claimed.backend.name):\(claimed.claim.id)"
-        case .add(let add):
-            guard !add.reuseOsdID.isEmpty else { return refuse("Add needs reuse_osd_id (the id the Remove answered); use Deploy for a new member") }
-            if let claimed { return refuse("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id)") }
-            backend = self.backend(reusing: add.reuseOsdID)
-            guard let backend else { return refuse("no configured backend re-uses the id \"\(add.reuseOsdID)\"") }
-            outKey = "\(backend.name):\(add.reuseOsdID)"
-        case .deploy:
-            if let claimed { return refuse("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id); Deploy takes blank disks") }
-            backend = deployBackend
-        default:
-            break
-        }
-
         let gated = RequestGate.Request(
-            requestID: request.requestID, diskKey: device.identity.key, kind: kind, simulate: request.simulate,
-            deadlineUnixMs: request.deadlineUnixMs, systemDisk: device.isSystemDisk, excluded: device.excluded, outKey: outKey
+            requestID: request.requestID, diskKey: plan.device.identity.key, kind: kind, simulate: request.simulate,
+            deadlineUnixMs: request.deadlineUnixMs, systemDisk: plan.device.isSystemDisk, excluded: plan.device.excluded, outKey: plan.outKey
         )
         switch gate.received(gated, nowMs: nowMs) {
         case .alreadyDone(let outcome):
@@ -250,54 +205,20 @@ actor RequestHandler {
         case .start:
             break
         }
-        guard let backend else {
-            response.outcome = .refused
-            response.reason = backends.isEmpty
+        guard let backend = plan.backend else {
+            response = refuse(backends.isEmpty
                 ? "no storage backend is configured on \(context.host) (disk_manager.ceph / disk_manager.filesystem)"
-                : "\(device.identity.key) (\(device.identity.devPath)) is not managed by any configured backend (\(backends.map(\.name).joined(separator: ", ")))"
+                : "\(plan.device.identity.key) (\(plan.device.identity.devPath)) is not managed by any configured backend (\(backends.map(\.name).joined(separator: ", ")))")
             return finish(request, response, kind: kind, nowMs: nowMs)
         }
         response.backend = backend.name
-        response.backendID = claimed?.claim.id ?? ""
-
-        if case .safeToRemove = request.operation, let claim = claimed?.claim {
-            do {
-                let answer = try await offThread { try backend.safeToRemove(device, claim: claim) }
-                response.outcome = .success
-                response.safeToRemove.safe = answer.safe
-                response.safeToRemove.detail = answer.detail
-                response.safeToRemove.clusterHealth = answer.clusterHealth
-            } catch {
-                response = fail("ask \(backend.name) whether \(device.identity.key) is safe to remove", "\(error)")
-            }
-            return finish(request, response, kind: kind, nowMs: nowMs)
+        response.backendID = plan.claim?.id ?? ""
+        if let answered = await checkBeforeStart(request, plan: plan, backend: backend, into: response) {
+            return finish(request, answered, kind: kind, nowMs: nowMs)
         }
-
-        if case .remove = request.operation, let claim = claimed?.claim, !request.simulate {
-            // Refuse at once, changing nothing, unless the backend says it is safe.
-            do {
-                let answer = try await offThread { try backend.safeToRemove(device, claim: claim) }
-                guard answer.safe else {
-                    response = refuse("not safe to remove: \(answer.detail)")
-                    return finish(request, response, kind: kind, nowMs: nowMs)
-                }
-            } catch {
-                response = fail("ask \(backend.name) whether \(device.identity.key) is safe to remove", "\(error)")
-                return finish(request, response, kind: kind, nowMs: nowMs)
-            }
-        }
-
-        if gated.kind == .add || gated.kind == .deploy {
-            // Never format over data: refuse at once, before any job exists.
-            if let why = try? await offThread({ [device] in DiskChecks.whyNotBlank(device) }) {
-                response = refuse(why)
-                return finish(request, response, kind: kind, nowMs: nowMs)
-            }
-        }
-
         if request.simulate {
             do {
-                let result = try await offThread { try Self.perform(request, on: device, backend: backend, claim: claimed?.claim, simulate: true, progress: .ignore) }
+                let result = try await offThread { try Self.perform(request, on: plan.device, backend: backend, claim: plan.claim, simulate: true, job: .direct) }
                 response.outcome = result.skipped ? .skipped : .success
                 response.steps = result.steps
                 response.backendID = result.backendID
@@ -306,38 +227,198 @@ actor RequestHandler {
             }
             return finish(request, response, kind: kind, nowMs: nowMs)
         }
+        return startJob(request, plan: plan, backend: backend, gated: gated, into: response, nowMs: nowMs)
+    }
 
-        // A long operation: answer ACCEPTED now, report progress, finish later.
+    /// The answer to a request id seen before, or nil: its first answer again, or, when it
+    /// started a job whose answer was never kept (a crash right after the job was written),
+    /// the job: ACCEPTED again, so the sender follows the job instead of being refused.
+    private func repeated(_ request: Bynar_V1_DiskManagerRequest) -> Bynar_V1_DiskManagerResponse? {
+        if let first = try? audit.firstResponse(requestID: request.requestID) {
+            var again = first
+            again.originalOutcome = first.outcome
+            again.outcome = .alreadyDone
+            return again
+        }
+        guard !request.requestID.isEmpty, let job = try? jobs.job(requestID: request.requestID) else { return nil }
+        var again = Bynar_V1_DiskManagerResponse()
+        again.requestID = request.requestID
+        again.host = context.host
+        again.outcome = .alreadyDone
+        again.originalOutcome = .accepted
+        again.jobID = job.id
+        again.backend = job.backend
+        again.job = job.progress
+        return again
+    }
+
+    /// The host's disks (remembered, so a disk that drops off can still be named) and the
+    /// backends' claims. `vanished`: a request that may name a disk no longer present
+    /// (SafeToRemove, Remove), which is then found among the remembered ones.
+    private func survey(nowMs: Int64, vanished selector: Bynar_V1_DiskSelector?) async throws(Unanswerable) -> World {
+        var devices: [BlockDevice]
+        do {
+            devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
+        } catch {
+            throw Unanswerable(step: "inventory", reason: "cannot list this host's disks: \(error)")
+        }
+        do {
+            try known.remember(devices, nowMs: nowMs)
+        } catch {
+            context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+        }
+        // A disk that has dropped off the host entirely: its cluster membership can still be
+        // ended (SafeToRemove, Remove), from who it was.
+        if let selector, !devices.contains(where: { Self.matches($0, selector) }),
+           let gone = try? known.vanished(matching: selector, present: devices, matches: Self.matches) {
+            devices.append(gone)
+        }
+        var claims: [String: (backend: any StorageBackend, claim: BackendClaim)] = [:]
+        for backend in backends {
+            do {
+                let found = try await offThread { [devices] in try backend.claims(devices) }
+                for (key, claim) in found where claims[key] == nil { claims[key] = (backend, claim) }
+            } catch {
+                throw Unanswerable(step: "ask the \(backend.name) backend which disks it manages", reason: "\(error)")
+            }
+        }
+        return World(devices: devices, claims: claims)
+    }
+
+    /// List: every disk, with its backend's view and whether it is blank.
+    private func list(_ request: Bynar_V1_DiskManagerRequest, _ world: World, into base: Bynar_V1_DiskManagerResponse, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
+        var response = base
+        guard case .start = gate.received(.init(requestID: request.requestID, diskKey: "", kind: .list, simulate: request.simulate, deadlineUnixMs: request.deadlineUnixMs), nowMs: nowMs) else {
+            response.outcome = .refused
+            response.reason = "request \(request.requestID) was not started (deadline passed or seen before)"
+            return response
+        }
+        response.outcome = .success
+        // An unclaimed disk is BLANK only if probing finds no signature on it (blkid -p,
+        // as Deploy checks): a loop device carrying another program's data is not blank.
+        let unclaimed = world.devices.filter { world.claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
+        let blank = (try? await offThread { Set(unclaimed.filter { DiskChecks.whyNotBlank($0) == nil }.map(\.identity.key)) }) ?? []
+        response.diskList.disks = world.devices.map { managed($0, world.claims[$0.identity.key], probedBlank: blank.contains($0.identity.key)) }
+        response.steps = ["list \(world.devices.count) disks"]
+        return finish(request, response, kind: .list, nowMs: nowMs)
+    }
+
+    /// Which disk a disk-changing request names and which backend acts on it; a refusal
+    /// (nothing changed) when the request cannot apply to this host's disks as they are.
+    static func plan(
+        _ request: Bynar_V1_DiskManagerRequest, selector: Bynar_V1_DiskSelector, world: World, host: String,
+        reusing: (String) -> (any StorageBackend)?, deployBackend: (any StorageBackend)?
+    ) -> Result<Plan, BackendRefusal> {
+        guard let device = world.devices.first(where: { matches($0, selector) }) ?? world.devices.first(where: \.absent) else {
+            return .failure(BackendRefusal("no disk on \(host) matches \(AuditLog.selectorText(selector))"))
+        }
+        let claimed = world.claims[device.identity.key]
+        var plan = Plan(device: device, backend: claimed?.backend, claim: claimed?.claim, outKey: nil)
+        switch request.operation {
+        case .safeToRemove, .remove:
+            if let claimed, !device.isSystemDisk, !device.excluded { plan.outKey = "\(claimed.backend.name):\(claimed.claim.id)" }
+        case .add(let add):
+            guard !add.reuseOsdID.isEmpty else { return .failure(BackendRefusal("Add needs reuse_osd_id (the id the Remove answered); use Deploy for a new member")) }
+            if let claimed { return .failure(BackendRefusal("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id)")) }
+            guard let backend = reusing(add.reuseOsdID) else { return .failure(BackendRefusal("no configured backend re-uses the id \"\(add.reuseOsdID)\"")) }
+            plan.backend = backend
+            plan.outKey = "\(backend.name):\(add.reuseOsdID)"
+        case .deploy:
+            if let claimed { return .failure(BackendRefusal("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id); Deploy takes blank disks")) }
+            plan.backend = deployBackend
+        default:
+            break
+        }
+        return .success(plan)
+    }
+
+    /// What is answered at once, before any job: SafeToRemove's verdict; a Remove the
+    /// backend says is not safe (refused, nothing changed); an Add or Deploy on a disk that
+    /// is not blank (never format over data). Nil: the operation may run.
+    private func checkBeforeStart(_ request: Bynar_V1_DiskManagerRequest, plan: Plan, backend: any StorageBackend, into base: Bynar_V1_DiskManagerResponse) async -> Bynar_V1_DiskManagerResponse? {
+        var response = base
+        let device = plan.device
+        func failed(_ error: any Error) -> Bynar_V1_DiskManagerResponse {
+            response.outcome = .failed
+            response.failedStep = "ask \(backend.name) whether \(device.identity.key) is safe to remove"
+            response.reason = "\(error)"
+            return response
+        }
+        switch request.operation {
+        case .safeToRemove:
+            guard let claim = plan.claim else { return nil }
+            do {
+                let answer = try await offThread { try backend.safeToRemove(device, claim: claim) }
+                response.outcome = .success
+                response.safeToRemove.safe = answer.safe
+                response.safeToRemove.detail = answer.detail
+                response.safeToRemove.clusterHealth = answer.clusterHealth
+                return response
+            } catch {
+                return failed(error)
+            }
+        case .remove:
+            guard let claim = plan.claim, !request.simulate else { return nil }
+            do {
+                let answer = try await offThread { try backend.safeToRemove(device, claim: claim) }
+                guard answer.safe else {
+                    response.outcome = .refused
+                    response.reason = "not safe to remove: \(answer.detail)"
+                    return response
+                }
+                return nil
+            } catch {
+                return failed(error)
+            }
+        case .add, .deploy:
+            guard let why = try? await offThread({ [device] in DiskChecks.whyNotBlank(device) }) else { return nil }
+            response.outcome = .refused
+            response.reason = why
+            return response
+        default:
+            return nil
+        }
+    }
+
+    /// A long operation: the job is written (with the backend and place it acts on, for a
+    /// resume), answered ACCEPTED now, and run in the background.
+    private func startJob(_ request: Bynar_V1_DiskManagerRequest, plan: Plan, backend: any StorageBackend, gated: RequestGate.Request,
+                          into base: Bynar_V1_DiskManagerResponse, nowMs: Int64) -> Bynar_V1_DiskManagerResponse {
+        var response = base
         let jobID = "job-\(request.requestID)"
         var progress = Bynar_V1_JobProgress()
         progress.jobID = jobID
         progress.requestID = request.requestID
         progress.host = context.host
-        progress.disk = selector
+        progress.disk = AuditLog.selector(of: request)
         progress.operation = DiskManagerService.operationName(request)
         progress.state = .running
         progress.step = "accepted"
         progress.updatedUnixMs = nowMs
         do {
-            try jobs.insert(id: jobID, request: request, diskKey: device.identity.key, progress: progress, nowMs: nowMs)
+            try jobs.insert(id: jobID, request: request, diskKey: plan.device.identity.key, backend: backend.name, claimID: plan.claim?.id ?? "", progress: progress, nowMs: nowMs)
         } catch {
-            response = fail("record the job", "\(error)")
-            return finish(request, response, kind: kind, nowMs: nowMs)
+            response.outcome = .failed
+            response.failedStep = "record the job"
+            response.reason = "\(error)"
+            return finish(request, response, kind: gated.kind, nowMs: nowMs)
         }
+        PausePoints.reach("accepted")
         response.outcome = .accepted
         response.jobID = jobID
         response.job = progress
         remember(request, response, nowMs: nowMs)
         publish(progress)
-        let claim = claimed?.claim
-        Task { await self.run(jobID: jobID, request: request, device: device, backend: backend, claim: claim, gated: gated, progress: progress) }
+        Task { await self.run(jobID: jobID, request: request, device: plan.device, backend: backend, claim: plan.claim, gated: gated, progress: progress) }
         return response
     }
 
     /// Runs one job to its end: progress events while it works, the final one with the
     /// outcome, the job record, the gate, and an audit line for the end.
     private func run(jobID: String, request: Bynar_V1_DiskManagerRequest, device: BlockDevice, backend: any StorageBackend, claim: BackendClaim?, gated: RequestGate.Request, progress start: Bynar_V1_JobProgress) async {
+        let operation = start.operation
         let reporter = ProgressReporter { [weak self] step, index, count in
+            PausePoints.reach("\(operation):\(index)")
             guard let self else { return }
             var progress = start
             progress.step = step
@@ -353,7 +434,11 @@ actor RequestHandler {
         response.jobID = jobID
         response.backend = backend.name
         do {
-            let result = try await offThread { try Self.perform(request, on: device, backend: backend, claim: claim, simulate: false, progress: reporter) }
+            let result = try await offThread {
+                let result = try Self.perform(request, on: device, backend: backend, claim: claim, simulate: false, job: JobRun(id: jobID, progress: reporter))
+                PausePoints.reach("\(operation):done")
+                return result
+            }
             final.state = .succeeded
             final.outcome = result.skipped ? .skipped : .success
             final.steps = result.steps
@@ -415,8 +500,10 @@ actor RequestHandler {
         }
     }
 
-    /// Jobs that were running when the service stopped run again from the start; the
-    /// backends' operations skip what is already done.
+    /// Jobs that were running when the service stopped run again, with the backend and
+    /// place they were accepted for (not whatever the disk looks like after their own
+    /// half-done steps); the backends check the world before each step and skip what is
+    /// done. Then the host's count of disks out is checked against the world.
     func resumeInterruptedJobs() async {
         let interrupted: [JobStore.Job]
         do {
@@ -425,33 +512,39 @@ actor RequestHandler {
             context.logger.error("cannot read interrupted jobs", metadata: ["error": "\(error)"])
             return
         }
-        guard !interrupted.isEmpty else { return }
-        let devices = (try? Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)) ?? []
         for job in interrupted {
             let request = job.request
             let selector = AuditLog.selector(of: request)
-            guard let kind = Self.kind(of: request), let device = devices.first(where: { Self.matches($0, selector) }) else {
+            let kind = Self.kind(of: request)
+            let world: World
+            do {
+                world = try await survey(nowMs: Bus.nowUnixMs(), vanished: kind == .remove ? selector : nil)
+            } catch {
+                abandon(job, "interrupted by a restart, and \(error.step) failed: \(error.reason)")
+                continue
+            }
+            guard let kind, let device = world.devices.first(where: { Self.matches($0, selector) }) else {
                 abandon(job, "interrupted by a restart, and the disk \(AuditLog.selectorText(selector)) is no longer here")
                 continue
             }
-            var claimed: (backend: any StorageBackend, claim: BackendClaim)?
-            for backend in backends {
-                if let claim = try? await offThread({ [device] in try backend.claims([device]) })[device.identity.key] {
-                    claimed = (backend, claim)
-                    break
-                }
-            }
-            var backend = claimed?.backend
-            var outKey = claimed.map { "\($0.backend.name):\($0.claim.id)" }
-            if case .add(let add) = request.operation {
-                backend = self.backend(reusing: add.reuseOsdID)
-                outKey = backend.map { "\($0.name):\(add.reuseOsdID)" }
-            } else if case .deploy = request.operation {
-                backend = backend ?? deployBackend
+            let current = world.claims[device.identity.key]
+            var backend = backends.first { $0.name == job.backend }
+            var claim = job.claimID.isEmpty ? current?.claim : BackendClaim(backend: job.backend, id: job.claimID, status: .inService)
+            if job.backend.isEmpty {
+                // A job written before the backend was kept with it: as it looks now.
+                backend = current?.backend
+                claim = current?.claim
+                if case .add(let add) = request.operation { backend = self.backend(reusing: add.reuseOsdID) } else if case .deploy = request.operation { backend = backend ?? deployBackend }
             }
             guard let backend else {
-                abandon(job, "interrupted by a restart; no configured backend manages \(device.identity.key) now")
+                abandon(job, "interrupted by a restart; no configured backend \(job.backend.isEmpty ? "manages \(device.identity.key)" : "is called \"\(job.backend)\"") now")
                 continue
+            }
+            var outKey: String?
+            switch request.operation {
+            case .remove: outKey = claim.map { "\(backend.name):\($0.id)" }
+            case .add(let add): outKey = "\(backend.name):\(add.reuseOsdID)"
+            default: break
             }
             let gated = RequestGate.Request(
                 requestID: request.requestID, diskKey: device.identity.key, kind: kind, simulate: false,
@@ -459,10 +552,29 @@ actor RequestHandler {
             )
             gate.resumed(gated)
             context.logger.notice("resuming a job interrupted by a restart", metadata: ["job": "\(job.id)", "step": "\(job.progress.step)"])
-            let claim = claimed?.claim
             var start = job.progress
             start.message = "resumed after a restart"
             Task { await self.run(jobID: job.id, request: request, device: device, backend: backend, claim: claim, gated: gated, progress: start) }
+        }
+        await checkDisksOutAgainstTheWorld()
+    }
+
+    /// Drops from the host's count every place the job table says is out but its backend
+    /// says is back in service (re-added by hand, or by a job this host no longer knows).
+    /// The count is never raised from the world alone: what this host took out is what its
+    /// jobs say.
+    private func checkDisksOutAgainstTheWorld() async {
+        for key in gate.disksOut.sorted() {
+            let parts = key.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2, let backend = backends.first(where: { $0.name == parts[0] }) else { continue }
+            let id = String(parts[1])
+            do {
+                if try await offThread({ try backend.isOut(id) }) { continue }
+                gate.backInService(key)
+                context.logger.notice("a place counted as out is back in service; no longer counted", metadata: ["place": "\(key)"])
+            } catch {
+                context.logger.warning("cannot tell whether a place counted as out still is; still counted", metadata: ["place": "\(key)", "error": "\(error)"])
+            }
         }
     }
 
@@ -506,16 +618,16 @@ actor RequestHandler {
     /// The backend call for a Remove, Add or Deploy.
     static func perform(
         _ request: Bynar_V1_DiskManagerRequest, on device: BlockDevice, backend: any StorageBackend, claim: BackendClaim?,
-        simulate: Bool, progress: ProgressReporter
+        simulate: Bool, job: JobRun
     ) throws -> OperationResult {
         switch request.operation {
         case .remove:
             guard let claim else { throw BackendRefusal("\(device.identity.key) is not managed by \(backend.name)") }
-            return try backend.remove(device, claim: claim, simulate: simulate, progress: progress)
+            return try backend.remove(device, claim: claim, simulate: simulate, job: job)
         case .add(let add):
-            return try backend.add(device, reuseID: add.reuseOsdID, simulate: simulate, progress: progress)
+            return try backend.add(device, reuseID: add.reuseOsdID, simulate: simulate, job: job)
         case .deploy:
-            return try backend.deploy(device, simulate: simulate, progress: progress)
+            return try backend.deploy(device, simulate: simulate, job: job)
         default:
             throw BackendRefusal("not a disk-changing operation")
         }

@@ -104,6 +104,18 @@ public struct CephBackend: Sendable {
         return states
     }
 
+    struct FSID: Decodable { var fsid: String }
+
+    /// The cluster's fsid (what a BlueStore label's `ceph_fsid` names).
+    public func fsid() throws -> String {
+        let reply = try cluster.checkedMonCommand(#"{"prefix":"fsid","format":"json"}"#)
+        do {
+            return try JSONDecoder().decode(FSID.self, from: Data(reply.output)).fsid
+        } catch {
+            throw RadosError(operation: "fsid", code: -EINVAL, statusText: "unreadable reply: \(error)")
+        }
+    }
+
     struct Health: Decodable { var status: String }
 
     /// "HEALTH_OK", "HEALTH_WARN" or "HEALTH_ERR".
@@ -240,20 +252,27 @@ public struct CephBackend: Sendable {
     /// Brings a destroyed OSD back with the same id: `startDaemon` prepares the new device
     /// under that id and starts it (production: `ceph-volume lvm create --osd-id ID`); then
     /// this waits, up to `timeout`, until the OSD is up and in, marking it in if the mon
-    /// does not. Returns the steps done.
-    public func readd(osd id: Int, startDaemon: () throws -> Void, timeout: Duration = .seconds(120), progress: (String) -> Void = { _ in }) throws -> [String] {
+    /// does not. Returns the steps done. Without `startDaemon` (a resumed job whose OSD was
+    /// already re-created) only the waits run, and the OSD must exist, not destroyed.
+    public func readd(osd id: Int, startDaemon: (() throws -> Void)?, timeout: Duration = .seconds(120), progress: (String) -> Void = { _ in }) throws -> [String] {
         let state = try osdState(id)
-        guard state.exists, state.destroyed else {
-            throw CephRefusal(osd: id, reason: "osd.\(id) is not destroyed (exists: \(state.exists)); only a destroyed id can be re-used")
-        }
         var done: [String] = []
-        let startStep = "prepare and start osd.\(id)"
-        progress(startStep)
-        do {
-            try startDaemon()
-            done.append(startStep)
-        } catch {
-            throw CephStepFailure(osd: id, step: startStep, done: done, rollback: nil, underlying: "\(error)")
+        if let startDaemon {
+            guard state.exists, state.destroyed else {
+                throw CephRefusal(osd: id, reason: "osd.\(id) is not destroyed (exists: \(state.exists)); only a destroyed id can be re-used")
+            }
+            let startStep = "prepare and start osd.\(id)"
+            progress(startStep)
+            do {
+                try startDaemon()
+                done.append(startStep)
+            } catch {
+                throw CephStepFailure(osd: id, step: startStep, done: done, rollback: nil, underlying: "\(error)")
+            }
+        } else {
+            guard state.exists, !state.destroyed else {
+                throw CephRefusal(osd: id, reason: "osd.\(id) was not re-created (exists: \(state.exists), destroyed: \(state.destroyed)); nothing to wait for")
+            }
         }
 
         let upStep = "wait until osd.\(id) is up"

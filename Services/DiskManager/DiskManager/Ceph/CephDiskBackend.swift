@@ -114,7 +114,25 @@ public struct CephDiskBackend: StorageBackend {
         return SafetyAnswer(safe: true, detail: detail, clusterHealth: health)
     }
 
-    public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+    public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, job: JobRun) throws -> OperationResult {
+        let progress = job.progress
+        // Done already (a resumed job, or the same removal asked twice): the OSD the claim
+        // named is destroyed. Only the wipe may be left, if the disk still carries its label.
+        if let main = CephClaimID.decode(claim.id)?.first(where: { $0.role == .main })?.osd, case let state = try ceph.osdState(main), state.exists && state.destroyed {
+            var steps = ["osd.\(main) is already destroyed"]
+            if config.wipeAfterDestroy, !disk.absent, !simulate, Self.label(of: disk)?.whoami == main {
+                let wipeStep = "wipe the labels of \(disk.identity.devPath)"
+                progress.step(wipeStep, 5, of: 5)
+                if let why = whyNotWipe(disk) { throw BackendStepFailure(step: wipeStep, done: steps, underlying: "\(why); nothing was wiped") }
+                do {
+                    try DiskChecks.wipeLabels(disk.identity.devPath)
+                    steps.append(wipeStep)
+                } catch {
+                    steps.append("\(wipeStep): not done (\(error)); the disk is out of the cluster")
+                }
+            }
+            return OperationResult(steps: steps, backendID: String(main), skipped: steps.count == 1)
+        }
         let id: Int
         switch try removal(of: disk, claim: claim) {
         case .refuse(let reason):
@@ -165,6 +183,19 @@ public struct CephDiskBackend: StorageBackend {
         }
     }
 
+    /// An OSD place is out while the OSD is destroyed or gone from the osdmap.
+    public func isOut(_ id: String) throws -> Bool {
+        guard let osd = CephClaimID.decode(id)?.first(where: { $0.role == .main })?.osd ?? Int(id) else { return false }
+        let state = try ceph.osdState(osd)
+        return !state.exists || state.destroyed
+    }
+
+    /// The BlueStore label on the disk itself, if it carries one.
+    static func label(of disk: BlockDevice) -> BluestoreLabel? {
+        guard !disk.absent, case .bluestore(let label) = DeviceLabel.read(disk.identity.devPath) else { return nil }
+        return label
+    }
+
     /// Why `disk` must not be wiped now, or nil: it still backs a live OSD (its labels and
     /// the metadata read again), or the cluster could not be asked.
     public func whyNotWipe(_ disk: BlockDevice) -> String? {
@@ -178,13 +209,36 @@ public struct CephDiskBackend: StorageBackend {
         return live.isEmpty ? nil : "\(disk.identity.devPath) still \(CephDeviceRemoval.describe(live))"
     }
 
-    public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+    public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, job: JobRun) throws -> OperationResult {
+        let progress = job.progress
         guard let id = Int(reuseID), id >= 0 else { throw BackendRefusal("reuse_osd_id \"\(reuseID)\" is not an OSD id") }
         let state = try ceph.osdState(id)
+        let label = Self.label(of: disk)
+        let ownLabel = label?.whoami == id && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.fsid()))
+        // Resumed after the OSD was re-created on this disk: only the waits are left.
+        if !job.id.isEmpty, !simulate, state.exists, !state.destroyed, ownLabel {
+            var index = 1
+            do {
+                let steps = try ceph.readd(osd: id, startDaemon: nil, timeout: .seconds(config.upTimeoutSeconds),
+                                           progress: { step in index += 1; progress.step(step, index, of: 3) })
+                return OperationResult(steps: ["osd.\(id) was already re-created on \(disk.identity.devPath)"] + steps, backendID: String(id))
+            } catch let failure as CephStepFailure {
+                throw BackendStepFailure(step: failure.step, done: failure.done, rollback: failure.rollback, underlying: failure.underlying)
+            }
+        }
         guard state.exists, state.destroyed else {
             throw BackendRefusal("osd.\(id) is not destroyed (exists: \(state.exists), up: \(state.up)); only a destroyed id can be re-used")
         }
-        if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
+        if let why = DiskChecks.whyNotBlank(disk) {
+            // A prepare this job began and a crash cut short leaves the destroyed id's label
+            // on the new disk: this job's to redo. Anything else is data, never formatted over.
+            guard !job.id.isEmpty, !simulate, ownLabel else { throw BackendRefusal(why) }
+            do {
+                try DiskChecks.wipeLabels(disk.identity.devPath)
+            } catch {
+                throw BackendStepFailure(step: "wipe the half-made osd.\(id) from \(disk.identity.devPath)", done: [], underlying: "\(error)")
+            }
+        }
         let command = CommandDaemonControl.expand(config.createWithIdCommand, id: id, device: disk.identity.devPath)
         if simulate {
             return OperationResult(
@@ -206,9 +260,14 @@ public struct CephDiskBackend: StorageBackend {
         }
     }
 
-    public func deploy(_ disk: BlockDevice, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
-        if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
+    public func deploy(_ disk: BlockDevice, simulate: Bool, job: JobRun) throws -> OperationResult {
+        let progress = job.progress
         let device = disk.identity.devPath
+        // Resumed after the OSD was made: the disk was blank when this job was accepted and
+        // one job at a time owns a disk, so an OSD of this cluster on it is this job's.
+        let label = Self.label(of: disk)
+        let madeByThisJob = !job.id.isEmpty && !simulate && label?.whoami != nil && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.fsid()))
+        if !madeByThisJob, let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
         let command = CommandDaemonControl.expand(config.createCommand, id: nil, device: device)
         let createStep = "run \(command.joined(separator: " "))"
         let findStep = "find the new OSD on \(device)"
@@ -217,11 +276,15 @@ public struct CephDiskBackend: StorageBackend {
         }
         var done = ["\(device) is blank"]
         progress.step(createStep, 1, of: 3)
-        do {
-            try daemons.create(nil, device: device)
-            done.append(createStep)
-        } catch {
-            throw BackendStepFailure(step: createStep, done: done, underlying: "\(error)")
+        if madeByThisJob {
+            done = ["\(device) already carries osd.\(label?.whoami ?? -1) (made by this job before a restart)"]
+        } else {
+            do {
+                try daemons.create(nil, device: device)
+                done.append(createStep)
+            } catch {
+                throw BackendStepFailure(step: createStep, done: done, underlying: "\(error)")
+            }
         }
         progress.step(findStep, 2, of: 3)
         var found: Int?

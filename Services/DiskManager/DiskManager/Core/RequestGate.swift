@@ -119,6 +119,12 @@ public struct RequestGate: Sendable, Equatable {
         }
     }
 
+    /// The place `outKey` is in service again although no Add of this host's put it back
+    /// (an operator re-added it): it no longer counts as out.
+    public mutating func backInService(_ outKey: String) {
+        disksOut.remove(outKey)
+    }
+
     /// A job that was running when the service stopped is running again: it holds its disk
     /// and its request id without passing the checks a second time.
     public mutating func resumed(_ request: Request) {

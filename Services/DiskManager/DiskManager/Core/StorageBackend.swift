@@ -5,6 +5,10 @@ public import BynarProto
 /// Implementations: ``CephDiskBackend`` (OSDs through librados and the daemon commands) and
 /// ``FilesystemBackend`` (plain data disks). Their methods block (librados, external
 /// tools); the service calls them off the bus's threads.
+///
+/// Every operation checks the world before each step and skips what is already so, so a
+/// job resumed after a crash (the same ``JobRun/id``) runs to the true end state instead of
+/// being refused for the half it had done.
 public protocol StorageBackend: Sendable {
     /// "ceph" or "filesystem": the `backend` of ``Bynar_V1_ManagedDisk``.
     var name: String { get }
@@ -15,12 +19,17 @@ public protocol StorageBackend: Sendable {
     /// Takes `disk` out of service; with `simulate`, says what it would do and changes nothing.
     /// - Throws: ``BackendRefusal`` when nothing was changed on purpose,
     ///   ``BackendStepFailure`` when a step failed.
-    func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult
+    func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, job: JobRun) throws -> OperationResult
     /// Puts a new disk into service in place of the one removed as `reuseID` (OSD id,
-    /// mountpoint).
-    func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult
-    /// Puts a blank disk into service as a new member.
-    func deploy(_ disk: BlockDevice, simulate: Bool, progress: ProgressReporter) throws -> OperationResult
+    /// mountpoint). A disk that is no longer blank only because this job (`job.id`) already
+    /// began on it is this job's to finish.
+    func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, job: JobRun) throws -> OperationResult
+    /// Puts a blank disk into service as a new member (the same resumption rule as Add).
+    func deploy(_ disk: BlockDevice, simulate: Bool, job: JobRun) throws -> OperationResult
+    /// Whether the place `id` (an OSD id, a mountpoint) this backend took out is still out
+    /// of service now (asked at start, so the host's count of disks out follows the world,
+    /// not only the job table). Throws when it cannot be told.
+    func isOut(_ id: String) throws -> Bool
 }
 
 /// A backend's hold on one disk.
@@ -89,6 +98,43 @@ public struct BackendStepFailure: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         "failed at \"\(step)\": \(underlying)" + (rollback.map { "; \($0)" } ?? "")
+    }
+}
+
+/// One run of an operation: the job it belongs to (empty for a direct call or a simulation)
+/// and where its steps are reported.
+public struct JobRun: Sendable {
+    /// The disk-manager's job id; the same when a job is resumed after a restart.
+    public var id: String
+    public var progress: ProgressReporter
+
+    public init(id: String, progress: ProgressReporter) {
+        self.id = id
+        self.progress = progress
+    }
+
+    /// A call outside any job (tests, simulations): nothing to resume, steps not reported.
+    public static let direct = JobRun(id: "", progress: .ignore)
+
+    /// A UUID that only this job gives a filesystem it makes (RFC 4122 layout, derived from
+    /// the job id by two FNV-1a hashes): on resume, a disk carrying it was formatted by this
+    /// job and nobody else. Nil outside a job.
+    public var filesystemUUID: String? {
+        guard !id.isEmpty else { return nil }
+        func fnv(_ seed: UInt64) -> UInt64 {
+            var hash = seed
+            for byte in id.utf8 {
+                hash ^= UInt64(byte)
+                hash = hash &* 0x100_0000_01b3
+            }
+            return hash
+        }
+        var bytes = withUnsafeBytes(of: fnv(0xcbf2_9ce4_8422_2325).bigEndian, Array.init) + withUnsafeBytes(of: fnv(0x84222325_cbf29ce4).bigEndian, Array.init)
+        bytes[6] = (bytes[6] & 0x0f) | 0x40  // version 4 layout
+        bytes[8] = (bytes[8] & 0x3f) | 0x80  // RFC 4122 variant
+        let hex = bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        let parts = [hex.prefix(8), hex.dropFirst(8).prefix(4), hex.dropFirst(12).prefix(4), hex.dropFirst(16).prefix(4), hex.dropFirst(20)]
+        return parts.joined(separator: "-")
     }
 }
 

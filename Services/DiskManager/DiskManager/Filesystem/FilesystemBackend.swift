@@ -11,9 +11,12 @@ import Glibc
 ///
 /// - Remove: refuse while processes use the mountpoint; unmount; drop the fstab line (so a
 ///   boot without the disk does not wait for it). The mountpoint is the id an Add re-uses.
-/// - Add: on a blank disk only: mkfs, fstab line by UUID, mount through that fstab line at
-///   the removed disk's mountpoint. A failed mount takes the fstab line back out.
+/// - Add: on a blank disk only: mkfs (with a UUID only this job uses), fstab line by UUID,
+///   mount through that fstab line at the removed disk's mountpoint. A failed mount takes
+///   the fstab line back out.
 /// - Deploy: the same at `<mount_root>/<disk key>`.
+/// Each step reads the world first (mounted? listed? this job's filesystem already made?),
+/// so a job resumed after a crash finishes instead of being refused.
 public struct FilesystemBackend: StorageBackend {
     public let name = "filesystem"
     public let config: FilesystemBackendConfig
@@ -44,13 +47,18 @@ public struct FilesystemBackend: StorageBackend {
         return SafetyAnswer(safe: false, detail: "\(claim.id) is in use by \(users.prefix(10).joined(separator: ", "))" + (users.count > 10 ? " and \(users.count - 10) more" : ""))
     }
 
-    public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+    public func remove(_ disk: BlockDevice, claim: BackendClaim, simulate: Bool, job: JobRun) throws -> OperationResult {
         let mountpoint = claim.id
+        let progress = job.progress
         let fstab = try Fstab(path: config.fstab)
-        let mounted = managedMountpoint(of: disk) == mountpoint
+        // The world, not the claim: a resumed Remove finds the unmount already done.
+        let mounted = Self.mount(at: mountpoint) != nil
         let listed = fstab.entry(mountpoint: mountpoint) != nil
         guard mounted || listed else {
             return OperationResult(steps: ["\(mountpoint) is neither mounted nor in \(config.fstab)"], backendID: mountpoint, skipped: true)
+        }
+        if let other = Self.mount(at: mountpoint), let own = DeviceNumber(deviceAt: disk.identity.devPath), other.devNumber != own, !disk.absent {
+            throw BackendRefusal("\(mountpoint) holds \(other.source) (\(other.devNumber)), not \(disk.identity.devPath); not unmounting another disk")
         }
         let users = Self.users(of: mountpoint)
         guard users.isEmpty else { throw BackendRefusal("\(mountpoint) is in use by \(users.prefix(10).joined(separator: ", "))") }
@@ -60,13 +68,15 @@ public struct FilesystemBackend: StorageBackend {
             return OperationResult(steps: (mounted ? [unmountStep] : []) + (listed ? [fstabStep] : []), backendID: mountpoint)
         }
         var done: [String] = []
+        progress.step(unmountStep, 1, of: 2)
         if mounted {
-            progress.step(unmountStep, 1, of: 2)
             try run(["umount", mountpoint], step: unmountStep, done: done)
             done.append(unmountStep)
+        } else {
+            done.append("\(mountpoint) is not mounted")
         }
+        progress.step(fstabStep, 2, of: 2)
         if listed {
-            progress.step(fstabStep, 2, of: 2)
             do {
                 try Fstab.edit(path: config.fstab) { fstab throws(BackendRefusal) in fstab.remove(mountpoint: mountpoint) }
             } catch {
@@ -75,44 +85,63 @@ public struct FilesystemBackend: StorageBackend {
                 throw BackendStepFailure(step: fstabStep, done: done, underlying: "\(error)")
             }
             done.append(fstabStep)
+        } else {
+            done.append("\(config.fstab) has no line for \(mountpoint)")
         }
         return OperationResult(steps: done, backendID: mountpoint)
     }
 
-    public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+    public func add(_ disk: BlockDevice, reuseID: String, simulate: Bool, job: JobRun) throws -> OperationResult {
         guard reuseID.hasPrefix(config.mountRoot + "/"), !reuseID.contains("/../"), !reuseID.hasSuffix("/..") else {
             throw BackendRefusal("\"\(reuseID)\" is not a mountpoint under \(config.mountRoot)")
         }
-        return try format(disk, at: reuseID, simulate: simulate, progress: progress)
+        return try format(disk, at: reuseID, simulate: simulate, job: job)
     }
 
-    public func deploy(_ disk: BlockDevice, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
-        try format(disk, at: "\(config.mountRoot)/\(disk.identity.key)", simulate: simulate, progress: progress)
+    public func deploy(_ disk: BlockDevice, simulate: Bool, job: JobRun) throws -> OperationResult {
+        try format(disk, at: "\(config.mountRoot)/\(disk.identity.key)", simulate: simulate, job: job)
     }
 
-    /// mkfs on a blank disk, fstab line by UUID, mount through it.
-    func format(_ disk: BlockDevice, at mountpoint: String, simulate: Bool, progress: ProgressReporter) throws -> OperationResult {
+    /// A mountpoint is out while nothing is mounted there.
+    public func isOut(_ id: String) throws -> Bool {
+        Self.mount(at: id) == nil
+    }
+
+    /// mkfs on a blank disk, fstab line by UUID, mount through it. Each step looks first: a
+    /// disk already carrying this job's filesystem (``JobRun/filesystemUUID``) is not made
+    /// again, an fstab line already right is kept, a mount already there is not repeated.
+    func format(_ disk: BlockDevice, at mountpoint: String, simulate: Bool, job: JobRun) throws -> OperationResult {
         let device = disk.identity.devPath
-        if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
-        if Self.isMountpoint(mountpoint) { throw BackendRefusal("something is already mounted at \(mountpoint)") }
-        let mkfs = ["mkfs.\(config.filesystem)"] + (config.filesystem == "ext4" ? ["-q", "-F"] : ["-q"]) + config.mkfsOptions + [device]
+        let progress = job.progress
+        let found = Self.filesystem(on: device, timeout: timeout)
+        let ours = job.filesystemUUID.map { uuid in found?.uuid == uuid && found?.type == config.filesystem } ?? false
+        if !ours, let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
+        if let there = Self.mount(at: mountpoint), !(ours && there.devNumber == DeviceNumber(deviceAt: device)) {
+            throw BackendRefusal("something is already mounted at \(mountpoint) (\(there.source))")
+        }
+        let uuidOption: [String] = job.filesystemUUID.map { config.filesystem == "ext4" ? ["-U", $0] : ["-m", "uuid=\($0)"] } ?? []
+        let mkfs = ["mkfs.\(config.filesystem)"] + (config.filesystem == "ext4" ? ["-q", "-F"] : ["-q"]) + uuidOption + config.mkfsOptions + [device]
         let mkfsStep = "make \(config.filesystem) on \(device)"
         let fstabStep = "add the \(config.fstab) line for \(mountpoint) (by UUID)"
         let mountStep = "mount \(mountpoint)"
         if simulate {
             return OperationResult(steps: ["\(device) is blank", "\(mkfsStep): \(mkfs.joined(separator: " "))", fstabStep, mountStep], backendID: mountpoint)
         }
-        var done = ["\(device) is blank"]
+        var done: [String] = []
         progress.step(mkfsStep, 1, of: 3)
-        try run(mkfs, step: mkfsStep, done: done)
-        done.append(mkfsStep)
+        if ours {
+            done.append("\(device) already carries this job's \(config.filesystem) (UUID=\(found?.uuid ?? ""))")
+        } else {
+            done.append("\(device) is blank")
+            try run(mkfs, step: mkfsStep, done: done)
+            done.append(mkfsStep)
+        }
 
         progress.step(fstabStep, 2, of: 3)
         let uuid: String
         do {
-            let probe = try Tool.run(["blkid", "-p", "-o", "value", "-s", "UUID", device], timeout: timeout)
-            uuid = probe.text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard probe.exitCode == 0, !uuid.isEmpty else { throw BackendRefusal("blkid found no UUID on \(device) after mkfs") }
+            guard let made = Self.filesystem(on: device, timeout: timeout), !made.uuid.isEmpty else { throw BackendRefusal("blkid found no UUID on \(device) after mkfs") }
+            uuid = made.uuid
             try Fstab.edit(path: config.fstab) { fstab throws(BackendRefusal) in
                 try fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: config.filesystem, options: config.mountOptions))
             }
@@ -122,6 +151,10 @@ public struct FilesystemBackend: StorageBackend {
         done.append("\(fstabStep): UUID=\(uuid)")
 
         progress.step(mountStep, 3, of: 3)
+        if Self.mount(at: mountpoint) != nil {
+            done.append("\(mountpoint) is already mounted from \(device)")
+            return OperationResult(steps: done, backendID: mountpoint)
+        }
         do {
             try Self.makeDirectories(mountpoint)
             try run(["mount", "--fstab", config.fstab, mountpoint], step: mountStep, done: done)
@@ -138,6 +171,24 @@ public struct FilesystemBackend: StorageBackend {
         }
         done.append(mountStep)
         return OperationResult(steps: done, backendID: mountpoint)
+    }
+
+    /// The filesystem `blkid -p` finds on `device` (type and UUID), or nil.
+    static func filesystem(on device: String, timeout: Duration) -> (type: String, uuid: String)? {
+        guard let probe = try? Tool.run(["blkid", "-p", "-o", "export", device], timeout: timeout), probe.exitCode == 0 else { return nil }
+        var fields: [String: String] = [:]
+        for line in probe.text.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+        }
+        guard let type = fields["TYPE"] else { return nil }
+        return (type, fields["UUID"] ?? "")
+    }
+
+    /// What is mounted at `mountpoint` now (the last mount there wins), or nil.
+    static func mount(at mountpoint: String) -> MountInfoEntry? {
+        guard let text = try? readFile("/proc/self/mountinfo").get() else { return nil }
+        return MountInfoEntry.parse(String(decoding: text, as: UTF8.self)).last { $0.mountPoint == mountpoint }
     }
 
     /// Runs a tool; throws a step failure with its output unless it exits 0.
@@ -163,11 +214,6 @@ public struct FilesystemBackend: StorageBackend {
                 throw BackendRefusal("cannot create \(current): \(String(cString: strerror(errno)))")
             }
         }
-    }
-
-    static func isMountpoint(_ path: String) -> Bool {
-        guard let text = try? readFile("/proc/self/mountinfo").get() else { return false }
-        return MountInfoEntry.parse(String(decoding: text, as: UTF8.self)).contains { $0.mountPoint == path }
     }
 
     /// Processes with a file, working directory or root under `mountpoint` ("pid 123 (name)").
