@@ -100,7 +100,7 @@ let package = Package(
         // kernel uevents. Shared by the detector (watches) and the disk-manager (acts).
         // External tools (smartctl, fsck, systemctl): spawned one way, with a deadline.
         .target(name: "BynarProcess", path: "Shared/BynarProcess", swiftSettings: strict),
-        .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto"], path: "Shared/BynarDisks", swiftSettings: strict),
+        .target(name: "BynarDisks", dependencies: ["CUdev", "BynarProto", "BynarProcess"], path: "Shared/BynarDisks", swiftSettings: strict),
         .target(name: "BynarProto", dependencies: [protobuf], path: "Shared/BynarProto", swiftSettings: strict),
         // librados, wrapped once (loaded with dlopen when a Ceph backend is configured), and
         // the read-only view of a cluster the detector and the disk-manager share: OSDs,

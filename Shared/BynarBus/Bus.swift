@@ -71,7 +71,7 @@ public final class Bus: Sendable {
     private let inflight: AsyncSemaphore
     private let state = Mutex(State())
     private let startedUnixMs = Bus.nowUnixMs()
-    private static let messageIDs = MessageIDGenerator()
+    static let messageIDs = MessageIDGenerator()
 
     struct Route: Sendable {
         /// The filter as subscribed (may be `$share/...`).

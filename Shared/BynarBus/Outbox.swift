@@ -1,5 +1,6 @@
 public import BynarProto
 public import BynarStore
+public import GRDB
 import Logging
 
 /// Publishes events so that a broker outage or a crash loses none: each event is written
@@ -18,14 +19,56 @@ public final class Outbox: Sendable {
         self.store = store
     }
 
+    /// An event to send once committed.
+    public struct Event: Sendable {
+        /// Nil: an empty retained message, which clears the topic's retained one.
+        public var payload: (any BusPayload)?
+        public var topic: String
+        public var retain: Bool
+        public var correlationId: String
+
+        public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "") {
+            self.payload = payload
+            self.topic = topic
+            self.retain = retain
+            self.correlationId = correlationId
+        }
+
+        /// Clears the retained message of `topic`.
+        public static func clearRetained(_ topic: String) -> Event {
+            var event = Event(Bynar_V1_ServiceStatus(), to: topic, retain: true)
+            event.payload = nil
+            return event
+        }
+    }
+
+    /// The one way a service commits a decision: its new state (`state`, on its own tables)
+    /// and the events that report it in one SQLite transaction, then the sender is woken.
+    /// Returns before the broker has them: ``run()`` delivers them, in order, at least once.
+    @discardableResult
+    public func commit(_ events: [Event], state: (Database) throws -> Void = { _ in }) throws -> [Envelope] {
+        var envelopes: [Envelope] = []
+        var messages: [LocalStore.OutgoingMessage] = []
+        for event in events {
+            guard let payload = event.payload else {
+                messages.append(.init(messageId: "clear-\(Bus.messageIDs.next())", topic: event.topic, payload: [], retain: true, createdUnixMs: Bus.nowUnixMs()))
+                continue
+            }
+            let envelope = bus.envelope(payload, correlationId: event.correlationId)
+            envelopes.append(envelope)
+            messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
+                                  createdUnixMs: envelope.createdUnixMs))
+        }
+        try store.commit(messages, state: state)
+        if !messages.isEmpty { wake.signal() }
+        return envelopes
+    }
+
     /// Stores the event and wakes the sender; returns the envelope (its message id is the
     /// one receivers will see). Returns before the broker has it: ``run()`` delivers it.
     @discardableResult
     public func publish<P: BusPayload>(_ payload: P, to topic: String, retain: Bool = false, correlationId: String = "") throws -> Envelope {
-        let envelope = bus.envelope(payload, correlationId: correlationId)
-        try store.enqueue(messageId: envelope.messageID, topic: topic, payload: Bus.serialize(envelope), retain: retain, createdUnixMs: envelope.createdUnixMs)
-        wake.signal()
-        return envelope
+        try commit([Event(payload, to: topic, retain: retain, correlationId: correlationId)]).first!
     }
 
     /// Sends stored events until the task is cancelled.

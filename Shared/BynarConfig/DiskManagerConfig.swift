@@ -76,8 +76,12 @@ public struct CephBackendConfig: Codable, Sendable, Equatable {
     public var createCommand = ["ceph-volume", "lvm", "create", "--data", "{device}"]
     /// Longest a daemon command may run.
     public var commandTimeoutSeconds = 600
-    /// Remove: longest wait, after marking out, for safe-to-destroy (data moved away).
-    public var safeToDestroyTimeoutSeconds = 3600
+    /// Remove: after marking out, the wait for safe-to-destroy (data moved away) gives up
+    /// when no data has moved off the OSD for this long (a real drain takes hours: it is
+    /// followed, not cut off).
+    public var safeToDestroyStallSeconds = 1800
+    /// Remove: longest wait for safe-to-destroy in all, however the drain moves; 0: no limit.
+    public var safeToDestroyTimeoutSeconds = 0
     /// Add/Deploy: longest wait for the new OSD to come up and in.
     public var upTimeoutSeconds = 300
     /// How often the waits poll the cluster.
@@ -103,7 +107,8 @@ public struct CephBackendConfig: Codable, Sendable, Equatable {
             }
         }
         if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
-        if safeToDestroyTimeoutSeconds < 1 { problem("safe_to_destroy_timeout_seconds", "must be at least 1, got \(safeToDestroyTimeoutSeconds)") }
+        if safeToDestroyTimeoutSeconds < 0 { problem("safe_to_destroy_timeout_seconds", "must be 0 (no limit) or more, got \(safeToDestroyTimeoutSeconds)") }
+        if safeToDestroyStallSeconds < 1 { problem("safe_to_destroy_stall_seconds", "must be at least 1, got \(safeToDestroyStallSeconds)") }
         if upTimeoutSeconds < 1 { problem("up_timeout_seconds", "must be at least 1, got \(upTimeoutSeconds)") }
         if pollIntervalMs < 10 { problem("poll_interval_ms", "must be at least 10, got \(pollIntervalMs)") }
         return problems

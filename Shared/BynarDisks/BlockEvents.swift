@@ -5,6 +5,7 @@
 
 import Glibc
 import Synchronization
+import BynarProcess
 
 /// One kernel uevent for a block device.
 public struct BlockEvent: Sendable, Equatable {
@@ -112,21 +113,13 @@ public final class BlockEventMonitor: Sendable {
         events = stream
         self.worker = worker
 
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(worker).toOpaque()
-        let rc = pthread_create(&thread, nil, { context in
-            guard let context else { return nil }
-            let worker = Unmanaged<Worker>.fromOpaque(context).takeRetainedValue()
-            worker.run()
-            return nil
-        }, context)
-        guard rc == 0 else {
-            Unmanaged<Worker>.fromOpaque(context).release()
+        do {
+            state = Mutex(.running(try startThread(joinable: true) { worker.run() }))
+        } catch {
             continuation.finish()
             state = Mutex(.stopped)
-            throw InventoryError.system("pthread_create failed: \(String(cString: strerror(rc)))")
+            throw InventoryError.system("\(error)")
         }
-        state = Mutex(.running(thread))
     }
 
     /// Events lost so far: each one the consumer was too slow for (dropped from the buffer),

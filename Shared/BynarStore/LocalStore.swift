@@ -93,6 +93,40 @@ public final class LocalStore: Sendable {
         public var attempts: Int
     }
 
+    /// A message for the outbox, already serialized.
+    public struct OutgoingMessage: Sendable, Equatable {
+        public var messageId: String
+        public var topic: String
+        /// An envelope's bytes; empty with `retain` clears the topic's retained message.
+        public var payload: [UInt8]
+        public var retain: Bool
+        public var createdUnixMs: Int64
+
+        public init(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64) {
+            self.messageId = messageId
+            self.topic = topic
+            self.payload = payload
+            self.retain = retain
+            self.createdUnixMs = createdUnixMs
+        }
+    }
+
+    /// Writes a service's new state (`state`, on its own tables) and the messages that
+    /// report it in one transaction: a crash keeps both or neither, so nothing is said that
+    /// was not kept and nothing kept goes unsaid. Every service commits this way (through
+    /// `Outbox.commit`); the outbox sends the messages once the transaction is done.
+    public func commit(_ messages: [OutgoingMessage], state: (Database) throws -> Void = { _ in }) throws {
+        try database.write { db in
+            try state(db)
+            for message in messages {
+                try db.execute(
+                    sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms) VALUES(?, ?, ?, ?, ?)",
+                    arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs]
+                )
+            }
+        }
+    }
+
     /// Writes a message to the outbox; it stays until ``removeFromOutbox(id:)``.
     @discardableResult
     public func enqueue(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64) throws -> Int64 {

@@ -55,6 +55,24 @@ struct DevCluster {
         try? Self.script(["stop", directory], log: log, timeout: 120)
     }
 
+    /// The disk-manager's `"disk_manager"` config section for this cluster: the dev-cluster
+    /// script as its daemon commands (`create`: "osd-new" for raw bluestore, "volume-create"
+    /// for ceph-volume), trusting the keys in `trustedKeys`.
+    func diskManagerConfig(trustedKeys: String, create: String = "osd-new", safeToDestroySeconds: Int = 180, upSeconds: Int = 120,
+                           commandSeconds: Int = 180, pollMs: Int = 500) -> String {
+        let script = Self.script
+        let idFlag = create == "osd-new" ? "" : "\"--osd-id\", "
+        return """
+            "disk_manager": {"trusted_keys_file": "\(trustedKeys)", "max_disks_out": 1,
+              "ceph": {"config_file": "\(conf)", "poll_interval_ms": \(pollMs), "safe_to_destroy_stall_seconds": \(safeToDestroySeconds),
+                       "up_timeout_seconds": \(upSeconds), "command_timeout_seconds": \(commandSeconds), "wipe_after_destroy": true,
+                       "stop_command": ["/bin/bash", "\(script)", "osd-stop", "\(directory)", "{id}"],
+                       "start_command": ["/bin/bash", "\(script)", "osd-start", "\(directory)", "{id}", "--wait", "60"],
+                       "create_with_id_command": ["/bin/bash", "\(script)", "\(create)", "\(directory)", \(idFlag)"{id}", "--device", "{device}"],
+                       "create_command": ["/bin/bash", "\(script)", "\(create)", "\(directory)", "--device", "{device}"]}}
+            """
+    }
+
     func waitHealthy(seconds: Int) throws {
         try Self.script(["wait-healthy", directory, String(seconds)], log: log, timeout: seconds + 30)
     }

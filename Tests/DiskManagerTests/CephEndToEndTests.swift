@@ -97,17 +97,9 @@ final class CephRepairRig: @unchecked Sendable {
         chmod(keyPath, 0o600)
         try keyFiles.trustedKeysLine.write(toFile: "\(temp)/trusted-keys", atomically: true, encoding: .utf8)
 
-        let script = DevCluster.script
-        let dir = cluster.directory
-        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, host: "h1", directory: "\(temp)/dm", extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(temp)/trusted-keys", "max_disks_out": 1,
-              "ceph": {"config_file": "\(cluster.conf)", "poll_interval_ms": 500, "safe_to_destroy_timeout_seconds": 300,
-                       "up_timeout_seconds": 180, "command_timeout_seconds": 240, "wipe_after_destroy": true,
-                       "stop_command": ["/bin/bash", "\(script)", "osd-stop", "\(dir)", "{id}"],
-                       "start_command": ["/bin/bash", "\(script)", "osd-start", "\(dir)", "{id}", "--wait", "60"],
-                       "create_with_id_command": ["/bin/bash", "\(script)", "volume-create", "\(dir)", "--osd-id", "{id}", "--device", "{device}"],
-                       "create_command": ["/bin/bash", "\(script)", "volume-create", "\(dir)", "--device", "{device}"]}}
-            """)
+        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, host: "h1", directory: "\(temp)/dm",
+                                         extraConfig: cluster.diskManagerConfig(trustedKeys: "\(temp)/trusted-keys", create: "volume-create",
+                                                                                safeToDestroySeconds: 300, upSeconds: 180, commandSeconds: 240))
         processes.append(("disk-manager", manager))
         #expect(await born("disk-manager"), "\(manager.log)")
 

@@ -40,17 +40,9 @@ struct CephServiceTests {
         let bus = try await connectedBus(broker, service: "tester")
         let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "orchestrator", privateKeyText: files.privateKeyFileText)
         let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
-        let script = DevCluster.script
         let dir = cluster.directory
-        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: temp, extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(temp)/trusted-keys", "max_disks_out": 1,
-              "ceph": {"config_file": "\(cluster.conf)", "poll_interval_ms": 500, "safe_to_destroy_timeout_seconds": 180,
-                       "up_timeout_seconds": 120, "command_timeout_seconds": 180,
-                       "stop_command": ["/bin/bash", "\(script)", "osd-stop", "\(dir)", "{id}"],
-                       "start_command": ["/bin/bash", "\(script)", "osd-start", "\(dir)", "{id}", "--wait", "60"],
-                       "create_with_id_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "{id}", "--device", "{device}"],
-                       "create_command": ["/bin/bash", "\(script)", "osd-new", "\(dir)", "--device", "{device}"]}}
-            """)
+        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: temp,
+                                         extraConfig: cluster.diskManagerConfig(trustedKeys: "\(temp)/trusted-keys"))
         defer { manager.signal(SIGTERM) }
         #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(manager.log)")
 

@@ -73,3 +73,50 @@ struct RequestGateTests {
                 == .refuse("deadline passed 30001 ms ago by this host's clock (allowed clock skew 30000 ms); not started"))
     }
 }
+
+/// Remove's wait for safe-to-destroy follows the drain: it goes on while PGs or objects
+/// leave the OSD, and gives up only after a stall (or the overall limit).
+@Suite struct DrainWatchTests {
+    typealias State = CephBackend.DrainState
+
+    @Test func aMovingDrainIsFollowedPastTheStallTime() {
+        var watch = DrainWatch(osd: 3, overallMs: nil, stallMs: 1_000)
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 10, objectsToMove: 500), atMs: 0) == .wait(news: "10 PGs still on it, 500 objects to move", upToMs: 1_000))
+        // Three stall periods long, moving all the while.
+        for (index, objects) in stride(from: 450, through: 50, by: -50).enumerated() {
+            let at = Int64(index + 1) * 600
+            #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 10, objectsToMove: objects), atMs: at) == .wait(news: "10 PGs still on it, \(objects) objects to move", upToMs: 1_000))
+        }
+        #expect(watch.observe(safe: true, detail: "", drain: nil, atMs: 6_000) == .done)
+    }
+
+    @Test func aStalledDrainGivesUpAfterTheStallTimeSayingWhatIsLeft() {
+        var watch = DrainWatch(osd: 3, overallMs: nil, stallMs: 1_000)
+        _ = watch.observe(safe: false, detail: "", drain: State(pgs: 4, objectsToMove: 80), atMs: 0)
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 2, objectsToMove: 80), atMs: 800) == .wait(news: "2 PGs still on it, 80 objects to move", upToMs: 1_000))
+        // Back up (a PG remapped) is not progress; neither is the same.
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 3, objectsToMove: 90), atMs: 1_200) == .wait(news: nil, upToMs: 600))
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 2, objectsToMove: 80), atMs: 1_700) == .wait(news: nil, upToMs: 100))
+        guard case .giveUp(let why) = watch.observe(safe: false, detail: "safe_to_destroy=[]", drain: State(pgs: 2, objectsToMove: 80), atMs: 1_800) else {
+            Issue.record("a stalled drain must give up")
+            return
+        }
+        #expect(why.contains("no data moved off osd.3 for 1 s") && why.contains("2 PGs still on it, 80 objects to move") && why.contains("safe_to_destroy=[]"), "\(why)")
+    }
+
+    @Test func theOverallLimitHoldsHoweverItMoves() {
+        var watch = DrainWatch(osd: 1, overallMs: 2_000, stallMs: 1_000)
+        _ = watch.observe(safe: false, detail: "", drain: State(pgs: 9, objectsToMove: 900), atMs: 0)
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 8, objectsToMove: 800), atMs: 900) == .wait(news: "8 PGs still on it, 800 objects to move", upToMs: 1_000))
+        #expect(watch.observe(safe: false, detail: "", drain: State(pgs: 7, objectsToMove: 700), atMs: 1_800) == .wait(news: "7 PGs still on it, 700 objects to move", upToMs: 200))
+        guard case .giveUp(let why) = watch.observe(safe: false, detail: "", drain: State(pgs: 6, objectsToMove: 600), atMs: 2_000) else {
+            Issue.record("the overall limit must hold")
+            return
+        }
+        #expect(why.contains("after 2 s in all"), "\(why)")
+        // No listing at all (an old release, a mon away): the stall counts from the start.
+        var blind = DrainWatch(osd: 1, overallMs: nil, stallMs: 500)
+        #expect(blind.observe(safe: false, detail: "", drain: nil, atMs: 0) == .wait(news: nil, upToMs: 500))
+        if case .giveUp = blind.observe(safe: false, detail: "", drain: nil, atMs: 500) {} else { Issue.record("a blind wait gives up after the stall time") }
+    }
+}

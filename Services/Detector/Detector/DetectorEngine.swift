@@ -2,6 +2,7 @@ import BynarCeph
 import BynarConfig
 import BynarProto
 import BynarDisks
+import BynarProcess
 import BynarBus
 import BynarRuntime
 import BynarStore
@@ -126,8 +127,16 @@ actor DetectorEngine {
                 record.sinceKernelMicros = KernelLog.nowMicros()
                 record.identity = device.identity
                 slots[id] = record
-                forget(moved)
-                persist(id)
+                do {
+                    // The move is one change: the old slot's row goes as the new one's is written.
+                    let row = try slotRow(id)
+                    try context.outbox.commit([]) { db in
+                        try db.execute(sql: "DELETE FROM detector_slot WHERE slot = ?", arguments: [moved])
+                        if let row { try Self.write(row, db) }
+                    }
+                } catch {
+                    logger.error("cannot save a disk's move", metadata: ["from": "\(moved)", "to": "\(id)", "error": "\(error)"])
+                }
                 if record.machine.state == .missing {
                     await perform(id) { $0.handle(.appeared(key: device.identity.key, atMs: nowMs)) }
                 }
@@ -194,7 +203,8 @@ actor DetectorEngine {
         // smartctl may take seconds on a sick disk.
         if Self.hasSmart(device) && (forceSmart || nowMs - start.lastSmartAtMs >= Int64(config.smartIntervalSeconds) * 1000) {
             let smartctl = config.smartctlPath
-            switch await Task.detached(operation: { Self.readSmart(device, smartctlPath: smartctl) }).value {
+            let read: Result<SmartReading, SmartError>? = try? await offThread { Self.readSmart(device, smartctlPath: smartctl) }
+            switch read ?? .failure(SmartError(path: device.identity.devPath, operation: "read", kind: .system(errno: 11), reason: "no thread to read SMART on")) {
             case .success(let reading):
                 let verdict = SmartRules.judge(current: reading, previous: slots[id]?.lastSmart)
                 durable += verdict.reasons.map(Self.reason)
@@ -247,9 +257,9 @@ actor DetectorEngine {
                                                  partitions: partitions, mounts: allMounts) == nil {
                 let targets = partitions.isEmpty ? [device.identity.devPath] : partitions
                 let timeout = Duration.seconds(config.fsckTimeoutSeconds)
-                let finding = await Task.detached(operation: {
+                let finding = try? await offThread {
                     targets.lazy.compactMap { UnusedDiskCheck.check(devicePath: $0, timeout: timeout) }.first
-                }).value
+                }
                 slots[id]?.fsckFinding = finding
                 slots[id]?.lastFsckAtMs = nowMs
                 if let finding { durable.append(finding) }
@@ -278,19 +288,24 @@ actor DetectorEngine {
 
     // MARK: Actions out
 
+    /// Runs the machine of `id` on an event and performs its actions: the slot's new state
+    /// and the events that report it are committed in one transaction (``Outbox/commit``),
+    /// then rechecks are scheduled.
     private func perform(_ id: String, _ event: (inout DiskHealthMachine) -> [DiskHealthMachine.Action]) async {
         guard var slot = slots[id] else { return }
         let actions = event(&slot.machine)
         slots[id] = slot
         var recheck = false
+        var events: [Outbox.Event] = []
+        var save = false
         for action in actions {
             switch action {
             case .announce(let from, let to, let reasons, let previousKey):
-                announce(id, from: from, to: to, reasons: reasons, previousKey: previousKey)
+                events += announcement(id, from: from, to: to, reasons: reasons, previousKey: previousKey)
             case .refresh:
-                await publishHealth(id)
+                events += healthEvent(id)
             case .persist:
-                persist(id)
+                save = true
             case .recheck:
                 recheck = true
             case .recheckLater(let afterMs, _):
@@ -300,11 +315,19 @@ actor DetectorEngine {
                 }
             }
         }
+        do {
+            let row = save ? try slotRow(id) : nil
+            try context.outbox.commit(events) { db in
+                if let row { try Self.write(row, db) }
+            }
+        } catch {
+            logger.error("cannot save disk state and its events", metadata: ["slot": "\(id)", "events": "\(events.count)", "error": "\(error)"])
+        }
         if recheck { await check(id, forceSmart: true) }
     }
 
-    private func announce(_ id: String, from: DiskHealthMachine.State, to: DiskHealthMachine.State, reasons: [DiskHealthMachine.Reason], previousKey: String?) {
-        guard let slot = slots[id] else { return }
+    private func announcement(_ id: String, from: DiskHealthMachine.State, to: DiskHealthMachine.State, reasons: [DiskHealthMachine.Reason], previousKey: String?) -> [Outbox.Event] {
+        guard let slot = slots[id] else { return [] }
         logger.notice("disk state changed", metadata: ["disk": "\(slot.identity.key)", "from": "\(from)", "to": "\(to)", "reasons": "\(reasons.map(\.rule))"])
         var event = Bynar_V1_DiskHealthEvent()
         event.disk = slot.identity
@@ -316,20 +339,20 @@ actor DetectorEngine {
             event.previousDisk.host = context.host
         }
         if let smart = slot.smart { event.smart = smart }
-        do {
-            try context.outbox.publish(event, to: Topics.diskEvents(host: context.host))
-            try context.outbox.publish(health(of: slot), to: Topics.diskHealth(host: context.host, disk: slot.identity.key), retain: true)
-        } catch {
-            logger.error("cannot store disk event", metadata: ["disk": "\(slot.identity.key)", "error": "\(error)"])
-        }
+        return [Outbox.Event(event, to: Topics.diskEvents(host: context.host))] + healthEvent(id)
+    }
+
+    /// The retained health of `id` (none while its state is unknown).
+    private func healthEvent(_ id: String) -> [Outbox.Event] {
+        guard let slot = slots[id], slot.machine.state != .unknown else { return [] }
+        return [Outbox.Event(health(of: slot), to: Topics.diskHealth(host: context.host, disk: slot.identity.key), retain: true)]
     }
 
     private func publishHealth(_ id: String) async {
-        guard let slot = slots[id], slot.machine.state != .unknown else { return }
         do {
-            try context.outbox.publish(health(of: slot), to: Topics.diskHealth(host: context.host, disk: slot.identity.key), retain: true)
+            try context.outbox.commit(healthEvent(id))
         } catch {
-            logger.error("cannot store disk health", metadata: ["disk": "\(slot.identity.key)", "error": "\(error)"])
+            logger.error("cannot store disk health", metadata: ["slot": "\(id)", "error": "\(error)"])
         }
     }
 
@@ -353,30 +376,27 @@ actor DetectorEngine {
         slots.keys.sorted().compactMap { slots[$0].map(health(of:)) }
     }
 
-    private func persist(_ id: String) {
-        guard let slot = slots[id] else { return }
-        do {
-            let machine = String(decoding: try JSONEncoder().encode(slot.machine), as: UTF8.self)
-            let identity: [UInt8] = try slot.identity.serializedBytes()
-            let seen = String(decoding: try JSONEncoder().encode(slot.seenReadWrite.sorted()), as: UTF8.self)
-            try context.store.database.write { db in
-                try db.execute(sql: """
-                    INSERT INTO detector_slot(slot, machine, identity, seen_read_write, updated_unix_ms) VALUES(?, ?, ?, ?, ?)
-                    ON CONFLICT(slot) DO UPDATE SET machine = excluded.machine, identity = excluded.identity,
-                        seen_read_write = excluded.seen_read_write, updated_unix_ms = excluded.updated_unix_ms
-                    """, arguments: [id, machine, Data(identity), seen, Bus.nowUnixMs()])
-            }
-        } catch {
-            logger.error("cannot save disk state", metadata: ["slot": "\(id)", "error": "\(error)"])
-        }
+    /// A slot as its row in `detector_slot`.
+    struct SlotRow {
+        var slot: String
+        var machine: String
+        var identity: [UInt8]
+        var seenReadWrite: String
     }
 
-    private func forget(_ id: String) {
-        do {
-            try context.store.database.write { db in try db.execute(sql: "DELETE FROM detector_slot WHERE slot = ?", arguments: [id]) }
-        } catch {
-            logger.error("cannot forget a slot", metadata: ["slot": "\(id)", "error": "\(error)"])
-        }
+    private func slotRow(_ id: String) throws -> SlotRow? {
+        guard let slot = slots[id] else { return nil }
+        return SlotRow(slot: id, machine: String(decoding: try JSONEncoder().encode(slot.machine), as: UTF8.self),
+                       identity: try slot.identity.serializedBytes(),
+                       seenReadWrite: String(decoding: try JSONEncoder().encode(slot.seenReadWrite.sorted()), as: UTF8.self))
+    }
+
+    private static func write(_ row: SlotRow, _ db: Database) throws {
+        try db.execute(sql: """
+            INSERT INTO detector_slot(slot, machine, identity, seen_read_write, updated_unix_ms) VALUES(?, ?, ?, ?, ?)
+            ON CONFLICT(slot) DO UPDATE SET machine = excluded.machine, identity = excluded.identity,
+                seen_read_write = excluded.seen_read_write, updated_unix_ms = excluded.updated_unix_ms
+            """, arguments: [row.slot, row.machine, Data(row.identity), row.seenReadWrite, Bus.nowUnixMs()])
     }
 
     // MARK: Ceph

@@ -1,4 +1,5 @@
 import BynarDisks
+import BynarProcess
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -157,21 +158,16 @@ public final class WriteProbe: Sendable {
         let started = inFlight.withLock { $0.insert(key).inserted }
         guard started else { return .stillRunning }
         let outcome = Outcome()
-        let context = Unmanaged.passRetained(ProbeJob(body: body, outcome: outcome, done: { [self] in
-            _ = self.inFlight.withLock { $0.remove(key) }
-        })).toOpaque()
-        var thread = pthread_t()
-        guard pthread_create(&thread, nil, { context in
-            let job = Unmanaged<ProbeJob>.fromOpaque(context!).takeRetainedValue()
-            job.outcome.finish(job.body())
-            job.done()
-            return nil
-        }, context) == 0 else {
-            Unmanaged<ProbeJob>.fromOpaque(context).release()
+        do {
+            // Not awaited: a probe stuck in the kernel (D state) keeps its thread, never ours.
+            try startThread { [self] in
+                outcome.finish(body())
+                _ = inFlight.withLock { $0.remove(key) }
+            }
+        } catch {
             _ = inFlight.withLock { $0.remove(key) }
             return .passed
         }
-        pthread_detach(thread)
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let result = outcome.result { return result.map(Ending.failed) ?? .passed }
@@ -215,15 +211,4 @@ private final class Outcome: Sendable {
     /// nil while running; then `.some(nil)` for success or `.some(problem)`.
     var result: String?? { value.withLock { $0 } }
     func finish(_ problem: String?) { value.withLock { $0 = .some(problem) } }
-}
-
-private final class ProbeJob: Sendable {
-    let body: @Sendable () -> String?
-    let outcome: Outcome
-    let done: @Sendable () -> Void
-    init(body: @escaping @Sendable () -> String?, outcome: Outcome, done: @escaping @Sendable () -> Void) {
-        self.body = body
-        self.outcome = outcome
-        self.done = done
-    }
 }

@@ -1,3 +1,4 @@
+import BynarProcess
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -95,15 +96,11 @@ public final class KernelLog: Sendable {
 
     /// Starts the reading thread.
     public func start() {
-        let retained = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { context in
-            let log = Unmanaged<KernelLog>.fromOpaque(context!).takeRetainedValue()
-            log.readLoop()
-            return nil
-        }, retained)
-        precondition(rc == 0, "cannot start the kernel log thread")
-        pthread_detach(thread)
+        do {
+            try startThread { [self] in readLoop() }
+        } catch {
+            preconditionFailure("cannot start the kernel log thread: \(error)")
+        }
     }
 
     /// Records lost because nobody consumed them fast enough.

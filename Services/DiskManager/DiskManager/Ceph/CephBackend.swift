@@ -104,18 +104,6 @@ public struct CephBackend: Sendable {
         return states
     }
 
-    struct FSID: Decodable { var fsid: String }
-
-    /// The cluster's fsid (what a BlueStore label's `ceph_fsid` names).
-    public func fsid() throws -> String {
-        let reply = try cluster.checkedMonCommand(#"{"prefix":"fsid","format":"json"}"#)
-        do {
-            return try JSONDecoder().decode(FSID.self, from: Data(reply.output)).fsid
-        } catch {
-            throw RadosError(operation: "fsid", code: -EINVAL, statusText: "unreadable reply: \(error)")
-        }
-    }
-
     struct Health: Decodable { var status: String }
 
     /// "HEALTH_OK", "HEALTH_WARN" or "HEALTH_ERR".
@@ -167,28 +155,34 @@ public struct CephBackend: Sendable {
     // MARK: - Workflows
 
     /// Takes the OSD out of service for a disk replacement: checks ok-to-stop, marks it out,
-    /// waits (up to `safeToDestroyTimeout`) until safe-to-destroy, stops its daemon and
-    /// destroys it, keeping the id. Returns the steps done; with `simulate`, checks
+    /// waits until safe-to-destroy, stops its daemon and destroys it, keeping the id. A real
+    /// drain takes hours: the wait goes on while data moves (``drainState(_:)`` shrinking)
+    /// and gives up only when nothing moved for `stallTimeout` (default: the overall limit),
+    /// or after `safeToDestroyTimeout` in all (nil: no overall limit); `waiting` hears how
+    /// much is left each time it shrinks. Returns the steps done; with `simulate`, checks
     /// ok-to-stop and returns the steps that would be done, changing nothing.
     ///
     /// Throws `CephRefusal` (nothing changed) when Ceph says the OSD may not stop, and
     /// `CephStepFailure` when a later step fails; then the OSD is marked back in where
     /// that is still possible.
     public func remove(
-        osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration = .seconds(600),
-        progress: (String) -> Void = { _ in }
+        osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration? = .seconds(600),
+        stallTimeout: Duration? = nil, progress: (String) -> Void = { _ in }, waiting: (String) -> Void = { _ in }
     ) throws -> [String] {
         let state = try osdState(id)
         guard state.exists else { throw CephRefusal(osd: id, reason: "osd.\(id) does not exist") }
         guard !state.destroyed else { throw CephRefusal(osd: id, reason: "osd.\(id) is already destroyed") }
-        let check = try okToStop(id)
+        // ok-to-stop asks whether stopping loses availability; an OSD already down and out
+        // (a removal resumed after its stop) has nothing left to stop, and safe-to-destroy
+        // below still guards its data.
+        let check = state.up || state.in ? try okToStop(id) : (ok: true, detail: "osd.\(id) is already down and out")
         guard check.ok else { throw CephRefusal(osd: id, reason: "ok-to-stop says no: \(check.detail)") }
 
         let outStep = "mark osd.\(id) out"
         let safeStep = "wait until osd.\(id) is safe to destroy"
         let stopStep = "stop the daemon of osd.\(id)"
         let destroyStep = "destroy osd.\(id) (id and CRUSH position kept)"
-        var done = ["osd.\(id) is ok to stop"]
+        var done = [state.up || state.in ? "osd.\(id) is ok to stop" : check.detail]
         if simulate {
             return done + [state.in ? outStep : "osd.\(id) is already out", safeStep, stopStep, destroyStep]
         }
@@ -216,15 +210,9 @@ public struct CephBackend: Sendable {
             throw failure(outStep, error, rollBack: false)
         }
 
-        var last = ""
         progress(safeStep)
         do {
-            let safe = try waitUntil(timeout: safeToDestroyTimeout) {
-                let answer = try safeToDestroy(id)
-                last = answer.detail
-                return answer.safe
-            }
-            guard safe else { throw TimedOut(what: "safe-to-destroy after \(safeToDestroyTimeout), last answer: \(last)") }
+            try waitForDrain(id, overall: safeToDestroyTimeout, stall: stallTimeout ?? safeToDestroyTimeout, waiting: { waiting("\(safeStep): \($0)") })
             done.append(safeStep)
         } catch {
             throw failure(safeStep, error, rollBack: true)
@@ -247,6 +235,70 @@ public struct CephBackend: Sendable {
             throw failure(destroyStep, error, rollBack: false)
         }
         return done
+    }
+
+    /// What still ties an OSD's data to it: the PGs that list it (up or acting) and, in
+    /// them, the objects not yet where they belong (degraded + misplaced).
+    public struct DrainState: Sendable, Equatable, CustomStringConvertible {
+        public var pgs: Int
+        public var objectsToMove: Int
+        public var description: String { "\(pgs) PGs still on it, \(objectsToMove) objects to move" }
+
+        public init(pgs: Int, objectsToMove: Int) {
+            self.pgs = pgs
+            self.objectsToMove = objectsToMove
+        }
+    }
+
+    struct PGsByOSD: Decodable {
+        struct PG: Decodable {
+            struct Sum: Decodable {
+                var num_objects_degraded: Int?
+                var num_objects_misplaced: Int?
+            }
+            var stat_sum: Sum?
+        }
+        var pg_stats: [PG]?
+    }
+
+    /// `pg ls-by-osd`: how much of the OSD's data has yet to move.
+    public func drainState(_ id: Int) throws -> DrainState {
+        let reply = try cluster.checkedMonCommand(#"{"prefix":"pg ls-by-osd","osd":"osd.\#(id)","format":"json"}"#)
+        let pgs: [PGsByOSD.PG]
+        do {
+            // Pacific and later wrap the list; older releases return it bare.
+            if let wrapped = try? JSONDecoder().decode(PGsByOSD.self, from: Data(reply.output)), let list = wrapped.pg_stats {
+                pgs = list
+            } else {
+                pgs = try JSONDecoder().decode([PGsByOSD.PG].self, from: Data(reply.output))
+            }
+        } catch {
+            throw RadosError(operation: "pg ls-by-osd", code: -EINVAL, statusText: "unreadable reply: \(error)")
+        }
+        let objects = pgs.reduce(0) { $0 + ($1.stat_sum?.num_objects_degraded ?? 0) + ($1.stat_sum?.num_objects_misplaced ?? 0) }
+        return DrainState(pgs: pgs.count, objectsToMove: objects)
+    }
+
+    /// Waits until safe-to-destroy says yes, as long as the drain moves (``DrainWatch``).
+    func waitForDrain(_ id: Int, overall: Duration?, stall: Duration?, waiting: (String) -> Void) throws {
+        let clock = ContinuousClock()
+        let began = clock.now
+        func ms(_ duration: Duration?) -> Int64? {
+            duration.map { $0.components.seconds * 1000 + $0.components.attoseconds / 1_000_000_000_000_000 }
+        }
+        var watch = DrainWatch(osd: id, overallMs: ms(overall), stallMs: ms(stall))
+        while true {
+            let answer = try safeToDestroy(id)
+            switch watch.observe(safe: answer.safe, detail: answer.detail, drain: try? drainState(id), atMs: ms(clock.now - began)!) {
+            case .done:
+                return
+            case .giveUp(let why):
+                throw TimedOut(what: why)
+            case .wait(let news, let upToMs):
+                if let news { waiting(news) }
+                sleep(for: min(pollInterval, .milliseconds(upToMs)))
+            }
+        }
     }
 
     /// Brings a destroyed OSD back with the same id: `startDaemon` prepares the new device
@@ -306,6 +358,58 @@ public struct CephBackend: Sendable {
             throw CephStepFailure(osd: id, step: inStep, done: done, rollback: nil, underlying: "\(error)")
         }
         return done
+    }
+}
+
+/// Follows an OSD's drain after `out`: a pure decision (time passed in) on each look at
+/// the cluster. Rules:
+/// 1. safe-to-destroy says yes: done.
+/// 2. Progress is fewer PGs on the OSD, or fewer objects to move, than ever seen before;
+///    each is news for the job's progress.
+/// 3. No progress for `stallMs` (counted from the start until the first progress): give up.
+/// 4. `overallMs` since the start (nil: never): give up, however it moves.
+public struct DrainWatch: Sendable, Equatable {
+    public enum Decision: Sendable, Equatable {
+        case done
+        /// Look again within `upToMs`; `news` when the drain moved.
+        case wait(news: String?, upToMs: Int64)
+        case giveUp(String)
+    }
+
+    public let osd: Int
+    public let overallMs: Int64?
+    public let stallMs: Int64?
+    public private(set) var best: CephBackend.DrainState?
+    public private(set) var lastMoveMs: Int64 = 0
+
+    public init(osd: Int, overallMs: Int64?, stallMs: Int64?) {
+        self.osd = osd
+        self.overallMs = overallMs
+        self.stallMs = stallMs
+    }
+
+    /// One look, `atMs` after the wait began.
+    public mutating func observe(safe: Bool, detail: String, drain: CephBackend.DrainState?, atMs: Int64) -> Decision {
+        if safe { return .done }
+        var news: String?
+        if let drain {
+            if let best, drain.pgs < best.pgs || drain.objectsToMove < best.objectsToMove {
+                lastMoveMs = atMs
+                news = "\(drain)"
+            } else if best == nil {
+                news = "\(drain)"
+            }
+            best = CephBackend.DrainState(pgs: min(drain.pgs, best?.pgs ?? drain.pgs), objectsToMove: min(drain.objectsToMove, best?.objectsToMove ?? drain.objectsToMove))
+        }
+        let left = best.map { "\($0)" } ?? "no PG listing"
+        if let stallMs, atMs - lastMoveMs >= stallMs {
+            return .giveUp("safe-to-destroy: no data moved off osd.\(osd) for \(stallMs / 1000) s (\(left)); last answer: \(detail)")
+        }
+        if let overallMs, atMs >= overallMs {
+            return .giveUp("safe-to-destroy after \(overallMs / 1000) s in all (\(left)); last answer: \(detail)")
+        }
+        let until = [stallMs.map { lastMoveMs + $0 - atMs }, overallMs.map { $0 - atMs }].compactMap { $0 }.min() ?? Int64.max
+        return .wait(news: news, upToMs: max(0, until))
     }
 }
 

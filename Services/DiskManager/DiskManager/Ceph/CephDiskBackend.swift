@@ -150,8 +150,10 @@ public struct CephDiskBackend: StorageBackend {
         do {
             var steps = try ceph.remove(
                 osd: id, stopDaemon: { try daemons.stop(id) }, simulate: simulate,
-                safeToDestroyTimeout: .seconds(config.safeToDestroyTimeoutSeconds),
-                progress: { step in index += 1; progress.step(step, index, of: count) }
+                safeToDestroyTimeout: config.safeToDestroyTimeoutSeconds > 0 ? .seconds(config.safeToDestroyTimeoutSeconds) : nil,
+                stallTimeout: .seconds(config.safeToDestroyStallSeconds),
+                progress: { step in index += 1; progress.step(step, index, of: count) },
+                waiting: { news in progress.step(news, index, of: count) }
             )
             if config.wipeAfterDestroy && disk.absent {
                 steps.append("\(disk.identity.devPath) is gone from the host: nothing to wipe")
@@ -214,7 +216,7 @@ public struct CephDiskBackend: StorageBackend {
         guard let id = Int(reuseID), id >= 0 else { throw BackendRefusal("reuse_osd_id \"\(reuseID)\" is not an OSD id") }
         let state = try ceph.osdState(id)
         let label = Self.label(of: disk)
-        let ownLabel = label?.whoami == id && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.fsid()))
+        let ownLabel = label?.whoami == id && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.cluster.fsid()))
         // Resumed after the OSD was re-created on this disk: only the waits are left.
         if !job.id.isEmpty, !simulate, state.exists, !state.destroyed, ownLabel {
             var index = 1
@@ -266,7 +268,7 @@ public struct CephDiskBackend: StorageBackend {
         // Resumed after the OSD was made: the disk was blank when this job was accepted and
         // one job at a time owns a disk, so an OSD of this cluster on it is this job's.
         let label = Self.label(of: disk)
-        let madeByThisJob = !job.id.isEmpty && !simulate && label?.whoami != nil && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.fsid()))
+        let madeByThisJob = !job.id.isEmpty && !simulate && label?.whoami != nil && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.cluster.fsid()))
         if !madeByThisJob, let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
         let command = CommandDaemonControl.expand(config.createCommand, id: nil, device: device)
         let createStep = "run \(command.joined(separator: " "))"

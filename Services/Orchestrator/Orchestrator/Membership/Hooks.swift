@@ -2,7 +2,6 @@ import BynarBus
 import BynarConfig
 import BynarProcess
 import BynarProto
-import Dispatch
 import Logging
 #if canImport(Glibc)
 import Glibc
@@ -91,10 +90,18 @@ package enum HookRunner {
     }
 
 
-    /// Runs on a Dispatch thread (hooks block while they run; the cooperative pool must not).
+    /// Runs off the cooperative pool (hooks block while they run).
     static func run(_ run: Run) async -> Bynar_V1_HookResult {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: runBlocking(run)) }
+        do {
+            return try await offThread { runBlocking(run) }
+        } catch {
+            var result = Bynar_V1_HookResult()
+            result.eventID = run.eventID
+            result.hook = run.command
+            result.arguments = run.arguments
+            result.exitStatus = -1
+            result.stderrTail = "\(error)"
+            return result
         }
     }
 
