@@ -14,10 +14,40 @@ import Glibc
 /// bynar-ticketing against the STAND-IN JIRA (no real JIRA can run here; the stand-in follows
 /// Atlassian's REST v2, see JiraStandIn); the real bynar-orchestrator. The test plays the
 /// technician: it resolves the ticket and puts a new disk in the same slot.
+///
+/// Run again with the disk-manager killed (SIGKILL) in the middle of the repair and
+/// restarted: after writing the Remove job and before answering, between Remove's steps,
+/// between Add's steps (test-only pause points, `TEST_DISK_MANAGER_PAUSE_AT`). The incident
+/// must still complete, each job run once, one ticket.
 @Suite(.serialized, .enabled(if: FaultyDisk.available && TestBroker.available, "needs root, faultfs (FUSE), loop devices and mosquitto"))
 struct EndToEndTests {
-    @Test(.timeLimit(.minutes(5)))
-    func aFailedDiskIsRemovedTicketedReplacedAndAddedBack() async throws {
+    /// The disk-manager of the test, restarted by a watcher when it reaches its pause point.
+    final class Manager: @unchecked Sendable {
+        let lock = NSLock()
+        private var current: ServiceProcess
+        let start: @Sendable ([String: String]) throws -> ServiceProcess
+        private(set) var restarts = 0
+
+        init(start: @escaping @Sendable ([String: String]) throws -> ServiceProcess) throws {
+            self.start = start
+            current = try start([:])
+        }
+
+        var process: ServiceProcess { lock.withLock { current } }
+
+        func replace(environment: [String: String]) throws {
+            let next: ServiceProcess
+            process.signal(SIGKILL)
+            next = try start(environment)
+            lock.withLock {
+                current = next
+                restarts += 1
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(5)), arguments: [nil, "accepted", "Remove:2", "Add:3"] as [String?])
+    func aFailedDiskIsRemovedTicketedReplacedAndAddedBack(killingTheDiskManagerAt pausePoint: String?) async throws {
         let broker = try TestBroker()
         let jira = try JiraStandIn()
         defer { jira.stop() }
@@ -46,12 +76,16 @@ struct EndToEndTests {
             await statuses.wait(timeout: .seconds(20)) { $0.contains { $0.payload.service == service && $0.payload.state == .birth } }
         }
 
-        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, host: "h1", directory: "\(directory)/dm", extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1,
-              "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstab)", "filesystem": "ext4",
-                             "mount_options": "defaults,noatime,nofail,errors=remount-ro"}}
-            """)
-        defer { manager.signal(SIGTERM) }
+        let port = broker.port
+        let managers = try Manager { environment in
+            try ServiceProcess("bynar-disk-manager", brokerPort: port, host: "h1", directory: "\(directory)/dm", extraConfig: """
+                "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1,
+                  "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstab)", "filesystem": "ext4",
+                                 "mount_options": "defaults,noatime,nofail,errors=remount-ro"}}
+                """, environment: environment)
+        }
+        defer { managers.process.signal(SIGTERM) }
+        var manager: ServiceProcess { managers.process }
         #expect(await born("disk-manager"), "\(manager.log)")
 
         // Deploy the disk as a data disk (the operator's step before Bynar watches it).
@@ -63,6 +97,24 @@ struct EndToEndTests {
         #expect(deploy.outcome == .accepted, "\(deploy)")
         #expect(await progress.wait(timeout: .seconds(60)) { $0.contains { $0.payload.jobID == deploy.jobID && $0.payload.state == .succeeded } }, "\(manager.log)")
         let mountpoint = try #require(progress.all.first { $0.payload.jobID == deploy.jobID && $0.payload.state == .succeeded }?.payload.backendID)
+
+        // From here on the disk-manager dies at `pausePoint` once and is restarted.
+        var watcher: Task<Void, Never>?
+        if let pausePoint {
+            try managers.replace(environment: ["TEST_DISK_MANAGER_PAUSE_AT": pausePoint])
+            watcher = Task {
+                let marker = "bynar-pause-point \(pausePoint) reached"
+                while !Task.isCancelled {
+                    if managers.process.log.contains(marker) {
+                        print("e2e: disk-manager paused at \(pausePoint); kill -9 and restart")
+                        try? managers.replace(environment: [:])
+                        return
+                    }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        }
+        defer { watcher?.cancel() }
 
         let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, host: "h1", directory: "\(directory)/det", extraConfig: """
             "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5}
@@ -119,13 +171,15 @@ struct EndToEndTests {
         #expect(resolved, "\(incidents.all.map { "\($0.payload.incident.state) \($0.payload.step) \($0.payload.message)" })\n\(logs())")
         let newUUID = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", replacement.device]).trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(try String(contentsOfFile: fstab, encoding: .utf8) == "# e2e fstab\nUUID=\(newUUID) \(mountpoint) ext4 defaults,noatime,nofail,errors=remount-ro 0 2\n")
-        #expect(FaultyDisk.mountpoints(of: replacement.device) == [mountpoint])
+        #expect(FaultyDisk.mountpoints(of: replacement.device) == [mountpoint],
+                "\(progress.all.filter { $0.payload.operation == "Add" }.map { "\($0.payload.state) \($0.payload.step) \($0.payload.steps)" })")
         #expect(await tickets.wait(timeout: .seconds(30)) { $0.contains { $0.payload.state == .closed && $0.payload.ticketKey == ticket.ticketKey } }, "\(logs())")
         let closed = try #require(try jira.issues().first { $0.key == ticket.ticketKey })
         #expect(!closed.comments.isEmpty, "a comment says the disk is back")
         #expect(try jira.liveIssues().count == 1, "exactly one ticket")
         #expect(notifications.all.contains { $0.payload.incidentID == ticket.incidentID }, "people were told")
         print("e2e: incident path: \(incidents.all.map { "\($0.payload.incident.state)" }.joined(separator: " -> "))")
+        if pausePoint != nil { #expect(managers.restarts == 2, "paused once and restarted: \(managers.restarts - 1) kills") }
         // Each disk-changing job ran once.
         let jobs = Dictionary(grouping: progress.all.filter { $0.payload.state != .running }, by: \.payload.operation).mapValues(\.count)
         #expect(jobs["Remove"] == 1 && jobs["Add"] == 1, "\(jobs)")
