@@ -499,10 +499,10 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         return [.report(from: from, step: step, message: message)]
     }
 
-    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool) -> [Action] {
+    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool, step reported: String = "safe-to-remove") -> [Action] {
         if from == .queued { generation[.safeToRemove, default: 1] += 1 }
         begin(.safeToRemove, nowMs: nowMs)
-        var actions = enter(.checkingSafety, from: from, step: "safe-to-remove", message: message)
+        var actions = enter(.checkingSafety, from: from, step: reported, message: message)
         if notify {
             actions.append(.notify(.warning, title: "Disk \(disk.label) failed", text: "Reasons: \(reasons.joined(separator: "; ")).",
                                    nextAction: "checking with the disk-manager whether it is safe to remove"))
@@ -772,7 +772,8 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
                 attemptsUsed[.remove] = 0
                 jobID = ""
             }
-            actions = checkSafety(from: from, message: note + "; asking the disk-manager again whether it is safe to remove", nowMs: nowMs, notify: false)
+            actions = checkSafety(from: from, message: note + "; asking the disk-manager again whether it is safe to remove", nowMs: nowMs, notify: false,
+                                  step: "operator-retry")
         case .openTicket:
             begin(.openTicket, nowMs: nowMs)
             actions = enter(.removed, from: from, step: "operator-retry", message: note + "; asking for a ticket again") + [.ticket(.open, comment: "")]

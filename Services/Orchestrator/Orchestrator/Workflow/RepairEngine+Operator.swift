@@ -32,7 +32,11 @@ struct OperatorRequest: Sendable {
     static func scope(host: String, disk: String) -> String { disk.isEmpty ? "host \(host)" : "disk \(disk) on \(host)" }
 
     /// "alice", or "[unverified: alice]" before (or without) verification.
-    var who: String { verified ? keyID : "[unverified: \(keyID.isEmpty ? "no key" : String(keyID.prefix(64)))]" }
+    var who: String { Self.who(keyID: keyID, verified: verified) }
+
+    static func who(keyID: String, verified: Bool) -> String {
+        verified ? keyID : "[unverified: \(keyID.isEmpty ? "no key" : String(keyID.prefix(64)))]"
+    }
 }
 
 /// Operator commands (`bynar incidents show|retry|cancel|resolve`, `bynar maintenance`):
@@ -255,7 +259,7 @@ extension RepairEngine {
     static func auditEntry(_ entry: IncidentJournal.AuditEntry) -> Bynar_V1_OperatorAuditEntry {
         var wire = Bynar_V1_OperatorAuditEntry()
         wire.atUnixMs = entry.atMs
-        wire.by = entry.verified ? entry.keyID : "[unverified: \(entry.keyID)]"
+        wire.by = OperatorRequest.who(keyID: entry.keyID, verified: entry.verified)
         wire.action = entry.action
         wire.incidentID = entry.incidentID
         wire.reason = entry.reason
