@@ -76,26 +76,17 @@ extension Incidents {
         @OptionGroup var options: OperatorOptions
 
         func run() async throws {
-            var show = Bynar_V1_OperatorCommand.ShowIncident()
-            show.incidentID = id
-            try await options.send(.show(show), reason: "", purpose: "show \(id)") { describe($0) }
+            try await options.send(.show(.with { $0.incidentID = id }), reason: "", purpose: "show \(id)") { describe($0) }
         }
     }
 
     struct Retry: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run a STUCK (or paused, or queued) incident again from the step it stopped at, with fresh request ids (signed, audited).")
-        @Argument(help: "Incident id.") var id: String
-        @Option(help: "Why (kept in the audit trail and told to people).") var reason: String
-        @OptionGroup var options: OperatorOptions
+        @OptionGroup var command: IncidentCommand
 
         func run() async throws {
-            var retry = Bynar_V1_OperatorCommand.RetryIncident()
-            retry.incidentID = id
-            try await options.send(.retry(retry), reason: reason, purpose: "retry \(id)") { response in
-                emit("retry \(id): \(response.reason)")
-                describe(response)
-            }
+            try await command.send("retry", .retry(.with { $0.incidentID = command.id }))
         }
     }
 
@@ -108,17 +99,10 @@ extension Incidents {
             service; otherwise it stays counted out until `bynar incidents resolve` finds it in
             service. Refused while a Remove or Add may be running.
             """)
-        @Argument(help: "Incident id.") var id: String
-        @Option(help: "Why (kept in the audit trail and told to people).") var reason: String
-        @OptionGroup var options: OperatorOptions
+        @OptionGroup var command: IncidentCommand
 
         func run() async throws {
-            var cancel = Bynar_V1_OperatorCommand.CancelIncident()
-            cancel.incidentID = id
-            try await options.send(.cancel(cancel), reason: reason, purpose: "cancel \(id)") { response in
-                emit("cancel \(id): \(response.reason)")
-                describe(response)
-            }
+            try await command.send("cancel", .cancel(.with { $0.incidentID = command.id }))
         }
     }
 
@@ -126,17 +110,25 @@ extension Incidents {
         static let configuration = CommandConfiguration(
             abstract: "Close an incident as resolved, once its disk or the replacement is back in service (signed, audited).",
             discussion: "The orchestrator asks the host's disk-manager first; anything but IN_SERVICE is refused, naming what it said.")
-        @Argument(help: "Incident id.") var id: String
-        @Option(help: "Why (kept in the audit trail and told to people).") var reason: String
-        @OptionGroup var options: OperatorOptions
+        @OptionGroup var command: IncidentCommand
 
         func run() async throws {
-            var resolve = Bynar_V1_OperatorCommand.ResolveIncident()
-            resolve.incidentID = id
-            try await options.send(.resolve(resolve), reason: reason, purpose: "resolve \(id)") { response in
-                emit("resolve \(id): \(response.reason)")
-                describe(response)
-            }
+            try await command.send("resolve", .resolve(.with { $0.incidentID = command.id }))
+        }
+    }
+}
+
+/// What retry, cancel and resolve take: the incident, the reason, the operator's options.
+struct IncidentCommand: ParsableArguments {
+    @Argument(help: "Incident id (see `bynar incidents`).") var id: String
+    @Option(help: "Why (kept in the audit trail and told to people).") var reason: String
+    @OptionGroup var options: OperatorOptions
+
+    /// Sends `action`, prints the orchestrator's answer and the incident after it.
+    func send(_ verb: String, _ action: Bynar_V1_OperatorCommand.OneOf_Action) async throws {
+        try await options.send(action, reason: reason, purpose: "\(verb) \(id)") { response in
+            emit("\(verb) \(id): \(response.reason)")
+            describe(response)
         }
     }
 }

@@ -1,30 +1,25 @@
 public import BynarBus
 public import BynarProto
-public import Crypto
 import FoundationEssentials
 
 /// Sends an operator's signed commands to the orchestrator (`bynar incidents
 /// show|retry|cancel|resolve`, `bynar maintenance`) on ``Topics/operatorCommands`` and waits
 /// for its answer, which only an orchestrator may give (the reply topic names it).
 public struct OperatorClient: Sendable {
+    /// The bus the commands go out on (its reply topic gets the answers).
     public let bus: Bus
-    public let keyID: String
-    /// The private key's raw bytes (the key type itself is not Sendable).
-    private let rawKey: [UInt8]
-    /// How long a signed command stays valid (its expiry).
-    public var commandLifetime: Duration
+    /// The operator's key.
+    public var signer: CommandSigner
 
-    public init(bus: Bus, keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration = .seconds(300)) {
+    /// A client signing with `signer`.
+    public init(bus: Bus, signer: CommandSigner) {
         self.bus = bus
-        self.keyID = keyID
-        self.rawKey = [UInt8](key.rawRepresentation)
-        self.commandLifetime = commandLifetime
+        self.signer = signer
     }
 
-    /// Loads the private key from a file written by `bynar keys generate`.
+    /// Loads the operator's private key from a file written by `bynar keys generate`.
     public init(bus: Bus, privateKeyFile: String, commandLifetime: Duration = .seconds(300)) throws(KeyFileError) {
-        let loaded = try KeyFiles.loadPrivateKey(path: privateKeyFile)
-        self.init(bus: bus, keyID: loaded.keyID, key: loaded.key, commandLifetime: commandLifetime)
+        self.init(bus: bus, signer: try CommandSigner(privateKeyFile: privateKeyFile, commandLifetime: commandLifetime))
     }
 
     /// Signs `action` with `reason` and a fresh request id, sends it, and waits at most
@@ -36,8 +31,7 @@ public struct OperatorClient: Sendable {
         command.requestID = UUID().uuidString.lowercased()
         command.reason = reason
         command.action = action
-        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
-        let signed = try CommandSigning.sign(command, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: Bus.nowUnixMs())
+        let signed = try signer.sign(command, nowMs: Bus.nowUnixMs())
         return try await Self.send(signed, on: bus, timeout: timeout)
     }
 

@@ -81,19 +81,24 @@ public struct IncidentJournal: Sendable {
 
     /// One operator command and what became of it (the audit trail).
     public struct AuditEntry: Sendable, Equatable {
+        /// When the orchestrator answered (unix ms).
         public var atMs: Int64
+        /// The command's own id (chosen by the CLI).
         public var requestID: String
         /// The key that signed it when verified; otherwise the key id it claimed.
         public var keyID: String
         public var verified: Bool
         /// "show", "retry", "cancel", "resolve", "maintenance-on", "maintenance-off".
         public var action: String
+        /// The incident it named (empty for maintenance).
         public var incidentID: String
         /// What else it named ("host stor1", "disk X on stor1").
         public var target: String
+        /// Why, as the operator wrote it.
         public var reason: String
         /// "done: ..." or "refused: ...".
         public var outcome: String
+        /// An entry as written.
         public init(atMs: Int64, requestID: String, keyID: String, verified: Bool, action: String, incidentID: String, target: String, reason: String, outcome: String) {
             self.atMs = atMs
             self.requestID = requestID
@@ -109,11 +114,15 @@ public struct IncidentJournal: Sendable {
 
     /// A failure the orchestrator did not repair (a maintenance window covered it).
     public struct Unrepaired: Sendable, Equatable {
+        /// When the failure was held back (unix ms).
         public var atMs: Int64
         public var host: String
         public var diskKey: String
+        /// The detector's reasons for the failure.
         public var reasons: [String]
+        /// Which window held it back, by whom and why.
         public var why: String
+        /// A failure as recorded.
         public init(atMs: Int64, host: String, diskKey: String, reasons: [String], why: String) {
             self.atMs = atMs
             self.host = host
@@ -125,10 +134,15 @@ public struct IncidentJournal: Sendable {
 
     /// What one batch of inputs changed besides incidents and messages.
     public struct Extras: Sendable {
+        /// The removal rate limiter, when it changed.
         public var bucket: ClusterBrake.Bucket?
+        /// The maintenance windows, when they changed.
         public var maintenance: MaintenanceBook?
+        /// Operator commands answered in the batch.
         public var audit: [AuditEntry] = []
+        /// Failures held back by maintenance in the batch.
         public var unrepaired: [Unrepaired] = []
+        /// What a batch changed besides incidents.
         public init(bucket: ClusterBrake.Bucket? = nil, maintenance: MaintenanceBook? = nil, audit: [AuditEntry] = [], unrepaired: [Unrepaired] = []) {
             self.bucket = bucket
             self.maintenance = maintenance

@@ -175,8 +175,11 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     /// An operator, as the orchestrator verified them: the key that signed the command, and
     /// the reason they gave.
     public struct Operator: Sendable, Equatable {
+        /// The trusted key that signed the command.
         public var keyID: String
+        /// Why, as they wrote it (required).
         public var reason: String
+        /// An operator as verified.
         public init(keyID: String, reason: String) {
             self.keyID = keyID
             self.reason = reason

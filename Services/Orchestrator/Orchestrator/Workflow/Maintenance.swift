@@ -15,16 +15,20 @@
 public struct MaintenanceBook: Codable, Sendable, Equatable {
     /// One window.
     public struct Window: Codable, Sendable, Equatable {
+        /// The host it covers (all of it, or ``disk``).
         public var host: String
         /// Empty: every disk of the host.
         public var disk: String
         /// When it ends by itself (unix ms); nil: when switched off.
         public var untilMs: Int64?
+        /// Why, as the operator wrote it.
         public var reason: String
         /// The operator key that switched it on.
         public var by: String
+        /// When it was switched on (unix ms).
         public var sinceMs: Int64
 
+        /// A window as switched on.
         public init(host: String, disk: String = "", untilMs: Int64? = nil, reason: String, by: String, sinceMs: Int64) {
             self.host = host
             self.disk = disk

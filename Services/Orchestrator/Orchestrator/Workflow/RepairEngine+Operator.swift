@@ -113,7 +113,7 @@ extension RepairEngine {
         if let closed = try? journal.incident(id: request.incidentID) {
             refuse(request, "\(request.action) refused: incident \(request.incidentID) is already \(closed.state.rawValue)", machine: closed)
         } else {
-            refuse(request, "\(request.action) refused: no incident \(request.incidentID.prefix(200))")
+            refuse(request, "\(request.action) refused: no incident \(request.incidentID.prefix(200))", late: true)
         }
         return nil
     }
@@ -121,7 +121,7 @@ extension RepairEngine {
     private func show(_ request: OperatorRequest) {
         let machine = machines[request.incidentID] ?? (try? journal.incident(id: request.incidentID)) ?? nil
         guard let machine else {
-            refuse(request, "show refused: no incident \(request.incidentID.prefix(200))")
+            refuse(request, "show refused: no incident \(request.incidentID.prefix(200))", late: true)
             return
         }
         answer(request, done: true, message: "shown", incident: machine)
@@ -198,22 +198,27 @@ extension RepairEngine {
     }
 
     /// Refuses `request`: audited, announced (an IncidentEvent when it names a known
-    /// incident, else a notification), answered REFUSED.
-    func refuse(_ request: OperatorRequest, _ why: String, machine: IncidentMachine? = nil) {
+    /// incident, else a notification), answered REFUSED; `late`: the answer waits
+    /// ``unknownIncidentAnswerDelay`` (another orchestrator on the broker may own the incident,
+    /// and the requester takes the first answer).
+    func refuse(_ request: OperatorRequest, _ why: String, machine: IncidentMachine? = nil, late: Bool = false) {
         logger.notice("operator command refused", metadata: [
             "by": "\(request.who)", "action": "\(request.action)", "incident": "\(request.incidentID.prefix(200))", "reason": "\(why)"])
         let known = machine ?? machines[request.incidentID]
         let text = "operator \(request.who)'s \(request.action)\(request.target.isEmpty ? "" : " of \(request.target)") refused: \(why) (their reason: \(request.reason.isEmpty ? "none given" : String(request.reason.prefix(500))))"
         if let known {
             queue(Self.incidentEvent(known, from: known.state, step: "operator-refused", message: text), to: Topics.incidentEvents, incident: known.id)
-        } else if request.action != "show" {
+        } else if request.action != "show" && !late {
             notifyOperator("Operator command refused: \(request.action)\(request.target.isEmpty ? "" : " of \(request.target)")", text: text, host: "", nextAction: "")
         }
-        answer(request, done: false, message: why, incident: known)
+        answer(request, done: false, message: why, incident: known, late: late)
     }
 
+    /// How long "no such incident" waits before it is sent.
+    static var unknownIncidentAnswerDelay: Duration { .seconds(2) }
+
     /// Audits `request` with its outcome and queues its answer (sent after the commit).
-    func answer(_ request: OperatorRequest, done: Bool, message: String, incident: IncidentMachine?) {
+    func answer(_ request: OperatorRequest, done: Bool, message: String, incident: IncidentMachine?, late: Bool = false) {
         audits.append(.init(atMs: clock(), requestID: String(request.received.payload.requestID.prefix(200)), keyID: String(request.keyID.prefix(200)),
                             verified: request.verified, action: request.action, incidentID: String(request.incidentID.prefix(200)),
                             target: request.target, reason: String(request.reason.prefix(2000)), outcome: (done ? "done: " : "refused: ") + message))
@@ -229,18 +234,28 @@ extension RepairEngine {
             }
         }
         if request.action.hasPrefix("maintenance") { response.maintenance = maintenance.windows.map(Self.window) }
-        replies.append((request.received, response))
+        replies.append((request.received, response, late))
     }
 
     /// Sends the batch's answers (after its commit).
-    func sendReplies(_ answers: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse)]) {
+    func sendReplies(_ answers: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse, late: Bool)]) {
         guard !answers.isEmpty else { return }
         let bus = self.bus
         let logger = self.logger
         Task {
-            for (command, response) in answers {
-                do { try await bus.reply(to: command, with: response) } catch {
-                    logger.warning("cannot answer an operator command", metadata: ["request_id": "\(response.requestID.prefix(200))", "error": "\(error)"])
+            for (command, response, late) in answers {
+                let send: @Sendable () async -> Void = {
+                    do { try await bus.reply(to: command, with: response) } catch {
+                        logger.warning("cannot answer an operator command", metadata: ["request_id": "\(response.requestID.prefix(200))", "error": "\(error)"])
+                    }
+                }
+                if late {
+                    Task {
+                        try? await Task.sleep(for: Self.unknownIncidentAnswerDelay)
+                        await send()
+                    }
+                } else {
+                    await send()
                 }
             }
         }

@@ -68,7 +68,7 @@ actor RepairEngine {
     /// it, answers sent after the commit.
     var audits: [IncidentJournal.AuditEntry] = []
     var unrepaired: [IncidentJournal.Unrepaired] = []
-    var replies: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse)] = []
+    var replies: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse, late: Bool)] = []
     /// The operator command whose event is being applied (its answer goes to them).
     var answering: OperatorRequest?
 
@@ -384,11 +384,11 @@ actor RepairEngine {
             // Without the journal nothing may be sent: a restart must find what was done.
             logger.critical("cannot write the incident journal; commands held back", metadata: ["error": "\(error)", "incidents": "\(changed.count)"])
             commands = []
-            sendReplies(answers.map { command, response in
+            sendReplies(answers.map { command, response, _ in
                 var failed = response
                 failed.outcome = .failed
                 failed.reason = "the orchestrator could not write its journal (\(error)); nothing was done"
-                return (command, failed)
+                return (command, failed, false)
             })
             return
         }
