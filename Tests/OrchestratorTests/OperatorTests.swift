@@ -120,6 +120,15 @@ struct OperatorTests {
                 #expect(auditLines.contains { $0.contains(" \(action) ") }, "the audit trail has the \(action): \(trail.stdout)")
             }
             #expect(trail.stdout.contains("osd.0 back in by hand") && trail.stdout.contains("RESOLVED"), "\(trail.stdout)")
+
+            // 8. cancel with the disk-manager reporting the disk in service frees it at once.
+            try await Self.waitFor(h, b, .ticketed)
+            h.dm.markInService(Self.second.key)
+            let freeing = try await cli.run(["incidents", "cancel", b, "--reason", "the disk recovered after a reseat", "--key", cli.keyPath] + cli.connection)
+            #expect(freeing.exitCode == 0 && freeing.stdout.contains("no longer counts it out"), "\(freeing.stdout) \(freeing.stderr)")
+            try await Self.waitFor(h, b, .cancelled)
+            #expect(h.latest[b]?.incident.countsAsOut == false)
+            #expect(try await !h.retainedState(b), "a cancelled incident that holds nothing is cleared")
         }
     }
 
