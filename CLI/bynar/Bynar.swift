@@ -12,14 +12,14 @@ import Glibc
 struct Bynar: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bynar",
-        abstract: "Operate Bynar: disks, incidents, tickets, the cluster's state, parallel OSD deploys, the bus.",
+        abstract: "Operate Bynar: disks, incidents, maintenance, tickets, the cluster's state, parallel OSD deploys, the bus.",
         discussion: """
         Exit status: 0 done; 1 refused, failed or partly failed (the message says what and why);
         3 safe-to-remove answered "not safe"; 64 bad usage; 69 the broker or a disk-manager
         could not be reached; 78 bad config or key file.
         """,
         version: bynarVersion,
-        subcommands: [Disks.self, Incidents.self, Tickets.self, Cluster.self, Deploy.self, Tap.self, Services.self, Keys.self]
+        subcommands: [Disks.self, Incidents.self, Maintenance.self, Tickets.self, Cluster.self, Deploy.self, Tap.self, Services.self, Keys.self]
     )
 }
 

@@ -18,40 +18,49 @@ struct RetainedOptions: ParsableArguments {
 
 struct Incidents: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Open repair incidents (the orchestrator's retained incident states).",
-        discussion: "Reads \(Topics.allIncidentStates). Resolved and cancelled incidents are left out unless --all."
+        abstract: "Repair incidents: list them, and show, retry, cancel or resolve one (signed operator commands).",
+        subcommands: [List.self, Show.self, Retry.self, Cancel.self, Resolve.self],
+        defaultSubcommand: List.self
     )
+}
 
-    @OptionGroup var brokerOptions: BrokerOptions
-    @OptionGroup var retained: RetainedOptions
+extension Incidents {
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Open repair incidents (the orchestrator's retained incident states).",
+            discussion: """
+            Reads \(Topics.allIncidentStates). Resolved and cancelled incidents are left out unless --all
+            (a cancelled incident whose disk the brake still counts out is always shown).
+            """
+        )
 
-    @Flag(help: "Also incidents that are resolved or cancelled.")
-    var all = false
+        @OptionGroup var brokerOptions: BrokerOptions
+        @OptionGroup var retained: RetainedOptions
 
-    func run() async throws {
-        try await reportingFailures {
-            try await brokerOptions.withBus(purpose: "incidents") { bus in
-                let events = payloads(try await collectRetained(bus, filters: [Topics.allIncidentStates], cap: retained.capDuration), as: Bynar_V1_IncidentEvent.self)
-                    .map(\.payload)
-                    .filter { all || ($0.incident.state != .resolved && $0.incident.state != .cancelled) }
-                    .sorted { $0.incident.openedUnixMs < $1.incident.openedUnixMs }
-                if retained.json {
-                    for event in events { emit((try? event.jsonString()) ?? "{}") }
-                    return
+        @Flag(help: "Also incidents that are resolved or cancelled.")
+        var all = false
+
+        func run() async throws {
+            try await reportingFailures {
+                try await brokerOptions.withBus(purpose: "incidents") { bus in
+                    let events = payloads(try await collectRetained(bus, filters: [Topics.allIncidentStates], cap: retained.capDuration), as: Bynar_V1_IncidentEvent.self)
+                        .map(\.payload)
+                        .filter { all || $0.incident.countsAsOut || ($0.incident.state != .resolved && $0.incident.state != .cancelled) }
+                        .sorted { $0.incident.openedUnixMs < $1.incident.openedUnixMs }
+                    if retained.json {
+                        for event in events { emit((try? event.jsonString()) ?? "{}") }
+                        return
+                    }
+                    let rows = events.map { event -> [String] in
+                        let incident = event.incident
+                        return [incident.id, protoName(incident.state) + (incident.countsAsOut ? " (out)" : ""), incident.disk.host, incident.disk.key, dash(incident.disk.devPath),
+                                dash(incident.osdID), dash(incident.ticketKey), age(incident.updatedUnixMs), incident.detail.isEmpty ? event.message : incident.detail]
+                    }
+                    emit(TextTable.render(header: ["INCIDENT", "STATE", "HOST", "DISK", "DEVICE", "OSD", "TICKET", "UPDATED", "DETAIL"], rows: rows))
+                    if rows.isEmpty { emit(all ? "(no incident)" : "(no open incident)") }
                 }
-                let rows = events.map { event -> [String] in
-                    let incident = event.incident
-                    return [incident.id, stateName(incident.state), incident.disk.host, incident.disk.key, dash(incident.disk.devPath),
-                            dash(incident.osdID), dash(incident.ticketKey), age(incident.updatedUnixMs), incident.detail.isEmpty ? event.message : incident.detail]
-                }
-                emit(TextTable.render(header: ["INCIDENT", "STATE", "HOST", "DISK", "DEVICE", "OSD", "TICKET", "UPDATED", "DETAIL"], rows: rows))
-                if rows.isEmpty { emit(all ? "(no incident)" : "(no open incident)") }
             }
         }
-    }
-
-    func stateName(_ state: Bynar_V1_IncidentState) -> String {
-        protoName(state)
     }
 }
 
@@ -93,8 +102,9 @@ struct Cluster: AsyncParsableCommand {
             abstract: "One line per host: up or down, its services, its disks by state.",
             discussion: """
             From the retained births and deaths (\(Topics.allServiceStatus)), the orchestrator's host
-            membership (\(Topics.hostState(host: "+"))) when it publishes it, and the detectors' disk
-            health (\(Topics.diskHealth(host: "+", disk: "+"))).
+            membership (\(Topics.hostState(host: "+"))) when it publishes it, the detectors' disk
+            health (\(Topics.diskHealth(host: "+", disk: "+"))), and the orchestrator's maintenance
+            windows (\(Topics.maintenance)).
             """
         )
 
@@ -109,9 +119,12 @@ struct Cluster: AsyncParsableCommand {
             var servicesUp: [String]
             var servicesDown: [String]
             var disks: [String: Int]
+            /// The maintenance windows on this host: "host until 2026-12-05T08:00:00Z (alice: reason)",
+            /// "disk serial-X until off (...)".
+            var maintenance: [String] = []
 
             enum CodingKeys: String, CodingKey {
-                case host, up, source, servicesUp = "services_up", servicesDown = "services_down", disks
+                case host, up, source, servicesUp = "services_up", servicesDown = "services_down", disks, maintenance
             }
         }
 
@@ -119,13 +132,14 @@ struct Cluster: AsyncParsableCommand {
             try await reportingFailures {
                 try await brokerOptions.withBus(purpose: "cluster status") { bus in
                     let messages = try await collectRetained(
-                        bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+")],
+                        bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+"), Topics.maintenance],
                         cap: retained.capDuration
                     )
                     let lines = Self.summarize(
                         statuses: payloads(messages, as: Bynar_V1_ServiceStatus.self).map(\.payload),
                         hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
-                        health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload)
+                        health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload),
+                        maintenance: payloads(messages, as: Bynar_V1_MaintenanceState.self).first?.payload.windows ?? []
                     )
                     if retained.json {
                         let encoder = JSONEncoder()
@@ -136,15 +150,17 @@ struct Cluster: AsyncParsableCommand {
                     let rows = lines.map { line -> [String] in
                         let disks = line.disks.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }.joined(separator: ", ")
                         return [line.host, line.up ? "up" : "DOWN", line.servicesUp.isEmpty ? "-" : line.servicesUp.joined(separator: ","),
-                                line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks]
+                                line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks,
+                                line.maintenance.isEmpty ? "-" : line.maintenance.joined(separator: "; ")]
                     }
-                    emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS"], rows: rows))
+                    emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS", "MAINTENANCE"], rows: rows))
                     if rows.isEmpty { emit("(no host has announced itself)") }
                 }
             }
         }
 
-        static func summarize(statuses: [Bynar_V1_ServiceStatus], hosts: [Bynar_V1_HostState], health: [Bynar_V1_DiskHealth]) -> [HostLine] {
+        static func summarize(statuses: [Bynar_V1_ServiceStatus], hosts: [Bynar_V1_HostState], health: [Bynar_V1_DiskHealth],
+                              maintenance: [Bynar_V1_Maintenance] = [], nowMs: Int64 = Bus.nowUnixMs()) -> [HostLine] {
             var lines: [String: HostLine] = [:]
             func line(_ host: String) -> HostLine {
                 lines[host] ?? HostLine(host: host, up: false, source: "services", servicesUp: [], servicesDown: [], disks: [:])
@@ -168,6 +184,13 @@ struct Cluster: AsyncParsableCommand {
                 var entry = line(disk.disk.host)
                 entry.disks[protoName(disk.state), default: 0] += 1
                 lines[disk.disk.host] = entry
+            }
+            // A window past its end is over even if the orchestrator has not said so yet.
+            for window in maintenance where window.untilUnixMs == 0 || window.untilUnixMs > nowMs {
+                var entry = line(window.host)
+                let until = window.untilUnixMs > 0 ? "until \(utcTimestamp(window.untilUnixMs))" : "until off"
+                entry.maintenance.append("\(window.disk.isEmpty ? "host" : "disk \(window.disk)") \(until) (\(window.by): \(window.reason))")
+                lines[window.host] = entry
             }
             return lines.values.map { entry in
                 var sorted = entry

@@ -2,7 +2,7 @@ public import BynarProto
 public import BynarStore
 public import Crypto
 import GRDB
-import SwiftProtobuf
+public import SwiftProtobuf
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #endif
@@ -51,10 +51,10 @@ public enum CommandSigning {
     /// Returns `request` with `auth` filled in: `keyID`, `nonce` (16 random bytes when
     /// `nil`), expiry `nowMs + lifetime`, and the Ed25519 signature by `key` over
     /// ``signedBytes(_:)`` of the result. Any `auth` the request had is replaced.
-    public static func sign(
-        _ request: Bynar_V1_DiskManagerRequest, keyID: String, key: Curve25519.Signing.PrivateKey,
+    public static func sign<Command: SignedCommand>(
+        _ request: Command, keyID: String, key: Curve25519.Signing.PrivateKey,
         lifetime: Duration, nowMs: Int64, nonce: [UInt8]? = nil
-    ) throws(SigningError) -> Bynar_V1_DiskManagerRequest {
+    ) throws(SigningError) -> Command {
         guard !keyID.isEmpty else { throw .emptyKeyID }
         let lifetimeMs = milliseconds(lifetime)
         guard lifetimeMs > 0 else { throw .nonPositiveLifetime }
@@ -75,14 +75,16 @@ public enum CommandSigning {
         return signed
     }
 
-    /// The bytes a signature covers: the deterministic binary serialization of `request`
-    /// with `auth.signature` cleared (everything else, including the rest of `auth`, kept).
-    public static func signedBytes(_ request: Bynar_V1_DiskManagerRequest) throws -> [UInt8] {
+    /// The bytes a signature covers: the command kind's ``SignedCommand/signingContext``
+    /// followed by the deterministic binary serialization of `request` with
+    /// `auth.signature` cleared (everything else, including the rest of `auth`, kept).
+    public static func signedBytes<Command: SignedCommand>(_ request: Command) throws -> [UInt8] {
         var unsigned = request
         if unsigned.hasAuth { unsigned.auth.signature = Data() }
         var options = BinaryEncodingOptions()
         options.useDeterministicOrdering = true
-        return try unsigned.serializedBytes(options: options)
+        let body: [UInt8] = try unsigned.serializedBytes(options: options)
+        return Command.signingContext + body
     }
 
     static func randomNonce() -> [UInt8] {
@@ -94,6 +96,31 @@ public enum CommandSigning {
         let (seconds, attoseconds) = duration.components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
+}
+
+/// A protobuf command that carries a ``Bynar_V1_CommandAuth`` and is signed and verified
+/// the one way ``CommandSigning`` and ``CommandVerifier`` do: disk-manager commands and
+/// operator commands to the orchestrator.
+public protocol SignedCommand: SwiftProtobuf.Message {
+    /// The signature, key id, nonce and expiry.
+    var auth: Bynar_V1_CommandAuth { get set }
+    /// Whether `auth` is set.
+    var hasAuth: Bool { get }
+    /// Bytes put before the serialization that is signed, one value per kind of command, so
+    /// a signature made for one kind can never verify as another kind (the same operator
+    /// key may be trusted by disk-managers and by the orchestrator).
+    static var signingContext: [UInt8] { get }
+}
+
+extension Bynar_V1_DiskManagerRequest: SignedCommand {
+    /// Empty: disk-manager commands keep the format they were first signed in.
+    public static var signingContext: [UInt8] { [] }
+}
+
+extension Bynar_V1_OperatorCommand: SignedCommand {
+    /// `bynar.v1.OperatorCommand` and a newline. A disk-manager command's serialization
+    /// starts with field 1's tag (0x0A), never with `b`, so neither passes as the other.
+    public static var signingContext: [UInt8] { Array("bynar.v1.OperatorCommand\n".utf8) }
 }
 
 // MARK: - Trusted keys
@@ -371,6 +398,16 @@ public struct VerifiedCommand: Sendable {
     public var expiresUnixMs: Int64
 }
 
+/// Who signed a command that passed every check of ``CommandVerifier/authorize(_:nowMs:sentUnixMs:)``.
+public struct CommandAuthorization: Sendable, Equatable {
+    /// The trusted key that signed it.
+    public var keyID: String
+    /// Its nonce, now remembered.
+    public var nonce: [UInt8]
+    /// When it expires (unix ms).
+    public var expiresUnixMs: Int64
+}
+
 /// Why the disk-manager refused to act on a command before looking at what it asks.
 public enum CommandRejection: Error, Equatable, Sendable, CustomStringConvertible {
     /// No `auth`, or an empty signature.
@@ -497,6 +534,14 @@ public struct CommandVerifier: Sendable {
     /// `sentUnixMs` (the envelope's `created_unix_ms`, by the sender's clock) only makes a
     /// refusal say how far the clocks disagree; nothing is decided on it.
     public func verify(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64, sentUnixMs: Int64? = nil) -> Result<VerifiedCommand, CommandRejection> {
+        authorize(request, nowMs: nowMs, sentUnixMs: sentUnixMs).map {
+            VerifiedCommand(request: request, keyID: $0.keyID, nonce: $0.nonce, expiresUnixMs: $0.expiresUnixMs)
+        }
+    }
+
+    /// Runs every check of ``verify(_:nowMs:sentUnixMs:)`` on any kind of signed command
+    /// (e.g. an operator command to the orchestrator) and, when it passes, records its nonce.
+    public func authorize<Command: SignedCommand>(_ request: Command, nowMs: Int64, sentUnixMs: Int64? = nil) -> Result<CommandAuthorization, CommandRejection> {
         guard request.hasAuth, !request.auth.signature.isEmpty else { return .failure(.unsigned) }
         let auth = request.auth
         guard let key = trustedKeys[auth.keyID] else { return .failure(.unknownKey(auth.keyID)) }
@@ -528,7 +573,7 @@ public struct CommandVerifier: Sendable {
         } catch {
             return .failure(.nonceStoreFailed("\(error)"))
         }
-        return .success(VerifiedCommand(request: request, keyID: auth.keyID, nonce: nonce, expiresUnixMs: auth.expiresUnixMs))
+        return .success(CommandAuthorization(keyID: auth.keyID, nonce: nonce, expiresUnixMs: auth.expiresUnixMs))
     }
 
     /// Forgets nonces whose command expired more than ``nonceRetention`` before `nowMs`;

@@ -7,23 +7,25 @@ import FoundationEssentials
 /// orchestrator and the `bynar` CLI talk to disk-managers.
 public struct DiskManagerClient: Sendable {
     public let bus: Bus
-    public let keyID: String
-    /// The private key's raw bytes (the key type itself is not Sendable).
-    private let rawKey: [UInt8]
+    /// The key commands are signed with.
+    public var signer: CommandSigner
+    /// The signing key's id.
+    public var keyID: String { signer.keyID }
     /// How long a signed command stays valid (its expiry).
-    public var commandLifetime: Duration
+    public var commandLifetime: Duration {
+        get { signer.commandLifetime }
+        set { signer.commandLifetime = newValue }
+    }
 
     public init(bus: Bus, keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration = .seconds(300)) {
         self.bus = bus
-        self.keyID = keyID
-        self.rawKey = [UInt8](key.rawRepresentation)
-        self.commandLifetime = commandLifetime
+        signer = CommandSigner(keyID: keyID, key: key, commandLifetime: commandLifetime)
     }
 
     /// Loads the private key from a file written by `bynar keys generate`.
     public init(bus: Bus, privateKeyFile: String, commandLifetime: Duration = .seconds(300)) throws(KeyFileError) {
-        let loaded = try KeyFiles.loadPrivateKey(path: privateKeyFile)
-        self.init(bus: bus, keyID: loaded.keyID, key: loaded.key, commandLifetime: commandLifetime)
+        self.bus = bus
+        signer = try CommandSigner(privateKeyFile: privateKeyFile, commandLifetime: commandLifetime)
     }
 
     /// Signs and sends one operation to `host`'s disk-manager, waiting at most `timeout`
@@ -43,8 +45,7 @@ public struct DiskManagerClient: Sendable {
         request.simulate = simulate
         request.deadlineUnixMs = now + CommandSigning.milliseconds(timeout)
         request.operation = operation
-        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
-        let signed = try CommandSigning.sign(request, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: now)
+        let signed = try signer.sign(request, nowMs: now)
         let response = try await bus.request(
             signed, to: Topics.diskManagerCommands(host: host), expecting: Bynar_V1_DiskManagerResponse.self,
             timeout: timeout, correlationId: correlationID

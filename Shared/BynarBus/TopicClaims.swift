@@ -25,12 +25,23 @@ public import BynarProto
 /// 7. `reply/{client}/{host}/{service}`: the envelope's `source_host` and
 ///    `source_service` are `{host}` and `{service}` (the topic names the responder; the
 ///    requester also checks it is the one it asked, ``Bus/request(_:to:expecting:timeout:correlationId:)``).
+/// 8. `operator/cmd` carries only `OperatorCommand`s, and an `OperatorCommand` is taken only
+///    from there: the broker lets only operator identities publish on that topic, so an
+///    operator command anywhere else was not sent by an operator.
 /// Other topics name no host and are not checked here.
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
     public static func mismatch(topic: String, envelope: Envelope) -> String? {
         let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
-        guard levels.count >= 4, levels[0] == "bynar", levels[1] == "v1" else { return nil }
+        guard levels.count >= 3, levels[0] == "bynar", levels[1] == "v1" else { return nil }
+        let isOperatorCommand: Bool = if case .operatorCommand? = envelope.payload { true } else { false }
+        if topic == Topics.operatorCommands, !isOperatorCommand {
+            return "\(envelope.payload?.payloadName ?? "no payload") on \(topic), which carries only operator_command"
+        }
+        if isOperatorCommand, topic != Topics.operatorCommands {
+            return "operator_command on \(topic.prefix(300)); operator commands are taken only from \(Topics.operatorCommands)"
+        }
+        guard levels.count >= 4 else { return nil }
         let kind = levels[2]
         let host = String(levels[3])
         // A level is the claim as ``Topics/level(_:)`` writes it (the same for every name a

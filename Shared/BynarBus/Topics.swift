@@ -25,13 +25,15 @@ public enum Topics {
     public static func reply(to responseTopic: String, host: String, service: String) -> String { "\(responseTopic)/\(host)/\(service)" }
 
     /// Who may answer a request sent to `topic`: a host's disk-manager commands only that
-    /// host's disk-manager, ticket commands a ticketing service on any host. Nil for topics
+    /// host's disk-manager, ticket commands a ticketing service on any host, operator
+    /// commands an orchestrator on any host. Nil for topics
     /// outside the schema (tests), whose replies are checked only against their own topic.
     public static func responder(forRequestTopic topic: String) -> Responder? {
         let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
         guard levels.count >= 3, levels[0] == "bynar", levels[1] == "v1" else { return nil }
         if levels.count == 5, levels[2] == "dm", levels[4] == "cmd" { return Responder(host: String(levels[3]), service: "disk-manager") }
         if topic == ticketCommands { return Responder(host: nil, service: "ticketing") }
+        if topic == operatorCommands { return Responder(host: nil, service: "orchestrator") }
         return nil
     }
 
@@ -67,6 +69,12 @@ public enum Topics {
     public static let notifications = "\(root)/notify"
     public static func hostState(host: String) -> String { "\(root)/host/\(level(host))/state" }
     public static let hookEvents = "\(root)/hook/events"
+    /// Operator commands to the orchestrator (`bynar incidents retry|cancel|resolve|show`,
+    /// `bynar maintenance`): only operator identities may publish here (the broker's ACL),
+    /// and each command is signed by an operator key the orchestrator trusts.
+    public static let operatorCommands = "\(root)/operator/cmd"
+    /// Retained: every maintenance window in force (a MaintenanceState), by the orchestrator.
+    public static let maintenance = "\(root)/maintenance"
     /// Payloads `service` on `host` received and could not use.
     public static func deadLetter(host: String, service: String) -> String { "\(root)/deadletter/\(level(host))/\(level(service))" }
 

@@ -7,6 +7,7 @@ import Glibc
 /// ```json
 /// "orchestrator": {
 ///   "signing_key_file": "/etc/bynar/orchestrator.key",
+///   "operator_keys_file": "/etc/bynar/operator-keys",
 ///   "dry_run": false,
 ///   "brake": {"max_out_per_cluster": 2, "max_out_per_rack": 1, "max_out_per_host": 1,
 ///             "removals_per_hour": 6, "removal_burst": 2, "allow_removal_when_health_err": false},
@@ -20,6 +21,17 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// the orchestrator only decides and reports: every step that needs the disk-manager
     /// fails with "no signing key" and the incident ends STUCK.
     public var signingKeyFile: String?
+    /// Trusted-keys file (the disk-manager's format: `KEY_ID ed25519 BASE64` per line) of the
+    /// operators whose signed commands the orchestrator takes (`bynar incidents
+    /// retry|cancel|resolve|show`, `bynar maintenance`). Without it every operator command is
+    /// refused (and audited).
+    public var operatorKeysFile: String?
+    /// A STUCK incident is announced to people again every this many seconds while it stays
+    /// stuck (0: only once).
+    public var reannounceStuckSeconds = 14_400
+    /// An incident waiting (queued, for a technician, for the new disk) is announced again
+    /// every this many seconds while it waits (0: never).
+    public var reannounceWaitingSeconds = 86_400
     /// Decide and report, change nothing: SafeToRemove (read-only) is asked, Remove and Add
     /// are sent with `simulate`, no ticket is opened; notifications say "dry run: would …".
     public var dryRun = false
@@ -139,6 +151,9 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         var problems: [FieldError] = []
         func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "orchestrator." + field, problem: text)) }
         if let file = signingKeyFile, let reason = unreadable(file) { problem("signing_key_file", reason) }
+        if let file = operatorKeysFile, let reason = unreadable(file) { problem("operator_keys_file", reason) }
+        if reannounceStuckSeconds < 0 { problem("reannounce_stuck_seconds", "must be 0 (off) or more, got \(reannounceStuckSeconds)") }
+        if reannounceWaitingSeconds < 0 { problem("reannounce_waiting_seconds", "must be 0 (off) or more, got \(reannounceWaitingSeconds)") }
         if missingGraceSeconds < 0 { problem("missing_grace_seconds", "must be 0 or more, got \(missingGraceSeconds)") }
         if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }

@@ -41,6 +41,12 @@ public struct FieldError: Error, Sendable, Equatable, CustomStringConvertible {
     public var field: String
     public var problem: String
     public var description: String { "\(field.isEmpty ? "(top level)" : field): \(problem)" }
+
+    /// The error for `field` (dotted, e.g. `orchestrator.operator_keys_file`): `problem`.
+    public init(field: String, problem: String) {
+        self.field = field
+        self.problem = problem
+    }
 }
 
 private struct StringKey: CodingKey {

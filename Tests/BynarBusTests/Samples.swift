@@ -136,7 +136,33 @@ enum Samples {
         ticketResponse.ticketKey = "OPS-123"
         ticketResponse.created = true
 
+        var operatorCommand = Bynar_V1_OperatorCommand()
+        operatorCommand.requestID = "op-1"
+        operatorCommand.reason = "osd.12 fixed by hand"
+        operatorCommand.retry.incidentID = "inc-1"
+        operatorCommand.auth.keyID = "alice"
+        operatorCommand.auth.nonce = Data([4, 5, 6])
+        operatorCommand.auth.signature = Data(repeating: 9, count: 64)
+
+        var window = Bynar_V1_Maintenance()
+        window.host = "store-17"
+        window.untilUnixMs = 1_800_000_000_000
+        window.reason = "firmware upgrade"
+        window.by = "alice"
+
+        var operatorResponse = Bynar_V1_OperatorResponse()
+        operatorResponse.requestID = "op-1"
+        operatorResponse.outcome = .refused
+        operatorResponse.reason = "resolve refused: the disk-manager reports serial-X REMOVED"
+        operatorResponse.incident = incident.incident
+        operatorResponse.audit = [.with { $0.by = "alice"; $0.action = "retry"; $0.outcome = "done: retrying from remove" }]
+        operatorResponse.maintenance = [window]
+
+        var maintenance = Bynar_V1_MaintenanceState()
+        maintenance.windows = [window]
+        maintenance.updatedUnixMs = 1_700_000_000_000
+
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
-                notification, hook, hostState, deadLetter, errorReply, ticketResponse]
+                notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance]
     }
 }

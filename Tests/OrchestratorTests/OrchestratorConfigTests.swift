@@ -7,6 +7,7 @@ import Testing
         let config = try ConfigLoader.parse(#"{"orchestrator": {}}"#).orchestrator
         #expect(config == OrchestratorConfig())
         #expect(!config.dryRun && config.brake.maxOutPerHost == 1 && config.steps.remove.retries == 2)
+        #expect(config.operatorKeysFile == nil && config.reannounceStuckSeconds == 14_400 && config.reannounceWaitingSeconds == 86_400)
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"orchestrator": {"no_such_key": 1}}"#) }
     }
 
@@ -36,6 +37,9 @@ import Testing
             (#"{"hooks": [{"command": "/nonexistent/hook"}]}"#, "orchestrator.hooks.0.command"),
             (#"{"signing_key_file": "/nonexistent/key"}"#, "orchestrator.signing_key_file"),
             (#"{"request_timeout_seconds": 0}"#, "orchestrator.request_timeout_seconds"),
+            (#"{"operator_keys_file": "/nonexistent/operator-keys"}"#, "orchestrator.operator_keys_file"),
+            (#"{"reannounce_stuck_seconds": -1}"#, "orchestrator.reannounce_stuck_seconds"),
+            (#"{"reannounce_waiting_seconds": -5}"#, "orchestrator.reannounce_waiting_seconds"),
         ]
         for (section, field) in cases {
             do {

@@ -34,6 +34,10 @@ final class DiskManagerStandIn: Sendable {
         var silentSafeToRemove = false
         /// How long a Remove/Add job runs before SUCCEEDED.
         var jobDuration: Duration = .milliseconds(150)
+        /// Remove jobs end FAILED (at "destroy", after the disk went out).
+        var failRemoveJobs = false
+        /// Do not answer List (a disk-manager that cannot say where a disk is).
+        var silentList = false
     }
 
     private struct State {
@@ -77,6 +81,8 @@ final class DiskManagerStandIn: Sendable {
     var executions: [String: Int] { state.withLock { $0.executions } }
     var maxOut: Int { state.withLock { $0.maxOut } }
     var currentlyOut: Int { state.withLock { $0.out.count } }
+    /// Puts a removed disk back in service (an operator's `bynar disks add` by hand).
+    func markInService(_ key: String) { state.withLock { _ = $0.out.remove(key) } }
     var rejected: [String] { state.withLock { $0.rejected } }
     func seen(_ operation: String) -> [Seen] { seen.filter { $0.operation == operation } }
 
@@ -146,9 +152,14 @@ final class DiskManagerStandIn: Sendable {
             Task { [self] in
                 _ = try? await self.bus.publish(progress, to: Topics.diskManagerProgress(host: request.host))
                 try? await Task.sleep(for: duration)
+                let fails = isRemove && behaviour.failRemoveJobs
                 var done = progress
-                done.state = .succeeded
-                done.outcome = .success
+                done.state = fails ? .failed : .succeeded
+                done.outcome = fails ? .failed : .success
+                if fails {
+                    done.failedStep = "destroy"
+                    done.message = "stand-in: destroy failed"
+                }
                 done.steps = steps
                 done.step = steps.last!
                 done.stepIndex = UInt32(steps.count - 1)
@@ -173,6 +184,23 @@ final class DiskManagerStandIn: Sendable {
             response.jobID = status.jobID
             response.job = job
             return response  // status answers are not remembered (they change)
+        case .list:
+            if behaviour.silentList { return nil }
+            // Every disk a request named: out (REMOVED) or in service.
+            response.outcome = .success
+            response.diskList = state.withLock { state in
+                var list = Bynar_V1_DiskManagerResponse.DiskList()
+                for key in Set(state.seen.filter { $0.host == request.host && $0.operation != "JobStatus" }.map(\.diskKey)).sorted() where !key.isEmpty {
+                    var disk = Bynar_V1_ManagedDisk()
+                    disk.disk.host = request.host
+                    disk.disk.key = key
+                    disk.backend = "ceph"
+                    disk.status = state.out.contains(key) ? .removed : .inService
+                    list.disks.append(disk)
+                }
+                return list
+            }
+            return response  // lists are not remembered (they change)
         default:
             response.outcome = .refused
             response.reason = "not served by the stand-in"

@@ -20,9 +20,13 @@ import ServiceLifecycle
 ///   only.
 /// - Membership: every service's birth and death → retained HostState per host; operator
 ///   hooks on host or service up/down, each event handled by one orchestrator.
+/// - Operators: signed commands on `bynar/v1/operator/cmd` (keys in
+///   `orchestrator.operator_keys_file`) retry, cancel, resolve or show an incident and put
+///   hosts or disks in maintenance; every one is audited and answered.
 public struct OrchestratorService: BynarService {
     public static let serviceName = "orchestrator"
-    public static var migrations: [LocalStore.Migration] { IncidentJournal.migrations }
+    /// The journal's tables, and the nonce table operator commands' replay protection uses.
+    public static var migrations: [LocalStore.Migration] { IncidentJournal.migrations + CommandVerifier.migrations }
     let context: ServiceContext
 
     public init(context: ServiceContext) throws {
@@ -40,7 +44,18 @@ public struct OrchestratorService: BynarService {
             context.logger.warning("no orchestrator.signing_key_file: disk-manager steps will fail and incidents end STUCK")
         }
         if config.dryRun { context.logger.notice("dry run: deciding and reporting only; nothing that changes a disk is sent") }
-        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, client: client, logger: context.logger)
+        var operatorVerifier: CommandVerifier?
+        if let path = config.operatorKeysFile {
+            let keys: TrustedKeys
+            do { keys = try TrustedKeys(path: path) } catch {
+                throw FieldError(field: "orchestrator.operator_keys_file", problem: "\(path): \(error)")
+            }
+            operatorVerifier = CommandVerifier(trustedKeys: keys, store: context.store)
+            context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keyIDs)"])
+        } else {
+            context.logger.warning("no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused")
+        }
+        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, client: client, operatorVerifier: operatorVerifier, logger: context.logger)
         let inputs = engine.inputs
 
         let diskEvents = try await bus.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self)
@@ -49,6 +64,7 @@ public struct OrchestratorService: BynarService {
         let ticketEvents = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
         let ticketStates = try await bus.subscribe(Topics.allTicketStates, as: Bynar_V1_TicketEvent.self)
         let statuses = try await bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
+        let operatorCommands = try await bus.subscribe(Topics.operatorCommands, as: Bynar_V1_OperatorCommand.self)
         let keeper = MembershipKeeper()
         let hostStates = Mailbox<String>()
         let hooks = try await HookDispatcher.start(context: context, journal: journal, keeper: keeper, hostStates: hostStates)
@@ -71,6 +87,7 @@ public struct OrchestratorService: BynarService {
                 group.addTask { for await job in progress { inputs.post(.jobProgress(job.payload)) } }
                 group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)) } }
                 group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)) } }
+                group.addTask { for await command in operatorCommands { inputs.post(.operatorCommand(command)) } }
                 group.addTask {
                     for await status in statuses {
                         let changed = await keeper.observe(status.payload, messageID: status.envelope.messageID, nowMs: Bus.nowUnixMs())

@@ -17,6 +17,9 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_DeadLetter.self,
     Bynar_V1_ErrorReply.self,
     Bynar_V1_TicketResponse.self,
+    Bynar_V1_OperatorCommand.self,
+    Bynar_V1_OperatorResponse.self,
+    Bynar_V1_MaintenanceState.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -38,6 +41,9 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .deadLetter: "dead_letter"
         case .errorReply: "error_reply"
         case .ticketResponse: "ticket_response"
+        case .operatorCommand: "operator_command"
+        case .operatorResponse: "operator_response"
+        case .maintenanceState: "maintenance_state"
         }
     }
 }
@@ -190,4 +196,34 @@ extension Bynar_V1_TicketResponse: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .ticketResponse(self) }
+}
+
+extension Bynar_V1_OperatorCommand: BusPayload {
+    public static let payloadName = "operator_command"
+    public static let payloadFieldNumber = 35
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .operatorCommand(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .operatorCommand(self) }
+}
+
+extension Bynar_V1_OperatorResponse: BusPayload {
+    public static let payloadName = "operator_response"
+    public static let payloadFieldNumber = 36
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .operatorResponse(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .operatorResponse(self) }
+}
+
+extension Bynar_V1_MaintenanceState: BusPayload {
+    public static let payloadName = "maintenance_state"
+    public static let payloadFieldNumber = 37
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .maintenanceState(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .maintenanceState(self) }
 }

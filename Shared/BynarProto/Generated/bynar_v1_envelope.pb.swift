@@ -207,6 +207,30 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .ticketResponse(newValue)}
   }
 
+  public var operatorCommand: Bynar_V1_OperatorCommand {
+    get {
+      if case .operatorCommand(let v)? = _storage._payload {return v}
+      return Bynar_V1_OperatorCommand()
+    }
+    set {_uniqueStorage()._payload = .operatorCommand(newValue)}
+  }
+
+  public var operatorResponse: Bynar_V1_OperatorResponse {
+    get {
+      if case .operatorResponse(let v)? = _storage._payload {return v}
+      return Bynar_V1_OperatorResponse()
+    }
+    set {_uniqueStorage()._payload = .operatorResponse(newValue)}
+  }
+
+  public var maintenanceState: Bynar_V1_MaintenanceState {
+    get {
+      if case .maintenanceState(let v)? = _storage._payload {return v}
+      return Bynar_V1_MaintenanceState()
+    }
+    set {_uniqueStorage()._payload = .maintenanceState(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -225,6 +249,9 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case deadLetter(Bynar_V1_DeadLetter)
     case errorReply(Bynar_V1_ErrorReply)
     case ticketResponse(Bynar_V1_TicketResponse)
+    case operatorCommand(Bynar_V1_OperatorCommand)
+    case operatorResponse(Bynar_V1_OperatorResponse)
+    case maintenanceState(Bynar_V1_MaintenanceState)
 
   }
 
@@ -343,7 +370,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -592,6 +619,45 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .ticketResponse(v)
           }
         }()
+        case 35: try {
+          var v: Bynar_V1_OperatorCommand?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .operatorCommand(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .operatorCommand(v)
+          }
+        }()
+        case 36: try {
+          var v: Bynar_V1_OperatorResponse?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .operatorResponse(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .operatorResponse(v)
+          }
+        }()
+        case 37: try {
+          var v: Bynar_V1_MaintenanceState?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .maintenanceState(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .maintenanceState(v)
+          }
+        }()
         default: break
         }
       }
@@ -685,6 +751,18 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .ticketResponse?: try {
         guard case .ticketResponse(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 34)
+      }()
+      case .operatorCommand?: try {
+        guard case .operatorCommand(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 35)
+      }()
+      case .operatorResponse?: try {
+        guard case .operatorResponse(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 36)
+      }()
+      case .maintenanceState?: try {
+        guard case .maintenanceState(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
       }()
       case nil: break
       }

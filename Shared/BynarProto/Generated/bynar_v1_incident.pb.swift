@@ -35,10 +35,11 @@ public nonisolated enum Bynar_V1_IncidentState: SwiftProtobuf.Enum, Swift.CaseIt
   case adding // = 8
   case resolved // = 9
 
-  /// Closed without action (the disk recovered before removal).
+  /// Closed: the disk recovered before removal, or an operator cancelled it (then
+  /// `counts_as_out` says whether the brake still counts the disk out).
   case cancelled // = 10
 
-  /// A step gave up; a person must look.
+  /// A step gave up; a person must look (`bynar incidents retry|cancel|resolve`).
   case stuck // = 11
   case UNRECOGNIZED(Int)
 
@@ -165,6 +166,14 @@ public nonisolated struct Bynar_V1_Incident: @unchecked Sendable {
     set {_uniqueStorage()._failureDomain = newValue}
   }
 
+  /// The cluster brake counts this disk as out of its cluster (removed, or possibly removed:
+  /// a STUCK incident whose Remove may have happened, a CANCELLED one whose disk the
+  /// disk-manager did not report back in service).
+  public var countsAsOut: Bool {
+    get {_storage._countsAsOut}
+    set {_uniqueStorage()._countsAsOut = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -210,7 +219,7 @@ nonisolated extension Bynar_V1_IncidentState: SwiftProtobuf._ProtoNameProviding 
 
 nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Incident"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}state\0\u{1}reasons\0\u{3}ticket_key\0\u{3}osd_id\0\u{3}opened_unix_ms\0\u{3}updated_unix_ms\0\u{1}detail\0\u{1}cluster\0\u{3}failure_domain\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}state\0\u{1}reasons\0\u{3}ticket_key\0\u{3}osd_id\0\u{3}opened_unix_ms\0\u{3}updated_unix_ms\0\u{1}detail\0\u{1}cluster\0\u{3}failure_domain\0\u{3}counts_as_out\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -224,6 +233,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
     var _detail: String = String()
     var _cluster: String = String()
     var _failureDomain: String = String()
+    var _countsAsOut: Bool = false
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -245,6 +255,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
       _detail = source._detail
       _cluster = source._cluster
       _failureDomain = source._failureDomain
+      _countsAsOut = source._countsAsOut
     }
   }
 
@@ -274,6 +285,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
         case 9: try { try decoder.decodeSingularStringField(value: &_storage._detail) }()
         case 10: try { try decoder.decodeSingularStringField(value: &_storage._cluster) }()
         case 11: try { try decoder.decodeSingularStringField(value: &_storage._failureDomain) }()
+        case 12: try { try decoder.decodeSingularBoolField(value: &_storage._countsAsOut) }()
         default: break
         }
       }
@@ -319,6 +331,9 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
       if !_storage._failureDomain.isEmpty {
         try visitor.visitSingularStringField(value: _storage._failureDomain, fieldNumber: 11)
       }
+      if _storage._countsAsOut != false {
+        try visitor.visitSingularBoolField(value: _storage._countsAsOut, fieldNumber: 12)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -339,6 +354,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._detail != rhs_storage._detail {return false}
         if _storage._cluster != rhs_storage._cluster {return false}
         if _storage._failureDomain != rhs_storage._failureDomain {return false}
+        if _storage._countsAsOut != rhs_storage._countsAsOut {return false}
         return true
       }
       if !storagesAreEqual {return false}

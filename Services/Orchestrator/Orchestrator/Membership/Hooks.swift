@@ -184,7 +184,7 @@ package enum HookRunner {
     }
 
     /// RFC 3339 UTC with milliseconds.
-    static func timestamp(unixMs: Int64) -> String {
+    package static func timestamp(unixMs: Int64) -> String {
         var seconds = time_t(unixMs / 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)

@@ -11,7 +11,9 @@ import Foundation
 
 /// The orchestrator's memory in its SQLite store: every incident (its whole machine: state,
 /// step in flight, attempts, deadlines, request generations), the messages its last change
-/// must still send, the removal rate limiter, and the hook events already handled.
+/// must still send, the removal rate limiter, the maintenance windows, the operator audit
+/// trail, the failures left unrepaired because of maintenance, and the hook events already
+/// handled.
 ///
 /// An incident's new state and the messages that report it are written in one transaction,
 /// so a crash can neither lose a report nor report a change that was not kept; the sender
@@ -52,7 +54,102 @@ public struct IncidentJournal: Sendable {
                 table.column("finished", .boolean).notNull().defaults(to: false)
             }
         },
+        LocalStore.Migration("orchestrator-v2: operator audit, failures left unrepaired in maintenance") { db in
+            try db.create(table: "orchestrator_operator_audit") { table in
+                table.autoIncrementedPrimaryKey("id")
+                table.column("at_unix_ms", .integer).notNull()
+                table.column("request_id", .text).notNull()
+                table.column("key_id", .text).notNull()
+                table.column("verified", .boolean).notNull()
+                table.column("action", .text).notNull()
+                table.column("incident_id", .text).notNull()
+                table.column("target", .text).notNull()
+                table.column("reason", .text).notNull()
+                table.column("outcome", .text).notNull()
+            }
+            try db.create(index: "orchestrator_operator_audit_incident", on: "orchestrator_operator_audit", columns: ["incident_id"])
+            try db.create(table: "orchestrator_unrepaired") { table in
+                table.autoIncrementedPrimaryKey("id")
+                table.column("at_unix_ms", .integer).notNull()
+                table.column("host", .text).notNull()
+                table.column("disk_key", .text).notNull()
+                table.column("reasons", .text).notNull()
+                table.column("why", .text).notNull()
+            }
+        },
     ]
+
+    /// One operator command and what became of it (the audit trail).
+    public struct AuditEntry: Sendable, Equatable {
+        /// When the orchestrator answered (unix ms).
+        public var atMs: Int64
+        /// The command's own id (chosen by the CLI).
+        public var requestID: String
+        /// The key that signed it when verified; otherwise the key id it claimed.
+        public var keyID: String
+        public var verified: Bool
+        /// "show", "retry", "cancel", "resolve", "maintenance-on", "maintenance-off".
+        public var action: String
+        /// The incident it named (empty for maintenance).
+        public var incidentID: String
+        /// What else it named ("host stor1", "disk X on stor1").
+        public var target: String
+        /// Why, as the operator wrote it.
+        public var reason: String
+        /// "done: ..." or "refused: ...".
+        public var outcome: String
+        /// An entry as written.
+        public init(atMs: Int64, requestID: String, keyID: String, verified: Bool, action: String, incidentID: String, target: String, reason: String, outcome: String) {
+            self.atMs = atMs
+            self.requestID = requestID
+            self.keyID = keyID
+            self.verified = verified
+            self.action = action
+            self.incidentID = incidentID
+            self.target = target
+            self.reason = reason
+            self.outcome = outcome
+        }
+    }
+
+    /// A failure the orchestrator did not repair (a maintenance window covered it).
+    public struct Unrepaired: Sendable, Equatable {
+        /// When the failure was held back (unix ms).
+        public var atMs: Int64
+        public var host: String
+        public var diskKey: String
+        /// The detector's reasons for the failure.
+        public var reasons: [String]
+        /// Which window held it back, by whom and why.
+        public var why: String
+        /// A failure as recorded.
+        public init(atMs: Int64, host: String, diskKey: String, reasons: [String], why: String) {
+            self.atMs = atMs
+            self.host = host
+            self.diskKey = diskKey
+            self.reasons = reasons
+            self.why = why
+        }
+    }
+
+    /// What one batch of inputs changed besides incidents and messages.
+    public struct Extras: Sendable {
+        /// The removal rate limiter, when it changed.
+        public var bucket: ClusterBrake.Bucket?
+        /// The maintenance windows, when they changed.
+        public var maintenance: MaintenanceBook?
+        /// Operator commands answered in the batch.
+        public var audit: [AuditEntry] = []
+        /// Failures held back by maintenance in the batch.
+        public var unrepaired: [Unrepaired] = []
+        /// What a batch changed besides incidents.
+        public init(bucket: ClusterBrake.Bucket? = nil, maintenance: MaintenanceBook? = nil, audit: [AuditEntry] = [], unrepaired: [Unrepaired] = []) {
+            self.bucket = bucket
+            self.maintenance = maintenance
+            self.audit = audit
+            self.unrepaired = unrepaired
+        }
+    }
 
     /// A message waiting for the broker: an envelope's bytes (or none, to clear a retained topic).
     public struct Message: Sendable, Equatable {
@@ -67,7 +164,7 @@ public struct IncidentJournal: Sendable {
         }
     }
 
-    /// Incidents not yet resolved or cancelled (stuck ones included: their disks may be out).
+    /// Incidents not closed (stuck and kept-out cancelled ones included: their disks may be out).
     public func openIncidents() throws -> [IncidentMachine] {
         try store.database.read { db in
             try Data.fetchAll(db, sql: "SELECT machine FROM orchestrator_incident WHERE open ORDER BY updated_unix_ms")
@@ -95,11 +192,13 @@ public struct IncidentJournal: Sendable {
         }
     }
 
-    /// Writes changed incidents, the messages they send and the brake's bucket, atomically.
-    public func commit(_ incidents: [IncidentMachine], messages: [Message], bucket: ClusterBrake.Bucket?) throws {
+    /// Writes changed incidents, the messages they send, the brake's bucket, the maintenance
+    /// windows, audit entries and unrepaired failures, atomically.
+    public func commit(_ incidents: [IncidentMachine], messages: [Message], extras: Extras = Extras()) throws {
         let encoder = JSONEncoder()
         let rows = try incidents.map { ($0, try encoder.encode($0)) }
-        let bucketText = try bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
+        let bucketText = try extras.bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
+        let maintenanceText = try extras.maintenance.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         try store.database.write { db in
             for (machine, data) in rows {
                 try db.execute(sql: """
@@ -107,7 +206,7 @@ public struct IncidentJournal: Sendable {
                     ON CONFLICT(id) DO UPDATE SET state = excluded.state, open = excluded.open, machine = excluded.machine,
                         updated_unix_ms = excluded.updated_unix_ms
                     """, arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
-                                     machine.state != .resolved && machine.state != .cancelled, data, machine.openedMs, machine.updatedMs])
+                                     !machine.isClosed, data, machine.openedMs, machine.updatedMs])
             }
             for message in messages {
                 try db.execute(sql: "INSERT INTO orchestrator_message(topic, payload, retain) VALUES(?, ?, ?)",
@@ -116,6 +215,53 @@ public struct IncidentJournal: Sendable {
             if let bucketText {
                 try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.brake_bucket', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                                arguments: [bucketText])
+            }
+            if let maintenanceText {
+                try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.maintenance', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                               arguments: [maintenanceText])
+            }
+            for entry in extras.audit {
+                try db.execute(sql: """
+                    INSERT INTO orchestrator_operator_audit(at_unix_ms, request_id, key_id, verified, action, incident_id, target, reason, outcome)
+                    VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [entry.atMs, entry.requestID, entry.keyID, entry.verified, entry.action, entry.incidentID, entry.target, entry.reason, entry.outcome])
+            }
+            for failure in extras.unrepaired {
+                try db.execute(sql: "INSERT INTO orchestrator_unrepaired(at_unix_ms, host, disk_key, reasons, why) VALUES(?, ?, ?, ?, ?)",
+                               arguments: [failure.atMs, failure.host, failure.diskKey, failure.reasons.joined(separator: "; "), failure.why])
+            }
+        }
+    }
+
+    /// The maintenance windows as last committed (an empty book when none ever was).
+    public func maintenance() throws -> MaintenanceBook {
+        try store.database.read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = 'orchestrator.maintenance'")
+                .map { try JSONDecoder().decode(MaintenanceBook.self, from: Data($0.utf8)) } ?? MaintenanceBook()
+        }
+    }
+
+    /// The audit trail, oldest first: of one incident, or all of it when `incidentID` is nil.
+    public func audit(incidentID: String? = nil) throws -> [AuditEntry] {
+        try store.database.read { db in
+            let rows = if let incidentID {
+                try Row.fetchAll(db, sql: "SELECT * FROM orchestrator_operator_audit WHERE incident_id = ? ORDER BY id", arguments: [incidentID])
+            } else {
+                try Row.fetchAll(db, sql: "SELECT * FROM orchestrator_operator_audit ORDER BY id")
+            }
+            return rows.map { row in
+                AuditEntry(atMs: row["at_unix_ms"], requestID: row["request_id"], keyID: row["key_id"], verified: row["verified"], action: row["action"],
+                           incidentID: row["incident_id"], target: row["target"], reason: row["reason"], outcome: row["outcome"])
+            }
+        }
+    }
+
+    /// Failures left unrepaired because of maintenance, oldest first.
+    public func unrepaired() throws -> [Unrepaired] {
+        try store.database.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM orchestrator_unrepaired ORDER BY id").map { row in
+                Unrepaired(atMs: row["at_unix_ms"], host: row["host"], diskKey: row["disk_key"],
+                           reasons: (row["reasons"] as String).components(separatedBy: "; "), why: row["why"])
             }
         }
     }

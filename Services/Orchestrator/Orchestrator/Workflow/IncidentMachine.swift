@@ -6,7 +6,30 @@
 /// cluster says wait] → REMOVING (signed Remove, follow the job) → REMOVED (ticket asked) →
 /// TICKETED → [WAITING_FOR_REPLACEMENT when the ticket is resolved before the new disk is
 /// seen] → ADDING (Add with the old OSD id) → RESOLVED. HEALTHY before removal → CANCELLED.
-/// A step that runs out of attempts → STUCK (terminal, reported).
+/// A step that runs out of attempts → STUCK (reported, and re-announced while it stays).
+///
+/// An operator (``Event/operatorRetry(_:)``, ``Event/operatorCancel(_:_:)``,
+/// ``Event/operatorResolve(_:_:)``; always answered with ``Action/answerOperator(done:message:)``):
+/// 1. Every operator command needs a reason; without one it is refused.
+/// 2. Retry: a STUCK incident runs again from the step it stuck at, a paused step (waiting
+///    to retry after a failed attempt) or a QUEUED incident at once; with fresh request ids
+///    and fresh attempts. A Remove is retried through SafeToRemove and the brake again.
+///    Refused when the disk was replaced by hand before Bynar removed it (nothing to
+///    remove: resolve or cancel), and in every other state (nothing to retry).
+/// 3. Cancel and resolve are refused while a Remove or Add may be running (REMOVING,
+///    ADDING: cancelling would not stop the disk-manager), and on a closed incident.
+/// 4. Cancel ends the repair (CANCELLED; a ticket gets a comment). The brake stops counting
+///    the disk out only when the disk-manager reports it (or its replacement) in service; a
+///    disk the brake counted out and the disk-manager reports anything else, or did not
+///    answer about, stays counted out ("kept out") until a resolve finds it in service.
+/// 5. Resolve ends the incident as RESOLVED (ticket closed, retained state cleared) only
+///    when the disk-manager reports the disk or its replacement in service; otherwise it
+///    is refused, naming what the disk-manager said. A kept-out CANCELLED incident can be
+///    resolved this way.
+///
+/// Re-announcements (``Event/timePassed``): a STUCK incident, and one waiting in QUEUED,
+/// TICKETED or WAITING_FOR_REPLACEMENT, is announced to people again every
+/// ``Settings/reannounceStuckMs`` / ``Settings/reannounceWaitingMs`` it stays in that state.
 ///
 /// Request ids are `<incident>/<step>/<generation>`: a resend after a timeout or a restart
 /// reuses the id (the disk-manager answers ALREADY_DONE and nothing happens twice); only a
@@ -38,12 +61,21 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         public var retryDelayMs: Int64
         public var queueRecheckMs: Int64
         public var dryRun: Bool
+        /// A STUCK incident is announced to people again this long after the last time
+        /// (nil or 0: only once).
+        public var reannounceStuckMs: Int64?
+        /// An incident waiting (QUEUED, TICKETED, WAITING_FOR_REPLACEMENT) is announced
+        /// again this long after it entered the state or was last announced (nil or 0: never).
+        public var reannounceWaitingMs: Int64?
 
-        public init(limits: [Step: Limit], retryDelayMs: Int64, queueRecheckMs: Int64, dryRun: Bool) {
+        public init(limits: [Step: Limit], retryDelayMs: Int64, queueRecheckMs: Int64, dryRun: Bool,
+                    reannounceStuckMs: Int64? = nil, reannounceWaitingMs: Int64? = nil) {
             self.limits = limits
             self.retryDelayMs = retryDelayMs
             self.queueRecheckMs = queueRecheckMs
             self.dryRun = dryRun
+            self.reannounceStuckMs = reannounceStuckMs
+            self.reannounceWaitingMs = reannounceWaitingMs
         }
 
         func limit(_ step: Step) -> Limit { limits[step] ?? Limit(timeoutMs: 60_000, retries: 0) }
@@ -140,6 +172,42 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         case hold(reason: String, retryAtMs: Int64?)
     }
 
+    /// An operator, as the orchestrator verified them: the key that signed the command, and
+    /// the reason they gave.
+    public struct Operator: Sendable, Equatable {
+        /// The trusted key that signed the command.
+        public var keyID: String
+        /// Why, as they wrote it (required).
+        public var reason: String
+        /// An operator as verified.
+        public init(keyID: String, reason: String) {
+            self.keyID = keyID
+            self.reason = reason
+        }
+    }
+
+    /// What the host's disk-manager says about the incident's disk and its replacement,
+    /// asked right before an operator's cancel or resolve is decided.
+    public enum DiskFacts: Sendable, Equatable {
+        /// This disk (the incident's, or its replacement) is in service.
+        case inService(key: String)
+        /// The disk is listed but not in service (`status`: REMOVED, BLANK, BUSY, ...).
+        case notInService(key: String, status: String)
+        /// The host's disk-manager lists neither the disk nor its replacement.
+        case absent
+        /// The disk-manager did not answer, or refused: nothing is known.
+        case unknown(reason: String)
+
+        var words: String {
+            switch self {
+            case .inService(let key): "the disk-manager reports \(key) in service"
+            case .notInService(let key, let status): "the disk-manager reports \(key) \(status), not in service"
+            case .absent: "the disk-manager lists neither the disk nor a replacement"
+            case .unknown(let reason): "the disk-manager could not say where the disk is (\(reason))"
+            }
+        }
+    }
+
     /// Facts, named as facts.
     public enum Event: Sendable, Equatable {
         /// The incident was just opened.
@@ -164,8 +232,15 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         case newDiskSeen(Disk)
         /// Capacity came free: a queued incident may ask again now.
         case capacityFreed
-        /// Time passed (deadlines, retries, queue rechecks are checked against `nowMs`).
+        /// Time passed (deadlines, retries, queue rechecks, re-announcements are checked
+        /// against `nowMs`).
         case timePassed
+        /// An operator asked to run the repair again from where it stopped.
+        case operatorRetry(Operator)
+        /// An operator asked to end the repair; `DiskFacts` is what the disk-manager said.
+        case operatorCancel(Operator, DiskFacts)
+        /// An operator says the disk is dealt with; `DiskFacts` is what the disk-manager said.
+        case operatorResolve(Operator, DiskFacts)
     }
 
     public enum TicketAction: String, Sendable, Equatable { case open, comment, close }
@@ -186,6 +261,8 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         case notify(Severity, title: String, text: String, nextAction: String)
         /// The incident is over and reported: its retained state may be cleared.
         case close
+        /// Answer the operator whose command this was: done, or refused and why.
+        case answerOperator(done: Bool, message: String)
     }
 
     // MARK: State
@@ -219,6 +296,14 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     public private(set) var detail = ""
     /// A Remove may have taken the disk out (sent and not refused): the brake counts it.
     public private(set) var mayBeOut = false
+    /// The state a STUCK incident was in when it stuck (nil before it ever stuck).
+    public private(set) var stuckFrom: State?
+    /// An operator cancelled the incident while the disk was (or might be) out and the
+    /// disk-manager did not report it in service: the brake still counts it.
+    public private(set) var keptOut: Bool?
+    /// When the incident entered its current state, and when people were last told about it.
+    public private(set) var stateSinceMs: Int64?
+    public private(set) var announcedMs: Int64?
 
     public init(id: String, disk: Disk, cluster: String, rack: String, reasons: [String], settings: Settings, nowMs: Int64) {
         self.id = id
@@ -232,11 +317,39 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     }
 
     /// The disk is (or, in dry run, would be) out of the cluster: what the brake counts.
+    /// Before removal only a Remove that may have happened counts (a failed Remove job
+    /// waiting to be asked again); a cancelled incident counts while kept out.
     public var countsAsOut: Bool {
         switch state {
         case .removing, .removed, .ticketed, .waitingForReplacement, .adding: true
-        case .stuck: mayBeOut
-        default: false
+        case .stuck, .opened, .checkingSafety, .queued: mayBeOut
+        case .cancelled: keptOut ?? false
+        case .resolved: false
+        }
+    }
+
+    /// Over and done with: resolved, or cancelled and not kept out. The journal keeps
+    /// everything else open (STUCK and kept-out incidents included: the brake counts them).
+    public var isClosed: Bool { state == .resolved || (state == .cancelled && !(keptOut ?? false)) }
+
+    /// The earliest time a ``Event/timePassed`` can change something (a deadline, a retry,
+    /// a queue recheck, a re-announcement); nil when none is pending.
+    public var dueMs: Int64? {
+        var due: [Int64] = []
+        if !state.isTerminal {
+            if let at = retryAtMs { due.append(at) }
+            if let at = deadlineMs { due.append(at) }
+        }
+        if let every = reannounceEvery, every > 0 { due.append((announcedMs ?? updatedMs) + every) }
+        return due.min()
+    }
+
+    /// How often the current state is announced again (nil: it is not).
+    private var reannounceEvery: Int64? {
+        switch state {
+        case .stuck: settings.reannounceStuckMs
+        case .queued, .ticketed, .waitingForReplacement: settings.reannounceWaitingMs
+        default: nil
         }
     }
 
@@ -244,11 +357,30 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
 
     // MARK: Transitions
 
-    /// Applies `event` at `nowMs` and returns what to do, in order.
+    /// Applies `event` at `nowMs` and returns what to do, in order. A terminal incident
+    /// takes only operator commands (answered, mostly refused) and, when STUCK, time for
+    /// its re-announcements.
     public mutating func handle(_ event: Event, nowMs: Int64) -> [Action] {
-        if state.isTerminal { return [] }
         let before = self
-        let actions = transition(event, nowMs: nowMs)
+        var actions: [Action]
+        switch event {
+        case .operatorRetry(let who):
+            actions = operatorRetry(who, nowMs: nowMs)
+        case .operatorCancel(let who, let facts):
+            actions = operatorCancel(who, facts, nowMs: nowMs)
+        case .operatorResolve(let who, let facts):
+            actions = operatorResolve(who, facts, nowMs: nowMs)
+        case .timePassed where state == .stuck:
+            actions = reannounce(nowMs: nowMs)
+        default:
+            if state.isTerminal { return [] }
+            actions = transition(event, nowMs: nowMs)
+            if event == .timePassed && state == before.state { actions += reannounce(nowMs: nowMs) }
+        }
+        if state != before.state {
+            stateSinceMs = nowMs
+            announcedMs = nowMs
+        }
         if self != before { updatedMs = nowMs }
         return actions
     }
@@ -370,10 +502,10 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         return [.report(from: from, step: step, message: message)]
     }
 
-    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool) -> [Action] {
+    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool, step reported: String = "safe-to-remove") -> [Action] {
         if from == .queued { generation[.safeToRemove, default: 1] += 1 }
         begin(.safeToRemove, nowMs: nowMs)
-        var actions = enter(.checkingSafety, from: from, step: "safe-to-remove", message: message)
+        var actions = enter(.checkingSafety, from: from, step: reported, message: message)
         if notify {
             actions.append(.notify(.warning, title: "Disk \(disk.label) failed", text: "Reasons: \(reasons.joined(separator: "; ")).",
                                    nextAction: "checking with the disk-manager whether it is safe to remove"))
@@ -536,6 +668,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
 
     private mutating func stick(_ why: String, nowMs: Int64) -> [Action] {
         let from = state
+        stuckFrom = from
         let stuckStep = step
         deadlineMs = nil
         retryAtMs = nil
@@ -580,5 +713,153 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             return failAttempt("no outcome within \(timeout / 1000) s", definite: false, nowMs: nowMs)
         }
         return []
+    }
+
+    // MARK: Operators
+
+    private func refuse(_ why: String) -> [Action] { [.answerOperator(done: false, message: why)] }
+
+    /// Rule 1, and rule 3's states: nil when an operator may end the incident now.
+    private func endRefusal(_ who: Operator, verb: String) -> String? {
+        if who.reason.allSatisfy(\.isWhitespace) { return "a reason is required (--reason)" }
+        switch state {
+        case .removing, .adding:
+            let what = state == .removing ? "Remove" : "Add"
+            return "\(verb) refused: a \(what) of \(disk.label) may be running (request \(requestID(state == .removing ? .remove : .add))\(jobID.isEmpty ? "" : ", job \(jobID)")); " +
+                "\(verb)ing would not stop the disk-manager. Wait until it ends or the incident is STUCK"
+        case .resolved:
+            return "\(verb) refused: the incident is already resolved"
+        case .cancelled where !(keptOut ?? false):
+            return "\(verb) refused: the incident is already cancelled"
+        case .cancelled where verb == "cancel":
+            return "cancel refused: the incident is already cancelled (its disk still counts as out: resolve it once the disk is back in service)"
+        default:
+            return nil
+        }
+    }
+
+    private mutating func operatorRetry(_ who: Operator, nowMs: Int64) -> [Action] {
+        if who.reason.allSatisfy(\.isWhitespace) { return refuse("a reason is required (--reason)") }
+        let note = "operator \(who.keyID) retried: \(who.reason)"
+        let from = state
+        let retried: Step
+        switch state {
+        case .stuck:
+            if let before = stuckFrom, [.opened, .checkingSafety, .queued].contains(before), let new = newDisk {
+                return refuse("retry refused: a new disk (\(new.key)) replaced \(disk.key) before Bynar removed it, so there is nothing to remove; " +
+                              "resolve the incident once the new disk is in service, or cancel it")
+            }
+            retried = step ?? .safeToRemove
+        case .queued:
+            retried = .safeToRemove
+        case .checkingSafety, .removing, .removed, .adding:
+            // A step paused after a failed attempt (waiting for its retry) runs again now.
+            guard let current = step, retryAtMs != nil else {
+                return refuse("retry refused: nothing to retry, the \(state.rawValue) step is in progress (\(detail))")
+            }
+            retried = current
+        default:
+            return refuse("retry refused: nothing to retry, the incident is \(state.rawValue) (\(detail))")
+        }
+        attemptsUsed[retried] = 0
+        generation[retried, default: 1] += 1
+        var actions: [Action]
+        switch retried {
+        case .safeToRemove, .remove:
+            // A Remove goes through SafeToRemove and the brake again: the cluster may have
+            // changed while the incident stood still. A fresh SafeToRemove id, too: a repeated
+            // id would get the first (stale) verdict back.
+            attemptsUsed[.safeToRemove] = 0
+            if retried == .remove {
+                generation[.safeToRemove, default: 1] += 1
+                attemptsUsed[.remove] = 0
+                jobID = ""
+            }
+            actions = checkSafety(from: from, message: note + "; asking the disk-manager again whether it is safe to remove", nowMs: nowMs, notify: false,
+                                  step: "operator-retry")
+        case .openTicket:
+            begin(.openTicket, nowMs: nowMs)
+            actions = enter(.removed, from: from, step: "operator-retry", message: note + "; asking for a ticket again") + [.ticket(.open, comment: "")]
+        case .add:
+            begin(.add, nowMs: nowMs)
+            jobID = ""
+            actions = enter(.adding, from: from, step: "operator-retry", message: note + "; adding \((newDisk ?? disk).key) again") + [addAction()]
+        }
+        return actions + [
+            .notify(.info, title: "Operator \(who.keyID) retried the repair of \(disk.label)", text: note + " (from \(retried.rawValue))",
+                    nextAction: "Bynar runs the \(retried.rawValue) step again"),
+            .answerOperator(done: true, message: "retrying from \(retried.rawValue) (now \(state.rawValue))"),
+        ]
+    }
+
+    private mutating func operatorCancel(_ who: Operator, _ facts: DiskFacts, nowMs: Int64) -> [Action] {
+        if let refusal = endRefusal(who, verb: "cancel") { return refuse(refusal) }
+        let from = state
+        let wasOut = countsAsOut
+        let inService: Bool = if case .inService = facts { true } else { false }
+        keptOut = wasOut && !inService
+        step = nil
+        deadlineMs = nil
+        retryAtMs = nil
+        let brake = keptOut == true
+            ? "\(facts.words): the disk still counts as out for the brake until `bynar incidents resolve` finds it in service"
+            : wasOut ? "\(facts.words): the brake no longer counts it out" : "\(facts.words); nothing of it was counted out"
+        let message = "operator \(who.keyID) cancelled the repair: \(who.reason). \(brake)"
+        var actions = enter(.cancelled, from: from, step: "operator-cancel", message: message)
+        if !ticketKey.isEmpty && !settings.dryRun {
+            actions.append(.ticket(.comment, comment: "Bynar's repair was cancelled by operator \(who.keyID): \(who.reason). \(brake)."))
+        }
+        actions.append(.notify(keptOut == true ? .warning : .info, title: "Operator \(who.keyID) cancelled the repair of \(disk.label)", text: message,
+                               nextAction: keptOut == true ? "put the disk back in service, then `bynar incidents resolve`" : "nothing: Bynar no longer repairs it"))
+        if keptOut != true { actions.append(.close) }
+        return actions + [.answerOperator(done: true, message: message)]
+    }
+
+    private mutating func operatorResolve(_ who: Operator, _ facts: DiskFacts, nowMs: Int64) -> [Action] {
+        if let refusal = endRefusal(who, verb: "resolve") { return refuse(refusal) }
+        guard case .inService(let key) = facts else {
+            return refuse("resolve refused: \(facts.words); resolve only once the disk or its replacement is back in service " +
+                          "(e.g. `bynar disks add`), or cancel")
+        }
+        let from = state
+        let hadTicket = !ticketKey.isEmpty || attemptsUsed[.openTicket] != nil
+        keptOut = false
+        step = nil
+        deadlineMs = nil
+        retryAtMs = nil
+        let message = "operator \(who.keyID) resolved the incident: \(who.reason) (\(facts.words))"
+        var actions = enter(.resolved, from: from, step: "operator-resolve", message: message)
+        if hadTicket && !settings.dryRun {
+            actions.append(.ticket(.close, comment: "Resolved by operator \(who.keyID): \(who.reason). \(key) is in service. Closed by Bynar."))
+        }
+        actions.append(.notify(.info, title: "Operator \(who.keyID) resolved the repair of \(disk.label)", text: message, nextAction: "nothing: the incident is resolved"))
+        return actions + [.close, .answerOperator(done: true, message: message)]
+    }
+
+    // MARK: Re-announcements
+
+    private mutating func reannounce(nowMs: Int64) -> [Action] {
+        guard let every = reannounceEvery, every > 0 else { return [] }
+        let last = announcedMs ?? updatedMs
+        guard nowMs - last >= every else { return [] }
+        announcedMs = nowMs
+        let since = stateSinceMs ?? updatedMs
+        let hours = Double(nowMs - since) / 3_600_000
+        let howLong = hours >= 1 ? "\(Int(hours)) h" : "\(max(1, (nowMs - since) / 60_000)) min"
+        switch state {
+        case .stuck:
+            return [.notify(.error, title: "Repair of \(disk.label) is still stuck (\(howLong))", text: detail + (mayBeOut ? " The disk may be out of the cluster." : ""),
+                            nextAction: "a person must look: `bynar incidents show|retry|cancel|resolve \(id)`")]
+        case .queued:
+            return [.notify(.warning, title: "Repair of \(disk.label) still queued (\(howLong))", text: detail, nextAction: "waiting for the cluster brake or the cluster to allow removal")]
+        case .ticketed:
+            return [.notify(.warning, title: "Disk \(disk.label) still waiting for a technician (\(howLong), ticket \(ticketKey))", text: detail + (ticketURL.isEmpty ? "" : " (\(ticketURL))"),
+                            nextAction: "replace the disk and resolve ticket \(ticketKey)")]
+        case .waitingForReplacement:
+            return [.notify(.warning, title: "Disk \(disk.label) still waiting for its replacement (\(howLong))", text: detail,
+                            nextAction: "put the new disk in the slot; Bynar adds it when the detector sees it")]
+        default:
+            return []
+        }
     }
 }

@@ -5,10 +5,11 @@ import BynarProto
 import Logging
 import SwiftProtobuf
 
-/// The shell around the incident machines and the brake: turns bus messages into events,
-/// journals every change with the messages it sends (one transaction per batch), performs
-/// the commands, and feeds the answers back. One task runs it, so the machines and the brake
-/// see every event in one order.
+/// The shell around the incident machines, the brake and the maintenance windows: turns bus
+/// messages (and operators' commands, `RepairEngine+Operator.swift`) into events, journals
+/// every change with the messages it sends (one transaction per batch), performs the
+/// commands, and feeds the answers back. One task runs it, so the machines and the brake see
+/// every event in one order.
 actor RepairEngine {
     /// Everything that can happen to the workflow, as it arrives.
     enum Input: Sendable {
@@ -18,6 +19,10 @@ actor RepairEngine {
         case ticket(Bynar_V1_TicketEvent)
         /// An answer (or a failure) for a command this engine sent.
         case event(incident: String, IncidentMachine.Event)
+        /// An operator's command from bynar/v1/operator/cmd (not yet verified).
+        case operatorCommand(Received<Bynar_V1_OperatorCommand>)
+        /// What the disk-manager said about an incident's disk, for a verified cancel or resolve.
+        case operatorDiskFacts(OperatorRequest, IncidentMachine.DiskFacts)
         case tick
     }
 
@@ -25,18 +30,20 @@ actor RepairEngine {
     let journal: IncidentJournal
     let bus: Bus
     let client: DiskManagerClient?
+    /// Checks operator commands against `orchestrator.operator_keys_file` (nil: none trusted).
+    let operatorVerifier: CommandVerifier?
     let logger: Logger
     let inputs = Mailbox<Input>()
     let sender: JournalSender
-    private let clock: @Sendable () -> Int64
+    let clock: @Sendable () -> Int64
     private var brake: ClusterBrake
-    private var machines: [String: IncidentMachine] = [:]
+    private(set) var machines: [String: IncidentMachine] = [:]
     /// Open incident per disk ("host/key").
     private var openByDisk: [String: String] = [:]
     /// When the latest incident of each disk was opened (open or closed).
     private var latestOpening: [String: Int64]
     /// The detector's latest health per disk (flags, reasons, SMART for the ticket).
-    private var health: [String: Bynar_V1_DiskHealth] = [:]
+    private(set) var health: [String: Bynar_V1_DiskHealth] = [:]
     /// FAILED events for disks whose flags (system, excluded) are not known yet: decided
     /// when the health (which the detector publishes right after the event) arrives.
     private var waitingForHealth: [String: Bynar_V1_DiskHealthEvent] = [:]
@@ -51,13 +58,28 @@ actor RepairEngine {
     private var messages: [IncidentJournal.Message] = []
     private var commands: [(String, IncidentMachine.Action)] = []
     private var bucketChanged = false
+    /// Maintenance windows (journaled with the batch that changes them).
+    var maintenance: MaintenanceBook
+    var maintenanceChanged = false
+    /// Failed disks a maintenance window kept from being repaired (told once per window),
+    /// decided again when the window ends.
+    var heldByMaintenance: [String: (identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], flags: Bynar_V1_DiskHealth)] = [:]
+    /// Audit entries, unrepaired failures and operator answers of the batch: journaled with
+    /// it, answers sent after the commit.
+    var audits: [IncidentJournal.AuditEntry] = []
+    var unrepaired: [IncidentJournal.Unrepaired] = []
+    var replies: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse, late: Bool)] = []
+    /// The operator command whose event is being applied (its answer goes to them).
+    var answering: OperatorRequest?
 
-    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, client: DiskManagerClient?, logger: Logger,
+    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, client: DiskManagerClient?, operatorVerifier: CommandVerifier?, logger: Logger,
          clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
         self.config = config
         self.journal = journal
         self.bus = bus
         self.client = client
+        self.operatorVerifier = operatorVerifier
+        maintenance = try journal.maintenance()
         self.logger = logger
         self.clock = clock
         self.sender = JournalSender(journal: journal, bus: bus, logger: logger)
@@ -73,7 +95,8 @@ actor RepairEngine {
         for machine in try journal.openIncidents() {
             machines[machine.id] = machine
             _ = memory.admit(host: machine.disk.host, key: machine.disk.key)
-            if !machine.state.isTerminal { openByDisk[Self.diskKey(machine.disk.host, machine.disk.key)] = machine.id }
+            // Stuck and kept-out incidents hold their disk: no second incident for it.
+            openByDisk[Self.diskKey(machine.disk.host, machine.disk.key)] = machine.id
         }
     }
 
@@ -86,7 +109,8 @@ actor RepairEngine {
         }
         return IncidentMachine.Settings(
             limits: [.safeToRemove: limit(steps.safeToRemove), .remove: limit(steps.remove), .openTicket: limit(steps.openTicket), .add: limit(steps.add)],
-            retryDelayMs: Int64(steps.retryDelaySeconds) * 1000, queueRecheckMs: Int64(config.queueRecheckSeconds) * 1000, dryRun: config.dryRun)
+            retryDelayMs: Int64(steps.retryDelaySeconds) * 1000, queueRecheckMs: Int64(config.queueRecheckSeconds) * 1000, dryRun: config.dryRun,
+            reannounceStuckMs: Int64(config.reannounceStuckSeconds) * 1000, reannounceWaitingMs: Int64(config.reannounceWaitingSeconds) * 1000)
     }
 
     /// Resumes the open incidents (re-sends what was in flight, with the same request ids),
@@ -95,6 +119,8 @@ actor RepairEngine {
         let resumed = machines.values.filter { !$0.state.isTerminal }.map(\.id).sorted()
         if !resumed.isEmpty { logger.notice("resuming open incidents", metadata: ["count": "\(resumed.count)"]) }
         for id in resumed { apply(.resumed, to: id) }
+        // The retained windows, in case the broker lost them.
+        publishMaintenance()
         flush()
         while !Task.isCancelled {
             let batch = await inputs.next()
@@ -130,12 +156,16 @@ actor RepairEngine {
             apply(.ticketChanged(.init(state: state, key: ticket.ticketKey, url: ticket.url, detail: ticket.detail)), to: ticket.incidentID)
         case .event(let incident, let event):
             apply(event, to: incident)
+        case .operatorCommand(let command):
+            operatorCommand(command)
+        case .operatorDiskFacts(let request, let facts):
+            operatorDecide(request, facts: facts)
         case .tick:
             missingGraceCheck()
+            expireMaintenance()
             let now = clock()
-            for (id, machine) in machines where !machine.state.isTerminal {
-                if let at = machine.retryAtMs, now >= at { apply(.timePassed, to: id); continue }
-                if let at = machine.deadlineMs, now >= at { apply(.timePassed, to: id) }
+            for (id, machine) in machines where !machine.isClosed {
+                if let at = machine.dueMs, now >= at { apply(.timePassed, to: id) }
             }
         }
     }
@@ -173,6 +203,7 @@ actor RepairEngine {
         case .healthy:
             waitingForHealth[key] = nil
             missingSince[key] = nil
+            heldByMaintenance[key] = nil
             if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
         case .missing:
             guard openByDisk[key] == nil, missingSince[key] == nil else { return }
@@ -214,6 +245,7 @@ actor RepairEngine {
             if let opened = latestOpening[key], opened >= latest.stateSinceUnixMs { return }
             open(latest.disk, reasons: latest.reasons, flags: latest, why: retained ? "retained FAILED health" : "FAILED health")
         case .healthy:
+            heldByMaintenance[key] = nil
             if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
         default:
             break
@@ -236,7 +268,7 @@ actor RepairEngine {
         }
     }
 
-    private func open(_ identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], flags: Bynar_V1_DiskHealth, why: String) {
+    func open(_ identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], flags: Bynar_V1_DiskHealth, why: String) {
         let key = Self.diskKey(identity.host, identity.key)
         guard !flags.systemDisk, !flags.excluded else {
             logger.notice("failed disk is not a repair candidate", metadata: [
@@ -244,6 +276,10 @@ actor RepairEngine {
             return
         }
         let now = clock()
+        if let window = maintenance.covering(host: identity.host, disk: identity.key, nowMs: now) {
+            holdForMaintenance(identity, reasons: reasons, flags: flags, window: window, nowMs: now)
+            return
+        }
         let placement = placements[identity.host]
         let id = "\(identity.host).\(identity.key).\(now)"
         let machine = IncidentMachine(
@@ -258,7 +294,7 @@ actor RepairEngine {
 
     // MARK: Events → actions
 
-    private func apply(_ event: IncidentMachine.Event, to id: String) {
+    func apply(_ event: IncidentMachine.Event, to id: String) {
         guard var machine = machines[id] else { return }
         let wasOut = machine.countsAsOut
         let actions = machine.handle(event, nowMs: clock())
@@ -267,7 +303,7 @@ actor RepairEngine {
         dirty.insert(id)
         for action in actions { perform(action, for: id) }
         if let after = machines[id] {
-            if after.state.isTerminal && after.state != .stuck { openByDisk[Self.diskKey(after.disk.host, after.disk.key)] = nil }
+            if after.isClosed { openByDisk[Self.diskKey(after.disk.host, after.disk.key)] = nil }
             if wasOut && !after.countsAsOut { capacityFreed(in: after.cluster) }
         }
     }
@@ -287,11 +323,7 @@ actor RepairEngine {
             bucketChanged = true
             apply(.brakeDecided(decision), to: id)
         case .report(let from, let step, let message):
-            var event = Bynar_V1_IncidentEvent()
-            event.incident = Self.incident(machine)
-            event.fromState = Self.wire(from)
-            event.step = step
-            event.message = message
+            let event = Self.incidentEvent(machine, from: from, step: step, message: message)
             queue(event, to: Topics.incidentEvents, incident: id)
             queue(event, to: Topics.incidentState(id: id), incident: id, retain: true)
         case .notify(let severity, let title, let text, let nextAction):
@@ -315,12 +347,14 @@ actor RepairEngine {
             queue(request, to: Topics.ticketCommands, incident: id)
         case .close:
             messages.append(.init(topic: Topics.incidentState(id: id), payload: [], retain: true))
+        case .answerOperator(let done, let message):
+            answerOperator(machine, done: done, message: message)
         case .checkSafety, .remove, .add, .queryJob:
             commands.append((id, action))
         }
     }
 
-    private func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false) {
+    func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false) {
         do {
             messages.append(.init(topic: topic, payload: try Bus.serialize(bus.envelope(payload, correlationId: incident)), retain: retain))
         } catch {
@@ -330,23 +364,37 @@ actor RepairEngine {
 
     /// Commits the batch's changes and messages in one transaction, then sends commands.
     private func flush() {
-        guard !dirty.isEmpty || !messages.isEmpty else { return }
+        guard !dirty.isEmpty || !messages.isEmpty || !audits.isEmpty || !unrepaired.isEmpty || !replies.isEmpty || maintenanceChanged else { return }
         let changed = dirty.compactMap { machines[$0] }
+        let extras = IncidentJournal.Extras(bucket: bucketChanged ? brake.bucket : nil, maintenance: maintenanceChanged ? maintenance : nil,
+                                            audit: audits, unrepaired: unrepaired)
+        let answers = replies
+        defer {
+            dirty = []
+            messages = []
+            audits = []
+            unrepaired = []
+            replies = []
+            bucketChanged = false
+            maintenanceChanged = false
+        }
         do {
-            try journal.commit(changed, messages: messages, bucket: bucketChanged ? brake.bucket : nil)
+            try journal.commit(changed, messages: messages, extras: extras)
         } catch {
             // Without the journal nothing may be sent: a restart must find what was done.
             logger.critical("cannot write the incident journal; commands held back", metadata: ["error": "\(error)", "incidents": "\(changed.count)"])
-            dirty = []
-            messages = []
             commands = []
+            sendReplies(answers.map { command, response, _ in
+                var failed = response
+                failed.outcome = .failed
+                failed.reason = "the orchestrator could not write its journal (\(error)); nothing was done"
+                return (command, failed, false)
+            })
             return
         }
-        for machine in changed where machine.state == .resolved || machine.state == .cancelled { machines[machine.id] = nil }
-        dirty = []
-        messages = []
-        bucketChanged = false
+        for machine in changed where machine.isClosed { machines[machine.id] = nil }
         sender.signal()
+        sendReplies(answers)
         let batch = commands
         commands = []
         for (id, action) in batch { send(action, for: id) }
@@ -510,6 +558,15 @@ actor RepairEngine {
         return ticket
     }
 
+    static func incidentEvent(_ machine: IncidentMachine, from: IncidentMachine.State, step: String, message: String) -> Bynar_V1_IncidentEvent {
+        var event = Bynar_V1_IncidentEvent()
+        event.incident = incident(machine)
+        event.fromState = wire(from)
+        event.step = step
+        event.message = message
+        return event
+    }
+
     static func incident(_ machine: IncidentMachine) -> Bynar_V1_Incident {
         var incident = Bynar_V1_Incident()
         incident.id = machine.id
@@ -523,6 +580,7 @@ actor RepairEngine {
         incident.detail = machine.detail
         incident.cluster = machine.cluster
         incident.failureDomain = machine.rack.isEmpty ? "host:\(machine.disk.host)" : "rack:\(machine.rack)"
+        incident.countsAsOut = machine.countsAsOut
         return incident
     }
 

@@ -1,0 +1,31 @@
+public import Crypto
+
+/// A private signing key, its id and how long what it signs stays valid: what
+/// ``DiskManagerClient`` and ``OperatorClient`` sign their commands with.
+public struct CommandSigner: Sendable {
+    /// The key's id, as trusted-keys files name it.
+    public let keyID: String
+    /// The private key's raw bytes (swift-crypto's key type is not Sendable).
+    private let rawKey: [UInt8]
+    /// How long a signed command stays valid (its expiry).
+    public var commandLifetime: Duration
+
+    /// A signer with `key`, named `keyID`.
+    public init(keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration) {
+        self.keyID = keyID
+        self.rawKey = [UInt8](key.rawRepresentation)
+        self.commandLifetime = commandLifetime
+    }
+
+    /// Loads the private key from a file written by `bynar keys generate`.
+    public init(privateKeyFile: String, commandLifetime: Duration) throws(KeyFileError) {
+        let loaded = try KeyFiles.loadPrivateKey(path: privateKeyFile)
+        self.init(keyID: loaded.keyID, key: loaded.key, commandLifetime: commandLifetime)
+    }
+
+    /// `command` signed at `nowMs` (``CommandSigning/sign(_:keyID:key:lifetime:nowMs:nonce:)``).
+    public func sign<Command: SignedCommand>(_ command: Command, nowMs: Int64) throws -> Command {
+        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
+        return try CommandSigning.sign(command, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: nowMs)
+    }
+}
