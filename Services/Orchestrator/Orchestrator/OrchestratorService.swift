@@ -55,7 +55,7 @@ public struct OrchestratorService: BynarService {
         } else {
             context.logger.warning("no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused")
         }
-        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, client: client, operatorVerifier: operatorVerifier, logger: context.logger)
+        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, outbox: context.outbox, client: client, operatorVerifier: operatorVerifier, logger: context.logger)
         let inputs = engine.inputs
 
         let diskEvents = try await bus.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self)
@@ -75,7 +75,6 @@ public struct OrchestratorService: BynarService {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await engine.run() }
-                group.addTask { await engine.sender.run() }
                 group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .milliseconds(250))

@@ -1,6 +1,6 @@
 public import BynarStore
 import BynarBus
-import GRDB
+public import GRDB
 import Logging
 import Synchronization
 #if canImport(FoundationEssentials)
@@ -10,15 +10,14 @@ import Foundation
 #endif
 
 /// The orchestrator's memory in its SQLite store: every incident (its whole machine: state,
-/// step in flight, attempts, deadlines, request generations), the messages its last change
-/// must still send, the removal rate limiter, the maintenance windows, the operator audit
-/// trail, the failures left unrepaired because of maintenance, and the hook events already
-/// handled.
+/// step in flight, attempts, deadlines, request generations), the removal rate limiter, the
+/// maintenance windows, the operator audit trail, the failures left unrepaired because of
+/// maintenance, and the hook events already handled.
 ///
-/// An incident's new state and the messages that report it are written in one transaction,
-/// so a crash can neither lose a report nor report a change that was not kept; the sender
-/// deletes a message only once the broker acknowledged it (this is the incidents' outbox:
-/// one commit per batch of changes instead of one per message).
+/// An incident's new state and the messages that report it are written in one transaction
+/// (``changes(_:extras:)`` inside `Outbox.commit`, the one way every service commits), so a
+/// crash can neither lose a report nor report a change that was not kept; the shared outbox
+/// deletes a message only once the broker acknowledged it. One commit per batch of changes.
 public struct IncidentJournal: Sendable {
     public let store: LocalStore
 
@@ -76,6 +75,14 @@ public struct IncidentJournal: Sendable {
                 table.column("reasons", .text).notNull()
                 table.column("why", .text).notNull()
             }
+        },
+        LocalStore.Migration("orchestrator-v3: incident messages go through the shared outbox") { db in
+            // What the old sender had not yet delivered moves to the outbox, in order.
+            try db.execute(sql: """
+                INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms)
+                SELECT 'orchestrator-message-' || id, topic, payload, retain, 0 FROM orchestrator_message ORDER BY id
+                """)
+            try db.drop(table: "orchestrator_message")
         },
     ]
 
@@ -151,19 +158,6 @@ public struct IncidentJournal: Sendable {
         }
     }
 
-    /// A message waiting for the broker: an envelope's bytes (or none, to clear a retained topic).
-    public struct Message: Sendable, Equatable {
-        public var id: Int64 = 0
-        public var topic: String
-        public var payload: [UInt8]
-        public var retain: Bool
-        public init(topic: String, payload: [UInt8], retain: Bool) {
-            self.topic = topic
-            self.payload = payload
-            self.retain = retain
-        }
-    }
-
     /// Incidents not closed (stuck and kept-out cancelled ones included: their disks may be out).
     public func openIncidents() throws -> [IncidentMachine] {
         try store.database.read { db in
@@ -192,14 +186,15 @@ public struct IncidentJournal: Sendable {
         }
     }
 
-    /// Writes changed incidents, the messages they send, the brake's bucket, the maintenance
-    /// windows, audit entries and unrepaired failures, atomically.
-    public func commit(_ incidents: [IncidentMachine], messages: [Message], extras: Extras = Extras()) throws {
+    /// The changed incidents, the brake's bucket, the maintenance windows, audit entries and
+    /// unrepaired failures, as one write for `Outbox.commit`, which writes them in the same
+    /// transaction as the messages that report them.
+    public func changes(_ incidents: [IncidentMachine], extras: Extras = Extras()) throws -> @Sendable (Database) throws -> Void {
         let encoder = JSONEncoder()
         let rows = try incidents.map { ($0, try encoder.encode($0)) }
         let bucketText = try extras.bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         let maintenanceText = try extras.maintenance.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
-        try store.database.write { db in
+        return { db in
             for (machine, data) in rows {
                 try db.execute(sql: """
                     INSERT INTO orchestrator_incident(id, host, disk_key, state, open, machine, opened_unix_ms, updated_unix_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
@@ -207,10 +202,6 @@ public struct IncidentJournal: Sendable {
                         updated_unix_ms = excluded.updated_unix_ms
                     """, arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
                                      !machine.isClosed, data, machine.openedMs, machine.updatedMs])
-            }
-            for message in messages {
-                try db.execute(sql: "INSERT INTO orchestrator_message(topic, payload, retain) VALUES(?, ?, ?)",
-                               arguments: [message.topic, Data(message.payload), message.retain])
             }
             if let bucketText {
                 try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.brake_bucket', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -274,23 +265,6 @@ public struct IncidentJournal: Sendable {
         }
     }
 
-    /// The oldest messages not yet acknowledged, in order.
-    public func pendingMessages(limit: Int) throws -> [Message] {
-        try store.database.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, topic, payload, retain FROM orchestrator_message ORDER BY id LIMIT ?", arguments: [limit]).map { row in
-                var message = Message(topic: row["topic"], payload: [UInt8](row["payload"] as Data), retain: row["retain"])
-                message.id = row["id"]
-                return message
-            }
-        }
-    }
-
-    public func removeMessages(ids: [Int64]) throws {
-        guard !ids.isEmpty else { return }
-        try store.database.write { db in
-            for id in ids { try db.execute(sql: "DELETE FROM orchestrator_message WHERE id = ?", arguments: [id]) }
-        }
-    }
 
     // MARK: Hook events
 
@@ -318,57 +292,6 @@ public struct IncidentJournal: Sendable {
     public func pruneHookEvents(beforeMs: Int64) throws {
         try store.database.write { db in
             try db.execute(sql: "DELETE FROM orchestrator_hook_event WHERE started_unix_ms < ?", arguments: [beforeMs])
-        }
-    }
-}
-
-/// Sends the journal's messages in order and deletes each once the broker acknowledged it.
-final class JournalSender: Sendable {
-    let journal: IncidentJournal
-    let bus: Bus
-    let logger: Logger
-    private let wake = WakeSignal()
-
-    init(journal: IncidentJournal, bus: Bus, logger: Logger) {
-        self.journal = journal
-        self.bus = bus
-        self.logger = logger
-    }
-
-    /// New messages were committed.
-    func signal() { wake.signal() }
-
-    func run() async {
-        var delay = Duration.milliseconds(200)
-        while !Task.isCancelled {
-            let batch: [IncidentJournal.Message]
-            do {
-                batch = try journal.pendingMessages(limit: 512)
-            } catch {
-                logger.error("cannot read the orchestrator's pending messages", metadata: ["error": "\(error)"])
-                try? await Task.sleep(for: .seconds(1))
-                continue
-            }
-            if batch.isEmpty {
-                await wake.wait()
-                continue
-            }
-            do {
-                let refusals = try await bus.publish(batch: batch.map { ($0.payload, $0.topic, $0.retain) })
-                for (message, refusal) in zip(batch, refusals) where refusal != nil {
-                    // The broker will never take it (ACL): say so loudly and go on.
-                    logger.error("broker refused an orchestrator message; dropped", metadata: ["topic": "\(message.topic)", "error": "\(refusal!)"])
-                }
-                try journal.removeMessages(ids: batch.map(\.id))
-                delay = .milliseconds(200)
-            } catch BusError.stopped {
-                return
-            } catch {
-                logger.warning("orchestrator messages not acknowledged; will resend", metadata: ["messages": "\(batch.count)", "error": "\(error)"])
-                try? await Task.sleep(for: delay)
-                delay = min(delay * 2, .seconds(5))
-                while !bus.isConnected && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(100)) }
-            }
         }
     }
 }

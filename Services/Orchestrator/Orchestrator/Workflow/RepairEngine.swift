@@ -34,7 +34,8 @@ actor RepairEngine {
     let operatorVerifier: CommandVerifier?
     let logger: Logger
     let inputs = Mailbox<Input>()
-    let sender: JournalSender
+    /// Where committed messages leave from (the service's shared outbox).
+    let outbox: Outbox
     let clock: @Sendable () -> Int64
     private var brake: ClusterBrake
     private(set) var machines: [String: IncidentMachine] = [:]
@@ -55,7 +56,7 @@ actor RepairEngine {
     private var memory: DiskMemory
     /// Incidents changed in the batch being processed, and what they send.
     private var dirty: Set<String> = []
-    private var messages: [IncidentJournal.Message] = []
+    private var messages: [Outbox.Event] = []
     private var commands: [(String, IncidentMachine.Action)] = []
     private var bucketChanged = false
     /// Maintenance windows (journaled with the batch that changes them).
@@ -72,7 +73,7 @@ actor RepairEngine {
     /// The operator command whose event is being applied (its answer goes to them).
     var answering: OperatorRequest?
 
-    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, client: DiskManagerClient?, operatorVerifier: CommandVerifier?, logger: Logger,
+    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, outbox: Outbox, client: DiskManagerClient?, operatorVerifier: CommandVerifier?, logger: Logger,
          clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
         self.config = config
         self.journal = journal
@@ -82,7 +83,7 @@ actor RepairEngine {
         maintenance = try journal.maintenance()
         self.logger = logger
         self.clock = clock
-        self.sender = JournalSender(journal: journal, bus: bus, logger: logger)
+        self.outbox = outbox
         let now = clock()
         let limits = ClusterBrake.Limits(
             maxOutPerCluster: config.brake.maxOutPerCluster, maxOutPerRack: config.brake.maxOutPerRack,
@@ -346,7 +347,7 @@ actor RepairEngine {
             request.health = Self.ticketHealth(of: machine, latest: health[Self.diskKey(machine.disk.host, machine.disk.key)])
             queue(request, to: Topics.ticketCommands, incident: id)
         case .close:
-            messages.append(.init(topic: Topics.incidentState(id: id), payload: [], retain: true))
+            messages.append(.clearRetained(Topics.incidentState(id: id)))
         case .answerOperator(let done, let message):
             answerOperator(machine, done: done, message: message)
         case .checkSafety, .remove, .add, .queryJob:
@@ -355,11 +356,7 @@ actor RepairEngine {
     }
 
     func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false) {
-        do {
-            messages.append(.init(topic: topic, payload: try Bus.serialize(bus.envelope(payload, correlationId: incident)), retain: retain))
-        } catch {
-            logger.error("cannot encode an incident message", metadata: ["incident": "\(incident)", "topic": "\(topic)", "error": "\(error)"])
-        }
+        messages.append(Outbox.Event(payload, to: topic, retain: retain, correlationId: incident))
     }
 
     /// Commits the batch's changes and messages in one transaction, then sends commands.
@@ -379,7 +376,7 @@ actor RepairEngine {
             maintenanceChanged = false
         }
         do {
-            try journal.commit(changed, messages: messages, extras: extras)
+            try outbox.commit(messages, state: try journal.changes(changed, extras: extras))
         } catch {
             // Without the journal nothing may be sent: a restart must find what was done.
             logger.critical("cannot write the incident journal; commands held back", metadata: ["error": "\(error)", "incidents": "\(changed.count)"])
@@ -393,7 +390,6 @@ actor RepairEngine {
             return
         }
         for machine in changed where machine.isClosed { machines[machine.id] = nil }
-        sender.signal()
         sendReplies(answers)
         let batch = commands
         commands = []
