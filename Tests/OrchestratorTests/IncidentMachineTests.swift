@@ -187,6 +187,23 @@ typealias M = IncidentMachine
         #expect(again.last == .remove(requestID: "stor1.serial-OLD.1000/remove/2", simulate: false), "after a refusal the next id")
     }
 
+    @Test func aJobThatReportsProgressIsFollowedPastTheStepTimeout() {
+        // Remove accepted at 3000 (timeout 10 s, no retries): a drain that reports every 6 s
+        // for a minute stays REMOVING; news repeated (a JobStatus answer) is not progress.
+        var m = Self.machine(in: .removing, retries: 0)
+        _ = m.handle(.answered(.remove, .init(outcome: .accepted, jobID: "job-1")), nowMs: 3000)
+        let request = m.requestID(.remove)
+        for (index, at) in stride(from: Int64(9_000), through: 63_000, by: 6_000).enumerated() {
+            #expect(m.handle(.timePassed, nowMs: at - 1).isEmpty)
+            _ = m.handle(.jobMoved(.init(requestID: request, jobID: "job-1", state: .running, step: "wait until osd.7 is safe to destroy: \(100 - index) objects to move")), nowMs: at)
+            #expect(m.state == .removing && m.deadlineMs == at + 10_000, "deadline follows the news at \(at)")
+        }
+        _ = m.handle(.jobMoved(.init(requestID: request, jobID: "job-1", state: .running, step: "wait until osd.7 is safe to destroy: 91 objects to move")), nowMs: 70_000)
+        #expect(m.deadlineMs == 73_000, "the same report again moves nothing")
+        _ = m.handle(.timePassed, nowMs: 73_000)
+        #expect(m.state == .stuck, "no news within the timeout: the step has failed its last attempt")
+    }
+
     @Test func exhaustedStepIsStuckAndReportedOnce() {
         var m = Self.machine(in: .removing, retries: 0)
         let actions = m.handle(.commandFailed(.remove, reason: "no reply within 30 s"), nowMs: 3000)

@@ -630,7 +630,12 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         if jobID.isEmpty { jobID = job.jobID }
         switch job.state {
         case .running:
-            detail = "\(step?.rawValue ?? "job") running: \(job.step) \(job.message)"
+            let news = "\(step?.rawValue ?? "job") running: \(job.step) \(job.message)"
+            // A job that reports progress is not stuck (a drain takes hours): the step's
+            // timeout counts from its latest news, not from its start. The same report again
+            // (a JobStatus answer) is no news.
+            if news != detail, let step { deadlineMs = nowMs + settings.limit(step).timeoutMs }
+            detail = news
             return []
         case .succeeded:
             return state == .removing ? removed(osdID: job.backendID, steps: [], simulated: false, nowMs: nowMs) : resolve(backendID: job.backendID, nowMs: nowMs)
