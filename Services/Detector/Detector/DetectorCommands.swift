@@ -65,7 +65,7 @@ public enum DetectorCommands {
             return 78
         }
         let devices: [BlockDevice]
-        do { devices = try Inventory.scan(host: config.host ?? "localhost", excluded: config.detector.exclude) } catch {
+        do { devices = try Inventory.scan(host: config.host ?? "localhost", excluded: config.detector.exclude, only: config.detector.watchOnly) } catch {
             writeToStandardError("bynar-detector check: cannot scan block devices: \(error)")
             return 1
         }
