@@ -27,7 +27,7 @@ struct Options: Sendable {
         usage: bynar-chaos [--short] [--hosts H] [--disks N] [--kill-every S] [--fail-every S]
                            [--restart-delay S] [--no-broker-kills] [--broker production|plain]
                            [--chaos-tail S] [--max-seconds S] [--disk-mb MB] [--seed N] [--keep]
-          --short   2 hosts, 4 disks, a kill every 6 s, a failure every 5 s, at most 240 s
+          --short   2 hosts, 6 disks, a kill every 3 s, a failure every 4 s, at most 240 s
                     (the variant the test suite runs); later options override it
         """
 
@@ -47,7 +47,7 @@ struct Options: Sendable {
             switch argument {
             case "--short":
                 options.short = true
-                options.hosts = 2; options.disks = 4; options.killEvery = 6; options.failEvery = 5
+                options.hosts = 2; options.disks = 6; options.killEvery = 3; options.failEvery = 4
                 options.maxSeconds = 240; options.chaosTail = 15; options.diskMB = 64
             case "--hosts": options.hosts = Int(try number(argument))
             case "--disks": options.disks = Int(try number(argument))

@@ -12,10 +12,10 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Disks never to judge or repair: shell patterns matched against the device path, key,
     /// serial, WWN or by-path (`/dev/sda`, `serial-ZA1*`, ...).
     public var exclude: [String] = []
-    /// When not empty, the only disks this detector may call repair candidates: shell
-    /// patterns as for `exclude` (as `disk_manager.manage_only`). Every other disk is still
-    /// watched and reported, flagged excluded, so the orchestrator never opens an incident
-    /// for it (several hosts' disks on one machine, each host's services owning its own).
+    /// When not empty, the only disks this detector watches: shell patterns as for `exclude`.
+    /// Every other disk is neither checked nor reported, as if it were on another machine
+    /// (several hosts' services sharing one machine: `scripts/chaos`; a host where Bynar
+    /// looks after only some slots).
     public var watchOnly: [String] = []
     public var smartctlPath = "/usr/sbin/smartctl"
     public var kmsgPath = "/dev/kmsg"

@@ -104,7 +104,7 @@ struct DetectorServiceTests {
         let theirs = try FaultyDisk(sizeMB: 64, filesystem: nil)
         defer { theirs.teardown() }
         let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
-            "detector": {"check_interval_seconds": 1, "probe_timeout_seconds": 5, "watch_only": ["\(mine.directory)/*"]}
+            "detector": {"check_interval_seconds": 1, "probe_timeout_seconds": 5, "exclude": ["\(theirs.directory)/*"]}
             """)
         defer { detector.signal(SIGTERM) }
         func key(of disk: FaultyDisk) async -> String? {
@@ -114,7 +114,7 @@ struct DetectorServiceTests {
         let mineKey = try #require(await key(of: mine), "\(detector.log)")
         let theirKey = try #require(await key(of: theirs), "\(detector.log)")
 
-        // Another host's disk leaves: MISSING, and still excluded.
+        // An excluded disk leaves: MISSING, and still excluded.
         try theirs.control("vanish ENODEV")
         try theirs.detach()
         #expect(await events.wait(timeout: .seconds(15)) { $0.contains { $0.payload.disk.key == theirKey && $0.payload.toState == .missing } }, "\(detector.log)")

@@ -98,7 +98,9 @@ struct Rescan: Sendable {
 
     func now() async {
         do {
-            let devices = try Inventory.scan(host: host, excluded: exclude, only: only)
+            // `watch_only`: every other disk is someone else's, as if on another machine.
+            let devices = try Inventory.scan(host: host, excluded: exclude)
+                .filter { only.isEmpty || Inventory.exclusionReason(for: $0.identity, excluded: [], only: only) == nil }
             await engine.reconcile(devices, nowMs: Bus.nowUnixMs())
         } catch {
             logger.error("cannot scan block devices", metadata: ["error": "\(error)"])
