@@ -130,6 +130,10 @@ func chaosRun(_ run: ChaosRun, options: Options) async -> Int32 {
     // their stores are complete.
     try? await Task.sleep(for: .seconds(2))
     for service in run.services { service.stop() }
+    if options.pauseAtEnd > 0 {
+        run.say("pausing \(options.pauseAtEnd) s before the figures (--pause-at-end)")
+        try? await Task.sleep(for: .seconds(options.pauseAtEnd))
+    }
     let wall = Date().timeIntervalSince(run.started)
     let figures = Figures.compute(run: run, wall: wall)
     statuses.cancel(); progress.cancel(); healths.cancel()

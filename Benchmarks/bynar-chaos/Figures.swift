@@ -122,14 +122,15 @@ struct Figures {
         for slot in failed {
             guard slot.disks.count >= 2 else { notBack.append("\(slot.host)/\(slot.name): never swapped"); continue }
             let replacement = slot.current
-            let mounted = FaultyDisk.mountpoints(of: replacement.device).contains(slot.mountpoint) && replacement.loopIsOurs
+            let mountpoints = FaultyDisk.mountpoints(of: replacement.device)
+            let mounted = mountpoints.contains(slot.mountpoint) && replacement.loopIsOurs
             let uuid = ((try? FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", replacement.device])) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             let fstab = (try? String(contentsOfFile: "\(run.work)/\(slot.host)/fstab", encoding: .utf8)) ?? ""
             let fstabLines = fstab.split(separator: "\n").filter { $0.split(separator: " ").dropFirst().first.map(String.init) == slot.mountpoint }
             if mounted, !uuid.isEmpty, fstabLines.count == 1, fstabLines[0].hasPrefix("UUID=\(uuid) ") {
                 back += 1
             } else {
-                notBack.append("\(slot.host)/\(slot.name): mounted \(mounted), fstab lines \(fstabLines.count)\(uuid.isEmpty ? ", no filesystem" : "")")
+                notBack.append("\(slot.host)/\(slot.name) (\(replacement.device)): mounted at \(mountpoints), ours \(replacement.loopIsOurs), fstab lines \(fstabLines.count)\(uuid.isEmpty ? ", no filesystem" : "")")
             }
         }
 

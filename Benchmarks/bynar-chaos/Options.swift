@@ -22,6 +22,8 @@ struct Options: Sendable {
     var seed: UInt64 = UInt64(Date().timeIntervalSince1970 * 1000)
     var keep = false
     var short = false
+    /// Seconds to wait before the figures, to look at the machine (debugging the harness).
+    var pauseAtEnd = 0.0
 
     static let usage = """
         usage: bynar-chaos [--short] [--hosts H] [--disks N] [--kill-every S] [--fail-every S]
@@ -63,6 +65,7 @@ struct Options: Sendable {
             case "--disk-mb": options.diskMB = Int(try number(argument))
             case "--seed": options.seed = UInt64(try number(argument))
             case "--keep": options.keep = true
+            case "--pause-at-end": options.pauseAtEnd = try number(argument)
             case "-h", "--help": throw OptionError("")
             default: throw OptionError("unknown option \(argument)")
             }

@@ -346,7 +346,7 @@ final class ChaosRun: @unchecked Sendable {
         guard first else { return }
         lock.withLock { finished = true; stopChaos = true }
         for service in services { service.stop(timeout: .seconds(10)) }
-        let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        let mountinfo = readProcFile("/proc/self/mountinfo") ?? ""
         let ours = mountinfo.split(separator: "\n").compactMap { line -> (String, String)? in
             let fields = line.split(separator: " ")
             guard fields.count > 8, let dash = fields.firstIndex(of: "-"), dash + 1 < fields.count else { return nil }
