@@ -24,11 +24,14 @@ struct Options: Sendable {
     var short = false
     /// Seconds to wait before the figures, to look at the machine (debugging the harness).
     var pauseAtEnd = 0.0
+    /// When not empty, the only kill targets ("broker", "orchestrator", "disk-manager.h1", ...).
+    var killOnly: [String] = []
 
     static let usage = """
         usage: bynar-chaos [--short] [--hosts H] [--disks N] [--kill-every S] [--fail-every S]
                            [--restart-delay S] [--no-broker-kills] [--broker production|plain]
                            [--chaos-tail S] [--max-seconds S] [--disk-mb MB] [--seed N] [--keep]
+                           [--kill-only broker,orchestrator,ticketing,notifier,detector.h1,disk-manager.h1,...]
           --short   2 hosts, 6 disks, a kill every 3 s, a failure every 4 s, at most 240 s
                     (the variant the test suite runs); later options override it
         """
@@ -66,6 +69,7 @@ struct Options: Sendable {
             case "--seed": options.seed = UInt64(try number(argument))
             case "--keep": options.keep = true
             case "--pause-at-end": options.pauseAtEnd = try number(argument)
+            case "--kill-only": options.killOnly = try value(argument).split(separator: ",").map(String.init)
             case "-h", "--help": throw OptionError("")
             default: throw OptionError("unknown option \(argument)")
             }

@@ -194,11 +194,12 @@ final class ChaosRun: @unchecked Sendable {
     func chaosLoop() async {
         var targets = services.map(\.name)
         if options.killBroker { targets.append("broker") }
+        if !options.killOnly.isEmpty { targets = targets.filter { options.killOnly.contains($0) } }
         var nextKill = Date().addingTimeInterval(options.killEvery)
         while !lock.withLock({ stopChaos }) {
             try? await Task.sleep(for: .milliseconds(250))
             restartExited()
-            guard Date() >= nextKill else { continue }
+            guard !targets.isEmpty, Date() >= nextKill else { continue }
             let target = lock.withLock { targets.randomElement(using: &random)! }
             let jitter = lock.withLock { Double.random(in: 0.8...1.2, using: &random) }
             nextKill = Date().addingTimeInterval(options.killEvery * jitter)
@@ -361,5 +362,9 @@ final class ChaosRun: @unchecked Sendable {
         jira?.stop()
         slack?.stop()
         broker?.broker.stop()
+        // The broker's scratch directory goes with it: keep its log with the services' logs.
+        if let directory = broker?.broker.directory {
+            try? FileManager.default.copyItem(atPath: directory + "/mosquitto.log", toPath: work + "/mosquitto.log")
+        }
     }
 }
