@@ -62,6 +62,7 @@ let package = Package(
     products: services.map { .executable(name: $0.executable, targets: [$0.executable]) } + [
         .executable(name: "bynar", targets: ["bynar"]),
         .executable(name: "bynar-bench", targets: ["bynar-bench"]),
+        .executable(name: "bynar-chaos", targets: ["bynar-chaos"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf.git", exact: "1.39.0"),
@@ -140,6 +141,13 @@ let package = Package(
             path: "Benchmarks/bynar-bench",
             swiftSettings: strict
         ),
+        // The chaos run (scripts/chaos): every real service, real broker and disks, kills.
+        .executableTarget(
+            name: "bynar-chaos",
+            dependencies: ["BynarTestSupport", "BynarBus", "BynarProto", "BynarAuth", grdb, protobuf],
+            path: "Benchmarks/bynar-chaos",
+            swiftSettings: strict
+        ),
 
         // Tests. BynarTestSupport starts real brokers and processes for the others.
         .target(
@@ -206,6 +214,12 @@ let package = Package(
             name: "SchemaTests",
             dependencies: ["BynarBus", "BynarProto", "BynarTestSupport", protobuf],
             path: "Tests/SchemaTests",
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ChaosTests",
+            dependencies: ["BynarTestSupport", "bynar-chaos", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
+            path: "Tests/ChaosTests",
             swiftSettings: strict
         ),
         .testTarget(

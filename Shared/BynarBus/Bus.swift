@@ -682,7 +682,16 @@ public final class Bus: Sendable {
             let (waiters, resubscribe) = state.withLock { state -> ([CheckedContinuation<Void, any Error>], Set<String>) in
                 state.connected = true
                 state.stats.connects += 1
-                if !sessionPresent { state.confirmed = [] }
+                if !sessionPresent {
+                    state.confirmed = []
+                } else {
+                    // mosquitto (2.0.11) brings a session back from its persistence file after
+                    // a crash with its plain subscriptions but not its shared ones, and still
+                    // says "session present": ticketing went deaf to ticket/cmd for good
+                    // (scripts/chaos). Shared filters are subscribed again on every connect;
+                    // a shared subscription gets no retained messages, so nothing comes twice.
+                    state.confirmed = state.confirmed.filter { !$0.hasPrefix("$share/") }
+                }
                 defer { state.connectWaiters = [:] }
                 return (Array(state.connectWaiters.values), Set(state.routes.values.map(\.filter)).subtracting(state.confirmed))
             }

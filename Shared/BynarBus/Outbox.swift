@@ -71,6 +71,15 @@ public final class Outbox: Sendable {
         try commit([Event(payload, to: topic, retain: retain, correlationId: correlationId)]).first!
     }
 
+    /// Stores a zero-length retained message for `topic`, which makes the broker forget what
+    /// it retains there (subscribers never see it as a message). Sent in order with the
+    /// events stored before it, and as durably: a crash before the broker has it loses nothing.
+    public func clearRetained(_ topic: String) throws {
+        let id = "clear-" + String(UInt64.random(in: .min ... .max), radix: 16) + String(UInt64.random(in: .min ... .max), radix: 16)
+        try store.enqueue(messageId: id, topic: topic, payload: [], retain: true, createdUnixMs: Bus.nowUnixMs())
+        wake.signal()
+    }
+
     /// Sends stored events until the task is cancelled.
     public func run() async {
         var retryDelay = Duration.milliseconds(200)

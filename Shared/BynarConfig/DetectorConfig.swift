@@ -12,6 +12,11 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Disks never to judge or repair: shell patterns matched against the device path, key,
     /// serial, WWN or by-path (`/dev/sda`, `serial-ZA1*`, ...).
     public var exclude: [String] = []
+    /// When not empty, the only disks this detector watches: shell patterns as for `exclude`.
+    /// Every other disk is neither checked nor reported, as if it were on another machine
+    /// (several hosts' services sharing one machine: `scripts/chaos`; a host where Bynar
+    /// looks after only some slots).
+    public var watchOnly: [String] = []
     public var smartctlPath = "/usr/sbin/smartctl"
     public var kmsgPath = "/dev/kmsg"
     /// A disk no cluster uses (nothing mounted, no holders, exclusive open works) gets a
@@ -43,6 +48,7 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
         if fsckTimeoutSeconds < 1 { problem("fsck_timeout_seconds", "must be at least 1, got \(fsckTimeoutSeconds)") }
         if smartSamplesKept < 2 { problem("smart_samples_kept", "must be at least 2 (trends need two), got \(smartSamplesKept)") }
         if exclude.contains(where: \.isEmpty) { problem("exclude", "patterns must not be empty") }
+        if watchOnly.contains(where: \.isEmpty) { problem("watch_only", "patterns must not be empty") }
         if let ceph {
             if ceph.configFile.isEmpty { problem("ceph.config_file", "must not be empty") }
             if ceph.clientName.isEmpty { problem("ceph.client_name", "must not be empty") }

@@ -171,6 +171,16 @@ public enum Inventory {
         return devices
     }
 
+    /// Why the configuration excludes a disk known only by its identity (one that has left
+    /// the host, so no scan lists it): `excluded` and `only` as for ``scan(host:excluded:only:roots:)``.
+    public static func exclusionReason(for identity: Bynar_V1_DiskIdentity, excluded: [String], only: [String] = []) -> String? {
+        if let reason = ExclusionRules.reason(for: identity, patterns: excluded) { return reason }
+        if !only.isEmpty && ExclusionRules.reason(for: identity, patterns: only) == nil {
+            return "not among the disks this host manages (\(only.joined(separator: ", ")))"
+        }
+        return nil
+    }
+
     /// The topic key for a disk: its WWN, else "serial-" + serial, with every character
     /// outside [A-Za-z0-9._-] replaced by "_"; empty when it has neither.
     static func key(wwn: String, serial: String) -> String {

@@ -310,6 +310,41 @@ struct ReconnectTests {
         await subscriber.shutdown()
     }
 
+    /// The chaos run (scripts/chaos) saw ticketing stop receiving `ticket/cmd` (a shared
+    /// subscription) after the broker was killed with SIGKILL and came back from its saved
+    /// sessions. A broker killed after it saved the session, and once more before it saved
+    /// again: plain and shared subscriptions still deliver.
+    @Test func subscriptionsSurviveABrokerKilledTwiceWithPersistence() async throws {
+        let broker = try TestBroker(persistence: true)  // autosave_interval 1
+        func fast(_ config: inout BrokerConfig) {
+            config.reconnectMinSeconds = 1
+            config.reconnectMaxSeconds = 1
+        }
+        let subscriber = try await connectedBus(broker, service: "sub", clientId: "chaos-shared-sub", configure: fast)
+        let shared = Collector(try await subscriber.subscribe(Topics.shared(group: "g", "test/cmd"), as: Bynar_V1_Notification.self))
+        let plain = Collector(try await subscriber.subscribe("test/plain", as: Bynar_V1_Notification.self))
+        let publisher = try await connectedBus(broker, service: "pub", configure: fast)
+        for round in 1...2 {
+            try await Task.sleep(for: .milliseconds(round == 1 ? 2500 : 200))  // saved, then not
+            broker.signal(SIGKILL)
+            try await Task.sleep(for: .milliseconds(300))
+            try broker.start()
+            let reconnected = await Collector<Int>.poll(timeout: .seconds(10)) { subscriber.stats.connects >= round + 1 && publisher.stats.connects >= round + 1 }
+            #expect(reconnected, "round \(round)")
+        }
+        var notification = Bynar_V1_Notification()
+        notification.title = "after the kills"
+        for _ in 0..<30 where shared.all.isEmpty || plain.all.isEmpty {
+            try await publisher.publish(notification, to: "test/cmd")
+            try await publisher.publish(notification, to: "test/plain")
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(!plain.all.isEmpty, "the plain subscription delivers")
+        #expect(!shared.all.isEmpty, "the shared subscription delivers")
+        await publisher.shutdown()
+        await subscriber.shutdown()
+    }
+
     /// A persistent session's queue is delivered the moment the client connects, before the
     /// service has registered its subscriptions again: those messages are held for the
     /// subscription, not dropped (a disk-manager restarted with commands waiting).

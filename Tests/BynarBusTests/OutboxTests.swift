@@ -54,6 +54,32 @@ struct OutboxTests {
         await subscriber.shutdown()
     }
 
+    /// `clearRetained` goes out in order after what was stored before it: a subscriber that
+    /// comes later finds nothing retained (the detector clears a replaced disk's health).
+    @Test func clearRetainedForgetsTheRetainedMessageInOrder() async throws {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        let publisher = try await connectedBus(broker, service: "pub")
+        let outbox = Outbox(bus: publisher, store: store)
+        var health = Bynar_V1_DiskHealth()
+        health.state = .missing
+        try outbox.publish(health, to: "test/retained/a", retain: true)
+        try outbox.publish(health, to: "test/retained/b", retain: true)
+        try outbox.clearRetained("test/retained/a")
+        let sender = Task { await outbox.run() }
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        let late = try await connectedBus(broker, service: "late")
+        let seen = Collector(try await late.subscribe("test/retained/+", as: Bynar_V1_DiskHealth.self))
+        #expect(await seen.wait(timeout: .seconds(5)) { $0.contains { $0.topic == "test/retained/b" } })
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(seen.all.map(\.topic) == ["test/retained/b"], "\(seen.all.map(\.topic))")
+        sender.cancel()
+        await late.shutdown()
+        await publisher.shutdown()
+    }
+
     /// Events stored while the broker was never reachable go out once it is.
     @Test func eventsWrittenBeforeTheBrokerExistsAreDelivered() async throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")

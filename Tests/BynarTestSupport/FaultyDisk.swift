@@ -130,7 +130,7 @@ public final class FaultyDisk: @unchecked Sendable {
 
     /// Where `device` is mounted now (from /proc/self/mountinfo).
     public static func mountpoints(of device: String) -> [String] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = readProcFile("/proc/self/mountinfo") else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count, fields[dash + 2] == device else { return nil }
@@ -151,4 +151,13 @@ public final class FaultyDisk: @unchecked Sendable {
         }
         return output
     }
+}
+
+/// The whole of a /proc file. `String(contentsOfFile:)` stops after the first 4 KiB of a
+/// file whose size stat() reports as 0, which a machine with many mounts (tests, chaos runs
+/// and other engineers' loop devices) passes: the mounts past that point went unseen.
+public func readProcFile(_ path: String) -> String? {
+    guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
+    defer { try? handle.close() }
+    return String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
 }

@@ -89,6 +89,53 @@ struct DetectorServiceTests {
         await watcher.shutdown()
     }
 
+    /// Found by the chaos run (scripts/chaos): a disk that left the host lost its excluded
+    /// flag in its health (so another host's disk, or an excluded one, MISSING opened an
+    /// incident), and a replaced disk's last health (MISSING) stayed retained for ever (so an
+    /// orchestrator restarting later opened a second incident for a disk already repaired).
+    @Test func aDiskThatLeavesKeepsItsFlagsAndAReplacedDiskLeavesNoRetainedHealth() async throws {
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mine = try FaultyDisk(sizeMB: 64, filesystem: nil)
+        defer { mine.teardown() }
+        let theirs = try FaultyDisk(sizeMB: 64, filesystem: nil)
+        defer { theirs.teardown() }
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 1, "probe_timeout_seconds": 5, "exclude": ["\(theirs.directory)/*"]}
+            """)
+        defer { detector.signal(SIGTERM) }
+        func key(of disk: FaultyDisk) async -> String? {
+            _ = await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == disk.device && $0.payload.toState == .healthy } }
+            return events.all.first { $0.payload.disk.devPath == disk.device }?.payload.disk.key
+        }
+        let mineKey = try #require(await key(of: mine), "\(detector.log)")
+        let theirKey = try #require(await key(of: theirs), "\(detector.log)")
+
+        // An excluded disk leaves: MISSING, and still excluded.
+        try theirs.control("vanish ENODEV")
+        try theirs.detach()
+        #expect(await events.wait(timeout: .seconds(15)) { $0.contains { $0.payload.disk.key == theirKey && $0.payload.toState == .missing } }, "\(detector.log)")
+        let theirHealth = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: theirKey), as: Bynar_V1_DiskHealth.self))
+        #expect(await theirHealth.wait(timeout: .seconds(5)) { $0.contains { $0.payload.state == .missing } })
+        #expect(theirHealth.all.last?.payload.excluded == true, "\(theirHealth.all.map(\.payload))")
+
+        // Our disk is swapped for a new one in the same slot: the old disk's retained health goes.
+        try mine.control("vanish ENODEV")
+        try mine.detach()
+        #expect(await events.wait(timeout: .seconds(15)) { $0.contains { $0.payload.disk.key == mineKey && $0.payload.toState == .missing } }, "\(detector.log)")
+        let replacement = try FaultyDisk(sizeMB: 64, filesystem: nil, loopDevice: mine.device)
+        defer { replacement.teardown() }
+        #expect(await events.wait(timeout: .seconds(15)) { $0.contains { $0.payload.previousDisk.key == mineKey && $0.payload.toState == .replaced } }, "\(detector.log)")
+        try await Task.sleep(for: .seconds(1))
+        let oldHealth = Collector(try await watcher.subscribe(Topics.diskHealth(host: "h1", disk: mineKey), as: Bynar_V1_DiskHealth.self))
+        try await Task.sleep(for: .seconds(2))
+        #expect(oldHealth.all.isEmpty, "the old disk's health is still retained: \(oldHealth.all.map(\.payload.state))")
+        await watcher.shutdown()
+    }
+
     @Test func aRestartResumesWithoutAnnouncingAgain() async throws {
         let broker = try TestBroker()
         let watcher = try await connectedBus(broker, service: "watcher")

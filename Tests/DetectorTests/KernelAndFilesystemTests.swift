@@ -184,4 +184,24 @@ struct DetectorCommandTests {
         #expect(line.contains("\"DISK_STATE_FAILED\""), "\(line)")
         #expect(line.contains("fs.emergency_ro"), "\(line)")
     }
+
+    /// Several hosts' detectors on one machine (scripts/chaos): `detector.watch_only` makes
+    /// each watch only its own disks; every other disk is not reported at all.
+    @Test func watchOnlyLeavesEveryOtherDiskOut() async throws {
+        let mine = try FaultyDisk(sizeMB: 32, filesystem: nil)
+        defer { mine.teardown() }
+        let theirs = try FaultyDisk(sizeMB: 32, filesystem: nil)
+        defer { theirs.teardown() }
+        let config = mine.directory + "/bynar.json"
+        try """
+            {"host": "h1", "db_location": "\(mine.directory)/db", "detector": {"watch_only": ["\(mine.directory)/*"]}}
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        let log = mine.directory + "/check.json"
+        let process = try ChildProcess(builtExecutable("bynar-detector"), ["check", "--json", "--config", config], outputPath: log)
+        _ = process.waitForExit(timeout: .seconds(30))
+        let lines = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n")
+        let mineLine = try #require(lines.first { $0.contains("\"\(mine.device)\"") }, "\(lines)")
+        #expect(!mineLine.contains("\"excluded\""), "\(mineLine)")
+        #expect(!lines.contains { $0.contains("\"\(theirs.device)\"") }, "\(lines)")
+    }
 }

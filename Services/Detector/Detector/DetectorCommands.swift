@@ -65,7 +65,11 @@ public enum DetectorCommands {
             return 78
         }
         let devices: [BlockDevice]
-        do { devices = try Inventory.scan(host: config.host ?? "localhost", excluded: config.detector.exclude) } catch {
+        do {
+            let only = config.detector.watchOnly
+            devices = try Inventory.scan(host: config.host ?? "localhost", excluded: config.detector.exclude)
+                .filter { only.isEmpty || Inventory.exclusionReason(for: $0.identity, excluded: [], only: only) == nil }
+        } catch {
             writeToStandardError("bynar-detector check: cannot scan block devices: \(error)")
             return 1
         }

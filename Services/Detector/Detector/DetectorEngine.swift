@@ -42,6 +42,9 @@ actor DetectorEngine {
         /// the kernel logged before then was about whatever had the name before (a lazily
         /// unmounted old disk's writeback, a probe of the disk just pulled).
         var sinceKernelMicros: UInt64 = 0
+        /// Whether the disk held a system mount when last seen: a system disk that drops off
+        /// the host stays a system disk in its health (never a repair candidate).
+        var wasSystemDisk = false
     }
 
     let context: ServiceContext
@@ -145,11 +148,23 @@ actor DetectorEngine {
             var slot = slots[id] ?? Slot(machine: DiskHealthMachine(), identity: device.identity)
             let isNew = slots[id] == nil || slot.machine.key != device.identity.key || slot.machine.state == .missing
             if isNew || slot.device == nil { slot.sinceKernelMicros = KernelLog.nowMicros() }
+            let previousKey = slots[id] == nil ? "" : slot.identity.key
             slot.device = device
+            slot.wasSystemDisk = device.isSystemDisk
             slot.identity = device.identity  // the slot holds this disk now (a replacement names the new one)
             slots[id] = slot
             if isNew || slot.machine.state == .unknown {
                 await perform(id) { $0.handle(.appeared(key: device.identity.key, atMs: nowMs)) }
+            }
+            if !previousKey.isEmpty, previousKey != device.identity.key, !devices.contains(where: { $0.identity.key == previousKey }) {
+                // The disk that was in this slot has left the host: its retained health (last
+                // MISSING or FAILED) must not outlive it, or every subscriber that starts later
+                // (an orchestrator restarting) reads a failure that was already repaired.
+                do {
+                    try context.outbox.clearRetained(Topics.diskHealth(host: context.host, disk: previousKey))
+                } catch {
+                    logger.error("cannot clear the old disk's health", metadata: ["disk": "\(previousKey)", "error": "\(error)"])
+                }
             }
         }
         for (id, slot) in slots where !present.contains(id) && slot.machine.state != .missing {
@@ -365,9 +380,12 @@ actor DetectorEngine {
         health.filesystems = slot.filesystems
         health.stateSinceUnixMs = slot.machine.sinceMs
         health.checkedUnixMs = slot.checkedAtMs
-        health.systemDisk = slot.device?.isSystemDisk ?? false
+        // A disk that left the host keeps its flags: gone is not a reason to repair a system
+        // disk or another host's disk.
+        health.systemDisk = slot.device?.isSystemDisk ?? slot.wasSystemDisk
         health.inUseBy = slot.inUseBy
-        health.excluded = slot.device?.excluded ?? false
+        health.excluded = slot.device?.excluded
+            ?? (Inventory.exclusionReason(for: slot.identity, excluded: config.exclude, only: config.watchOnly) != nil)
         return health
     }
 

@@ -44,7 +44,7 @@ public struct DetectorService: BynarService {
             blockEvents = nil
         }
         kernelLog?.start()
-        let rescan = Rescan(engine: engine, host: context.host, exclude: config.exclude, logger: context.logger)
+        let rescan = Rescan(engine: engine, host: context.host, exclude: config.exclude, only: config.watchOnly, logger: context.logger)
         await rescan.now()
         await engine.refreshAll()
         await context.bus.markReady()
@@ -93,11 +93,14 @@ struct Rescan: Sendable {
     let engine: DetectorEngine
     let host: String
     let exclude: [String]
+    let only: [String]
     let logger: Logger
 
     func now() async {
         do {
+            // `watch_only`: every other disk is someone else's, as if on another machine.
             let devices = try Inventory.scan(host: host, excluded: exclude)
+                .filter { only.isEmpty || Inventory.exclusionReason(for: $0.identity, excluded: [], only: only) == nil }
             await engine.reconcile(devices, nowMs: Bus.nowUnixMs())
         } catch {
             logger.error("cannot scan block devices", metadata: ["error": "\(error)"])
