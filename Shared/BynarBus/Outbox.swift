@@ -75,9 +75,7 @@ public final class Outbox: Sendable {
     /// it retains there (subscribers never see it as a message). Sent in order with the
     /// events stored before it, and as durably: a crash before the broker has it loses nothing.
     public func clearRetained(_ topic: String) throws {
-        let id = "clear-" + String(UInt64.random(in: .min ... .max), radix: 16) + String(UInt64.random(in: .min ... .max), radix: 16)
-        try store.enqueue(messageId: id, topic: topic, payload: [], retain: true, createdUnixMs: Bus.nowUnixMs())
-        wake.signal()
+        try commit([.clearRetained(topic)])
     }
 
     /// Sends stored events until the task is cancelled.
