@@ -338,13 +338,15 @@ public final class Bus: Sendable {
             state.nextRouteId += 1
             state.routes[state.nextRouteId] = route
             // What arrived for this filter before it was registered goes first, in order,
-            // under the same lock, so no later message can overtake it. Never to a shared
-            // subscription's route: a message held from this client's own subscription was
-            // not the group's to share out (every member would run it).
+            // under the same lock, so no later message can overtake it. A shared route takes
+            // it too: the broker queued it for this session because the session is a member
+            // of the group (it gives each message to one member; queued while a killed
+            // ticketing was away, it would otherwise be lost). A Bynar service never
+            // subscribes to one topic both plainly and shared, so the copy is not another
+            // subscription's.
             var kept: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
-            let shared = route.filter.hasPrefix("$share/")
             for entry in state.held {
-                if !shared && Topics.matches(filter: route.match, topic: entry.message.topic) {
+                if Topics.matches(filter: route.match, topic: entry.message.topic) {
                     if !route.deliver(entry.message) { state.stats.overflowed += 1 }
                 } else {
                     kept.append(entry)

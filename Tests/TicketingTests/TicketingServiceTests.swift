@@ -138,6 +138,23 @@ struct TicketingServiceTests {
         }
     }
 
+    /// Stand-in JIRA: ticket requests published while ticketing is down (killed with -9)
+    /// wait in its persistent session (a shared subscription) and are all filed, once each,
+    /// when it is back.
+    @Test func requestsQueuedWhileTicketingIsDownAreFiledStandIn() async throws {
+        try await withHarness { h in
+            let first = try await h.start()
+            first.signal(SIGKILL)
+            for number in 1...5 { try await h.send(.open, incident: "inc-queued-\(number)") }
+            try await h.start()
+            let all = await h.events.wait(timeout: .seconds(30)) { events in
+                Set(events.filter { $0.payload.state == .opened }.map(\.payload.incidentID)).count == 5
+            }
+            #expect(all, "\(h.logs)")
+            #expect(try h.jira.liveIssues().count == 5, "one ticket each")
+        }
+    }
+
     /// Stand-in JIRA behind a real proxy (tinyproxy): every request goes through it.
     @Test(.enabled(if: TicketingProxy.available, "tinyproxy is not installed"))
     func requestsGoThroughTheConfiguredProxyStandIn() async throws {
