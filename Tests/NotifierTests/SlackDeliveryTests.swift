@@ -48,6 +48,23 @@ struct SlackDeliveryTests {
         await harness.finish()
     }
 
+    /// Stand-in Slack: notifications published while the notifier is down (killed with -9)
+    /// wait in its persistent session (a shared subscription) and are delivered when it is
+    /// back, none lost.
+    @Test func notificationsQueuedWhileTheNotifierIsDownAreDeliveredStandIn() async throws {
+        let slack = try SlackStandIn()
+        let harness = try await NotifierHarness()
+        let first = try await harness.start(notifier: slackSection(slack, quiet: 0.5))
+        first.signal(SIGKILL)
+        for i in 0..<3 { try await harness.notify("Disk failed while the notifier was away #\(i)", host: "h\(i)", serial: "Q\(i)") }
+        let second = try await harness.start(directory: first.directory, notifier: slackSection(slack, quiet: 0.5))
+        defer { second.signal(SIGTERM) }
+        #expect(await eventually(.seconds(15)) { try slack.delivered().contains { ($0.payload?.text ?? "").contains("#2") } }, "\(second.log)")
+        let text = try slack.delivered().map { $0.payload?.text ?? "" }.joined(separator: "\n")
+        for i in 0..<3 { #expect(text.contains("away #\(i)"), "notification \(i) delivered: \(text)") }
+        await harness.finish()
+    }
+
     /// Stand-in Slack answers 429 with Retry-After: 2; the notifier waits that long before
     /// posting the same message again.
     @Test func retryAfterIsHonouredStandIn() async throws {
