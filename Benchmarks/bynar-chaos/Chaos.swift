@@ -180,11 +180,10 @@ enum Chaos {
         where access(builtExecutable(executable), X_OK) != 0 {
             fail("\(builtExecutable(executable)) is missing: run swift build first (scripts/chaos does)", code: 1)
         }
-        let faultfsPath = ProcessInfo.processInfo.environment["FAULTFS"] ?? "\(packageRoot)/.build-tools/faultfs"
-        guard access(faultfsPath, X_OK) == 0 else { fail("\(faultfsPath) is missing: scripts/build-faultfs", code: 1) }
+        if let reason = FaultyDisk.unavailableReason { fail("cannot make faultfs disks: \(reason)", code: 1) }
         let work: String
         do { work = try makeTemporaryDirectory(prefix: "bynar-chaos") } catch { fail("\(error)", code: 1) }
-        let run = ChaosRun(options: options, work: work, faultfsPath: faultfsPath)
+        let run = ChaosRun(options: options, work: work)
 
         // Ctrl-C or SIGTERM (a test timing out) still stops everything and detaches every disk.
         signal(SIGINT, SIG_IGN)

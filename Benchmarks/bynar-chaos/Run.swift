@@ -28,8 +28,8 @@ enum FailureMode: String, CaseIterable, Sendable {
 final class Slot: @unchecked Sendable {
     let host: String
     let name: String
-    var disks: [ChaosDisk] = []
-    var current: ChaosDisk { disks[disks.count - 1] }
+    var disks: [FaultyDisk] = []
+    var current: FaultyDisk { disks[disks.count - 1] }
     var mountpoint = ""
     var mode: FailureMode?
     var failedAt: Date?
@@ -71,7 +71,6 @@ struct BrokerSetup: @unchecked Sendable {
 final class ChaosRun: @unchecked Sendable {
     let options: Options
     let work: String
-    let faultfsPath: String
     let lock = NSLock()
     var random: SeededRandom
     var slots: [Slot] = []
@@ -88,10 +87,9 @@ final class ChaosRun: @unchecked Sendable {
     var cleanedUp = false
     let started = Date()
 
-    init(options: Options, work: String, faultfsPath: String) {
+    init(options: Options, work: String) {
         self.options = options
         self.work = work
-        self.faultfsPath = faultfsPath
         random = SeededRandom(seed: options.seed)
     }
 
@@ -127,7 +125,7 @@ final class ChaosRun: @unchecked Sendable {
         for index in 0..<options.disks {
             let host = hostNames[index % hostNames.count]
             let slot = Slot(host: host, name: String(format: "s%02d", index / hostNames.count + 1))
-            let disk = try ChaosDisk(directory: "\(work)/\(host)/\(slot.name)-g1", sizeMB: options.diskMB, faultfsPath: faultfsPath)
+            let disk = try FaultyDisk(sizeMB: options.diskMB, directory: "\(work)/\(host)/\(slot.name)-g1")
             slot.disks.append(disk)
             lock.withLock { slots.append(slot) }
         }
@@ -250,7 +248,7 @@ final class ChaosRun: @unchecked Sendable {
             let disk = slot.current
             let mountpoint = slot.mountpoint
             do {
-                try disk.control(mode.rule(sectors: disk.sizeMB * 2048))
+                try disk.control(mode.rule(sectors: options.diskMB * 2048))
             } catch {
                 lock.withLock { slot.notes.append("could not inject: \(error)") }
                 continue
@@ -313,15 +311,15 @@ final class ChaosRun: @unchecked Sendable {
             return false
         }
         let generation = slot.disks.count + 1
-        var replacement: ChaosDisk?
+        var replacement: FaultyDisk?
         for _ in 0..<10 {
-            replacement = try? ChaosDisk(directory: "\(work)/\(slot.host)/\(slot.name)-g\(generation)", sizeMB: options.diskMB, faultfsPath: faultfsPath, loopDevice: old.device)
+            replacement = try? FaultyDisk(sizeMB: options.diskMB, loopDevice: old.device, directory: "\(work)/\(slot.host)/\(slot.name)-g\(generation)")
             if replacement != nil { break }
             usleep(200_000)
         }
         if replacement == nil {
             // Someone else took the /dev name in between: a new one, as a disk in another bay.
-            replacement = try? ChaosDisk(directory: "\(work)/\(slot.host)/\(slot.name)-g\(generation)b", sizeMB: options.diskMB, faultfsPath: faultfsPath)
+            replacement = try? FaultyDisk(sizeMB: options.diskMB, directory: "\(work)/\(slot.host)/\(slot.name)-g\(generation)b")
             lock.withLock { slot.notes.append("\(old.device) was taken; replacement under \(replacement?.device ?? "nothing")") }
         }
         old.teardown()

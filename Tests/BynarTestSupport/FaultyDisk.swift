@@ -47,9 +47,17 @@ public final class FaultyDisk: @unchecked Sendable {
     /// `loopDevice` attaches to that device (e.g. to put a new disk in the same slot)
     /// instead of the first free one.
     /// `mount: false` makes the filesystem but leaves it unmounted.
-    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil, loopDevice: String? = nil, mount: Bool = true) throws {
+    /// `directory` puts everything in that (new or empty) directory instead of a fresh temp
+    /// dir: the loop device's backing file, which is the disk's serial, then names it
+    /// (`<work>/h2/s07-g1/fuse/disk`: scripts/chaos gives each host's disks their own path).
+    public init(sizeMB: Int, filesystem: String? = nil, mountOptions: String = "errors=remount-ro", image existing: String? = nil, loopDevice: String? = nil, mount: Bool = true, directory chosen: String? = nil) throws {
         guard let faultfsPath = FaultyDisk.faultfsPath else { throw TestSupportError(FaultyDisk.unavailableReason ?? "no faultfs") }
-        directory = try makeTemporaryDirectory(prefix: "bynar-faulty")
+        if let chosen {
+            try FileManager.default.createDirectory(atPath: chosen, withIntermediateDirectories: true)
+            directory = chosen
+        } else {
+            directory = try makeTemporaryDirectory(prefix: "bynar-faulty")
+        }
         image = existing ?? "\(directory)/disk.img"
         fuseMount = "\(directory)/fuse"
         try FileManager.default.createDirectory(atPath: fuseMount, withIntermediateDirectories: true)
@@ -85,6 +93,17 @@ public final class FaultyDisk: @unchecked Sendable {
         mountpoint = mounted
     }
 
+    /// The loop device's backing file: for the inventory, the disk's serial.
+    public var backingFile: String { fuseMount + "/disk" }
+
+    /// Whether the loop device still has this disk's file behind it (once detached, the
+    /// /dev name may be someone else's disk).
+    public var loopIsOurs: Bool {
+        let backing = (try? String(contentsOfFile: "/sys/block/\(name)/loop/backing_file", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        return backing == backingFile || backing == backingFile + " (deleted)"
+    }
+
     /// Sends faultfs control commands (`fail START COUNT`, `fail-writes ...`, `delay MS`,
     /// `vanish [ERRNO]`, `clear`).
     public func control(_ commands: String) throws {
@@ -94,8 +113,9 @@ public final class FaultyDisk: @unchecked Sendable {
     /// Detaches the loop device (the disk leaves the system) but keeps the rest until
     /// ``teardown()``.
     public func detach() throws {
+        guard !lock.withLock({ detached }) else { return }
         if let mountpoint { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
-        try FaultyDisk.run("/sbin/losetup", ["-d", device])
+        if loopIsOurs { try FaultyDisk.run("/sbin/losetup", ["-d", device]) }
         lock.withLock { detached = true }
     }
 
@@ -110,12 +130,12 @@ public final class FaultyDisk: @unchecked Sendable {
         try? control("clear")
         if let mountpoint { _ = try? FaultyDisk.run("/bin/umount", ["-l", mountpoint]) }
         // Whatever else mounted the device (a disk-manager under test) is unmounted too.
-        if !lock.withLock({ detached }) {
+        if !lock.withLock({ detached }), loopIsOurs {
             for other in FaultyDisk.mountpoints(of: device) { _ = try? FaultyDisk.run("/bin/umount", ["-l", other]) }
         }
         // Once detached, the device may already belong to someone else: leave it alone.
         for _ in 0..<20 where !lock.withLock({ detached }) {
-            if (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
+            if !loopIsOurs || (try? FaultyDisk.run("/sbin/losetup", ["-d", device])) != nil { break }
             usleep(100_000)
         }
         for _ in 0..<20 {

@@ -18,8 +18,7 @@ struct ChaosShortRunTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let output = directory + "/chaos.out"
         let extra = (ProcessInfo.processInfo.environment["TEST_CHAOS_ARGS"] ?? "").split(separator: " ").map(String.init)
-        let chaos = try ChildProcess(builtExecutable("bynar-chaos"), ["--short"] + extra, outputPath: output,
-                                     environment: ["FAULTFS": "\(packageRoot)/.build-tools/faultfs"])
+        let chaos = try ChildProcess(builtExecutable("bynar-chaos"), ["--short"] + extra, outputPath: output)
         // The run stops itself at 240 s (--short's --max-seconds); SIGTERM makes it clean up.
         let deadline = ContinuousClock.now + .seconds(330)
         await withTaskCancellationHandler {
