@@ -312,8 +312,9 @@ final class ChaosRun: @unchecked Sendable {
         }
         let generation = slot.disks.count + 1
         var replacement: FaultyDisk?
-        for _ in 0..<10 {
-            replacement = try? FaultyDisk(sizeMB: options.diskMB, loopDevice: old.device, directory: "\(work)/\(slot.host)/\(slot.name)-g\(generation)")
+        for attempt in 1...10 {
+            let directory = "\(work)/\(slot.host)/\(slot.name)-g\(generation)" + (attempt == 1 ? "" : "-try\(attempt)")
+            replacement = try? FaultyDisk(sizeMB: options.diskMB, loopDevice: old.device, directory: directory)
             if replacement != nil { break }
             usleep(200_000)
         }
@@ -357,6 +358,12 @@ final class ChaosRun: @unchecked Sendable {
             _ = try? FaultyDisk.run("/bin/umount", ["-l", point])
         }
         for slot in slots { for disk in slot.disks { disk.teardown() } }
+        // Whatever FUSE mount is still under the work directory (a disk that never came up).
+        let left = (readProcFile("/proc/self/mountinfo") ?? "").split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            return fields.count > 4 && fields[4].hasPrefix(work + "/") ? String(fields[4]) : nil
+        }
+        for point in left { _ = try? FaultyDisk.run("/bin/fusermount3", ["-u", point]) }
         jira?.stop()
         slack?.stop()
         broker?.broker.stop()

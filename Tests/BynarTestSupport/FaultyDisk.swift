@@ -71,7 +71,15 @@ public final class FaultyDisk: @unchecked Sendable {
             }
             usleep(20_000)
         }
-        let loop = try FaultyDisk.run("/sbin/losetup", (loopDevice.map { ["--show", $0] } ?? ["--find", "--show"]) + ["--direct-io=on", "\(fuseMount)/disk"])
+        let loop: String
+        do {
+            loop = try FaultyDisk.run("/sbin/losetup", (loopDevice.map { ["--show", $0] } ?? ["--find", "--show"]) + ["--direct-io=on", "\(fuseMount)/disk"])
+        } catch {
+            // No loop device (the /dev name is taken): leave no FUSE mount behind.
+            _ = try? FaultyDisk.run("/bin/fusermount3", ["-u", fuseMount])
+            faultfs.stop(SIGTERM, timeout: .seconds(5))
+            throw error
+        }
         device = loop.trimmingCharacters(in: .whitespacesAndNewlines)
         var mounted: String?
         do {
