@@ -144,6 +144,28 @@ import Testing
         }
     }
 
+    @Test("a MISSING disk whose slot gets another disk within the grace period is decided at once, with its own flags: a system disk never (stand-ins)")
+    func aMissingDiskReplacedWithinTheGraceKeepsItsFlags() async throws {
+        try await withHarness { h in
+            try await h.start(orchestrator: #""missing_grace_seconds": 3"#)
+            let system = DetectorVoice.identity(host: "stor1", key: "serial-SYS", dev: "/dev/sda")
+            let newSystem = DetectorVoice.identity(host: "stor1", key: "serial-SYS2", dev: "/dev/sda")
+            try await h.detector.say(system, from: .unspecified, to: .healthy, system: true)
+            try await h.detector.say(system, from: .healthy, to: .missing, system: true)
+            try await h.detector.say(newSystem, from: .unspecified, to: .replaced, previous: system, system: true)
+            // A data disk the same way: its incident opens now, not after the grace period.
+            let started = ContinuousClock.now
+            let data = DetectorVoice.identity(host: "stor1", key: "serial-DATA", dev: "/dev/sdd")
+            let newData = DetectorVoice.identity(host: "stor1", key: "serial-DATA2", dev: "/dev/sdd")
+            try await h.detector.say(data, from: .healthy, to: .missing)
+            try await h.detector.say(newData, from: .unspecified, to: .replaced, previous: data)
+            let opened = await h.incidents.wait(timeout: .seconds(10)) { _ in h.latest.keys.contains { $0.contains("serial-DATA.") } }
+            #expect(opened && ContinuousClock.now - started < .seconds(3), "decided when the slot changed: \(h.latest.keys)")
+            try await Task.sleep(for: .seconds(5))
+            #expect(!h.latest.keys.contains { $0.contains("serial-SYS") }, "a system disk is never repaired: \(h.latest.keys)")
+        }
+    }
+
     @Test("a FAILED event on one host's topic naming another host's disk moves nothing, and is dead-lettered")
     func aForgedCrossHostEventIsRefused() async throws {
         try await withHarness { h in

@@ -187,10 +187,18 @@ actor RepairEngine {
         let host = event.disk.host
         let key = Self.diskKey(host, event.disk.key)
         if event.toState == .replaced, !event.previousDisk.key.isEmpty {
-            // The old disk left its slot: forget it (its incident keeps its own copy).
             let previousHost = event.previousDisk.host.isEmpty ? host : event.previousDisk.host
+            let previous = Self.diskKey(previousHost, event.previousDisk.key)
+            // A disk missing within its grace period whose slot now holds another: it is gone
+            // for good, decided now and with what was known of it (an excluded or system
+            // disk is never a repair candidate; before, its flags were dropped here first and
+            // the grace check later opened an incident for it with none).
+            if let missing = missingSince.removeValue(forKey: previous), openByDisk[previous] == nil {
+                openMissing(previous, missing, why: "missing, and another disk took its slot")
+            }
+            // The old disk left its slot: forget it (its incident keeps its own copy).
             memory.forget(host: previousHost, key: event.previousDisk.key)
-            health[Self.diskKey(previousHost, event.previousDisk.key)] = nil
+            health[previous] = nil
         }
         guard remembers(event.disk) else { return }
         switch event.toState {
@@ -260,13 +268,18 @@ actor RepairEngine {
         for (key, missing) in missingSince where now - missing.sinceMs >= graceMs {
             missingSince[key] = nil
             guard openByDisk[key] == nil else { continue }
-            let flags = health[key] ?? Bynar_V1_DiskHealth.with { $0.disk = missing.identity }
-            var reasons = missing.reasons
-            if reasons.isEmpty {
-                reasons = [Bynar_V1_HealthReason.with { $0.rule = "disk.missing"; $0.detail = "the device is gone from this slot" }]
-            }
-            open(missing.identity, reasons: reasons, flags: flags, why: "missing for \((now - missing.sinceMs) / 1000) s")
+            openMissing(key, missing, why: "missing for \((now - missing.sinceMs) / 1000) s")
         }
+    }
+
+    /// Opens the incident of a missing disk with its last known flags and reasons.
+    private func openMissing(_ key: String, _ missing: (identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], sinceMs: Int64), why: String) {
+        let flags = health[key] ?? Bynar_V1_DiskHealth.with { $0.disk = missing.identity }
+        var reasons = missing.reasons
+        if reasons.isEmpty {
+            reasons = [Bynar_V1_HealthReason.with { $0.rule = "disk.missing"; $0.detail = "the device is gone from this slot" }]
+        }
+        open(missing.identity, reasons: reasons, flags: flags, why: why)
     }
 
     func open(_ identity: Bynar_V1_DiskIdentity, reasons: [Bynar_V1_HealthReason], flags: Bynar_V1_DiskHealth, why: String) {
