@@ -163,8 +163,8 @@ public struct CephBackend: Sendable {
     /// ok-to-stop and returns the steps that would be done, changing nothing.
     ///
     /// Throws `CephRefusal` (nothing changed) when Ceph says the OSD may not stop, and
-    /// `CephStepFailure` when a later step fails; then the OSD is marked back in where
-    /// that is still possible.
+    /// `CephStepFailure` when a later step fails; the OSD is then left out, never marked
+    /// back in by Bynar (no out-in-out churn): the failure says so.
     public func remove(
         osd id: Int, stopDaemon: () throws -> Void, simulate: Bool = false, safeToDestroyTimeout: Duration? = .seconds(600),
         stallTimeout: Duration? = nil, progress: (String) -> Void = { _ in }, waiting: (String) -> Void = { _ in }
@@ -187,16 +187,12 @@ public struct CephBackend: Sendable {
             return done + [state.in ? outStep : "osd.\(id) is already out", safeStep, stopStep, destroyStep]
         }
 
+        // A failure after `out` leaves the OSD out: marking it back in would move its data back
+        // onto a failing disk, and the retry would move it off again (out-in-out churn). Only
+        // a person puts it back (`ceph osd in`), having judged the disk sound.
         func failure(_ step: String, _ error: any Error, rollBack: Bool) -> CephStepFailure {
-            var rollback: String?
-            if rollBack && state.in {
-                do {
-                    try markIn(id)
-                    rollback = "marked osd.\(id) back in"
-                } catch {
-                    rollback = "could not mark osd.\(id) back in: \(error)"
-                }
-            }
+            let rollback = rollBack && state.in
+                ? "osd.\(id) left out (its data keeps moving off the failing disk); `ceph osd in \(id)` puts it back if a person judges the disk sound" : nil
             return CephStepFailure(osd: id, step: step, done: done, rollback: rollback, underlying: "\(error)")
         }
 
@@ -261,9 +257,9 @@ public struct CephBackend: Sendable {
         var pg_stats: [PG]?
     }
 
-    /// `pg ls-by-osd`: how much of the OSD's data has yet to move.
+    /// `pg ls-by-osd` (a mgr command since Luminous): how much of the OSD's data has yet to move.
     public func drainState(_ id: Int) throws -> DrainState {
-        let reply = try cluster.checkedMonCommand(#"{"prefix":"pg ls-by-osd","osd":"osd.\#(id)","format":"json"}"#)
+        let reply = try cluster.checkedMgrCommand(#"{"prefix":"pg ls-by-osd","osd":\#(id),"format":"json"}"#)
         let pgs: [PGsByOSD.PG]
         do {
             // Pacific and later wrap the list; older releases return it bare.
