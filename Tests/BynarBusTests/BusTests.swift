@@ -248,7 +248,12 @@ struct BusTests {
         let unread = try await subscriber.subscribe("test/flood", as: Bynar_V1_Notification.self, buffer: 5)
         for _ in 0..<25 { try await publisher.publish(Bynar_V1_Notification(), to: "test/flood") }
         let deadline = ContinuousClock.now + .seconds(5)
-        while subscriber.stats.received < 25 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        // `received` counts a message before it is offered to the subscription, `overflowed`
+        // after: wait for both (reading overflowed the moment received reached 25 raced the
+        // last offer and saw 19 now and then).
+        while (subscriber.stats.received < 25 || subscriber.stats.overflowed < 20) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         #expect(subscriber.stats.overflowed == 20)
         var count = 0
         await subscriber.shutdown()
