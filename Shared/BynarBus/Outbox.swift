@@ -28,6 +28,10 @@ public final class Outbox: Sendable {
         public var correlationId: String
 
         public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "") {
+            self.init(payload: payload, topic: topic, retain: retain, correlationId: correlationId)
+        }
+
+        private init(payload: (any BusPayload)?, topic: String, retain: Bool, correlationId: String) {
             self.payload = payload
             self.topic = topic
             self.retain = retain
@@ -36,9 +40,7 @@ public final class Outbox: Sendable {
 
         /// Clears the retained message of `topic`.
         public static func clearRetained(_ topic: String) -> Event {
-            var event = Event(Bynar_V1_ServiceStatus(), to: topic, retain: true)
-            event.payload = nil
-            return event
+            Event(payload: nil, topic: topic, retain: true, correlationId: "")
         }
     }
 

@@ -10,6 +10,7 @@
 // is in use, else nothing; `blkid` is deliberately not run.
 
 public import BynarProto
+import BynarProcess
 import Glibc
 
 /// A block device number, as in "8:16".
@@ -630,19 +631,6 @@ package func readFile(_ path: String) -> Result<[UInt8], SystemErrno> {
     }
 }
 
-/// The entry names of a directory ("." and ".." left out); empty if it cannot be read.
-package func listDirectory(_ path: String) -> [String] {
-    guard let directory = opendir(path) else { return [] }
-    defer { closedir(directory) }
-    var names: [String] = []
-    while let entry = readdir(directory) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
-}
 
 /// stat(2) of `path` (following links), or errno.
 func statPath(_ path: String) -> Result<stat, SystemErrno> {

@@ -177,7 +177,7 @@ actor RequestHandler {
         let selector = AuditLog.selector(of: request)
         let world: World
         do {
-            world = try await survey(nowMs: nowMs, vanished: kind == .safeToRemove || kind == .remove ? selector : nil)
+            world = try await survey(nowMs: nowMs, vanished: kind == .safeToRemove || kind == .remove ? [selector] : [])
         } catch {
             response.outcome = .failed
             response.failedStep = error.step
@@ -253,9 +253,9 @@ actor RequestHandler {
     }
 
     /// The host's disks (remembered, so a disk that drops off can still be named) and the
-    /// backends' claims. `vanished`: a request that may name a disk no longer present
-    /// (SafeToRemove, Remove), which is then found among the remembered ones.
-    private func survey(nowMs: Int64, vanished selector: Bynar_V1_DiskSelector?) async throws(Unanswerable) -> World {
+    /// backends' claims. `vanished`: what requests that may name a disk no longer present
+    /// (SafeToRemove, Remove) select, found among the remembered disks when not present.
+    private func survey(nowMs: Int64, vanished selectors: [Bynar_V1_DiskSelector]) async throws(Unanswerable) -> World {
         var devices: [BlockDevice]
         do {
             devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
@@ -269,9 +269,8 @@ actor RequestHandler {
         }
         // A disk that has dropped off the host entirely: its cluster membership can still be
         // ended (SafeToRemove, Remove), from who it was.
-        if let selector, !devices.contains(where: { Self.matches($0, selector) }),
-           let gone = try? known.vanished(matching: selector, present: devices, matches: Self.matches) {
-            devices.append(gone)
+        for selector in selectors where !devices.contains(where: { Self.matches($0, selector) }) {
+            if let gone = try? known.vanished(matching: selector, present: devices, matches: Self.matches) { devices.append(gone) }
         }
         var claims: [String: (backend: any StorageBackend, claim: BackendClaim)] = [:]
         for backend in backends {
@@ -512,17 +511,19 @@ actor RequestHandler {
             context.logger.error("cannot read interrupted jobs", metadata: ["error": "\(error)"])
             return
         }
+        guard !interrupted.isEmpty else { return await checkDisksOutAgainstTheWorld() }
+        // One look at the host for every interrupted job (a Remove's disk may have gone).
+        let world: World
+        do {
+            world = try await survey(nowMs: Bus.nowUnixMs(), vanished: interrupted.filter { Self.kind(of: $0.request) == .remove }.map { AuditLog.selector(of: $0.request) })
+        } catch {
+            for job in interrupted { abandon(job, "interrupted by a restart, and \(error.step) failed: \(error.reason)") }
+            return await checkDisksOutAgainstTheWorld()
+        }
         for job in interrupted {
             let request = job.request
             let selector = AuditLog.selector(of: request)
             let kind = Self.kind(of: request)
-            let world: World
-            do {
-                world = try await survey(nowMs: Bus.nowUnixMs(), vanished: kind == .remove ? selector : nil)
-            } catch {
-                abandon(job, "interrupted by a restart, and \(error.step) failed: \(error.reason)")
-                continue
-            }
             guard let kind, let device = world.devices.first(where: { Self.matches($0, selector) }) else {
                 abandon(job, "interrupted by a restart, and the disk \(AuditLog.selectorText(selector)) is no longer here")
                 continue

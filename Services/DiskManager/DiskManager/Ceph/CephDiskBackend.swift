@@ -192,6 +192,12 @@ public struct CephDiskBackend: StorageBackend {
         return !state.exists || state.destroyed
     }
 
+    /// Whether `label` is an OSD's of this cluster (a label naming no cluster counts).
+    func isOfThisCluster(_ label: BluestoreLabel?) -> Bool {
+        guard let label else { return false }
+        return label.clusterFSID == nil || label.clusterFSID == (try? ceph.cluster.fsid())
+    }
+
     /// The BlueStore label on the disk itself, if it carries one.
     static func label(of disk: BlockDevice) -> BluestoreLabel? {
         guard !disk.absent, case .bluestore(let label) = DeviceLabel.read(disk.identity.devPath) else { return nil }
@@ -216,7 +222,7 @@ public struct CephDiskBackend: StorageBackend {
         guard let id = Int(reuseID), id >= 0 else { throw BackendRefusal("reuse_osd_id \"\(reuseID)\" is not an OSD id") }
         let state = try ceph.osdState(id)
         let label = Self.label(of: disk)
-        let ownLabel = label?.whoami == id && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.cluster.fsid()))
+        let ownLabel = label?.whoami == id && isOfThisCluster(label)
         // Resumed after the OSD was re-created on this disk: only the waits are left.
         if !job.id.isEmpty, !simulate, state.exists, !state.destroyed, ownLabel {
             var index = 1
@@ -268,7 +274,7 @@ public struct CephDiskBackend: StorageBackend {
         // Resumed after the OSD was made: the disk was blank when this job was accepted and
         // one job at a time owns a disk, so an OSD of this cluster on it is this job's.
         let label = Self.label(of: disk)
-        let madeByThisJob = !job.id.isEmpty && !simulate && label?.whoami != nil && (label?.clusterFSID == nil || label?.clusterFSID == (try? ceph.cluster.fsid()))
+        let madeByThisJob = !job.id.isEmpty && !simulate && label?.whoami != nil && isOfThisCluster(label)
         if !madeByThisJob, let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
         let command = CommandDaemonControl.expand(config.createCommand, id: nil, device: device)
         let createStep = "run \(command.joined(separator: " "))"

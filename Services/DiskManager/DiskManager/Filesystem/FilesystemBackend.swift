@@ -52,12 +52,13 @@ public struct FilesystemBackend: StorageBackend {
         let progress = job.progress
         let fstab = try Fstab(path: config.fstab)
         // The world, not the claim: a resumed Remove finds the unmount already done.
-        let mounted = Self.mount(at: mountpoint) != nil
+        let there = Self.mount(at: mountpoint)
+        let mounted = there != nil
         let listed = fstab.entry(mountpoint: mountpoint) != nil
         guard mounted || listed else {
             return OperationResult(steps: ["\(mountpoint) is neither mounted nor in \(config.fstab)"], backendID: mountpoint, skipped: true)
         }
-        if let other = Self.mount(at: mountpoint), let own = DeviceNumber(deviceAt: disk.identity.devPath), other.devNumber != own, !disk.absent {
+        if let other = there, let own = DeviceNumber(deviceAt: disk.identity.devPath), other.devNumber != own, !disk.absent {
             throw BackendRefusal("\(mountpoint) holds \(other.source) (\(other.devNumber)), not \(disk.identity.devPath); not unmounting another disk")
         }
         let users = Self.users(of: mountpoint)
