@@ -440,10 +440,13 @@ public final class Bus: Sendable {
         // no envelope and is nobody's to decode.
         if message.payload.isEmpty { return }
         var expired: [MQTTMessage] = []
+        // `received` is counted once the message is dealt with (held, or offered to every
+        // subscription with its overflow counted), so a reader that sees `received` reach N
+        // also sees the overflow of those N.
         let targets = state.withLock { state -> [Route] in
-            state.stats.received += 1
             let targets = state.routes.values.filter { Topics.matches(filter: $0.match, topic: message.topic) }
             if targets.isEmpty {
+                state.stats.received += 1
                 // Queued for this session before the service subscribed to it again (the
                 // broker delivers a persistent session's queue on connect): hold it for the
                 // subscription that is about to be registered, within bounds.
@@ -457,10 +460,12 @@ public final class Bus: Sendable {
         for message in expired {
             logger.warning("no subscription took a message in time; dropped", metadata: ["topic": "\(message.topic)", "bytes": "\(message.payload.count)"])
         }
+        guard !targets.isEmpty else { return }
         var dropped = 0
         for route in targets where !route.deliver(message) { dropped += 1 }
-        guard dropped > 0 else { return }
         let shouldLog = state.withLock { state -> Bool in
+            state.stats.received += 1
+            guard dropped > 0 else { return false }
             state.stats.overflowed += UInt64(dropped)
             let now = ContinuousClock.now
             if let last = state.lastOverflowLog, now - last < .seconds(10) { return false }
