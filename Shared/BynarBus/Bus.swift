@@ -115,6 +115,9 @@ public final class Bus: Sendable {
         var birthConnection: UInt64 = 0
         /// The service said it is ready (subscribed, set up): births may be announced.
         var ready = false
+        /// Takes replies that answer no pending request: receipts for the outbox's
+        /// events sent "until answered" (correlation data = their message id).
+        var receiptTaker: (@Sendable (_ messageId: String, _ responder: Responder) -> Void)?
     }
 
     /// Creates the bus; nothing is sent until ``start()``.
@@ -239,11 +242,14 @@ public final class Bus: Sendable {
     /// - Throws: ``BusError/timedOut(what:)`` when not every acknowledgement came in time
     ///   (some may have been delivered: re-send the batch; receivers drop duplicates by id).
     public func publish(batch: [(bytes: [UInt8], topic: String, retain: Bool)]) async throws -> [BusError?] {
+        try await publish(batch: batch.map { MosquittoClient.Outgoing(topic: $0.topic, payload: $0.bytes, retain: $0.retain) })
+    }
+
+    /// ``publish(batch:)`` of messages that may carry MQTT 5 properties (the outbox's
+    /// events sent "until answered" carry a response topic).
+    func publish(batch: [MosquittoClient.Outgoing]) async throws -> [BusError?] {
         precondition(batch.count <= Bus.maxBatch, "a batch holds at most \(Bus.maxBatch) messages")
-        let outcomes = try await client.publishBatch(
-            batch.map { MosquittoClient.Outgoing(topic: $0.topic, payload: $0.bytes, retain: $0.retain) },
-            timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count)
-        )
+        let outcomes = try await client.publishBatch(batch, timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count))
         let refusals = zip(outcomes, batch).map { outcome, message -> BusError? in
             switch outcome {
             case .acknowledged(let code):
@@ -255,7 +261,7 @@ public final class Bus: Sendable {
         let accepted = refusals.filter { $0 == nil }.count
         state.withLock { $0.stats.published += UInt64(accepted) }
         for (refusal, message) in zip(refusals, batch) {
-            if let refusal { deadLetterOutgoing(message.bytes, topic: message.topic, why: refusal) }
+            if let refusal { deadLetterOutgoing(message.payload, topic: message.topic, why: refusal) }
         }
         return refusals
     }
@@ -626,13 +632,17 @@ public final class Bus: Sendable {
             reject(message, reason: RejectReason(text: "reply without correlation data"))
             return
         }
-        let pending = state.withLock { $0.requests[key] }
-        guard let pending else {
-            logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
-            return
-        }
+        let (pending, receiptTaker) = state.withLock { ($0.requests[key], $0.receiptTaker) }
         guard let responder = Topics.responder(ofReply: message.topic, responseTopic: replyTopic) else {
             reject(message, reason: RejectReason(text: "reply on \(message.topic) names no responder (expected \(replyTopic)/{host}/{service})"))
+            return
+        }
+        guard let pending else {
+            // A receipt for an event the outbox sent "until answered" (which checks that the
+            // responder is the one the event waits for), or a late or duplicate reply.
+            if let receiptTaker { receiptTaker(String(decoding: key, as: UTF8.self), responder) } else {
+                logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
+            }
             return
         }
         if let expected = pending.responder, !expected.admits(responder) {
@@ -652,7 +662,13 @@ public final class Bus: Sendable {
         }
     }
 
-    private func ensureReplyRoute() async throws {
+    /// Hands replies that answer no pending request to `taker` (the outbox's receipts).
+    func takeReceipts(_ taker: @escaping @Sendable (_ messageId: String, _ responder: Responder) -> Void) {
+        state.withLock { $0.receiptTaker = taker }
+    }
+
+    /// Subscribes this client's reply topic (once).
+    func ensureReplyRoute() async throws {
         guard !state.withLock({ $0.replyRouteReady }) else { return }
         let filter = replyTopic + "/+/+"
         let route = Route(filter: filter, match: filter) { [weak self] message in

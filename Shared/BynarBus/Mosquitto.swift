@@ -439,6 +439,7 @@ final class MosquittoClient: @unchecked Sendable {
         var topic: String
         var payload: [UInt8]
         var retain: Bool
+        var properties = PublishProperties()
     }
 
     /// Publishes `messages` at QoS 1 back to back, in order, and waits once for all their
@@ -454,7 +455,7 @@ final class MosquittoClient: @unchecked Sendable {
         mids.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
             do {
-                mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: PublishProperties()))
+                mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: message.properties))
             } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
                 notSent[index] = .notSent(code, detail)
             }

@@ -9,14 +9,40 @@ import Logging
 /// Delivery is at least once: after a crash between the broker's acknowledgement and the
 /// delete, the event is sent again with the same message id, so receivers can drop it.
 /// Events leave in the order they were written.
+///
+/// The broker's acknowledgement says the broker has an event, not that its receiver acted
+/// on it: libmosquitto 2.0 acknowledges a message to the broker as it hands it over, so a
+/// receiver killed before it stored the message loses it. An event whose loss matters and
+/// that nothing else confirms is sent "until answered" (``Receipt``): it carries a response
+/// topic and its message id as correlation data, stays in the store after the broker took
+/// it, and is sent again (same message id, so the receiver drops a copy it has) every
+/// `resendAfter` until a reply from the named service comes back. Such events with one
+/// correlation id (an incident) go one at a time, in the order they were written.
 public final class Outbox: Sendable {
     private let bus: Bus
     private let store: LocalStore
     private let wake = WakeSignal()
+    private let receipts: AsyncStream<(messageId: String, responder: Responder)>
+    private let receiptsIn: AsyncStream<(messageId: String, responder: Responder)>.Continuation
 
     public init(bus: Bus, store: LocalStore) {
         self.bus = bus
         self.store = store
+        (receipts, receiptsIn) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1 << 16))
+    }
+
+    /// Whose reply confirms an event sent "until answered", and how long to wait for it
+    /// before sending the event again. The receiver answers on the event's response topic
+    /// with its correlation data (`bus.reply(to:with:)`) once it has stored or done it, and
+    /// answers again when a copy it already has comes back.
+    public struct Receipt: Sendable, Equatable {
+        public var service: String
+        public var resendAfter: Duration
+
+        public init(from service: String, resendAfter: Duration) {
+            self.service = service
+            self.resendAfter = resendAfter
+        }
     }
 
     /// An event to send once committed.
@@ -26,9 +52,12 @@ public final class Outbox: Sendable {
         public var topic: String
         public var retain: Bool
         public var correlationId: String
+        /// Set: sent until this receipt comes (see ``Outbox``).
+        public var receipt: Receipt?
 
-        public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "") {
+        public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "", receipt: Receipt? = nil) {
             self.init(payload: payload, topic: topic, retain: retain, correlationId: correlationId)
+            self.receipt = receipt
         }
 
         private init(payload: (any BusPayload)?, topic: String, retain: Bool, correlationId: String) {
@@ -59,7 +88,8 @@ public final class Outbox: Sendable {
             let envelope = bus.envelope(payload, correlationId: event.correlationId)
             envelopes.append(envelope)
             messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
-                                  createdUnixMs: envelope.createdUnixMs))
+                                  createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.correlationId,
+                                  resendAfterMs: event.receipt.map { Self.milliseconds($0.resendAfter) }))
         }
         try store.commit(messages, state: state)
         if !messages.isEmpty { wake.signal() }
@@ -80,31 +110,80 @@ public final class Outbox: Sendable {
         try commit([.clearRetained(topic)])
     }
 
-    /// Sends stored events until the task is cancelled.
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
+    }
+
+    /// Sends stored events until the task is cancelled, and takes their receipts.
     public func run() async {
+        bus.takeReceipts { [receiptsIn] messageId, responder in receiptsIn.yield((messageId, responder)) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.confirmReceipts() }
+            await self.send()
+            group.cancelAll()
+        }
+    }
+
+    /// Forgets each event whose receipt came from the service it waits for.
+    private func confirmReceipts() async {
+        for await (messageId, responder) in receipts {
+            do {
+                if try store.confirmReceipt(messageId: messageId, from: responder.service) {
+                    bus.logger.debug("receipt came; event confirmed", metadata: ["message_id": "\(messageId)", "from": "\(responder)"])
+                    wake.signal()  // the next event of its group may go now
+                } else {
+                    bus.logger.debug("reply confirms no waiting event (late, a copy's, or not from the service it waits for)",
+                                     metadata: ["message_id": "\(messageId)", "from": "\(responder)"])
+                }
+            } catch {
+                // Kept: the event is sent again and the receiver answers again.
+                bus.logger.error("cannot record a receipt", metadata: ["message_id": "\(messageId)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func send() async {
         var retryDelay = Duration.milliseconds(200)
+        var listening = false
         while !Task.isCancelled {
             let batch: [LocalStore.OutboxEntry]
+            let nextResend: Int64?
             do {
+                try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs())
                 batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
+                nextResend = batch.isEmpty ? try store.nextResendUnixMs() : nil
+                if !listening, try store.expectsReceipts() {
+                    // Receipts for events sent before a restart come to this client's reply
+                    // topic (its session kept the subscription; the bus holds them until then).
+                    try await bus.ensureReplyRoute()
+                    listening = true
+                }
+            } catch BusError.stopped {
+                return
             } catch {
                 bus.logger.error("cannot read outbox", metadata: ["error": "\(error)"])
                 try? await Task.sleep(for: .seconds(1))
                 continue
             }
             if batch.isEmpty {
-                // Idle until publish() signals: no polling, so an idle agent runs no SQL.
-                await wake.wait()
+                // Idle until publish() signals or an event's receipt is overdue: no polling,
+                // so an idle agent runs no SQL.
+                if let nextResend {
+                    await wake.wait(upTo: .milliseconds(max(10, nextResend - Bus.nowUnixMs())))
+                } else {
+                    await wake.wait()
+                }
                 continue
             }
             var stalled = false
             do {
                 // One batch, in order, pipelined: the broker acknowledges each message.
-                let outcomes = try await bus.publish(batch: batch.map { ($0.payload, $0.topic, $0.retain) })
+                let outcomes = try await bus.publish(batch: batch.map(outgoing))
                 var delivered: [Int64] = []
+                var awaiting: [Int64] = []
                 for (entry, refusal) in zip(batch, outcomes) {
                     guard let refusal else {
-                        delivered.append(entry.id)
+                        if entry.receiptFrom == nil { delivered.append(entry.id) } else { awaiting.append(entry.id) }
                         continue
                     }
                     // The broker will never take it (ACL): park it, loudly, and go on.
@@ -112,6 +191,7 @@ public final class Outbox: Sendable {
                     try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
                 }
                 try store.removeFromOutbox(ids: delivered)
+                try store.awaitReceipts(ids: awaiting, nowMs: Bus.nowUnixMs())
                 retryDelay = .milliseconds(200)
             } catch BusError.stopped {
                 return
@@ -133,6 +213,19 @@ public final class Outbox: Sendable {
                 }
             }
         }
+    }
+
+    /// An event as sent: one sent "until answered" asks for its receipt on this client's
+    /// reply topic, and expires at the broker when the next copy is due (a receiver away
+    /// for days finds one copy queued, not one per resend).
+    private func outgoing(_ entry: LocalStore.OutboxEntry) -> MosquittoClient.Outgoing {
+        var properties = PublishProperties()
+        if entry.receiptFrom != nil {
+            properties.responseTopic = bus.replyTopic
+            properties.correlationData = Array(entry.messageId.utf8)
+            properties.messageExpirySeconds = UInt32(clamping: max(1, (entry.resendAfterMs ?? 1000) / 1000))
+        }
+        return MosquittoClient.Outgoing(topic: entry.topic, payload: entry.payload, retain: entry.retain, properties: properties)
     }
 
     /// Waits until every stored event was delivered (or parked), or `timeout` passed.

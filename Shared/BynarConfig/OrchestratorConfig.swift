@@ -46,6 +46,9 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// A queued incident asks again whether it may go this often (and at once when a disk
     /// comes back in).
     public var queueRecheckSeconds = 30
+    /// A ticket comment or close is sent again this often until bynar-ticketing answers
+    /// it (a ticketing killed as it took one would otherwise lose it; see docs/bus.md).
+    public var ticketReceiptSeconds = 300
     /// A disk the detector reports MISSING (gone from its slot: the commonest death) for this
     /// long is repaired like a failed one; back within it, nothing happens. 0: at once.
     public var missingGraceSeconds = 300
@@ -178,6 +181,7 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         if steps.retryDelaySeconds < 0 { problem("steps.retry_delay_seconds", "must be 0 or more, got \(steps.retryDelaySeconds)") }
         if requestTimeoutSeconds < 1 { problem("request_timeout_seconds", "must be at least 1, got \(requestTimeoutSeconds)") }
         if queueRecheckSeconds < 1 { problem("queue_recheck_seconds", "must be at least 1, got \(queueRecheckSeconds)") }
+        if ticketReceiptSeconds < 1 { problem("ticket_receipt_seconds", "must be at least 1, got \(ticketReceiptSeconds)") }
         for (index, hook) in hooks.enumerated() {
             if !hook.command.hasPrefix("/") { problem("hooks.\(index).command", "must be an absolute path, got \"\(hook.command)\"") }
             else if access(hook.command, X_OK) != 0 { problem("hooks.\(index).command", "\(hook.command) is not executable") }

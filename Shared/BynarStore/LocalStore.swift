@@ -67,6 +67,19 @@ public final class LocalStore: Sendable {
                 table.column("value", .text).notNull()
             }
         },
+        Migration("shared-v2: outbox receipts") { db in
+            // An event sent "until answered": kept after the broker's acknowledgement
+            // ("awaiting") until a reply from `receipt_from` comes, and sent again (same
+            // message id) at `next_send_unix_ms`, every `resend_after_ms`. Such events of
+            // one `receipt_group` (an incident) go one at a time, in order.
+            try db.alter(table: "outbox") { table in
+                table.add(column: "receipt_from", .text)
+                table.add(column: "receipt_group", .text)
+                table.add(column: "resend_after_ms", .integer)
+                table.add(column: "next_send_unix_ms", .integer)
+            }
+            try db.create(index: "outbox_receipt_group", on: "outbox", columns: ["receipt_group", "id"])
+        },
     ]
 
     // MARK: Session counter
@@ -91,6 +104,9 @@ public final class LocalStore: Sendable {
         public var payload: [UInt8]
         public var retain: Bool
         public var attempts: Int
+        /// The service whose reply confirms this message (nil: the broker's ack does).
+        public var receiptFrom: String?
+        public var resendAfterMs: Int64?
     }
 
     /// A message for the outbox, already serialized.
@@ -101,13 +117,22 @@ public final class LocalStore: Sendable {
         public var payload: [UInt8]
         public var retain: Bool
         public var createdUnixMs: Int64
+        /// Sent until a reply from this service confirms it, every `resendAfterMs`, after
+        /// the earlier such messages of its `receiptGroup` were confirmed.
+        public var receiptFrom: String?
+        public var receiptGroup: String?
+        public var resendAfterMs: Int64?
 
-        public init(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64) {
+        public init(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64,
+                    receiptFrom: String? = nil, receiptGroup: String? = nil, resendAfterMs: Int64? = nil) {
             self.messageId = messageId
             self.topic = topic
             self.payload = payload
             self.retain = retain
             self.createdUnixMs = createdUnixMs
+            self.receiptFrom = receiptFrom
+            self.receiptGroup = receiptGroup
+            self.resendAfterMs = resendAfterMs
         }
     }
 
@@ -120,8 +145,9 @@ public final class LocalStore: Sendable {
             try state(db)
             for message in messages {
                 try db.execute(
-                    sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms) VALUES(?, ?, ?, ?, ?)",
-                    arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs]
+                    sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
+                                message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs]
                 )
             }
         }
@@ -139,12 +165,76 @@ public final class LocalStore: Sendable {
         }
     }
 
-    /// The oldest pending messages, in the order they were written.
+    /// The oldest pending messages, in the order they were written; a message sent until
+    /// answered waits while an earlier one of its receipt group is not confirmed (a close
+    /// must not overtake the comment before it that a receiver lost).
     public func pendingOutbox(after id: Int64 = 0, limit: Int) throws -> [OutboxEntry] {
         try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, message_id, topic, payload, retain, attempts FROM outbox WHERE state = 'pending' AND id > ? ORDER BY id LIMIT ?", arguments: [id, limit]).map { row in
-                OutboxEntry(id: row["id"], messageId: row["message_id"], topic: row["topic"], payload: [UInt8](row["payload"] as Data), retain: row["retain"], attempts: row["attempts"])
+            try Row.fetchAll(db, sql: """
+                SELECT id, message_id, topic, payload, retain, attempts, receipt_from, resend_after_ms FROM outbox AS o
+                WHERE state = 'pending' AND id > ? AND (receipt_from IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM outbox AS e WHERE e.receipt_group = o.receipt_group AND e.id < o.id AND e.state IN ('pending', 'awaiting')))
+                ORDER BY id LIMIT ?
+                """, arguments: [id, limit]).map { row in
+                OutboxEntry(id: row["id"], messageId: row["message_id"], topic: row["topic"], payload: [UInt8](row["payload"] as Data), retain: row["retain"], attempts: row["attempts"],
+                            receiptFrom: row["receipt_from"], resendAfterMs: row["resend_after_ms"])
             }
+        }
+    }
+
+    // MARK: Receipts
+
+    /// The broker took these messages, which wait for a receipt: kept ("awaiting") and due
+    /// to be sent again `resend_after_ms` from `nowMs`.
+    public func awaitReceipts(ids: [Int64], nowMs: Int64) throws {
+        guard !ids.isEmpty else { return }
+        try database.write { db in
+            for id in ids {
+                try db.execute(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'",
+                               arguments: [nowMs, id])
+            }
+        }
+    }
+
+    /// Puts the messages whose receipt is overdue back in the queue (same id, same place in
+    /// the order); returns how many.
+    @discardableResult
+    public func releaseOverdueReceipts(nowMs: Int64) throws -> Int {
+        try database.write { db in
+            try db.execute(sql: "UPDATE outbox SET state = 'pending', attempts = attempts + 1 WHERE state = 'awaiting' AND next_send_unix_ms <= ?", arguments: [nowMs])
+            return db.changesCount
+        }
+    }
+
+    /// When the next awaiting message is due to be sent again (nil: none waits).
+    public func nextResendUnixMs() throws -> Int64? {
+        try database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(next_send_unix_ms) FROM outbox WHERE state = 'awaiting'")
+        }
+    }
+
+    /// A reply from `service` confirmed message `messageId`: it is forgotten. Returns false
+    /// when no message of that id waits for that service's receipt (already confirmed, or
+    /// a reply from someone else, which confirms nothing).
+    @discardableResult
+    public func confirmReceipt(messageId: String, from service: String) throws -> Bool {
+        try database.write { db in
+            try db.execute(sql: "DELETE FROM outbox WHERE message_id = ? AND receipt_from = ? AND state IN ('pending', 'awaiting')", arguments: [messageId, service])
+            return db.changesCount > 0
+        }
+    }
+
+    /// How many messages were taken by the broker and wait for their receipt.
+    public func awaitingReceipts() throws -> Int {
+        try database.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE state = 'awaiting'") ?? 0
+        }
+    }
+
+    /// Whether any stored message waits for a receipt (the outbox then listens for replies).
+    public func expectsReceipts() throws -> Bool {
+        try database.read { db in
+            try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_from IS NOT NULL AND state IN ('pending', 'awaiting'))") ?? false
         }
     }
 

@@ -123,4 +123,42 @@ struct OutboxTests {
         await second.shutdown()
         await subscriber.shutdown()
     }
+
+    /// An event sent "until answered": the broker's ack does not end it. The first copy is
+    /// taken and not answered (a receiver killed after libmosquitto acknowledged it, before
+    /// it stored it); a reply from a service the event does not wait for confirms nothing;
+    /// the copy sent again (same message id) is answered by the right service, and then no
+    /// more copies come.
+    @Test(.timeLimit(.minutes(1))) func anEventSentUntilAnsweredComesAgainUntilTheRightServiceAnswers() async throws {
+        let broker = try TestBroker()
+        let store = try LocalStore(path: ":memory:")
+        let sender = try await connectedBus(broker, service: "orchestrator")
+        let receiver = try await connectedBus(broker, service: "ticketing")
+        let other = try await connectedBus(broker, service: "notifier")
+        let copies = Collector(try await receiver.subscribe("test/cmd", as: Bynar_V1_TicketRequest.self))
+        let seenByOther = Collector(try await other.subscribe("test/cmd", as: Bynar_V1_TicketRequest.self))
+        let outbox = Outbox(bus: sender, store: store)
+        let running = Task { await outbox.run() }
+        defer { running.cancel() }
+
+        var request = Bynar_V1_TicketRequest()
+        request.incidentID = "inc-receipt"
+        request.action = .close
+        let sent = try outbox.commit([Outbox.Event(request, to: "test/cmd", receipt: .init(from: "ticketing", resendAfter: .seconds(1)))])[0]
+        #expect(await copies.wait(timeout: .seconds(5)) { $0.count == 1 })
+        // Taken by the broker, not confirmed: kept.
+        #expect(await Collector<Int>.poll(timeout: .seconds(5)) { (try? store.awaitingReceipts()) == 1 })
+        #expect(await seenByOther.wait(timeout: .seconds(5)) { $0.count == 1 })
+        try await other.reply(to: seenByOther.all[0], with: Bynar_V1_TicketResponse())
+        #expect(await copies.wait(timeout: .seconds(5)) { $0.count == 2 }, "sent again after resend_after")
+        #expect(copies.all.allSatisfy { $0.envelope.messageID == sent.messageID && $0.correlationData == Array(sent.messageID.utf8) })
+        #expect(try store.awaitingReceipts() + store.outboxCounts().pending == 1, "a reply from notifier confirms nothing")
+        try await receiver.reply(to: copies.all[1], with: Bynar_V1_TicketResponse())
+        #expect(await Collector<Int>.poll(timeout: .seconds(5)) { (try? store.awaitingReceipts()) == 0 && (try? store.outboxCounts().pending) == 0 })
+        try await Task.sleep(for: .milliseconds(2500))
+        #expect(copies.all.count == 2, "confirmed: not sent again")
+        await sender.shutdown()
+        await receiver.shutdown()
+        await other.shutdown()
+    }
 }

@@ -65,6 +65,60 @@ struct SlackDeliveryTests {
         await harness.finish()
     }
 
+    /// Stand-in Slack: every other kind of message the notifier consumes, published while it
+    /// is down (killed with -9), is handled when it is back: a failed hook's result and a
+    /// host going down become messages (shared subscriptions), and the incident and ticket
+    /// events (plain subscriptions) are in its incident history, which completes a later
+    /// notification that names only the incident.
+    @Test func everyKindOfMessageQueuedWhileTheNotifierIsDownIsHandledStandIn() async throws {
+        let slack = try SlackStandIn()
+        let harness = try await NotifierHarness()
+        let first = try await harness.start(notifier: slackSection(slack, quiet: 0.5))
+        first.signal(SIGKILL)
+        var incident = Bynar_V1_IncidentEvent()
+        incident.incident.id = "inc-away"
+        incident.incident.state = .ticketed
+        incident.incident.disk.host = "h-away"
+        incident.incident.disk.key = "sdq"
+        incident.incident.disk.serial = "AWAY1"
+        incident.message = "ticket filed while the notifier was down"
+        try await harness.bus.publish(incident, to: Topics.incidentEvents)
+        var ticket = Bynar_V1_TicketEvent()
+        ticket.incidentID = "inc-away"
+        ticket.ticketKey = "BYN-77"
+        ticket.url = "https://jira.example/browse/BYN-77"
+        ticket.state = .opened
+        try await harness.bus.publish(ticket, to: Topics.ticketEvents)
+        var hook = Bynar_V1_HookResult()
+        hook.hook = "/etc/bynar/hooks/away-hook"
+        hook.arguments = ["web", "h-gone", "down"]
+        hook.exitStatus = 3
+        try await harness.bus.publish(hook, to: Topics.hookEvents)
+        var host = Bynar_V1_HostState()
+        host.host = "h-gone"
+        host.up = false
+        try await harness.bus.publish(host, to: Topics.hostState(host: "h-gone"))
+
+        let second = try await harness.start(directory: first.directory, notifier: slackSection(slack, quiet: 0.5))
+        defer { second.signal(SIGTERM) }
+        var later = Bynar_V1_Notification()
+        later.severity = .warning
+        later.title = "Still waiting for the technician"
+        later.incidentID = "inc-away"
+        try await harness.bus.publish(later, to: Topics.notifications)
+        func posted() throws -> String { try slack.delivered().map(\.raw).joined(separator: "\n") }
+        let handled = await eventually(.seconds(15)) {
+            let text = try posted()
+            return text.contains("away-hook") && text.contains("Host h-gone is down") && text.contains("Still waiting")
+        }
+        let text = try posted()
+        #expect(handled, "\(text)\n\(second.log)")
+        #expect(text.contains("exited with status 3"), "the hook result became a message")
+        #expect(text.contains("*h-away*") && text.contains("serial AWAY1") && text.contains("ticket BYN-77"),
+                "the notification naming only the incident was completed from the events queued while down: \(text)")
+        await harness.finish()
+    }
+
     /// Stand-in Slack answers 429 with Retry-After: 2; the notifier waits that long before
     /// posting the same message again.
     @Test func retryAfterIsHonouredStandIn() async throws {

@@ -229,7 +229,10 @@ final class DiskManagerStandIn: Sendable {
 
 /// Stand-in for the ticketing service: takes TicketRequests from its shared subscription,
 /// answers OPEN with an OPENED TicketEvent (one ticket per incident, however often OPEN is
-/// sent) and keeps the retained ticket state; tests resolve tickets by hand.
+/// sent) and keeps the retained ticket state; tests resolve tickets by hand. Like the real
+/// one, it answers every request that carries a response topic once done (the
+/// orchestrator sends comments and closes until answered: `Outbox.Receipt`), as service
+/// "ticketing", the responder the orchestrator's receipts wait for.
 final class TicketingStandIn: Sendable {
     private struct State {
         var requests: [Bynar_V1_TicketRequest] = []
@@ -241,11 +244,19 @@ final class TicketingStandIn: Sendable {
     private let task = Mutex<Task<Void, Never>?>(nil)
 
     init(broker: TestBroker, autoResolve: Bool = false) async throws {
-        bus = try await connectedBus(broker, service: "ticketing-stand-in", host: "tk")
+        bus = try await connectedBus(broker, service: "ticketing", host: "tk")
         state.withLock { $0.autoResolve = autoResolve }
         let commands = try await bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketCommands), as: Bynar_V1_TicketRequest.self)
         let consumer = Task { [self] in
-            for await command in commands { await self.handle(command.payload) }
+            for await command in commands {
+                await self.handle(command.payload)
+                if command.responseTopic != nil {
+                    var response = Bynar_V1_TicketResponse()
+                    response.incidentID = command.payload.incidentID
+                    response.ticketKey = self.state.withLock { $0.keys[command.payload.incidentID] ?? "" }
+                    try? await self.bus.reply(to: command, with: response)
+                }
+            }
         }
         task.withLock { $0 = consumer }
     }

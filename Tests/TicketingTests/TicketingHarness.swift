@@ -45,11 +45,11 @@ final class TicketingHarness: @unchecked Sendable {
     /// Starts bynar-ticketing as `host` (its own store under the harness directory) and waits
     /// for its birth. `config` is spliced into the top level of its config.
     @discardableResult
-    func start(host: String = "t1", config: String? = nil) async throws -> ServiceProcess {
+    func start(host: String = "t1", config: String? = nil, environment: [String: String] = [:]) async throws -> ServiceProcess {
         let instanceDirectory = directory + "/" + host
         try FileManager.default.createDirectory(atPath: instanceDirectory, withIntermediateDirectories: true)
         let births = statuses.all.filter { $0.payload.host == host && $0.payload.service == "ticketing" && $0.payload.state == .birth }.count
-        let process = try ServiceProcess("bynar-ticketing", brokerPort: broker.port, host: host, directory: instanceDirectory, extraConfig: config ?? ticketingConfig())
+        let process = try ServiceProcess("bynar-ticketing", brokerPort: broker.port, host: host, directory: instanceDirectory, extraConfig: config ?? ticketingConfig(), environment: environment)
         processes.append(process)
         let born = await statuses.wait(timeout: .seconds(20)) { all in
             all.filter { $0.payload.host == host && $0.payload.service == "ticketing" && $0.payload.state == .birth }.count > births

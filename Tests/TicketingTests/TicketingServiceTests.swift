@@ -1,5 +1,6 @@
 import BynarBus
 import BynarProto
+import BynarStore
 import BynarTestSupport
 import Foundation
 import Testing
@@ -152,6 +153,43 @@ struct TicketingServiceTests {
             }
             #expect(all, "\(h.logs)")
             #expect(try h.jira.liveIssues().count == 5, "one ticket each")
+        }
+    }
+
+    /// A comment and a close sent as the orchestrator sends them (through an outbox, until
+    /// ticketing answers): the ticketing that takes the comment is killed right after
+    /// libmosquitto acknowledged it to the broker, before storing it (the at-most-once
+    /// window of docs/bus.md; a test-only knob kills it there). Nothing is lost: the copies
+    /// sent again are done once each after the restart, and then the sender stops sending.
+    /// Before `Outbox.Receipt` the comment was lost (fire and forget).
+    @Test func aCommentAndCloseTakenByADyingTicketingAreDoneAfterItsRestartStandIn() async throws {
+        try await withHarness { h in
+            let first = try await h.start()
+            let opened = try await h.ask(.open, incident: "inc-window")
+            #expect(opened.ticketKey == "BYN-1", "\(opened)")
+            first.signal(SIGTERM)
+            let dying = try await h.start(environment: ["TEST_TICKETING_DIE_BEFORE_STORING": "1"])
+            let store = try LocalStore(path: ":memory:")
+            let orchestrator = try await connectedBus(h.broker, service: "orchestrator")
+            let outbox = Outbox(bus: orchestrator, store: store)
+            let sending = Task { await outbox.run() }
+            defer { sending.cancel() }
+            let receipt = Outbox.Receipt(from: "ticketing", resendAfter: .seconds(2))
+            try outbox.commit([
+                Outbox.Event(TicketingHarness.request(.comment, incident: "inc-window", comment: "New disk seen."), to: Topics.ticketCommands, correlationId: "inc-window", receipt: receipt),
+                Outbox.Event(TicketingHarness.request(.close, incident: "inc-window", comment: "Disk replaced. Closed by Bynar."), to: Topics.ticketCommands, correlationId: "inc-window", receipt: receipt),
+            ])
+            let died = await Collector<Int>.poll(timeout: .seconds(15)) { !dying.process.isRunning }
+            #expect(died, "the knob kills ticketing as it takes the comment\n\(h.logs)")
+            #expect(dying.log.contains("TEST_TICKETING_DIE_BEFORE_STORING"))
+            try await h.start()
+            #expect(await h.event(.closed, incident: "inc-window", timeout: .seconds(30)) != nil, "\(h.logs)")
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { (try? store.awaitingReceipts()) == 0 && (try? store.outboxCounts().pending) == 0 },
+                    "both answered: the sender forgets them")
+            let issue = try #require(try h.jira.liveIssues().first)
+            #expect(issue.comments == ["New disk seen.", "Disk replaced. Closed by Bynar."], "each once, in order")
+            #expect(issue.resolved)
+            await orchestrator.shutdown()
         }
     }
 

@@ -112,6 +112,14 @@ final class TicketEngine: Sendable {
         return id
     }
 
+    /// The answer to a copy of a request already done (its sender did not hear the first
+    /// answer and sent it again, see `Outbox.Receipt`); nil while the request waits: it is
+    /// answered when done.
+    func answer(toCopyOf messageId: String, _ request: Bynar_V1_TicketRequest) throws -> Bynar_V1_TicketResponse? {
+        guard let outcome = try store.outcome(messageId: messageId) else { return nil }
+        return response(request, ticket: try store.ticket(incident: request.incidentID)?.ref, error: outcome)
+    }
+
     // MARK: The queue
 
     /// Works through stored requests until cancelled.

@@ -112,6 +112,19 @@ public struct TicketStore: Sendable {
         }
     }
 
+    /// How a stored request ended: nil while it waits (or when no request of that message
+    /// id is stored), "" when done, the reason when it failed for good.
+    public func outcome(messageId: String) throws -> String? {
+        try store.database.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT state, last_error FROM ticket_work WHERE message_id = ?", arguments: [messageId]) else { return nil }
+            switch row["state"] as String {
+            case "done": return ""
+            case "failed": return (row["last_error"] as String?) ?? "failed"
+            default: return nil
+            }
+        }
+    }
+
     public func pendingCount() throws -> Int {
         try store.database.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM ticket_work WHERE state = 'pending'") ?? 0 }
     }

@@ -6,6 +6,9 @@ public import BynarStore
 import Logging
 import ServiceLifecycle
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The ticketing service: files a ticket per incident, follows it, and says when it is
 /// resolved; comments and closes it when asked.
@@ -144,11 +147,23 @@ public struct TicketingService: BynarService {
             return
         }
         let messageId = received.envelope.messageID
+        if Self.dieBeforeStoring.take() {
+            // Test only: killed in the window libmosquitto leaves (it has acknowledged the
+            // request to the broker; nothing is stored yet). See docs/bus.md.
+            context.logger.warning("TEST_TICKETING_DIE_BEFORE_STORING: killing this process before storing the request", metadata: ["message_id": "\(messageId)"])
+            kill(getpid(), SIGKILL)
+        }
         // Registered before the request is stored: the queue may finish it at once.
         if received.responseTopic != nil { waiting.requests.withLock { $0[messageId] = received } }
         do {
             guard try engine.accept(messageId: messageId, request: request) != nil else {
                 context.logger.debug("ticket request delivered again; stored once", metadata: ["message_id": "\(messageId)"])
+                // Its sender may not have heard the answer (and sends until it does): a copy
+                // of finished work is answered again; one of waiting work when it is done.
+                if let response = try engine.answer(toCopyOf: messageId, request),
+                   waiting.requests.withLock({ $0.removeValue(forKey: messageId) }) != nil {
+                    try? await context.bus.reply(to: received, with: response)
+                }
                 return
             }
             if let blocked = engine.blockedReason, waiting.requests.withLock({ $0.removeValue(forKey: messageId) }) != nil {
@@ -166,4 +181,29 @@ public struct TicketingService: BynarService {
 /// runs: an answer carries the request's correlation data, which is not stored).
 final class WaitingRequesters: Sendable {
     let requests = Mutex<[String: Received<Bynar_V1_TicketRequest>]>([:])
+}
+
+/// Test only: `TEST_TICKETING_DIE_BEFORE_STORING=N` kills the process with SIGKILL as it
+/// takes its N-th request, after libmosquitto acknowledged it to the broker and before it
+/// is stored: the window in which a received message is lost unless its sender sends it
+/// until answered (`Outbox.Receipt`). Unset (production): never.
+final class DieBeforeStoring: Sendable {
+    private let remaining: Mutex<Int?>
+
+    init(environment value: String?) {
+        remaining = Mutex(value.flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil })
+    }
+
+    /// Counts one request; true for the N-th.
+    func take() -> Bool {
+        remaining.withLock { left in
+            guard let count = left else { return false }
+            left = count - 1
+            return count == 1
+        }
+    }
+}
+
+extension TicketingService {
+    static let dieBeforeStoring = DieBeforeStoring(environment: getenv("TEST_TICKETING_DIE_BEFORE_STORING").map { String(cString: $0) })
 }

@@ -358,7 +358,10 @@ actor RepairEngine {
             request.comment = comment
             request.ticketKey = machine.ticketKey
             request.health = Self.ticketHealth(of: machine, latest: health[Self.diskKey(machine.disk.host, machine.disk.key)])
-            queue(request, to: Topics.ticketCommands, incident: id)
+            // An OPEN is confirmed by its ticket event (the step times out and asks again);
+            // a comment or close by nothing else: it is sent until ticketing answers it.
+            let receipt = what == .open ? nil : Outbox.Receipt(from: "ticketing", resendAfter: .seconds(config.ticketReceiptSeconds))
+            queue(request, to: Topics.ticketCommands, incident: id, receipt: receipt)
         case .close:
             messages.append(.clearRetained(Topics.incidentState(id: id)))
         case .answerOperator(let done, let message):
@@ -368,8 +371,8 @@ actor RepairEngine {
         }
     }
 
-    func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false) {
-        messages.append(Outbox.Event(payload, to: topic, retain: retain, correlationId: incident))
+    func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false, receipt: Outbox.Receipt? = nil) {
+        messages.append(Outbox.Event(payload, to: topic, retain: retain, correlationId: incident, receipt: receipt))
     }
 
     /// Commits the batch's changes and messages in one transaction, then sends commands.
