@@ -267,6 +267,28 @@ import Testing
         }
     }
 
+    /// The other kinds it consumes, queued while it is down: the technician's ticket
+    /// resolution (ticket events) and the detector seeing the new disk (disk events and
+    /// health) carry the incident through Add to RESOLVED after the restart. (Requests
+    /// such as operator commands carry a message expiry equal to their caller's timeout:
+    /// the broker drops one nobody took in time, by design, and the caller is told.)
+    @Test("a ticket resolved and a replacement seen while the orchestrator is down finish the repair when it is back")
+    func ticketAndReplacementQueuedWhileDownAreHandled() async throws {
+        try await withHarness { h in
+            try await h.start()
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed)
+            h.terminate()
+            await h.tickets.resolve(incident: id)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            try await Task.sleep(for: .milliseconds(300))
+            try await h.start()
+            try await h.waitFor(.resolved)
+            #expect(h.dm.seen("Add").count == 1 && h.dm.seen("Add").first?.diskKey == "serial-NEW1")
+            #expect(h.tickets.requests.map(\.action) == [.open, .comment, .close])
+        }
+    }
+
     @Test("a system disk's failure opens no incident")
     func systemDiskIsNeverACandidate() async throws {
         try await withHarness { h in
