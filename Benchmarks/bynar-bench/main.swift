@@ -9,6 +9,8 @@
 //       kernel I/O error (a failed O_DIRECT read on a faultfs disk) -> detector event
 //   bynar-bench rtt --port P --samples N
 //       request/response round trips through the broker, one at a time
+//   bynar-bench fuzz --port P --topics T1,T2,... [--payloads N] [--max-bytes B] [--seed S]
+//       hostile payloads round-robin over the topics (scripts/bench fuzz)
 //   bynar-bench disk-manager --port P --host H --key FILE --disk /dev/X --samples N
 //       signed List and SafeToRemove round trips to a running bynar-disk-manager
 import BynarBus
@@ -200,6 +202,11 @@ case "disk-manager":
     let arguments = CommandLine.arguments
     func text(_ name: String) -> String { arguments.firstIndex(of: "--\(name)").map { arguments[$0 + 1] } ?? "" }
     try await benchDiskManager(port: port, host: text("host"), keyFile: text("key"), disk: text("disk"), samples: option("samples", 500))
+case "fuzz":
+    let arguments = CommandLine.arguments
+    let topics = arguments.firstIndex(of: "--topics").map { arguments[$0 + 1].split(separator: ",").map(String.init) } ?? []
+    try await benchFuzz(port: port, payloads: option("payloads", 28_000), maxBytes: option("max-bytes", 256 * 1024),
+                        seed: UInt64(option("seed", 1)), topics: topics)
 case "orchestrator":
     try await benchOrchestrator(port: port, hosts: option("hosts", 10_000), rate: option("rate", 1000), seconds: option("seconds", 10), flood: option("flood", 20_000))
 default:
