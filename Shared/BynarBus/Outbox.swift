@@ -38,10 +38,18 @@ public final class Outbox: Sendable {
     public struct Receipt: Sendable, Equatable {
         public var service: String
         public var resendAfter: Duration
+        /// Unanswered this long after it was written: given up (logged, kept in the store
+        /// as "unanswered", not sent again). Nil: sent until answered, however long.
+        public var giveUpAfter: Duration?
+        /// True: such events with one correlation id go one at a time, in the order written
+        /// (a ticket's comment before its close). False: each on its own.
+        public var inOrder: Bool
 
-        public init(from service: String, resendAfter: Duration) {
+        public init(from service: String, resendAfter: Duration, giveUpAfter: Duration? = nil, inOrder: Bool = true) {
             self.service = service
             self.resendAfter = resendAfter
+            self.giveUpAfter = giveUpAfter
+            self.inOrder = inOrder
         }
     }
 
@@ -88,8 +96,9 @@ public final class Outbox: Sendable {
             let envelope = bus.envelope(payload, correlationId: event.correlationId)
             envelopes.append(envelope)
             messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
-                                  createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.correlationId,
-                                  resendAfterMs: event.receipt.map { Self.milliseconds($0.resendAfter) }))
+                                  createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.receipt?.inOrder == false ? envelope.messageID : event.correlationId,
+                                  resendAfterMs: event.receipt.map { Self.milliseconds($0.resendAfter) },
+                                  giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + Self.milliseconds($0) }))
         }
         try store.commit(messages, state: state)
         if !messages.isEmpty { wake.signal() }
@@ -149,7 +158,10 @@ public final class Outbox: Sendable {
             let batch: [LocalStore.OutboxEntry]
             let nextResend: Int64?
             do {
-                try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs())
+                for given in try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs()) {
+                    bus.logger.error("no receipt came in time; given up, kept in the outbox as unanswered",
+                                     metadata: ["topic": "\(given.topic)", "receiver": "\(given.receiptFrom)"])
+                }
                 batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
                 nextResend = batch.isEmpty ? try store.nextResendUnixMs() : nil
                 if !listening, try store.expectsReceipts() {
@@ -226,6 +238,14 @@ public final class Outbox: Sendable {
             properties.messageExpirySeconds = UInt32(clamping: max(1, (entry.resendAfterMs ?? 1000) / 1000))
         }
         return MosquittoClient.Outgoing(topic: entry.topic, payload: entry.payload, retain: entry.retain, properties: properties)
+    }
+
+    /// How every service sends a notification (`bynar/v1/notify`): until a notifier answers
+    /// it, every 5 minutes, for a day (a Bynar run without a notifier gives up, logged); not
+    /// held behind one another (the notifier orders and coalesces them itself).
+    public static func notification(_ note: Bynar_V1_Notification, correlationId: String = "") -> Event {
+        Event(note, to: Topics.notifications, correlationId: correlationId,
+              receipt: Receipt(from: "notifier", resendAfter: .seconds(300), giveUpAfter: .seconds(86_400), inOrder: false))
     }
 
     /// Waits until every stored event was delivered (or parked), or `timeout` passed.

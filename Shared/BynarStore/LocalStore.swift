@@ -70,13 +70,15 @@ public final class LocalStore: Sendable {
         Migration("shared-v2: outbox receipts") { db in
             // An event sent "until answered": kept after the broker's acknowledgement
             // ("awaiting") until a reply from `receipt_from` comes, and sent again (same
-            // message id) at `next_send_unix_ms`, every `resend_after_ms`. Such events of
-            // one `receipt_group` (an incident) go one at a time, in order.
+            // message id) at `next_send_unix_ms`, every `resend_after_ms`, until
+            // `give_up_unix_ms` (if set: then "unanswered"). Such events of one
+            // `receipt_group` (an incident) go one at a time, in order.
             try db.alter(table: "outbox") { table in
                 table.add(column: "receipt_from", .text)
                 table.add(column: "receipt_group", .text)
                 table.add(column: "resend_after_ms", .integer)
                 table.add(column: "next_send_unix_ms", .integer)
+                table.add(column: "give_up_unix_ms", .integer)
             }
             try db.create(index: "outbox_receipt_group", on: "outbox", columns: ["receipt_group", "id"])
         },
@@ -122,9 +124,11 @@ public final class LocalStore: Sendable {
         public var receiptFrom: String?
         public var receiptGroup: String?
         public var resendAfterMs: Int64?
+        /// Unanswered by then: given up (kept as "unanswered", not sent again).
+        public var giveUpUnixMs: Int64?
 
         public init(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64,
-                    receiptFrom: String? = nil, receiptGroup: String? = nil, resendAfterMs: Int64? = nil) {
+                    receiptFrom: String? = nil, receiptGroup: String? = nil, resendAfterMs: Int64? = nil, giveUpUnixMs: Int64? = nil) {
             self.messageId = messageId
             self.topic = topic
             self.payload = payload
@@ -133,6 +137,7 @@ public final class LocalStore: Sendable {
             self.receiptFrom = receiptFrom
             self.receiptGroup = receiptGroup
             self.resendAfterMs = resendAfterMs
+            self.giveUpUnixMs = giveUpUnixMs
         }
     }
 
@@ -145,9 +150,12 @@ public final class LocalStore: Sendable {
             try state(db)
             for message in messages {
                 try db.execute(
-                    sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    sql: """
+                        INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms, give_up_unix_ms)
+                        VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
                     arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
-                                message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs]
+                                message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs]
                 )
             }
         }
@@ -197,12 +205,17 @@ public final class LocalStore: Sendable {
     }
 
     /// Puts the messages whose receipt is overdue back in the queue (same id, same place in
-    /// the order); returns how many.
+    /// the order), and gives up on those past their give-up time (kept as "unanswered", not
+    /// sent again); returns the topics and receivers of those given up.
     @discardableResult
-    public func releaseOverdueReceipts(nowMs: Int64) throws -> Int {
+    public func releaseOverdueReceipts(nowMs: Int64) throws -> [(topic: String, receiptFrom: String)] {
         try database.write { db in
+            let given = try Row.fetchAll(db, sql: "SELECT topic, receipt_from FROM outbox WHERE state = 'awaiting' AND give_up_unix_ms <= ?", arguments: [nowMs])
+                .map { (topic: $0["topic"] as String, receiptFrom: $0["receipt_from"] as String) }
+            try db.execute(sql: "UPDATE outbox SET state = 'unanswered', last_error = 'no receipt came in time' WHERE state = 'awaiting' AND give_up_unix_ms <= ?",
+                           arguments: [nowMs])
             try db.execute(sql: "UPDATE outbox SET state = 'pending', attempts = attempts + 1 WHERE state = 'awaiting' AND next_send_unix_ms <= ?", arguments: [nowMs])
-            return db.changesCount
+            return given
         }
     }
 
@@ -231,10 +244,12 @@ public final class LocalStore: Sendable {
         }
     }
 
-    /// Whether any stored message waits for a receipt (the outbox then listens for replies).
-    public func expectsReceipts() throws -> Bool {
+    /// Whether any stored message waits for a receipt (from `service`, or from anyone):
+    /// the outbox then listens for replies.
+    public func expectsReceipts(from service: String? = nil) throws -> Bool {
         try database.read { db in
-            try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_from IS NOT NULL AND state IN ('pending', 'awaiting'))") ?? false
+            try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_from = COALESCE(?, receipt_from) AND state IN ('pending', 'awaiting'))",
+                              arguments: [service]) ?? false
         }
     }
 

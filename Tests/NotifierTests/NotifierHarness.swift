@@ -19,7 +19,8 @@ final class NotifierHarness: @unchecked Sendable {
 
     /// Starts bynar-notifier as `host` with `notifier` as its config section (and `extra`
     /// top-level fields), waits for its birth. `directory` reuses a previous one (restart).
-    func start(host: String = "n1", directory: String? = nil, notifier: String, extra: String = "") async throws -> ServiceProcess {
+    func start(host: String = "n1", directory: String? = nil, notifier: String, extra: String = "",
+               environment: [String: String] = [:]) async throws -> ServiceProcess {
         let directory = try directory ?? {
             let made = try makeTemporaryDirectory(prefix: "bynar-notifier")
             directories.append(made)
@@ -27,7 +28,7 @@ final class NotifierHarness: @unchecked Sendable {
         }()
         let births = statuses.all.filter { $0.payload.host == host && $0.payload.state == .birth }.count
         let process = try ServiceProcess("bynar-notifier", brokerPort: broker.port, host: host, directory: directory,
-                                         extraConfig: "\"notifier\": \(notifier)" + (extra.isEmpty ? "" : ", " + extra))
+                                         extraConfig: "\"notifier\": \(notifier)" + (extra.isEmpty ? "" : ", " + extra), environment: environment)
         let born = await statuses.wait(timeout: .seconds(20)) { all in
             all.filter { $0.payload.host == host && $0.payload.state == .birth }.count > births
         }

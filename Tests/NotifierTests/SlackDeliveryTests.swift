@@ -1,5 +1,6 @@
 import BynarBus
 import BynarProto
+import BynarStore
 import BynarTestSupport
 import Foundation
 import Testing
@@ -62,6 +63,37 @@ struct SlackDeliveryTests {
         #expect(await eventually(.seconds(15)) { try slack.delivered().contains { ($0.payload?.text ?? "").contains("#2") } }, "\(second.log)")
         let text = try slack.delivered().map { $0.payload?.text ?? "" }.joined(separator: "\n")
         for i in 0..<3 { #expect(text.contains("away #\(i)"), "notification \(i) delivered: \(text)") }
+        await harness.finish()
+    }
+
+    /// Stand-in Slack: a notification sent as every service sends one (through an outbox,
+    /// until a notifier answers) reaches Slack once although the notifier that took it first
+    /// was killed right after libmosquitto acknowledged it, before storing it (the
+    /// at-most-once window of docs/bus.md; a test-only knob kills it there). The copy sent
+    /// again is queued after the restart and answered; the sender then forgets it.
+    @Test func aNotificationTakenByADyingNotifierIsDeliveredAfterItsRestartStandIn() async throws {
+        let slack = try SlackStandIn()
+        let harness = try await NotifierHarness()
+        let dying = try await harness.start(notifier: slackSection(slack, quiet: 0.3), environment: ["TEST_NOTIFIER_DIE_BEFORE_STORING": "1"])
+        let store = try LocalStore(path: ":memory:")
+        let outbox = Outbox(bus: harness.bus, store: store)
+        let sending = Task { await outbox.run() }
+        defer { sending.cancel() }
+        var note = Bynar_V1_Notification()
+        note.severity = .error
+        note.title = "Disk failed inside the window"
+        note.host = "h-window"
+        var event = Outbox.notification(note)
+        event.receipt?.resendAfter = .seconds(2)
+        try outbox.commit([event])
+        #expect(await eventually(.seconds(15)) { !dying.process.isRunning }, "the knob kills the notifier as it takes it\n\(dying.log)")
+        #expect(dying.log.contains("TEST_NOTIFIER_DIE_BEFORE_STORING"))
+        let second = try await harness.start(directory: dying.directory, notifier: slackSection(slack, quiet: 0.3))
+        defer { second.signal(SIGTERM) }
+        #expect(await eventually(.seconds(20)) { try slack.delivered().contains { $0.raw.contains("inside the window") } }, "\(second.log)")
+        #expect(await eventually(.seconds(10)) { try store.awaitingReceipts() == 0 && store.outboxCounts().pending == 0 }, "answered: the sender forgets it")
+        try await Task.sleep(for: .seconds(3))
+        #expect(try slack.delivered().filter { $0.raw.contains("inside the window") }.count == 1, "delivered once, not once per copy")
         await harness.finish()
     }
 

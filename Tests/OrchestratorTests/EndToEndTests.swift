@@ -179,9 +179,10 @@ struct EndToEndTests {
         #expect(!closed.comments.isEmpty, "a comment says the disk is back")
         #expect(try jira.liveIssues().count == 1, "exactly one ticket")
         // The comment and the close are sent until ticketing answers them (Outbox.Receipt):
-        // the real ticketing did, so the orchestrator holds none of them any more.
+        // the real ticketing did, so the orchestrator holds none of them any more. (No
+        // notifier runs here: its notifications wait for one.)
         let orchestratorStore = try LocalStore(path: "\(directory)/orc/db/orchestrator.sqlite")
-        #expect(await Collector<Int>.poll(timeout: .seconds(15)) { (try? orchestratorStore.expectsReceipts()) == false }, "\(orchestrator.log)")
+        #expect(await Collector<Int>.poll(timeout: .seconds(15)) { (try? orchestratorStore.expectsReceipts(from: "ticketing")) == false }, "\(orchestrator.log)")
         #expect(notifications.all.contains { $0.payload.incidentID == ticket.incidentID }, "people were told")
         print("e2e: incident path: \(incidents.all.map { "\($0.payload.incident.state)" }.joined(separator: " -> "))")
         if pausePoint != nil { #expect(managers.restarts == 2, "paused once and restarted: \(managers.restarts - 1) kills") }

@@ -109,7 +109,7 @@ public struct NotifierService: BynarService {
                     group.addTask { await pump.run() }
                 }
                 group.addTask {
-                    for await message in notifications { self.accept(message.payload) }
+                    for await message in notifications { await self.take(message) }
                 }
                 group.addTask {
                     for await message in incidents { self.remember { try store.record(message.payload, receivedUnixMs: NotifierClock.nowUnixMs()) } }
@@ -132,9 +132,36 @@ public struct NotifierService: BynarService {
         for pump in pumps { await pump.channel.shutdown() }
     }
 
+    /// A notification from the bus: queued once per message id, and answered with a
+    /// ``Bynar_V1_Receipt`` once queued when its sender asks (it sends it until answered:
+    /// a notifier killed as it took it would otherwise lose it; docs/bus.md). Not queued:
+    /// not answered, so it comes again.
+    func take(_ received: Received<Bynar_V1_Notification>) async {
+        let messageId = received.envelope.messageID
+        Self.dieBeforeStoring.count(messageId: messageId, logger: context.logger)
+        do {
+            if try store.seen(messageId: messageId) {
+                context.logger.debug("notification delivered again; queued once", metadata: ["message_id": "\(messageId)"])
+            } else {
+                guard accept(received.payload) else { return }
+                try store.markSeen(messageId: messageId, nowMs: NotifierClock.nowUnixMs())
+            }
+        } catch {
+            context.logger.error("cannot record a notification as seen", metadata: ["message_id": "\(messageId)", "error": "\(error)"])
+            return
+        }
+        guard received.responseTopic != nil else { return }
+        var receipt = Bynar_V1_Receipt()
+        receipt.messageID = messageId
+        do { try await context.bus.reply(to: received, with: receipt) } catch {
+            context.logger.warning("cannot answer a notification's sender; it sends it again", metadata: ["message_id": "\(messageId)", "error": "\(error)"])
+        }
+    }
+
     /// Completes a notification from the incident history and queues it on every channel
-    /// that takes its severity.
-    func accept(_ notification: Bynar_V1_Notification) {
+    /// that takes its severity; false when it could not be queued (logged).
+    @discardableResult
+    func accept(_ notification: Bynar_V1_Notification) -> Bool {
         let now = NotifierClock.nowUnixMs()
         do {
             let incident = notification.incidentID.isEmpty ? nil : try store.incident(id: notification.incidentID)
@@ -146,8 +173,10 @@ public struct NotifierService: BynarService {
                 channels.append(route.pump.channel.name)
             }
             context.logger.debug("notification queued", metadata: ["title": "\(notice.notification.title)", "channels": "\(channels.joined(separator: ","))"])
+            return true
         } catch {
             context.logger.error("cannot queue notification", metadata: ["title": "\(notification.title)", "error": "\(error)"])
+            return false
         }
     }
 
@@ -270,4 +299,8 @@ final class Leadership: Sendable {
     }
 
     var isLeader: Bool { leader == host }
+}
+
+extension NotifierService {
+    static let dieBeforeStoring = DieBeforeStoring(variable: "TEST_NOTIFIER_DIE_BEFORE_STORING")
 }

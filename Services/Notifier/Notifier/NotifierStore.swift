@@ -104,7 +104,35 @@ struct NotifierStore: Sendable {
                 table.column("since_unix_ms", .integer).notNull()
             }
         },
+        LocalStore.Migration("notifier-v2: notifications seen, by message id") { db in
+            // Notifications are sent until the notifier answers (Outbox.Receipt): a copy of
+            // one already queued is answered again and not queued twice.
+            try db.create(table: "notifier_seen") { table in
+                table.primaryKey("message_id", .text)
+                table.column("seen_unix_ms", .integer).notNull()
+            }
+            try db.create(index: "notifier_seen_time", on: "notifier_seen", columns: ["seen_unix_ms"])
+        },
     ]
+
+    /// How long a notification's message id is remembered: well past the day its sender
+    /// sends it for (`NotifierService.receipt`).
+    static let seenForMs: Int64 = 2 * 86_400_000
+
+    /// Whether a notification with this message id was queued before.
+    func seen(messageId: String) throws -> Bool {
+        try store.database.read { db in
+            try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM notifier_seen WHERE message_id = ?)", arguments: [messageId]) ?? false
+        }
+    }
+
+    /// Remembers a queued notification's message id, and forgets ids older than ``seenForMs``.
+    func markSeen(messageId: String, nowMs: Int64) throws {
+        try store.database.write { db in
+            try db.execute(sql: "INSERT OR IGNORE INTO notifier_seen(message_id, seen_unix_ms) VALUES(?, ?)", arguments: [messageId, nowMs])
+            try db.execute(sql: "DELETE FROM notifier_seen WHERE seen_unix_ms < ?", arguments: [nowMs - Self.seenForMs])
+        }
+    }
 
     // MARK: Waiting notifications
 

@@ -201,7 +201,7 @@ final class HookDispatcher: Sendable {
             note.severity = .warning
             note.title = "\(total) hook events not run in the last minute: over orchestrator.hook_limit"
             note.text = "Refused per host (most first): \(worst). A host is flapping, or someone publishes statuses for it."
-            do { try context.outbox.publish(note, to: Topics.notifications) } catch {
+            do { try context.outbox.commit([Outbox.notification(note)]) } catch {
                 context.logger.error("cannot store a notification", metadata: ["error": "\(error)"])
             }
         }

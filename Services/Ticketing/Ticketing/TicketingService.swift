@@ -6,9 +6,6 @@ public import BynarStore
 import Logging
 import ServiceLifecycle
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The ticketing service: files a ticket per incident, follows it, and says when it is
 /// resolved; comments and closes it when asked.
@@ -62,7 +59,7 @@ public struct TicketingService: BynarService {
                 try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: event.incidentID)
             },
             notify: { note in
-                try context.outbox.publish(note, to: Topics.notifications, correlationId: note.incidentID)
+                try context.outbox.commit([Outbox.notification(note, correlationId: note.incidentID)])
             },
             reply: { messageId, response in
                 guard let request = waiting.requests.withLock({ $0.removeValue(forKey: messageId) }) else { return }
@@ -100,7 +97,7 @@ public struct TicketingService: BynarService {
         note.title = "Ticketing is not configured: no tickets can be filed"
         note.text = missing
         note.nextAction = "Set the named fields in bynar.json and restart bynar-ticketing; requests received meanwhile are kept and filed then."
-        try context.outbox.publish(note, to: Topics.notifications)
+        try context.outbox.commit([Outbox.notification(note)])
         let requests = try await context.bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketCommands), as: Bynar_V1_TicketRequest.self)
         await context.bus.markReady()
         await cancelWhenGracefulShutdown {
@@ -147,12 +144,7 @@ public struct TicketingService: BynarService {
             return
         }
         let messageId = received.envelope.messageID
-        if Self.dieBeforeStoring.take() {
-            // Test only: killed in the window libmosquitto leaves (it has acknowledged the
-            // request to the broker; nothing is stored yet). See docs/bus.md.
-            context.logger.warning("TEST_TICKETING_DIE_BEFORE_STORING: killing this process before storing the request", metadata: ["message_id": "\(messageId)"])
-            kill(getpid(), SIGKILL)
-        }
+        Self.dieBeforeStoring.count(messageId: messageId, logger: context.logger)
         // Registered before the request is stored: the queue may finish it at once.
         if received.responseTopic != nil { waiting.requests.withLock { $0[messageId] = received } }
         do {
@@ -183,27 +175,6 @@ final class WaitingRequesters: Sendable {
     let requests = Mutex<[String: Received<Bynar_V1_TicketRequest>]>([:])
 }
 
-/// Test only: `TEST_TICKETING_DIE_BEFORE_STORING=N` kills the process with SIGKILL as it
-/// takes its N-th request, after libmosquitto acknowledged it to the broker and before it
-/// is stored: the window in which a received message is lost unless its sender sends it
-/// until answered (`Outbox.Receipt`). Unset (production): never.
-final class DieBeforeStoring: Sendable {
-    private let remaining: Mutex<Int?>
-
-    init(environment value: String?) {
-        remaining = Mutex(value.flatMap { Int($0) }.flatMap { $0 > 0 ? $0 : nil })
-    }
-
-    /// Counts one request; true for the N-th.
-    func take() -> Bool {
-        remaining.withLock { left in
-            guard let count = left else { return false }
-            left = count - 1
-            return count == 1
-        }
-    }
-}
-
 extension TicketingService {
-    static let dieBeforeStoring = DieBeforeStoring(environment: getenv("TEST_TICKETING_DIE_BEFORE_STORING").map { String(cString: $0) })
+    static let dieBeforeStoring = DieBeforeStoring(variable: "TEST_TICKETING_DIE_BEFORE_STORING")
 }

@@ -20,6 +20,7 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_OperatorCommand.self,
     Bynar_V1_OperatorResponse.self,
     Bynar_V1_MaintenanceState.self,
+    Bynar_V1_Receipt.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -44,6 +45,7 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .operatorCommand: "operator_command"
         case .operatorResponse: "operator_response"
         case .maintenanceState: "maintenance_state"
+        case .receipt: "receipt"
         }
     }
 }
@@ -226,4 +228,14 @@ extension Bynar_V1_MaintenanceState: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .maintenanceState(self) }
+}
+
+extension Bynar_V1_Receipt: BusPayload {
+    public static let payloadName = "receipt"
+    public static let payloadFieldNumber = 38
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .receipt(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .receipt(self) }
 }

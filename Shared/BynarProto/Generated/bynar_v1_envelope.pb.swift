@@ -231,6 +231,14 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .maintenanceState(newValue)}
   }
 
+  public var receipt: Bynar_V1_Receipt {
+    get {
+      if case .receipt(let v)? = _storage._payload {return v}
+      return Bynar_V1_Receipt()
+    }
+    set {_uniqueStorage()._payload = .receipt(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -252,12 +260,28 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case operatorCommand(Bynar_V1_OperatorCommand)
     case operatorResponse(Bynar_V1_OperatorResponse)
     case maintenanceState(Bynar_V1_MaintenanceState)
+    case receipt(Bynar_V1_Receipt)
 
   }
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// "I have it": the answer to a message sent until answered (a notification), on the
+/// message's response topic with its correlation data. The sender stops sending it.
+public nonisolated struct Bynar_V1_Receipt: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The message id of the envelope received (the correlation data says the same).
+  public var messageID: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// A payload a service received and could not use. Published to
@@ -370,7 +394,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -658,6 +682,19 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .maintenanceState(v)
           }
         }()
+        case 38: try {
+          var v: Bynar_V1_Receipt?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .receipt(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .receipt(v)
+          }
+        }()
         default: break
         }
       }
@@ -764,6 +801,10 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
         guard case .maintenanceState(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 37)
       }()
+      case .receipt?: try {
+        guard case .receipt(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+      }()
       case nil: break
       }
     }
@@ -787,6 +828,36 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_Receipt: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Receipt"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.messageID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.messageID.isEmpty {
+      try visitor.visitSingularStringField(value: self.messageID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_Receipt, rhs: Bynar_V1_Receipt) -> Bool {
+    if lhs.messageID != rhs.messageID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

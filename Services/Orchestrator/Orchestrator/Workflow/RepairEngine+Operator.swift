@@ -268,7 +268,7 @@ extension RepairEngine {
         note.text = text
         note.host = host
         note.nextAction = nextAction
-        queue(note, to: Topics.notifications, incident: "")
+        queueNotification(note, incident: "")
     }
 
     static func auditEntry(_ entry: IncidentJournal.AuditEntry) -> Bynar_V1_OperatorAuditEntry {
@@ -322,7 +322,7 @@ extension RepairEngine {
         note.host = identity.host
         note.disk = identity
         note.nextAction = "Bynar repairs it when the maintenance ends, if the disk is still failed"
-        queue(note, to: Topics.notifications, incident: "")
+        queueNotification(note, incident: "")
     }
 
     /// Ends the windows whose time is up.

@@ -350,7 +350,7 @@ actor RepairEngine {
             note.nextAction = nextAction
             note.incidentID = id
             note.ticketURL = machine.ticketURL
-            queue(note, to: Topics.notifications, incident: id)
+            queueNotification(note, incident: id)
         case .ticket(let what, let comment):
             var request = Bynar_V1_TicketRequest()
             request.incidentID = id
@@ -369,6 +369,11 @@ actor RepairEngine {
         case .checkSafety, .remove, .add, .queryJob:
             commands.append((id, action))
         }
+    }
+
+    /// A notification, sent until a notifier answers it (``Outbox/notification(_:correlationId:)``).
+    func queueNotification(_ note: Bynar_V1_Notification, incident: String) {
+        messages.append(Outbox.notification(note, correlationId: incident))
     }
 
     func queue<P: BusPayload>(_ payload: P, to topic: String, incident: String, retain: Bool = false, receipt: Outbox.Receipt? = nil) {
