@@ -95,6 +95,55 @@ private let loopAvailable = getuid() == 0 && access("/sbin/losetup", X_OK) == 0 
 /// a repeated request id, Add of a new disk at the old mountpoint, refusals.
 @Suite(.serialized, .enabled(if: TestBroker.available && loopAvailable, "needs root, losetup, mkfs.xfs and mosquitto"))
 struct FilesystemBackendTests {
+    /// The commonest death, after a reboot: the disk is gone and only its fstab line (by
+    /// UUID) is left. The disk-manager still knows the disk (its last sighting) and takes
+    /// its line out, so the incident completes; before, a vanished disk was nobody's and
+    /// Remove was refused (the incident ended STUCK).
+    @Test(.timeLimit(.minutes(3)))
+    func aVanishedDisksFstabLineIsTakenOut() async throws {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-dm-fs-gone")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let gone = try LoopDisk(directory: directory, name: "gone", sizeMB: 300)
+        defer { gone.teardown() }
+        let mountRoot = directory + "/srv"
+        let fstabPath = directory + "/fstab"
+        try "# test fstab\n".write(toFile: fstabPath, atomically: true, encoding: .utf8)
+        let files = try KeyFiles.generate(keyID: "ops")
+        try files.trustedKeysLine.write(toFile: directory + "/trusted-keys", atomically: true, encoding: .utf8)
+        let bus = try await connectedBus(broker, service: "tester")
+        let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "ops", privateKeyText: files.privateKeyFileText)
+        let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
+        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory, extraConfig: """
+            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys",
+                             "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstabPath)", "filesystem": "xfs"}}
+            """)
+        defer { manager.signal(SIGTERM) }
+        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(manager.log)")
+        let key = try #require(try await line.disks().first { $0.disk.devPath == gone.device }).disk.key
+        let deploy = try await line.send("deploy-gone", .deploy(.with { $0.disk = .key(key) }))
+        let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
+        let mountpoint = "\(mountRoot)/\(key)"
+        #expect(deployed.state == .succeeded && deployed.backendID == mountpoint, "\(deployed)")
+        // Seen in service once more (the disk-manager's last sighting has the mount), then gone:
+        // not mounted any more, detached.
+        #expect(try await line.disks().contains { $0.disk.key == key && $0.status == .inService })
+        _ = try FaultyDisk.run("/bin/umount", [mountpoint])
+        gone.teardown()
+        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8).contains(mountpoint), "its line is still there")
+
+        let safe = try await line.send("safe-gone", .safeToRemove(.with { $0.disk = .key(key) }))
+        #expect(safe.outcome == .success && safe.safeToRemove.safe, "\(safe)")
+        let remove = try await line.send("remove-gone", .remove(.with { $0.disk = .key(key) }))
+        #expect(remove.outcome == .accepted, "\(remove)\n\(manager.log)")
+        let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
+        #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
+        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n", "the vanished disk's line is gone")
+        // Asked again (a new request): already out, nothing to do.
+        let again = try await line.send("remove-gone-2", .remove(.with { $0.disk = .key(key) }))
+        #expect(again.outcome != .refused || again.reason.contains("out"), "\(again)")
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func deployRemoveAndReplaceADataDisk() async throws {
         let broker = try TestBroker()

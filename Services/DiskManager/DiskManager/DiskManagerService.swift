@@ -263,7 +263,7 @@ actor RequestHandler {
             throw Unanswerable(step: "inventory", reason: "cannot list this host's disks: \(error)")
         }
         do {
-            try known.remember(devices, nowMs: nowMs)
+            try known.remember(backends.reduce(devices) { $1.remembered($0) }, nowMs: nowMs)
         } catch {
             context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
         }

@@ -30,6 +30,13 @@ public protocol StorageBackend: Sendable {
     /// of service now (asked at start, so the host's count of disks out follows the world,
     /// not only the job table). Throws when it cannot be told.
     func isOut(_ id: String) throws -> Bool
+    /// The present disks as the disk-manager should remember them (``KnownDisks``): what
+    /// this backend will need to recognise a disk once it has vanished, filled in.
+    func remembered(_ devices: [BlockDevice]) -> [BlockDevice]
+}
+
+extension StorageBackend {
+    public func remembered(_ devices: [BlockDevice]) -> [BlockDevice] { devices }
 }
 
 /// A backend's hold on one disk.

@@ -33,12 +33,70 @@ public struct FilesystemBackend: StorageBackend {
 
     public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
         var claims: [String: BackendClaim] = [:]
-        for device in devices where !device.absent {  // a vanished disk: repair through its cluster only
-            if let mountpoint = managedMountpoint(of: device) {
+        let fstab = devices.contains(where: \.absent) ? try Fstab(path: config.fstab) : nil
+        for device in devices {
+            if device.absent, let fstab {
+                claims[device.identity.key] = vanishedClaim(device, mount: Self.mount(at:), fstab: fstab, devicePresent: Self.devicePresent)
+            } else if let mountpoint = managedMountpoint(of: device) {
                 claims[device.identity.key] = BackendClaim(backend: name, id: mountpoint, status: .inService)
             }
         }
         return claims
+    }
+
+    /// A vanished disk (the disk-manager's last sighting of it, ``BlockDevice/absent``) is
+    /// still this backend's while the world ties its last mountpoint to it: the mount there
+    /// is of a device that is gone and was this disk's (its source is one of the disk's
+    /// last /dev names), or the fstab line there names this disk's filesystem UUID. Then it
+    /// is in service (Remove unmounts and drops the line); with neither a mount nor a line
+    /// there it is already out. A mountpoint that holds or lists another disk now (its
+    /// replacement) is not this disk's: no claim, so nothing of the other disk is touched.
+    func vanishedClaim(_ disk: BlockDevice, mount: (String) -> MountInfoEntry?, fstab: Fstab, devicePresent: (DeviceNumber) -> Bool) -> BackendClaim? {
+        guard let mountpoint = managedMountpoint(of: disk) else { return nil }
+        let there = mount(mountpoint)
+        let line = fstab.entry(mountpoint: mountpoint)
+        if let there {
+            guard Self.isMountOfVanished(there, disk, devicePresent: devicePresent) else { return nil }
+            return BackendClaim(backend: name, id: mountpoint, status: .inService)
+        }
+        guard let line else { return BackendClaim(backend: name, id: mountpoint, status: .removed) }
+        return Self.listsVanished(line, disk, at: mountpoint) ? BackendClaim(backend: name, id: mountpoint, status: .inService) : nil
+    }
+
+    /// A mount of a device that no longer exists, whose source was one of `disk`'s names.
+    static func isMountOfVanished(_ mount: MountInfoEntry, _ disk: BlockDevice, devicePresent: (DeviceNumber) -> Bool) -> Bool {
+        let names = Set([disk.identity.devPath] + disk.identity.partitions.map(\.devPath)).subtracting([""])
+        return !devicePresent(mount.devNumber) && names.contains(mount.source)
+    }
+
+    /// An fstab line at `mountpoint` naming the filesystem UUID `disk` had there.
+    static func listsVanished(_ line: Fstab.Entry, _ disk: BlockDevice, at mountpoint: String) -> Bool {
+        let uuids = disk.identity.partitions.filter { $0.mountpoints.contains(mountpoint) }.map(\.fsUuid).filter { !$0.isEmpty }
+        return uuids.contains { line.source == "UUID=\($0)" }
+    }
+
+    /// A disk mounted at one of this backend's mountpoints is remembered with the
+    /// filesystem UUID its fstab line there names, when udev gave none (no udevd running):
+    /// the line Bynar mounted it through is how its vanished self is recognised later.
+    public func remembered(_ devices: [BlockDevice]) -> [BlockDevice] {
+        guard devices.contains(where: { managedMountpoint(of: $0) != nil }), let fstab = try? Fstab(path: config.fstab) else { return devices }
+        return devices.map { device in
+            var device = device
+            for index in device.identity.partitions.indices where device.identity.partitions[index].fsUuid.isEmpty {
+                let partition = device.identity.partitions[index]
+                guard let mountpoint = partition.mountpoints.first(where: { $0.hasPrefix(config.mountRoot + "/") }),
+                      let source = fstab.entry(mountpoint: mountpoint)?.source, source.hasPrefix("UUID="),
+                      let there = Self.mount(at: mountpoint), there.devNumber == DeviceNumber(deviceAt: partition.devPath)
+                else { continue }
+                device.identity.partitions[index].fsUuid = String(source.dropFirst("UUID=".count))
+            }
+            return device
+        }
+    }
+
+    /// Whether a block device with this number exists now.
+    static func devicePresent(_ number: DeviceNumber) -> Bool {
+        access("/sys/dev/block/\(number.major):\(number.minor)", F_OK) == 0
     }
 
     public func safeToRemove(_ disk: BlockDevice, claim: BackendClaim) throws -> SafetyAnswer {
@@ -54,12 +112,19 @@ public struct FilesystemBackend: StorageBackend {
         // The world, not the claim: a resumed Remove finds the unmount already done.
         let there = Self.mount(at: mountpoint)
         let mounted = there != nil
-        let listed = fstab.entry(mountpoint: mountpoint) != nil
+        let line = fstab.entry(mountpoint: mountpoint)
+        // A vanished disk's line is dropped only while it names the disk's own filesystem.
+        let listed = line.map { !disk.absent || Self.listsVanished($0, disk, at: mountpoint) } ?? false
         guard mounted || listed else {
-            return OperationResult(steps: ["\(mountpoint) is neither mounted nor in \(config.fstab)"], backendID: mountpoint, skipped: true)
+            return OperationResult(steps: ["\(mountpoint) is neither mounted nor in \(config.fstab)" + (line == nil ? "" : " for this disk")], backendID: mountpoint, skipped: true)
         }
-        if let other = there, let own = DeviceNumber(deviceAt: disk.identity.devPath), other.devNumber != own, !disk.absent {
-            throw BackendRefusal("\(mountpoint) holds \(other.source) (\(other.devNumber)), not \(disk.identity.devPath); not unmounting another disk")
+        if let other = there {
+            let another = disk.absent
+                ? !Self.isMountOfVanished(other, disk, devicePresent: Self.devicePresent)
+                : DeviceNumber(deviceAt: disk.identity.devPath).map { other.devNumber != $0 } ?? false
+            if another {
+                throw BackendRefusal("\(mountpoint) holds \(other.source) (\(other.devNumber)), not \(disk.identity.devPath); not unmounting another disk")
+            }
         }
         let users = Self.users(of: mountpoint)
         guard users.isEmpty else { throw BackendRefusal("\(mountpoint) is in use by \(users.prefix(10).joined(separator: ", "))") }
@@ -71,7 +136,8 @@ public struct FilesystemBackend: StorageBackend {
         var done: [String] = []
         progress.step(unmountStep, 1, of: 2)
         if mounted {
-            try run(["umount", mountpoint], step: unmountStep, done: done)
+            // A vanished disk's filesystem cannot be written back: detach it (lazily).
+            try run(disk.absent ? ["umount", "-l", mountpoint] : ["umount", mountpoint], step: unmountStep, done: done)
             done.append(unmountStep)
         } else {
             done.append("\(mountpoint) is not mounted")
