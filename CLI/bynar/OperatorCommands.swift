@@ -116,6 +116,23 @@ extension Incidents {
             try await command.send("resolve", .resolve(.with { $0.incidentID = command.id }))
         }
     }
+
+    struct Forget: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Let the brake stop counting a cancelled incident's disk whose host will never answer again (signed, audited).",
+            discussion: """
+            For a cancelled incident the brake still counts out ("kept out") because its host's
+            disk-manager cannot say where the disk is: the host was retired, or is gone for good.
+            The orchestrator asks the disk-manager once more; while it answers, forget is refused
+            (the disk really is out, or in service: resolve). You vouch that the disk is out of
+            its cluster for good; the reason is kept in the audit trail.
+            """)
+        @OptionGroup var command: IncidentCommand
+
+        func run() async throws {
+            try await command.send("forget", .forget(.with { $0.incidentID = command.id }))
+        }
+    }
 }
 
 /// What retry, cancel and resolve take: the incident, the reason, the operator's options.

@@ -18,8 +18,8 @@ struct RetainedOptions: ParsableArguments {
 
 struct Incidents: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Repair incidents: list them, and show, retry, cancel or resolve one (signed operator commands).",
-        subcommands: [List.self, Show.self, Retry.self, Cancel.self, Resolve.self],
+        abstract: "Repair incidents: list them, and show, retry, cancel, resolve or forget one (signed operator commands).",
+        subcommands: [List.self, Show.self, Retry.self, Cancel.self, Resolve.self, Forget.self],
         defaultSubcommand: List.self
     )
 }

@@ -57,6 +57,7 @@ import Testing
             for (factName, facts) in Self.facts {
                 events.append(("cancel/\(factName)", .operatorCancel(Self.alice, facts)))
                 events.append(("resolve/\(factName)", .operatorResolve(Self.alice, facts)))
+                events.append(("forget/\(factName)", .operatorForget(Self.alice, facts)))
             }
             for (eventName, event) in events {
                 var m = machine
@@ -68,7 +69,8 @@ import Testing
                 if !done {
                     #expect(m == machine && actions.count == 1, "\(name) + \(eventName): a refusal changes nothing")
                 } else {
-                    #expect(m.state != machine.state || m.step != machine.step || m.generation != machine.generation, "\(name) + \(eventName) did something")
+                    #expect(m.state != machine.state || m.step != machine.step || m.generation != machine.generation || m.countsAsOut != machine.countsAsOut,
+                            "\(name) + \(eventName) did something")
                     #expect(actions.contains { if case .report = $0 { true } else { false } }, "\(name) + \(eventName) is reported")
                     #expect(actions.contains { if case .notify = $0 { true } else { false } }, "\(name) + \(eventName) is told to people")
                 }
@@ -205,6 +207,28 @@ import Testing
         _ = keptOut.handle(.operatorResolve(Self.alice, .inService(key: "serial-OLD")), nowMs: 7000)
         #expect(keptOut.state == .resolved && !keptOut.countsAsOut && keptOut.isClosed)
         #expect(Self.answer(keptOut.handle(.operatorResolve(Self.alice, .inService(key: "serial-OLD")), nowMs: 8000))?.done == false, "resolved once")
+    }
+
+    @Test("rule 6: forget lets the brake go of a kept-out cancelled incident only while its disk-manager cannot say anything")
+    func forgetOnlyAKeptOutIncidentNobodyCanAnswerFor() {
+        var keptOut = Self.stuckAtRemove()
+        _ = keptOut.handle(.operatorCancel(Self.alice, .unknown(reason: "host retired")), nowMs: 5000)
+        #expect(keptOut.countsAsOut && !keptOut.isClosed)
+        // The disk-manager answers: the disk really is out (or in service: resolve).
+        for facts: M.DiskFacts in [.absent, .notInService(key: "serial-OLD", status: "REMOVED"), .inService(key: "serial-OLD")] {
+            var m = keptOut
+            let refused = m.handle(.operatorForget(Self.alice, facts), nowMs: 6000)
+            #expect(m == keptOut && Self.answer(refused)?.done == false && Self.answer(refused)?.message.contains("forget refused") == true, "\(facts): \(refused)")
+        }
+        var noReason = keptOut
+        #expect(Self.answer(noReason.handle(.operatorForget(.init(keyID: "alice", reason: " "), .unknown(reason: "gone")), nowMs: 6000))?.done == false)
+        let forgot = keptOut.handle(.operatorForget(Self.alice, .unknown(reason: "List on stor1: timed out")), nowMs: 7000)
+        #expect(Self.answer(forgot)?.done == true && forgot.contains(.close), "\(forgot)")
+        #expect(keptOut.state == .cancelled && !keptOut.countsAsOut && keptOut.isClosed)
+        #expect(Self.answer(keptOut.handle(.operatorForget(Self.alice, .unknown(reason: "gone")), nowMs: 8000))?.done == false, "forgotten once")
+        // Anything but a kept-out cancel is refused (a STUCK incident is cancelled first).
+        var stuck = Self.stuckAtRemove()
+        #expect(Self.answer(stuck.handle(.operatorForget(Self.alice, .unknown(reason: "gone")), nowMs: 6000))?.message.contains("cancel it first") == true)
     }
 
     @Test func stuckAndWaitingIncidentsAreAnnouncedAgainOnSchedule() {

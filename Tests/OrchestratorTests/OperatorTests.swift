@@ -41,6 +41,43 @@ struct OperatorTests {
         return try #require(found, "no incident for \(disk.key)")
     }
 
+    @Test("a retired host: its kept-out cancel is refused to forget while its disk-manager answers, forgotten once it cannot, and the brake lets the next repair go")
+    func aRetiredHostsKeptOutIncidentIsForgotten() async throws {
+        try await withHarness { h in
+            let cli = try CLIFixture(broker: h.broker)
+            defer { cli.cleanUp() }
+            h.dm.configure { $0.failRemoveJobs = true }
+            try await h.start(orchestrator: """
+                "operator_keys_file": "\(cli.trustedKeysPath)", "brake": {"max_out_per_host": 1, "max_out_per_rack": 10, "max_out_per_cluster": 10, "removals_per_hour": 100000, "removal_burst": 100}
+                """, steps: #""remove": {"timeout_seconds": 10, "retries": 0}"#)
+            try await h.detector.say(Self.first, from: .failing, to: .failed)
+            let a = try await Self.incident(of: Self.first, in: h)
+            try await Self.waitFor(h, a, .stuck)
+            try await h.detector.say(Self.second, from: .failing, to: .failed)
+            let b = try await Self.incident(of: Self.second, in: h)
+            try await Self.waitFor(h, b, .queued)
+            // The host is being retired: its disk-manager no longer answers; cancel keeps A out.
+            h.dm.configure { $0.silentList = true }
+            let cancel = try await cli.run(["incidents", "cancel", a, "--reason", "stor3 is being retired", "--key", cli.keyPath] + cli.connection)
+            #expect(cancel.exitCode == 0 && cancel.stdout.contains("still counts as out"), "\(cancel.stdout) \(cancel.stderr)")
+            // While it still answers (REMOVED), forget is refused: the disk really is out.
+            h.dm.configure { $0.silentList = false }
+            let early = try await cli.run(["incidents", "forget", a, "--reason", "retired", "--key", cli.keyPath] + cli.connection)
+            #expect(early.exitCode == 1 && early.stderr.contains("forget refused") && early.stderr.contains("REMOVED"), "\(early.stderr)")
+            #expect(h.latest[a]?.incident.countsAsOut == true && Self.held(h, b))
+            // Gone for good: forgotten; the brake lets B go.
+            h.dm.configure { $0.silentList = true }
+            let forget = try await cli.run(["incidents", "forget", a, "--reason", "stor3 retired, its OSDs purged", "--key", cli.keyPath] + cli.connection)
+            #expect(forget.exitCode == 0 && forget.stdout.contains("no longer counts"), "\(forget.stdout) \(forget.stderr)")
+            #expect(await h.incidents.wait(timeout: .seconds(10)) { _ in h.latest[a]?.incident.countsAsOut == false && h.latest[a]?.step == "operator-forget" })
+            h.dm.configure { $0.silentList = false; $0.failRemoveJobs = false }
+            try await Self.waitFor(h, b, .removing)
+            #expect(try await !h.retainedState(a), "a forgotten incident's retained state is cleared")
+            let trail = try await cli.run(["incidents", "show", a, "--key", cli.keyPath] + cli.connection)
+            #expect(trail.stdout.contains("forget") && trail.stdout.contains("stor3 retired, its OSDs purged"), "\(trail.stdout)")
+        }
+    }
+
     @Test("STUCK with the disk out: forged commands refused and audited, retry moves it, cancel keeps the brake until the disk-manager answers, resolve frees it")
     func stuckIncidentHasAWayOut() async throws {
         try await withHarness { h in

@@ -88,6 +88,14 @@ public nonisolated struct Bynar_V1_OperatorCommand: Sendable {
     set {action = .maintenanceOff(newValue)}
   }
 
+  public var forget: Bynar_V1_OperatorCommand.ForgetIncident {
+    get {
+      if case .forget(let v)? = action {return v}
+      return Bynar_V1_OperatorCommand.ForgetIncident()
+    }
+    set {action = .forget(newValue)}
+  }
+
   public var auth: Bynar_V1_CommandAuth {
     get {_auth ?? Bynar_V1_CommandAuth()}
     set {_auth = newValue}
@@ -106,6 +114,7 @@ public nonisolated struct Bynar_V1_OperatorCommand: Sendable {
     case resolve(Bynar_V1_OperatorCommand.ResolveIncident)
     case maintenanceOn(Bynar_V1_OperatorCommand.MaintenanceOn)
     case maintenanceOff(Bynar_V1_OperatorCommand.MaintenanceOff)
+    case forget(Bynar_V1_OperatorCommand.ForgetIncident)
 
   }
 
@@ -146,6 +155,21 @@ public nonisolated struct Bynar_V1_OperatorCommand: Sendable {
   }
 
   public nonisolated struct ResolveIncident: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    public var incidentID: String = String()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+  }
+
+  /// A cancelled incident the brake still counts out, whose disk-manager cannot say where
+  /// the disk is (its host retired or gone for good): the operator vouches that the disk
+  /// no longer counts, and the brake lets it go.
+  public nonisolated struct ForgetIncident: Sendable {
     // SwiftProtobuf.Message conformance is added in an extension below. See the
     // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
     // methods supported on all messages.
@@ -306,7 +330,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_OperatorCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OperatorCommand"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}reason\0\u{2}\u{8}show\0\u{1}retry\0\u{1}cancel\0\u{1}resolve\0\u{3}maintenance_on\0\u{3}maintenance_off\0\u{2}\u{f}auth\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}reason\0\u{2}\u{8}show\0\u{1}retry\0\u{1}cancel\0\u{1}resolve\0\u{3}maintenance_on\0\u{3}maintenance_off\0\u{1}forget\0\u{2}\u{e}auth\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -394,6 +418,19 @@ nonisolated extension Bynar_V1_OperatorCommand: SwiftProtobuf.Message, SwiftProt
           self.action = .maintenanceOff(v)
         }
       }()
+      case 16: try {
+        var v: Bynar_V1_OperatorCommand.ForgetIncident?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .forget(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .forget(v)
+        }
+      }()
       case 30: try { try decoder.decodeSingularMessageField(value: &self._auth) }()
       default: break
       }
@@ -435,6 +472,10 @@ nonisolated extension Bynar_V1_OperatorCommand: SwiftProtobuf.Message, SwiftProt
     case .maintenanceOff?: try {
       guard case .maintenanceOff(let v)? = self.action else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .forget?: try {
+      guard case .forget(let v)? = self.action else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
     }()
     case nil: break
     }
@@ -568,6 +609,36 @@ nonisolated extension Bynar_V1_OperatorCommand.ResolveIncident: SwiftProtobuf.Me
   }
 
   public static func ==(lhs: Bynar_V1_OperatorCommand.ResolveIncident, rhs: Bynar_V1_OperatorCommand.ResolveIncident) -> Bool {
+    if lhs.incidentID != rhs.incidentID {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_OperatorCommand.ForgetIncident: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Bynar_V1_OperatorCommand.protoMessageName + ".ForgetIncident"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}incident_id\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.incidentID) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.incidentID.isEmpty {
+      try visitor.visitSingularStringField(value: self.incidentID, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_OperatorCommand.ForgetIncident, rhs: Bynar_V1_OperatorCommand.ForgetIncident) -> Bool {
     if lhs.incidentID != rhs.incidentID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

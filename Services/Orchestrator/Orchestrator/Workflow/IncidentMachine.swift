@@ -26,6 +26,11 @@
 ///    when the disk-manager reports the disk or its replacement in service; otherwise it
 ///    is refused, naming what the disk-manager said. A kept-out CANCELLED incident can be
 ///    resolved this way.
+/// 6. Forget (``Event/operatorForget(_:_:)``) lets the brake stop counting a kept-out
+///    CANCELLED incident's disk when the disk-manager cannot say anything about it (its
+///    host retired, or gone for good): the operator vouches for it, audited. Refused in
+///    every other state, and while the disk-manager answers (then the disk really is out,
+///    or in service: resolve).
 ///
 /// Re-announcements (``Event/timePassed``): a STUCK incident, and one waiting in QUEUED,
 /// TICKETED or WAITING_FOR_REPLACEMENT, is announced to people again every
@@ -241,6 +246,8 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         case operatorCancel(Operator, DiskFacts)
         /// An operator says the disk is dealt with; `DiskFacts` is what the disk-manager said.
         case operatorResolve(Operator, DiskFacts)
+        /// An operator vouches that a kept-out cancelled incident's disk no longer counts.
+        case operatorForget(Operator, DiskFacts)
     }
 
     public enum TicketAction: String, Sendable, Equatable { case open, comment, close }
@@ -370,6 +377,8 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             actions = operatorCancel(who, facts, nowMs: nowMs)
         case .operatorResolve(let who, let facts):
             actions = operatorResolve(who, facts, nowMs: nowMs)
+        case .operatorForget(let who, let facts):
+            actions = operatorForget(who, facts)
         case .timePassed where state == .stuck:
             actions = reannounce(nowMs: nowMs)
         default:
@@ -839,6 +848,27 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         }
         actions.append(.notify(.info, title: "Operator \(who.keyID) resolved the repair of \(disk.label)", text: message, nextAction: "nothing: the incident is resolved"))
         return actions + [.close, .answerOperator(done: true, message: message)]
+    }
+
+    private mutating func operatorForget(_ who: Operator, _ facts: DiskFacts) -> [Action] {
+        if who.reason.allSatisfy(\.isWhitespace) { return refuse("a reason is required (--reason)") }
+        guard state == .cancelled, keptOut == true else {
+            return refuse("forget refused: only a cancelled incident whose disk the brake still counts out can be forgotten; this one is \(state.rawValue)" +
+                          (state == .cancelled ? " and no longer counted" : " (cancel it first)"))
+        }
+        guard case .unknown = facts else {
+            return refuse("forget refused: \(facts.words); while the disk-manager can say where the disk is, the brake follows it " +
+                          "(resolve once the disk or its replacement is in service)")
+        }
+        keptOut = false
+        let message = "operator \(who.keyID) forgot the incident: \(who.reason). \(facts.words); the brake no longer counts \(disk.label) out"
+        return [
+            .report(from: .cancelled, step: "operator-forget", message: message),
+            .notify(.warning, title: "Operator \(who.keyID) told the brake to forget \(disk.label)", text: message,
+                    nextAction: "nothing: the incident is closed; make sure the disk is out of its cluster for good"),
+            .close,
+            .answerOperator(done: true, message: message),
+        ]
     }
 
     // MARK: Re-announcements

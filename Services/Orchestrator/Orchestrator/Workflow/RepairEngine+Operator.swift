@@ -23,6 +23,7 @@ struct OperatorRequest: Sendable {
         case .retry(let retry)?: (action, incidentID, target) = ("retry", retry.incidentID, "")
         case .cancel(let cancel)?: (action, incidentID, target) = ("cancel", cancel.incidentID, "")
         case .resolve(let resolve)?: (action, incidentID, target) = ("resolve", resolve.incidentID, "")
+        case .forget(let forget)?: (action, incidentID, target) = ("forget", forget.incidentID, "")
         case .maintenanceOn(let on)?: (action, incidentID, target) = ("maintenance-on", "", Self.scope(host: on.host, disk: on.disk))
         case .maintenanceOff(let off)?: (action, incidentID, target) = ("maintenance-off", "", Self.scope(host: off.host, disk: off.disk))
         case nil: (action, incidentID, target) = ("(none)", "", "")
@@ -39,7 +40,7 @@ struct OperatorRequest: Sendable {
     }
 }
 
-/// Operator commands (`bynar incidents show|retry|cancel|resolve`, `bynar maintenance`):
+/// Operator commands (`bynar incidents show|retry|cancel|resolve|forget`, `bynar maintenance`):
 /// verified with the operator keys, decided by ``IncidentMachine`` and ``MaintenanceBook``,
 /// every one (verified or not) audited in the journal with its answer in the batch's
 /// transaction, announced on the bus, and answered after the commit.
@@ -75,7 +76,7 @@ extension RepairEngine {
             answering = request
             apply(.operatorRetry(.init(keyID: request.keyID, reason: request.reason)), to: machine.id)
             answering = nil
-        case .cancel, .resolve:
+        case .cancel, .resolve, .forget:
             guard let machine = openMachine(request) else { return }
             askDiskFacts(request, machine: machine)
         case .maintenanceOn(let on):
@@ -127,8 +128,8 @@ extension RepairEngine {
         answer(request, done: true, message: "shown", incident: machine)
     }
 
-    /// Asks the incident's disk-manager (List) where the disk is, then decides the cancel or
-    /// resolve with what it said (or that it said nothing).
+    /// Asks the incident's disk-manager (List) where the disk is, then decides the cancel,
+    /// resolve or forget with what it said (or that it said nothing).
     private func askDiskFacts(_ request: OperatorRequest, machine: IncidentMachine) {
         let inputs = self.inputs
         guard let client else {
@@ -150,7 +151,7 @@ extension RepairEngine {
         }
     }
 
-    /// Decides a verified cancel or resolve once the disk-manager answered (or did not).
+    /// Decides a verified cancel, resolve or forget once the disk-manager answered (or did not).
     func operatorDecide(_ request: OperatorRequest, facts: IncidentMachine.DiskFacts) {
         guard machines[request.incidentID] != nil else {
             _ = openMachine(request)
@@ -158,7 +159,12 @@ extension RepairEngine {
         }
         let who = IncidentMachine.Operator(keyID: request.keyID, reason: request.reason)
         answering = request
-        apply(request.action == "cancel" ? .operatorCancel(who, facts) : .operatorResolve(who, facts), to: request.incidentID)
+        let event: IncidentMachine.Event = switch request.action {
+        case "cancel": .operatorCancel(who, facts)
+        case "forget": .operatorForget(who, facts)
+        default: .operatorResolve(who, facts)
+        }
+        apply(event, to: request.incidentID)
         answering = nil
     }
 
