@@ -216,7 +216,7 @@ struct EndToEndTests {
         await value(#"bynar_orchestrator_incidents_closed_total{state="resolved"}"#, is: 1)
         await value(#"sum(bynar_orchestrator_incidents)"#, is: 0)
         await value(#"sum(bynar_orchestrator_disks_out)"#, is: 0)
-        await value(#"count(bynar_ticketing_requests_total{backend="jira",code=~"2.."} > 0)"#, is: 1)
+        await value(#"count(sum by (backend) (bynar_ticketing_requests_total{backend="jira",code=~"2.."}) > 0)"#, is: 1)
         await value(#"count(bynar_detector_disks{host="h1",state="healthy"} >= 1)"#, is: 1)
         await value("count(bynar_detector_check_duration_seconds_count > 0)", is: 1)
         await value(#"bynar_outbox_messages{job="bynar-orchestrator",state="pending"}"#, is: 0)
