@@ -19,6 +19,9 @@ let httpClient = Target.Dependency.product(name: "AsyncHTTPClient", package: "as
 let nioCore = Target.Dependency.product(name: "NIOCore", package: "swift-nio")
 let nioPosix = Target.Dependency.product(name: "NIOPosix", package: "swift-nio")
 let nioSSL = Target.Dependency.product(name: "NIOSSL", package: "swift-nio-ssl")
+let nioHTTP1 = Target.Dependency.product(name: "NIOHTTP1", package: "swift-nio")
+let metrics = Target.Dependency.product(name: "Metrics", package: "swift-metrics")
+let prometheus = Target.Dependency.product(name: "Prometheus", package: "swift-prometheus")
 
 /// The five services: a library target with the logic and a thin executable each.
 let services: [(name: String, executable: String)] = [
@@ -42,7 +45,7 @@ let serviceTargets: [Target] = services.flatMap { service in
     [
         Target.target(
             name: service.name,
-            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle, grdb, protobuf]
+            dependencies: ["BynarRuntime", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", log, lifecycle, grdb, protobuf, metrics]
                 + (serviceCLibraries[service.name] ?? []),
             path: "Services/\(service.name)/\(service.name)",
             swiftSettings: strict
@@ -74,6 +77,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: serviceTargets + [
         // libmosquitto, wrapped once: only BynarBus imports it.
@@ -125,7 +130,7 @@ let package = Package(
         ),
         .target(
             name: "BynarRuntime",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarProcess", log, lifecycle],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarProcess", log, lifecycle, metrics, prometheus, nioCore, nioPosix, nioHTTP1],
             path: "Shared/BynarRuntime",
             swiftSettings: strict
         ),

@@ -179,6 +179,7 @@ final class ChaosRun: @unchecked Sendable {
         """
         {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "info",
          "broker": {\(broker!.configJSON(identity: identity, storage: storage))},
+         "metrics": {"enabled": false},
          \(extra)}
         """
     }

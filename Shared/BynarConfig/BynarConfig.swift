@@ -13,6 +13,8 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     public var ticketing = TicketingConfig()
     public var notifier = NotifierConfig()
     public var orchestrator = OrchestratorConfig()
+    /// Prometheus metrics: on by default, on loopback (``MetricsConfig``).
+    public var metrics = MetricsConfig()
     /// Directory for each service's local SQLite store (`<db_location>/<service>.sqlite`).
     public var dbLocation = "/var/lib/bynar"
     /// trace, debug, info, notice, warning, error or critical.

@@ -26,6 +26,7 @@ extension BynarConfig {
         problems += ticketing.validate()
         problems += notifier.validate()
         problems += orchestrator.validate()
+        problems += metrics.validate()
         return problems
     }
 }

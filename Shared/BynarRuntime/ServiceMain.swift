@@ -102,6 +102,7 @@ public enum ServiceMain {
             let session = try store.nextSession()
             let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)
             let outbox = Outbox(bus: bus, store: store)
+            let metrics = try await MetricsEndpoint.start(config.metrics, service: S.serviceName, host: host, bus: bus, store: store, logger: logger)
             let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger)
             let service = try S(context: context)
             bus.start()
@@ -118,6 +119,7 @@ public enum ServiceMain {
             var failure: (any Error)?
             do { try await group.run() } catch { failure = error }
             await bus.shutdown()
+            await metrics?.stop()
             if let failure {
                 logger.critical("stopped on error", metadata: ["error": "\(failure)"])
                 exit(1)

@@ -284,4 +284,12 @@ public final class LocalStore: Sendable {
             return (pending, refused)
         }
     }
+
+    /// When the oldest pending message was written (Unix ms), or nil when none is pending:
+    /// how long the outbox has been backing up.
+    public func oldestPendingOutboxUnixMs() throws -> Int64? {
+        try database.read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(created_unix_ms) FROM outbox WHERE state = 'pending'")
+        }
+    }
 }

@@ -137,4 +137,17 @@ struct ConfigTests {
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"deploy_backend": "ceph", "filesystem": {}}}"#) }
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"ceph": {"config_file": "/nonexistent/ceph.conf"}}}"#) }
     }
+
+    @Test func metricsAreOnByDefaultOnLoopbackWithAPortPerService() throws {
+        let defaults = try ConfigLoader.parse("{}").metrics
+        #expect(defaults.enabled && defaults.address == "127.0.0.1")
+        #expect(["detector", "disk-manager", "ticketing", "notifier", "orchestrator"].compactMap(defaults.port(of:)) == [9741, 9742, 9743, 9744, 9745])
+        #expect(defaults.port(of: "cli") == nil)
+        let off = try ConfigLoader.parse("{}", environment: ["BYNAR_METRICS__ENABLED": "false", "BYNAR_METRICS__DISK_MANAGER_PORT": "19742"]).metrics
+        #expect(!off.enabled && off.port(of: "disk-manager") == 19742)
+        let error = try #require(throws: ConfigError.self) {
+            try ConfigLoader.parse(#"{"metrics": {"address": "", "notifier_port": 9741, "orchestrator_port": 70000}}"#)
+        }
+        #expect(error.problems.map(\.field).sorted() == ["metrics.address", "metrics.notifier_port", "metrics.orchestrator_port"], "\(error)")
+    }
 }

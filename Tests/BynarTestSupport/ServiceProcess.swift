@@ -11,7 +11,8 @@ public final class ServiceProcess: @unchecked Sendable {
     public let logPath: String
 
     /// Starts `executable` (e.g. "bynar-detector") on `brokerPort` as `host`; `extraConfig`
-    /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`);
+    /// is spliced into the top level of the JSON config (e.g. `"detector": {...}`; metrics
+    /// are off unless it has a `"metrics"` section: tests run many services side by side);
     /// `brokerExtra` into the `broker` object (credentials, TLS); `environment` is added to
     /// the service's environment (test knobs such as pause points).
     public init(_ executable: String, brokerPort: Int, host: String = "h1", directory: String, extraConfig: String = "", brokerExtra: String = "",
@@ -20,7 +21,7 @@ public final class ServiceProcess: @unchecked Sendable {
         logPath = directory + "/\(executable).log"
         let config = """
         {"host": "\(host)", "db_location": "\(directory)/db", "log_level": "debug",
-         "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1\(brokerExtra.isEmpty ? "" : ", " + brokerExtra)}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)}
+         "broker": {"port": \(brokerPort), "reconnect_max_seconds": 1\(brokerExtra.isEmpty ? "" : ", " + brokerExtra)}\(extraConfig.isEmpty ? "" : ",\n " + extraConfig)\(extraConfig.contains("\"metrics\"") ? "" : ",\n \"metrics\": {\"enabled\": false}")}
         """
         try config.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
         process = try ChildProcess(builtExecutable(executable), ["--config", directory + "/bynar.json"], outputPath: logPath, environment: environment)

@@ -77,12 +77,20 @@ struct EndToEndTests {
             await statuses.wait(timeout: .seconds(20)) { $0.contains { $0.payload.service == service && $0.payload.state == .birth } }
         }
 
+        // The run without kills also serves metrics to a real Prometheus, which is asked for
+        // the repair's figures at the end.
+        let metricsPorts = try Dictionary(uniqueKeysWithValues: ["detector", "disk_manager", "ticketing", "orchestrator"].map { ($0, try freeLoopbackPort()) })
+        let scraped = pausePoint == nil && PrometheusServer.available
+        func metrics(_ service: String) -> String {
+            scraped ? ",\n\"metrics\": {\"\(service)_port\": \(metricsPorts[service]!)}" : ""
+        }
         let port = broker.port
+        let managerMetrics = metrics("disk_manager")
         let managers = try Manager { environment in
             try ServiceProcess("bynar-disk-manager", brokerPort: port, host: "h1", directory: "\(directory)/dm", extraConfig: """
                 "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1,
                   "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstab)", "filesystem": "ext4",
-                                 "mount_options": "defaults,noatime,nofail,errors=remount-ro"}}
+                                 "mount_options": "defaults,noatime,nofail,errors=remount-ro"}}\(managerMetrics)
                 """, environment: environment)
         }
         defer { managers.process.signal(SIGTERM) }
@@ -118,19 +126,23 @@ struct EndToEndTests {
         defer { watcher?.cancel() }
 
         let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, host: "h1", directory: "\(directory)/det", extraConfig: """
-            "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5}
+            "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5}\(metrics("detector"))
             """)
         defer { detector.signal(SIGTERM) }
         let ticketing = try ServiceProcess("bynar-ticketing", brokerPort: broker.port, host: "t1", directory: "\(directory)/tic", extraConfig: """
             "ticketing": {"jira": {"base_url": "\(jira.baseURL)", "project_key": "BYN", "issue_type_id": "3", "priority_id": "2",
                                    "user": "bynar-bot", "api_token": "api-token-1"},
                           "request_timeout_seconds": 5, "retry_min_seconds": 1, "retry_max_seconds": 2,
-                          "follow": {"first_check_seconds": 1, "backoff_factor": 1.0, "max_interval_seconds": 1}}
+                          "follow": {"first_check_seconds": 1, "backoff_factor": 1.0, "max_interval_seconds": 1}}\(metrics("ticketing"))
             """)
         defer { ticketing.signal(SIGTERM) }
         let orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: "\(directory)/orc", extraConfig: """
-            "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1}
+            "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1}\(metrics("orchestrator"))
             """)
+        let prometheus: PrometheusServer? = try scraped ? PrometheusServer(targets: Dictionary(uniqueKeysWithValues: metricsPorts.map {
+            ("bynar-\($0.key.replacingOccurrences(of: "_", with: "-"))", ["127.0.0.1:\($0.value)"])
+        })) : nil
+        defer { prometheus?.stop() }
         defer { orchestrator.signal(SIGTERM) }
         #expect(await born("detector"), "\(detector.log)")
         #expect(await born("ticketing"), "\(ticketing.log)")
@@ -189,7 +201,33 @@ struct EndToEndTests {
         // Each disk-changing job ran once.
         let jobs = Dictionary(grouping: progress.all.filter { $0.payload.state != .running }, by: \.payload.operation).mapValues(\.count)
         #expect(jobs["Remove"] == 1 && jobs["Add"] == 1, "\(jobs)")
+        if let prometheus { await expectRepairFigures(prometheus) }
         await tap.shutdown()
     }
-}
 
+    /// What Prometheus scraped from the services during the repair: every target up, one
+    /// Deploy, Remove and Add job each succeeded (with its duration), one incident opened and
+    /// resolved, the brake back to no disk out, JIRA answered, the detector checked disks.
+    func expectRepairFigures(_ prometheus: PrometheusServer) async {
+        func value(_ query: String, is expected: Double) async {
+            let samples = await prometheus.wait(for: query, timeout: .seconds(15)) { $0.count == 1 && $0[0].value == expected }
+            #expect(samples.count == 1 && samples.first?.value == expected, "\(query): \(samples)\n\(prometheus.log.suffix(2000))")
+        }
+        await value("count(up == 1)", is: 4)
+        await value(#"bynar_disk_manager_jobs_total{operation="remove",outcome="succeeded"}"#, is: 1)
+        await value(#"bynar_disk_manager_jobs_total{operation="add",outcome="succeeded"}"#, is: 1)
+        await value(#"bynar_disk_manager_jobs_total{operation="deploy",outcome="succeeded"}"#, is: 1)
+        await value(#"sum(bynar_disk_manager_job_duration_seconds_count{operation="remove"})"#, is: 1)
+        await value("bynar_orchestrator_incidents_opened_total", is: 1)
+        await value(#"bynar_orchestrator_incidents_closed_total{state="resolved"}"#, is: 1)
+        await value(#"sum(bynar_orchestrator_incidents)"#, is: 0)
+        await value(#"sum(bynar_orchestrator_disks_out)"#, is: 0)
+        await value(#"count(sum by (backend) (bynar_ticketing_requests_total{backend="jira",code=~"2.."}) > 0)"#, is: 1)
+        await value(#"count(bynar_detector_disks{host="h1",state="healthy"} >= 1)"#, is: 1)
+        await value("count(bynar_detector_check_duration_seconds_count > 0)", is: 1)
+        await value(#"bynar_outbox_messages{job="bynar-orchestrator",state="pending"}"#, is: 0)
+        let published = (try? prometheus.query("bynar_bus_messages_published_total")) ?? []
+        #expect(published.count == 4 && published.allSatisfy { $0.value > 0 }, "\(published)")
+        print("e2e: Prometheus: \((try? prometheus.query(#"{__name__=~"bynar_disk_manager_jobs_total|bynar_orchestrator_incidents_closed_total"}"#)) ?? [])")
+    }
+}

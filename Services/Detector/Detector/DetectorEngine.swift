@@ -8,6 +8,7 @@ import BynarRuntime
 import BynarStore
 import GRDB
 import Logging
+import Metrics
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #endif
@@ -104,6 +105,7 @@ actor DetectorEngine {
             }
         }
         logger.info("restored disk states", metadata: ["slots": "\(slots.count)"])
+        recordDiskStates()
     }
 
     // MARK: Facts in
@@ -204,7 +206,7 @@ actor DetectorEngine {
         var force = forceSmart
         repeat {
             pendingChecks.remove(id)
-            await checkOnce(id, forceSmart: force)
+            await Timer(label: "bynar_detector_check_duration_seconds").measure { await checkOnce(id, forceSmart: force) }
             force = true
         } while pendingChecks.contains(id)
     }
@@ -338,7 +340,13 @@ actor DetectorEngine {
         } catch {
             logger.error("cannot save disk state and its events", metadata: ["slot": "\(id)", "events": "\(events.count)", "error": "\(error)"])
         }
+        recordDiskStates()
         if recheck { await check(id, forceSmart: true) }
+    }
+
+    /// `bynar_detector_disks{host,state}`: this host's disks by health state, after every change.
+    private func recordDiskStates() {
+        recordStateCounts("bynar_detector_disks", of: slots.values.map(\.machine.state), dimensions: [("host", context.host)])
     }
 
     private func announcement(_ id: String, from: DiskHealthMachine.State, to: DiskHealthMachine.State, reasons: [DiskHealthMachine.Reason], previousKey: String?) -> [Outbox.Event] {

@@ -7,6 +7,7 @@ import BynarConfig
 import BynarDisks
 import BynarProcess
 import Logging
+import Metrics
 import ServiceLifecycle
 
 /// The disk-manager on one storage host: the only thing that changes disks, and only for
@@ -124,6 +125,7 @@ actor RequestHandler {
             let (seconds, attoseconds) = duration.components
             return String(Double(seconds) * 1000 + Double(attoseconds) / 1e15)
         }
+        Counter(label: "bynar_disk_manager_commands_total", dimensions: [("operation", snakeCase(DiskManagerService.operationName(request))), ("outcome", Self.label(response.outcome))]).increment()
         context.logger.notice("disk-manager command", metadata: [
             "request_id": "\(request.requestID)", "operation": "\(DiskManagerService.operationName(request))",
             "outcome": "\(response.outcome)", "reason": "\(response.reason)", "job": "\(response.jobID)",
@@ -426,6 +428,7 @@ actor RequestHandler {
             progress.updatedUnixMs = Bus.nowUnixMs()
             Task { await self.progressed(jobID: jobID, progress) }
         }
+        let started = ContinuousClock.now
         var final = start
         var response = Bynar_V1_DiskManagerResponse()
         response.requestID = request.requestID
@@ -478,6 +481,7 @@ actor RequestHandler {
         } catch {
             context.logger.error("cannot write the audit record", metadata: ["job": "\(jobID)", "error": "\(error)"])
         }
+        recordJobEnd(final, duration: ContinuousClock.now - started)
         context.logger.notice("job finished", metadata: [
             "job": "\(jobID)", "operation": "\(final.operation)", "outcome": "\(final.outcome)",
             "failed_step": "\(final.failedStep)", "backend_id": "\(final.backendID)", "message": "\(final.message)",
@@ -589,6 +593,28 @@ actor RequestHandler {
         final.updatedUnixMs = Bus.nowUnixMs()
         try? jobs.update(id: job.id, progress: final)
         publish(final)
+        recordJobEnd(final, duration: nil)
+    }
+
+    /// `bynar_disk_manager_jobs_total{operation,outcome}`, and the run's duration (an
+    /// abandoned job has none) in `bynar_disk_manager_job_duration_seconds`.
+    private func recordJobEnd(_ final: Bynar_V1_JobProgress, duration: Duration?) {
+        let dimensions = [("operation", snakeCase(final.operation)), ("outcome", Self.label(final.outcome))]
+        Counter(label: "bynar_disk_manager_jobs_total", dimensions: dimensions).increment()
+        if let duration { Timer(label: "bynar_disk_manager_job_duration_seconds", dimensions: dimensions).record(duration: duration) }
+    }
+
+    /// An outcome as a metric label: `succeeded`, `skipped`, `refused`, `failed`, ...
+    static func label(_ outcome: Bynar_V1_Outcome) -> String {
+        switch outcome {
+        case .success: "succeeded"
+        case .skipped: "skipped"
+        case .alreadyDone: "already_done"
+        case .refused: "refused"
+        case .failed: "failed"
+        case .accepted: "accepted"
+        case .unspecified, .UNRECOGNIZED: "unknown"
+        }
     }
 
     /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the filesystem's.

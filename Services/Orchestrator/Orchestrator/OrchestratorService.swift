@@ -6,6 +6,7 @@ import Synchronization
 import BynarConfig
 import BynarProto
 import Logging
+import Metrics
 import ServiceLifecycle
 
 /// The orchestrator: decides what happens to failed disks, across the cluster, and keeps
@@ -248,6 +249,7 @@ final class HookDispatcher: Sendable {
                                                     environment: environment, timeout: .seconds(hook.timeoutSeconds)))
             context.logger.notice("hook ran", metadata: [
                 "event_id": "\(eventID)", "hook": "\(hook.command)", "exit_status": "\(result.exitStatus)", "timed_out": "\(result.timedOut)"])
+            Counter(label: "bynar_orchestrator_hook_runs_total", dimensions: [("exit_status", result.timedOut ? "timeout" : "\(result.exitStatus)")]).increment()
             do {
                 try context.outbox.publish(result, to: Topics.hookEvents, correlationId: eventID)
             } catch {

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import BynarConfig
+import Metrics
 import NIOCore
 import NIOHTTP1
 #if canImport(FoundationEssentials)
@@ -27,8 +28,10 @@ struct HTTPTransport: Sendable {
     let authorization: String?
     /// Backend name for messages ("JIRA").
     let what: String
+    /// The backend's name for metrics ("jira").
+    let backend: String
 
-    init(settings: TicketingSettings, credentials: TicketingSettings.Credentials?, what: String) {
+    init(settings: TicketingSettings, credentials: TicketingSettings.Credentials?, what: String, backend: String) {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(min(settings.requestTimeoutSeconds, 10))), read: .seconds(Int64(settings.requestTimeoutSeconds)))
         configuration.redirectConfiguration = .disallow
@@ -40,6 +43,7 @@ struct HTTPTransport: Sendable {
         timeout = .seconds(Int64(settings.requestTimeoutSeconds))
         authorization = credentials.map(HTTPTransport.authorizationHeader)
         self.what = what
+        self.backend = backend
     }
 
     static func authorizationHeader(_ credentials: TicketingSettings.Credentials) -> String {
@@ -70,8 +74,11 @@ struct HTTPTransport: Sendable {
             request.headers.add(name: "Content-Type", value: "application/json")
             request.body = .bytes(ByteBuffer(bytes: body))
         }
+        var status = "none"
+        defer { Counter(label: "bynar_ticketing_requests_total", dimensions: [("backend", backend), ("code", status)]).increment() }
         do {
             let response = try await client.execute(request, timeout: timeout)
+            status = "\(response.status.code)"
             let buffer = try await response.body.collect(upTo: 8 << 20)
             return Reply(status: Int(response.status.code), headers: response.headers, body: Array(buffer.readableBytesView))
         } catch {

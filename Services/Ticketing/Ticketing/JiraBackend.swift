@@ -28,7 +28,7 @@ public struct JiraBackend: TicketBackend {
 
     public init(_ jira: TicketingSettings.Jira, settings: TicketingSettings) {
         self.settings = jira
-        http = HTTPTransport(settings: settings, credentials: jira.credentials, what: "JIRA")
+        http = HTTPTransport(settings: settings, credentials: jira.credentials, what: "JIRA", backend: name)
     }
 
     var api: String { settings.baseURL + "/rest/api/2" }

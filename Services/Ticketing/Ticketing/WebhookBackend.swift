@@ -27,7 +27,7 @@ public struct WebhookBackend: TicketBackend {
 
     public init(_ webhook: TicketingSettings.Webhook, settings: TicketingSettings) {
         url = webhook.url
-        http = HTTPTransport(settings: settings, credentials: webhook.credentials, what: "the webhook")
+        http = HTTPTransport(settings: settings, credentials: webhook.credentials, what: "the webhook", backend: name)
     }
 
     struct Body: Encodable {

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import Metrics
 import NIOCore
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -77,9 +78,12 @@ final class SlackWebhook: DeliveryChannel {
         let status: UInt
         let body: String
         let retryAfter: String?
+        var code = "none"
+        defer { Counter(label: "bynar_notifier_slack_requests_total", dimensions: [("code", code)]).increment() }
         do {
             let response = try await client.execute(request, timeout: .seconds(Int64(timeout.components.seconds)))
             status = response.status.code
+            code = "\(status)"
             retryAfter = response.headers.first(name: "Retry-After")
             let bytes = try await response.body.collect(upTo: 64 * 1024)
             body = String(buffer: bytes).trimmed

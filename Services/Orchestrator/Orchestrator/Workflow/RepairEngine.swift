@@ -2,7 +2,9 @@ import BynarAuth
 import BynarBus
 import BynarConfig
 import BynarProto
+import BynarRuntime
 import Logging
+import Metrics
 import SwiftProtobuf
 
 /// The shell around the incident machines, the brake and the maintenance windows: turns bus
@@ -123,6 +125,7 @@ actor RepairEngine {
         // The retained windows, in case the broker lost them.
         publishMaintenance()
         flush()
+        recordFigures()
         while !Task.isCancelled {
             let batch = await inputs.next()
             if batch.isEmpty { continue }
@@ -303,6 +306,7 @@ actor RepairEngine {
         openByDisk[key] = id
         latestOpening[key] = now
         logger.notice("incident opened", metadata: ["incident": "\(id)", "why": "\(why)"])
+        Counter(label: "bynar_orchestrator_incidents_opened_total").increment()
         apply(.started, to: id)
     }
 
@@ -410,11 +414,37 @@ actor RepairEngine {
             })
             return
         }
-        for machine in changed where machine.isClosed { machines[machine.id] = nil }
+        for machine in changed where machine.isClosed {
+            machines[machine.id] = nil
+            Counter(label: "bynar_orchestrator_incidents_closed_total", dimensions: [("state", snakeCase(machine.state.rawValue))]).increment()
+        }
+        recordFigures()
         sendReplies(answers)
         let batch = commands
         commands = []
         for (id, action) in batch { send(action, for: id) }
+    }
+
+    /// The incidents by state, since when the oldest of each state waits, and the disks out
+    /// per cluster against the brake's limits (docs/metrics.md), after every committed batch.
+    private func recordFigures() {
+        recordStateCounts("bynar_orchestrator_incidents", of: machines.values.map(\.state))
+        var oldest: [IncidentMachine.State: Int64] = [:]
+        for machine in machines.values {
+            let since = machine.stateSinceMs ?? machine.openedMs
+            oldest[machine.state] = min(oldest[machine.state] ?? since, since)
+        }
+        for state in IncidentMachine.State.allCases {
+            Gauge(label: "bynar_orchestrator_incident_oldest_state_entered_timestamp_seconds", dimensions: [("state", snakeCase(state.rawValue))])
+                .record(Double(oldest[state] ?? 0) / 1000)
+        }
+        var out = Dictionary(uniqueKeysWithValues: ([config.defaultCluster] + config.hosts.compactMap(\.cluster)).map { ($0, 0) })
+        for machine in machines.values where machine.countsAsOut { out[machine.cluster, default: 0] += 1 }
+        for (cluster, count) in out { Gauge(label: "bynar_orchestrator_disks_out", dimensions: [("cluster", cluster)]).record(count) }
+        Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "cluster")]).record(brake.limits.maxOutPerCluster)
+        Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "rack")]).record(brake.limits.maxOutPerRack)
+        Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "host")]).record(brake.limits.maxOutPerHost)
+        Gauge(label: "bynar_orchestrator_brake_removal_tokens").record(brake.bucket.tokens)
     }
 
     // MARK: Commands
