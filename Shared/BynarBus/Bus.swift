@@ -62,6 +62,9 @@ public final class Bus: Sendable {
 
     public let identity: Identity
     public let clientId: String
+    /// Signalled on every connect after the first (one consumer: the detector, which says
+    /// its retained health again to a broker that may be back from an older save).
+    public let reconnected = WakeSignal()
     /// Where replies to this client's requests arrive.
     public let replyTopic: String
     let logger: Logger
@@ -720,6 +723,7 @@ public final class Bus: Sendable {
             }
             logger.info("connected to broker", metadata: ["broker": "\(config.host):\(config.port)", "session_present": "\(sessionPresent)", "client_id": "\(clientId)"])
             for waiter in waiters { waiter.resume() }
+            if stats.connects > 1 { reconnected.signal() }
             Task {
                 for filter in resubscribe.sorted() {
                     do { try await self.ensureSubscribed(filter) } catch {

@@ -162,7 +162,10 @@ enum Samples {
         maintenance.windows = [window]
         maintenance.updatedUnixMs = 1_700_000_000_000
 
+        var receipt = Bynar_V1_Receipt()
+        receipt.messageID = "7f1c2b1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b"
+
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
-                notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance]
+                notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt]
     }
 }

@@ -136,6 +136,56 @@ struct DetectorServiceTests {
         await watcher.shutdown()
     }
 
+    /// Found by the chaos run (bug 7): a broker killed with -9 comes back with the retained
+    /// messages of its last save, so a replaced disk's MISSING health, cleared after that
+    /// save, came back to life (an orchestrator starting later would repair a disk that was
+    /// already replaced). The detector clears it again when it reconnects.
+    @Test func aBrokerBackFromAnOlderSaveDoesNotReviveAReplacedDisksHealth() async throws {
+        let persistence = try makeTemporaryDirectory(prefix: "bynar-detector-persist")
+        defer { try? FileManager.default.removeItem(atPath: persistence) }
+        // Saves only when stopped cleanly (production's autosave_interval is 60 s: the same
+        // window, made certain).
+        let broker = try TestBroker(extraConfig: "allow_anonymous true\npersistence true\npersistence_location \(persistence)/\nautosave_interval 3600")
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mine = try FaultyDisk(sizeMB: 64, filesystem: nil)
+        defer { mine.teardown() }
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 1, "probe_timeout_seconds": 5}
+            """)
+        defer { detector.signal(SIGTERM) }
+        _ = await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == mine.device && $0.payload.toState == .healthy } }
+        let mineKey = try #require(events.all.first { $0.payload.disk.devPath == mine.device }?.payload.disk.key, "\(detector.log)")
+        try mine.control("vanish ENODEV")
+        try mine.detach()
+        #expect(await events.wait(timeout: .seconds(15)) { $0.contains { $0.payload.disk.key == mineKey && $0.payload.toState == .missing } }, "\(detector.log)")
+        try await Task.sleep(for: .seconds(1))
+        // Saved with the MISSING health retained.
+        broker.stop()
+        try broker.start()
+        let replacement = try FaultyDisk(sizeMB: 64, filesystem: nil, loopDevice: mine.device)
+        defer { replacement.teardown() }
+        #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.previousDisk.key == mineKey && $0.payload.toState == .replaced } }, "\(detector.log)")
+        try await Task.sleep(for: .seconds(2))
+        // Killed: back from the save that still has the old disk's MISSING.
+        broker.signal(SIGKILL)
+        try await Task.sleep(for: .milliseconds(300))
+        try broker.start()
+        let reasserted = await Collector<Int>.poll(timeout: .seconds(15)) {
+            detector.log.components(separatedBy: "retained disk health said again").count - 1 >= 2
+        }
+        #expect(reasserted, "\(detector.log.suffix(3000))")
+        try await Task.sleep(for: .seconds(1))
+        let reader = try await connectedBus(broker, service: "reader")
+        let oldHealth = Collector(try await reader.subscribe(Topics.diskHealth(host: "h1", disk: mineKey), as: Bynar_V1_DiskHealth.self))
+        try await Task.sleep(for: .seconds(2))
+        #expect(oldHealth.all.isEmpty, "the replaced disk's health came back: \(oldHealth.all.map(\.payload.state))")
+        await reader.shutdown()
+        await watcher.shutdown()
+    }
+
     @Test func aRestartResumesWithoutAnnouncingAgain() async throws {
         let broker = try TestBroker()
         let watcher = try await connectedBus(broker, service: "watcher")
