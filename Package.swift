@@ -11,6 +11,7 @@ let strict: [SwiftSetting] = [
 
 let log = Target.Dependency.product(name: "Logging", package: "swift-log")
 let lifecycle = Target.Dependency.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let unixSignals = Target.Dependency.product(name: "UnixSignals", package: "swift-service-lifecycle")
 let protobuf = Target.Dependency.product(name: "SwiftProtobuf", package: "swift-protobuf")
 let grdb = Target.Dependency.product(name: "GRDB", package: "GRDB.swift")
 let argumentParser = Target.Dependency.product(name: "ArgumentParser", package: "swift-argument-parser")
@@ -116,7 +117,7 @@ let package = Package(
         // replay protection, and the client the orchestrator and the CLI send them with.
         .target(
             name: "BynarAuth",
-            dependencies: ["BynarBus", "BynarProto", "BynarStore", crypto, grdb, protobuf],
+            dependencies: ["BynarBus", "BynarProto", "BynarStore", crypto, grdb, protobuf, log],
             path: "Shared/BynarAuth",
             swiftSettings: strict
         ),
@@ -130,7 +131,7 @@ let package = Package(
         ),
         .target(
             name: "BynarRuntime",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarProcess", log, lifecycle, metrics, prometheus, nioCore, nioPosix, nioHTTP1],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarProcess", log, lifecycle, unixSignals, metrics, prometheus, nioCore, nioPosix, nioHTTP1],
             path: "Shared/BynarRuntime",
             swiftSettings: strict
         ),

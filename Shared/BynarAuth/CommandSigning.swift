@@ -504,8 +504,10 @@ public struct CommandVerifier: Sendable {
         },
     ]
 
-    /// The keys commands may be signed with.
-    public let trustedKeys: TrustedKeys
+    /// The keys commands may be signed with (read again from their file when it changes,
+    /// for a verifier made with a ``TrustedKeysFile``).
+    public var trustedKeys: TrustedKeys { keys() }
+    private let keys: @Sendable () -> TrustedKeys
     /// Where nonces are remembered.
     public let store: LocalStore
     /// A command may expire at most this far after it is verified.
@@ -523,7 +525,20 @@ public struct CommandVerifier: Sendable {
         trustedKeys: TrustedKeys, store: LocalStore, maxLifetime: Duration = .seconds(600), nonceRetention: Duration = .seconds(3600),
         allowedSkew: Duration = .seconds(30)
     ) {
-        self.trustedKeys = trustedKeys
+        self.init(keys: { trustedKeys }, store: store, maxLifetime: maxLifetime, nonceRetention: nonceRetention, allowedSkew: allowedSkew)
+    }
+
+    /// A verifier over the keys `file` holds at each check (the nonces stay in `store`
+    /// across reloads, so a reload reopens no replay window).
+    public init(
+        keysFile file: TrustedKeysFile, store: LocalStore, maxLifetime: Duration = .seconds(600), nonceRetention: Duration = .seconds(3600),
+        allowedSkew: Duration = .seconds(30)
+    ) {
+        self.init(keys: { file.keys }, store: store, maxLifetime: maxLifetime, nonceRetention: nonceRetention, allowedSkew: allowedSkew)
+    }
+
+    private init(keys: @escaping @Sendable () -> TrustedKeys, store: LocalStore, maxLifetime: Duration, nonceRetention: Duration, allowedSkew: Duration) {
+        self.keys = keys
         self.store = store
         self.maxLifetime = maxLifetime
         self.nonceRetention = max(nonceRetention, allowedSkew * 2)
@@ -544,7 +559,7 @@ public struct CommandVerifier: Sendable {
     public func authorize<Command: SignedCommand>(_ request: Command, nowMs: Int64, sentUnixMs: Int64? = nil) -> Result<CommandAuthorization, CommandRejection> {
         guard request.hasAuth, !request.auth.signature.isEmpty else { return .failure(.unsigned) }
         let auth = request.auth
-        guard let key = trustedKeys[auth.keyID] else { return .failure(.unknownKey(auth.keyID)) }
+        guard let key = keys()[auth.keyID] else { return .failure(.unknownKey(auth.keyID)) }
         let skewMs = CommandSigning.milliseconds(allowedSkew)
         let clock = ClockReading(nowMs: nowMs, allowedSkewMs: skewMs, senderAheadMs: sentUnixMs.flatMap { $0 > 0 ? $0 - nowMs : nil })
         guard auth.expiresUnixMs + skewMs > nowMs else { return .failure(.expired(at: auth.expiresUnixMs, clock: clock)) }

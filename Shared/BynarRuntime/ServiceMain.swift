@@ -18,6 +18,18 @@ public struct ServiceContext: Sendable {
     /// Events that must not be lost go through here (stored before they are sent).
     public let outbox: Outbox
     public let logger: Logger
+    /// Settings read again without a restart (SIGHUP, file watch) register here.
+    public let reloader: Reloader
+
+    public init(config: BynarConfig, host: String, bus: Bus, store: LocalStore, outbox: Outbox, logger: Logger, reloader: Reloader = Reloader()) {
+        self.config = config
+        self.host = host
+        self.bus = bus
+        self.store = store
+        self.outbox = outbox
+        self.logger = logger
+        self.reloader = reloader
+    }
 }
 
 /// One Bynar service: its logic lives in `run`, the runtime does the rest.
@@ -110,6 +122,7 @@ public enum ServiceMain {
             let group = ServiceGroup(configuration: .init(
                 services: [
                     .init(service: ResidentCodeTrimmer(logger: logger)),
+                    .init(service: ReloaderService(reloader: context.reloader, logger: logger)),
                     .init(service: OutboxService(outbox: outbox, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: ServiceAdapter(service: service), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                 ],

@@ -36,6 +36,11 @@ public final class ChildProcess: @unchecked Sendable {
         return (status >> 8) & 0xff
     }
 
+    /// Sends `signal` without waiting (SIGHUP: read settings again).
+    public func signal(_ signal: Int32) {
+        if isRunning { kill(pid, signal) }
+    }
+
     /// Sends `signal` and waits up to `timeout` for the exit; SIGKILL after that.
     @discardableResult
     public func stop(_ signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) -> Int32? {

@@ -95,10 +95,12 @@ actor RequestHandler {
         self.backends = backends
         config = context.config.diskManager
         if let path = config.trustedKeysFile {
-            let keys = try TrustedKeys(path: path)
-            verifier = CommandVerifier(trustedKeys: keys, store: context.store, maxLifetime: .seconds(config.maxCommandLifetimeSeconds),
+            let keys = try TrustedKeysFile(path: path)
+            verifier = CommandVerifier(keysFile: keys, store: context.store, maxLifetime: .seconds(config.maxCommandLifetimeSeconds),
                                        allowedSkew: .seconds(config.allowedClockSkewSeconds))
-            context.logger.info("trusting command keys", metadata: ["keys": "\(keys.keyIDs)"])
+            let logger = context.logger
+            context.reloader.register { why in keys.reload(field: "disk_manager.trusted_keys_file", why: why, logger: logger) }
+            context.logger.info("trusting command keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
         } else {
             verifier = nil
             context.logger.warning("no disk_manager.trusted_keys_file: every command will be refused")

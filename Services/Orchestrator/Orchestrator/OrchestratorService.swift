@@ -47,12 +47,14 @@ public struct OrchestratorService: BynarService {
         if config.dryRun { context.logger.notice("dry run: deciding and reporting only; nothing that changes a disk is sent") }
         var operatorVerifier: CommandVerifier?
         if let path = config.operatorKeysFile {
-            let keys: TrustedKeys
-            do { keys = try TrustedKeys(path: path) } catch {
+            let keys: TrustedKeysFile
+            do { keys = try TrustedKeysFile(path: path) } catch {
                 throw FieldError(field: "orchestrator.operator_keys_file", problem: "\(path): \(error)")
             }
-            operatorVerifier = CommandVerifier(trustedKeys: keys, store: context.store)
-            context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keyIDs)"])
+            operatorVerifier = CommandVerifier(keysFile: keys, store: context.store)
+            let logger = context.logger
+            context.reloader.register { why in keys.reload(field: "orchestrator.operator_keys_file", why: why, logger: logger) }
+            context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
         } else {
             context.logger.warning("no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused")
         }
