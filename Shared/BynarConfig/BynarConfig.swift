@@ -36,7 +36,8 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     public var slackChannel: String?
     public var slackBotname: String?
 
-    // Fields of Bynar's bynar.json that this Bynar does not use; accepted so old files load.
+    // Fields of Bynar's bynar.json this Bynar maps or does not use: accepted so old files load,
+    // and each named at start with what replaces it (LegacyFields.swift).
     public var backend: String?
     public var vaultEndpoint: String?
     public var vaultToken: String?

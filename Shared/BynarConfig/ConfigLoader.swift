@@ -56,7 +56,17 @@ public enum ConfigLoader {
         case .failure(let error):
             throw ConfigError(source: path, problems: [FieldError(field: "", problem: "cannot read: \(String(cString: strerror(error.code)))")])
         }
-        let (config, overrides) = try build(fileTree, environment: environment, source: readPath ?? "defaults")
+        var (config, overrides) = try build(fileTree, environment: environment, source: readPath ?? "defaults")
+        // Bynar's ceph.json sits next to its bynar.json.
+        let cephPath = (path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")) + "/ceph.json"
+        var cephJSON: JSONValue?
+        if config.backend == "ceph", case .success(let bytes) = readFile(cephPath) {
+            do { cephJSON = try JSONValue.parse(bytes) } catch {
+                throw ConfigError(source: cephPath, problems: [FieldError(field: "", problem: "not valid JSON: \(describeJSONError(error))")])
+            }
+        }
+        let problems = config.mapLegacyBackend(cephJSON: cephJSON, cephJSONPath: cephPath)
+        guard problems.isEmpty else { throw ConfigError(source: readPath ?? "defaults", problems: problems) }
         return Loaded(config: config, path: readPath, overrides: overrides)
     }
 
@@ -67,7 +77,10 @@ public enum ConfigLoader {
         do { tree = try JSONValue.parse(Array(text.utf8)) } catch {
             throw ConfigError(source: "text", problems: [FieldError(field: "", problem: "not valid JSON: \(describeJSONError(error))")])
         }
-        return try build(tree, environment: environment, source: "text").config
+        var config = try build(tree, environment: environment, source: "text").config
+        let problems = config.mapLegacyBackend(cephJSON: nil, cephJSONPath: "ceph.json")
+        guard problems.isEmpty else { throw ConfigError(source: "text", problems: problems) }
+        return config
     }
 
     /// Defaults, then `fileTree`, then the environment; decoded, checked for unknown keys

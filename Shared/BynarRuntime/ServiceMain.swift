@@ -99,6 +99,7 @@ public enum ServiceMain {
         var logger = Logger(label: "bynar.\(S.serviceName)")
         logger[metadataKey: "host"] = "\(host)"
         logger.info("starting", metadata: ["version": "\(bynarVersion)", "config": "\(loaded.path ?? "defaults")", "overrides": "\(loaded.overrides.joined(separator: ","))"])
+        for note in config.legacyNotes { logger.warning("\(note)") }
         // Files with secrets that others can read are said at every start.
         var secretFiles = config.secretFiles
         if let path = loaded.path { secretFiles.insert((path, "the config file"), at: 0) }

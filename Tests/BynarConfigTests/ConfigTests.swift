@@ -34,6 +34,30 @@ struct ConfigTests {
         #expect(config.dbLocation == "/srv/bynar")
         #expect(config.broker.port == 8883)
         #expect(config.broker.keepaliveSeconds == 30, "unset nested fields keep their defaults")
+        // None of Bynar's fields is ignored silently: mapped, or named with what replaces it.
+        #expect(config.diskManager.ceph == CephBackendConfig(), "backend \"ceph\" turns on the Ceph backend")
+        let notes = config.legacyNotes.joined(separator: "\n")
+        for field in ["backend", "manager_host", "vault_endpoint", "daemon_output", "database"] {
+            #expect(notes.contains(field), "\(field) is not named at start: \(notes)")
+        }
+    }
+
+    @Test("Bynar's ceph.json next to bynar.json sets the Ceph backend's config file and cephx user; another backend is refused")
+    func bynarsCephJsonAndBackendAreMapped() throws {
+        let directory = try FileManager.default.url(for: .itemReplacementDirectory, in: .userDomainMask, appropriateFor: URL(fileURLWithPath: "/tmp"), create: true).path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try #"{"backend": "ceph", "db_location": "/tmp/x"}"#.write(toFile: directory + "/bynar.json", atomically: true, encoding: .utf8)
+        try #"{"config_file": "/etc/ceph/prod.conf", "user_id": "bynar", "pool_name": "rbd"}"#.write(toFile: directory + "/ceph.json", atomically: true, encoding: .utf8)
+        let loaded = try ConfigLoader.load(path: directory + "/bynar.json", environment: [:])
+        #expect(loaded.config.diskManager.ceph?.configFile == "/etc/ceph/prod.conf")
+        #expect(loaded.config.diskManager.ceph?.clientName == "client.bynar")
+        // An explicit disk_manager.ceph wins over the legacy mapping.
+        try "[global]\n".write(toFile: directory + "/ceph.conf", atomically: true, encoding: .utf8)
+        let explicit = try ConfigLoader.parse(#"{"backend": "ceph", "disk_manager": {"ceph": {"client_name": "client.ops", "config_file": "\#(directory)/ceph.conf"}}}"#)
+        #expect(explicit.diskManager.ceph?.clientName == "client.ops")
+        let error = try #require(throws: ConfigError.self) { try ConfigLoader.parse(#"{"backend": "gluster"}"#) }
+        #expect(error.problems.first?.field == "backend" && error.problems.first?.problem.contains("disk_manager.filesystem") == true, "\(error)")
+        #expect(try ConfigLoader.parse("{}").legacyNotes.isEmpty)
     }
 
     @Test func problemsNameTheFieldAndWhy() throws {
