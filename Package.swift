@@ -117,7 +117,7 @@ let package = Package(
         // replay protection, and the client the orchestrator and the CLI send them with.
         .target(
             name: "BynarAuth",
-            dependencies: ["BynarBus", "BynarProto", "BynarStore", crypto, grdb, protobuf, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarStore", "BynarConfig", crypto, grdb, protobuf, log],
             path: "Shared/BynarAuth",
             swiftSettings: strict
         ),

@@ -1,4 +1,5 @@
 public import Logging
+import BynarConfig
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -62,23 +63,5 @@ extension TrustedKeysFile {
             logger.error("trusted keys file refused; the keys read before stay in force", metadata: [
                 "field": "\(field)", "trigger": "\(why)", "problem": "\(problem)", "keys": "\(keys.keyIDs)"])
         }
-    }
-}
-
-/// Identifies a version of a file without reading it: inode, size, modification and change
-/// time (a file replaced by `mv` gets a new inode; one edited in place a new time).
-struct FileStamp: Equatable, Sendable {
-    var inode: UInt64
-    var size: Int64
-    var modified: Int64
-    var changed: Int64
-
-    init?(path: String) {
-        var info = stat()
-        guard stat(path, &info) == 0 else { return nil }
-        inode = UInt64(info.st_ino)
-        size = Int64(info.st_size)
-        modified = Int64(info.st_mtim.tv_sec) * 1_000_000_000 + Int64(info.st_mtim.tv_nsec)
-        changed = Int64(info.st_ctim.tv_sec) * 1_000_000_000 + Int64(info.st_ctim.tv_nsec)
     }
 }

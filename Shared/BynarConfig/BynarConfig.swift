@@ -17,8 +17,12 @@ public struct BynarConfig: Codable, Sendable, Equatable {
     public var metrics = MetricsConfig()
     /// Directory for each service's local SQLite store (`<db_location>/<service>.sqlite`).
     public var dbLocation = "/var/lib/bynar"
-    /// trace, debug, info, notice, warning, error or critical.
+    /// trace, debug, info, notice, warning, error or critical. Read again on reload
+    /// (SIGHUP, or the config file changing).
     public var logLevel = "info"
+    /// "text" (one line per entry; no timestamp under systemd, journald adds it) or "json"
+    /// (one object per line with the entry's fields: service, host, incident, disk, ...).
+    public var logFormat = "text"
     /// HTTP(S) proxy for outgoing HTTP (JIRA, Slack), e.g. `http://proxy:3128`.
     public var proxy: String?
 

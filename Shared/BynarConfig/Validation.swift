@@ -14,6 +14,7 @@ extension BynarConfig {
         if dbLocation.isEmpty { problem("db_location", "must not be empty") }
         let levels = ["trace", "debug", "info", "notice", "warning", "error", "critical"]
         if !levels.contains(logLevel) { problem("log_level", "must be one of \(levels.joined(separator: ", ")), got \"\(logLevel)\"") }
+        if !["text", "json"].contains(logFormat) { problem("log_format", "must be \"text\" or \"json\", got \"\(logFormat)\"") }
         if let proxy, !(proxy.hasPrefix("http://") || proxy.hasPrefix("https://")) {
             problem("proxy", "must be an http:// or https:// URL, got \"\(proxy)\"")
         }

@@ -4,6 +4,7 @@ public import BynarStore
 import BynarProcess
 public import Logging
 import ServiceLifecycle
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -89,17 +90,34 @@ public enum ServiceMain {
             fail("\(executable): \(error)", code: 78)
         }
         let config = loaded.config
-        let level = Logger.Level(rawValue: config.logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let output = LogOutput(format: LogOutput.Format(rawValue: config.logFormat) ?? .text, level: Logger.Level(rawValue: config.logLevel) ?? .info,
+                               service: S.serviceName, underJournal: getenv("JOURNAL_STREAM") != nil)
+        LoggingSystem.bootstrap(output.handler(label:))
         let host = config.host ?? localHostName()
         var logger = Logger(label: "bynar.\(S.serviceName)")
         logger[metadataKey: "host"] = "\(host)"
         logger.info("starting", metadata: ["version": "\(bynarVersion)", "config": "\(loaded.path ?? "defaults")", "overrides": "\(loaded.overrides.joined(separator: ","))"])
         for note in config.legacyNotes { logger.warning("\(note)") }
+        let reloader = Reloader()
+        if let path = loaded.path {
+            // log_level follows the config file; a file that no longer loads keeps the level.
+            let reloadLogger = logger
+            let lastRead = Mutex(FileStamp(path: path))
+            reloader.register { why in
+                let stamp = FileStamp(path: path)
+                guard why == "SIGHUP" || lastRead.withLock({ $0 != stamp }) else { return }
+                lastRead.withLock { $0 = stamp }
+                guard let level = try? ConfigLoader.load(path: path).config.logLevel, let new = Logger.Level(rawValue: level) else {
+                    if why == "SIGHUP" { reloadLogger.error("config file does not load; the log level stays", metadata: ["config": "\(path)"]) }
+                    return
+                }
+                let before = output.currentLevel
+                guard before != new else { return }
+                // Said at the more verbose of the two levels, so the line is written either way.
+                let say = { reloadLogger.notice("log level changed", metadata: ["from": "\(before)", "to": "\(new)", "trigger": "\(why)"]) }
+                if new < before { output.setLevel(new); say() } else { say(); output.setLevel(new) }
+            }
+        }
         // Files with secrets that others can read are said at every start.
         var secretFiles = config.secretFiles
         if let path = loaded.path { secretFiles.insert((path, "the config file"), at: 0) }
@@ -116,7 +134,7 @@ public enum ServiceMain {
             let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)
             let outbox = Outbox(bus: bus, store: store)
             let metrics = try await MetricsEndpoint.start(config.metrics, service: S.serviceName, host: host, bus: bus, store: store, logger: logger)
-            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger)
+            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger, reloader: reloader)
             let service = try S(context: context)
             bus.start()
 
