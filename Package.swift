@@ -143,7 +143,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bynar-bench",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarAuth", protobuf, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarAuth", "BynarTestSupport", protobuf, log],
             path: "Benchmarks/bynar-bench",
             swiftSettings: strict
         ),

@@ -1,5 +1,6 @@
 import BynarBus
 import BynarProto
+import BynarTestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,7 +10,7 @@ import Glibc
 /// to `maxBytes`, envelopes carrying the wrong payload type, envelopes cut short, and
 /// envelopes whose claims disagree with their topic. Deterministic for a `seed`.
 func benchFuzz(port: Int, payloads: Int, maxBytes: Int, seed: UInt64, topics: [String]) async throws {
-    var random = SplitMix(seed: seed)
+    var random = SeededRandom(seed: seed)
     let bus = try await makeBus("fuzz", port: port)
     let clock = ContinuousClock()
     let started = clock.now
@@ -54,17 +55,4 @@ func benchFuzz(port: Int, payloads: Int, maxBytes: Int, seed: UInt64, topics: [S
     let elapsed = seconds(clock.now - started)
     print("fuzz payloads=\(payloads) topics=\(topics.count) bytes=\(bytes) garbage=\(kinds[0]) wrong_type=\(kinds[1]) cut_short=\(kinds[2]) false_claims=\(kinds[3]) seconds=\(elapsed)")
     await bus.shutdown()
-}
-
-/// A small deterministic generator (SplitMix64), so a run can be repeated.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

@@ -82,15 +82,3 @@ struct Options: Sendable {
 
 struct OptionError: Error { var message: String; init(_ message: String) { self.message = message } }
 
-/// A small seeded generator (SplitMix64), so a run can be repeated with `--seed`.
-struct SeededRandom: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

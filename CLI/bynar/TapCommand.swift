@@ -1,5 +1,6 @@
 import ArgumentParser
 import BynarBus
+import BynarConfig
 import BynarProto
 import SwiftProtobuf
 #if canImport(Glibc)
@@ -53,25 +54,6 @@ struct Tap: AsyncParsableCommand {
         return "{\"topic\": \(quote(message.topic)), \"retained\": \(message.retained), \"envelope\": \(body)}"
     }
 
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quote(_ text: String) -> String { JSONText.quoted(text) }
 }
 

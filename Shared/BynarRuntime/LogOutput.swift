@@ -1,3 +1,4 @@
+import BynarConfig
 public import Logging
 import Synchronization
 #if canImport(Glibc)
@@ -52,7 +53,7 @@ public final class LogOutput: Sendable {
             var object: [(String, String)] = [("ts", Self.timestamp()), ("level", "\(level)"), ("service", service), ("logger", label), ("message", message), ("source", source)]
             let reserved = Set(object.map(\.0))
             for (key, value) in metadata.sorted(by: { $0.key < $1.key }) where !reserved.contains(key) { object.append((key, "\(value)")) }
-            line = "{" + object.map { "\(Self.quoted($0.0)):\(Self.quoted($0.1))" }.joined(separator: ",") + "}\n"
+            line = "{" + object.map { "\(JSONText.quoted($0.0)):\(JSONText.quoted($0.1))" }.joined(separator: ",") + "}\n"
         }
         writeLock.withLock { _ in
             var bytes = Array(line.utf8)
@@ -63,25 +64,6 @@ public final class LogOutput: Sendable {
                 offset += written
             }
         }
-    }
-
-    /// A JSON string (RFC 8259): quotes, backslashes and control characters escaped.
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 
     /// ISO 8601 UTC with milliseconds.
