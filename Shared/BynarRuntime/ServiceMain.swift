@@ -163,12 +163,12 @@ public enum ServiceMain {
 private func systemdNotify(bus: Bus, logger: Logger) -> [ServiceGroupConfiguration.ServiceConfiguration] {
     guard let notifier = SystemdNotifier.fromEnvironment(SystemdNotifier.processEnvironment()) else { return [] }
     logger.info("notifying systemd", metadata: ["socket": "\(notifier.socketPath)", "watchdog": "\(notifier.watchdogInterval.map { "\($0)" } ?? "off")"])
-    let service = SystemdNotifyService(
+    let notifications = SystemdNotifications(
         notifier: notifier, logger: logger,
         isReady: { bus.isConnected && bus.isMarkedReady },
         ticks: { bus.networkLoopTicks }
     )
-    return [.init(service: service)]
+    return [.init(service: SystemdNotifyService(notifications: notifications))]
 }
 
 /// The machine's host name, up to the first dot.

@@ -131,14 +131,10 @@ public struct WatchdogGate: Sendable, Equatable {
     }
 }
 
-/// Keeps systemd informed for the life of the process: `READY=1` once the service is ready
-/// (bus connected and the service marked itself ready), `WATCHDOG=1` at half the watchdog
-/// interval while the bus's network thread turns, `STOPPING=1` when shutdown begins.
-///
-/// Placed last in the service group, so it is the first told of a graceful shutdown and
-/// says `STOPPING=1` before the other services start winding down.
-struct SystemdNotifyService: Service, CustomStringConvertible {
-    var description: String { "systemd-notify" }
+/// What the service tells systemd while it runs: `READY=1` once it may be called ready (bus
+/// connected, service marked itself ready), `WATCHDOG=1` at half the watchdog interval while
+/// the bus's network thread turns. Runs until cancelled; no service group needed.
+struct SystemdNotifications: Sendable {
     let notifier: SystemdNotifier
     let logger: Logger
     /// True once the service may be called ready.
@@ -148,17 +144,14 @@ struct SystemdNotifyService: Service, CustomStringConvertible {
     /// How often readiness is looked at until it comes.
     var readinessPoll: Duration = .milliseconds(100)
 
-    func run() async throws {
-        await cancelWhenGracefulShutdown {
-            async let watchdog: Void = feedWatchdog()
-            await announceReadiness()
-            await watchdog
-        }
-        try? await gracefulShutdown()
-        send("STOPPING=1")
+    /// Readiness and the watchdog side by side, until cancelled.
+    func run() async {
+        async let watchdog: Void = feedWatchdog()
+        await announceReadiness()
+        await watchdog
     }
 
-    private func announceReadiness() async {
+    func announceReadiness() async {
         send("STATUS=connecting to the broker")
         while !Task.isCancelled {
             if isReady() {
@@ -169,7 +162,7 @@ struct SystemdNotifyService: Service, CustomStringConvertible {
         }
     }
 
-    private func feedWatchdog() async {
+    func feedWatchdog() async {
         guard let interval = notifier.watchdogInterval else { return }
         // Fed at half the interval, as sd_watchdog_enabled(3) advises: one late or skipped
         // turn does not get a healthy service killed.
@@ -198,9 +191,23 @@ struct SystemdNotifyService: Service, CustomStringConvertible {
         }
     }
 
-    private func send(_ message: String) {
+    func send(_ message: String) {
         do { try notifier.send(message) } catch {
             logger.warning("cannot notify systemd", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+/// ``SystemdNotifications`` for the life of the process, and `STOPPING=1` when a graceful
+/// shutdown begins. Placed last in the service group, so it is the first told of the
+/// shutdown and says `STOPPING=1` before the other services start winding down.
+struct SystemdNotifyService: Service, CustomStringConvertible {
+    var description: String { "systemd-notify" }
+    let notifications: SystemdNotifications
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await notifications.run() }
+        try? await gracefulShutdown()
+        notifications.send("STOPPING=1")
     }
 }
