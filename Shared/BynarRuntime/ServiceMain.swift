@@ -161,7 +161,7 @@ public enum ServiceMain {
 /// The systemd notification service when systemd asked for one ($NOTIFY_SOCKET), last in
 /// the group so it is the first to hear of a shutdown; none otherwise.
 private func systemdNotify(bus: Bus, logger: Logger) -> [ServiceGroupConfiguration.ServiceConfiguration] {
-    guard let notifier = SystemdNotifier.fromEnvironment(SystemdNotifier.processEnvironment()) else { return [] }
+    guard let notifier = SystemdNotifier.fromEnvironment(ConfigLoader.currentEnvironment()) else { return [] }
     logger.info("notifying systemd", metadata: ["socket": "\(notifier.socketPath)", "watchdog": "\(notifier.watchdogInterval.map { "\($0)" } ?? "off")"])
     let notifications = SystemdNotifications(
         notifier: notifier, logger: logger,

@@ -37,20 +37,6 @@ public struct SystemdNotifier: Sendable, Equatable {
         return SystemdNotifier(socketPath: path, watchdogInterval: interval)
     }
 
-    /// This process's environment as a dictionary.
-    public static func processEnvironment() -> [String: String] {
-        var result: [String: String] = [:]
-        var entry = environ
-        while let pointer = entry.pointee {
-            let text = String(cString: pointer)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            entry += 1
-        }
-        return result
-    }
-
     /// What went wrong sending a message; names the socket and the system's reason.
     public struct SendError: Error, CustomStringConvertible {
         public let socketPath: String

@@ -26,10 +26,6 @@ struct SystemdNotifyTests {
         #expect(SystemdNotifier.fromEnvironment(["NOTIFY_SOCKET": socket, "WATCHDOG_USEC": "soon"], pid: 42)?.watchdogInterval == nil)
     }
 
-    @Test func processEnvironmentIsRead() {
-        #expect(SystemdNotifier.processEnvironment()["PATH"] == ProcessInfo.processInfo.environment["PATH"])
-    }
-
     @Test func sendsOneDatagramToAPathSocket() async throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-notify")
         defer { try? FileManager.default.removeItem(atPath: directory) }
