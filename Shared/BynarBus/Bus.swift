@@ -73,6 +73,9 @@ public final class Bus: Sendable {
     private let client: MosquittoClient
     private let inflight: AsyncSemaphore
     private let state = Mutex(State())
+    /// Turns of the network thread's loop (about ten a second, connected or not): a number
+    /// that stops growing means the thread is stuck (see ``networkLoopTicks``).
+    private let ticks = Atomic<UInt64>(0)
     private let startedUnixMs = Bus.nowUnixMs()
     static let messageIDs = MessageIDGenerator()
 
@@ -162,9 +165,17 @@ public final class Bus: Sendable {
         client.start(MosquittoClient.Handlers(
             onMessage: { [weak self] message in self?.dispatch(message) },
             onEvent: { [weak self] event in self?.handle(event) },
-            onTick: { [weak self] in self?.expireRequests() }
+            onTick: { [weak self] in
+                _ = self?.ticks.wrappingAdd(1, ordering: .relaxed)
+                self?.expireRequests()
+            }
         ))
     }
+
+    /// How many times the network thread has turned its loop since ``start()``. It grows
+    /// about ten times a second while the thread runs, whether the broker is reachable or
+    /// not (the reconnect backoff turns too); the systemd watchdog is fed only while it grows.
+    public var networkLoopTicks: UInt64 { ticks.load(ordering: .relaxed) }
 
     /// Waits for the first accepted connection; throws ``BusError/unreachable(broker:lastError:)``
     /// naming the broker and the last error when it does not come within `timeout`.
@@ -195,6 +206,9 @@ public final class Bus: Sendable {
 
     /// Whether the broker connection is up right now.
     public var isConnected: Bool { state.withLock { $0.connected } }
+
+    /// Whether the service called ``markReady()`` (it has subscribed and set itself up).
+    public var isMarkedReady: Bool { state.withLock { $0.ready } }
 
     /// A copy of the counters.
     public var stats: Stats { state.withLock { $0.stats } }

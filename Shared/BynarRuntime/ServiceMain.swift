@@ -39,6 +39,9 @@ public protocol BynarService: Sendable {
     static var serviceName: String { get }
     /// Migrations for the service's own tables in its local store.
     static var migrations: [LocalStore.Migration] { get }
+    /// Usage lines of the offline commands the executable answers before the service runs
+    /// (`check [--json] [--config PATH]`), each with what it does, for `--help`.
+    static var commandUsage: [(usage: String, summary: String)] { get }
     init(context: ServiceContext) throws
     /// Does the service's work until graceful shutdown (SIGTERM/SIGINT) is requested,
     /// then returns. Throwing stops the process with a non-zero exit.
@@ -47,6 +50,7 @@ public protocol BynarService: Sendable {
 
 extension BynarService {
     public static var migrations: [LocalStore.Migration] { [] }
+    public static var commandUsage: [(usage: String, summary: String)] { [] }
 }
 
 /// The `main` of every service executable.
@@ -69,14 +73,7 @@ public enum ServiceMain {
                 print("\(executable) \(bynarVersion)")
                 exit(0)
             case "--help", "-h":
-                print("""
-                usage: \(executable) [--config PATH]
-
-                Runs the Bynar \(S.serviceName) service until SIGTERM or SIGINT.
-                  --config PATH  config file (default: $BYNAR_CONFIG, else \(ConfigLoader.defaultPath));
-                                 BYNAR_<FIELD> environment variables override it
-                                 (sections joined by __, e.g. BYNAR_BROKER__PORT=8883).
-                """)
+                print(help(S.self, executable: executable))
                 exit(0)
             default:
                 fail("\(executable): unknown argument \"\(argument)\" (try --help)", code: 64)
@@ -144,7 +141,7 @@ public enum ServiceMain {
                     .init(service: ReloaderService(reloader: context.reloader, logger: logger)),
                     .init(service: OutboxService(outbox: outbox, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: ServiceAdapter(service: service), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
-                ],
+                ] + systemdNotify(bus: bus, logger: logger),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))
@@ -163,10 +160,49 @@ public enum ServiceMain {
         }
     }
 
+    /// The `--help` text: the service, then every offline command the executable takes.
+    static func help<S: BynarService>(_ type: S.Type, executable: String) -> String {
+        var text = """
+        usage: \(executable) [--config PATH]
+        """
+        for command in S.commandUsage { text += "\n       \(executable) \(command.usage)" }
+        text += """
+
+
+        Runs the Bynar \(S.serviceName) service until SIGTERM or SIGINT (under systemd it
+        reports readiness and feeds the watchdog through $NOTIFY_SOCKET).
+          --config PATH  config file (default: $BYNAR_CONFIG, else \(ConfigLoader.defaultPath));
+                         BYNAR_<FIELD> environment variables override it
+                         (sections joined by __, e.g. BYNAR_BROKER__PORT=8883).
+          --version      print the version and exit
+        """
+        if !S.commandUsage.isEmpty {
+            text += "\n\nCommands (offline: they run once and exit; they do not start the service):"
+            let width = S.commandUsage.map(\.usage.count).max() ?? 0
+            for command in S.commandUsage {
+                text += "\n  \(command.usage)\(String(repeating: " ", count: width - command.usage.count))  \(command.summary)"
+            }
+        }
+        return text
+    }
+
     private static func fail(_ message: String, code: Int32) -> Never {
         writeToStandardError(message)
         exit(code)
     }
+}
+
+/// The systemd notification service when systemd asked for one ($NOTIFY_SOCKET), last in
+/// the group so it is the first to hear of a shutdown; none otherwise.
+private func systemdNotify(bus: Bus, logger: Logger) -> [ServiceGroupConfiguration.ServiceConfiguration] {
+    guard let notifier = SystemdNotifier.fromEnvironment(ConfigLoader.currentEnvironment()) else { return [] }
+    logger.info("notifying systemd", metadata: ["socket": "\(notifier.socketPath)", "watchdog": "\(notifier.watchdogInterval.map { "\($0)" } ?? "off")"])
+    let notifications = SystemdNotifications(
+        notifier: notifier, logger: logger,
+        isReady: { bus.isConnected && bus.isMarkedReady },
+        ticks: { bus.networkLoopTicks }
+    )
+    return [.init(service: SystemdNotifyService(notifications: notifications))]
 }
 
 /// The machine's host name, up to the first dot.

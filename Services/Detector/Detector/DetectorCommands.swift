@@ -15,6 +15,13 @@ import Glibc
 /// `check` is a single look without history: SMART rules (no trend), filesystem findings,
 /// no write probe. It changes nothing and publishes nothing.
 public enum DetectorCommands {
+    /// Every command with its usage and what it does, for `--help`.
+    public static let usage: [(usage: String, summary: String)] = [
+        ("check [--json] [--config PATH]", "one scan of this host, a verdict per disk"),
+        ("smart --blob FILE", "judge a libatasmart `skdump --save` file"),
+        ("smart --smartctl-json FILE", "judge `smartctl -j -a` output"),
+    ]
+
     /// Runs the command in `arguments` (without the program name) and returns its exit
     /// status, or nil when `arguments` names no offline command (run the service).
     public static func run(_ arguments: [String]) -> Int32? {

@@ -18,6 +18,7 @@ import ServiceLifecycle
 public struct DetectorService: BynarService {
     public static let serviceName = "detector"
     public static var migrations: [LocalStore.Migration] { DetectorEngine.migrations }
+    public static var commandUsage: [(usage: String, summary: String)] { DetectorCommands.usage }
     let context: ServiceContext
 
     public init(context: ServiceContext) throws {

@@ -25,6 +25,7 @@ import Foundation
 public struct NotifierService: BynarService {
     public static let serviceName = "notifier"
     public static var migrations: [LocalStore.Migration] { NotifierStore.migrations }
+    public static var commandUsage: [(usage: String, summary: String)] { NotifierCommands.usage }
 
     let context: ServiceContext
     let store: NotifierStore

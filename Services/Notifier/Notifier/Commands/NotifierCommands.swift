@@ -18,6 +18,13 @@ import Glibc
 /// `digest` and `status` read the store the running service writes (SQLite in WAL mode;
 /// reading does not disturb it) and send nothing.
 public enum NotifierCommands {
+    /// Every command with its usage and what it does, for `--help`.
+    public static let usage: [(usage: String, summary: String)] = [
+        ("digest [--hours H] [--html] [--config PATH]", "the digest report"),
+        ("status [--config PATH]", "queues and parked messages"),
+        ("send-test [--count N] [--severity info|warning|error] [--config PATH]", "publish N test notifications (checks Slack/e-mail end to end)"),
+    ]
+
     /// Runs the command in `arguments` (without the program name) and returns its exit
     /// status, or nil when `arguments` names no offline command (run the service).
     public static func run(_ arguments: [String]) async -> Int32? {
