@@ -1,6 +1,7 @@
 import ArgumentParser
 import BynarAuth
 import BynarBus
+import BynarConfig
 import BynarProto
 import FoundationEssentials
 import Orchestrator
@@ -236,7 +237,7 @@ private func printWindows(_ response: Bynar_V1_OperatorResponse) {
 
 /// "2026-12-05T08:00:00Z" for a unix ms time.
 func utcTimestamp(_ unixMs: Int64) -> String {
-    String(HookRunner.timestamp(unixMs: unixMs).prefix(19)) + "Z"
+    String(UTCTime.iso8601(unixMs: unixMs).prefix(19)) + "Z"
 }
 
 /// `--until`: RFC 3339 UTC (`2026-12-05T08:00:00Z`, `2026-12-05T08:00Z`) or a duration from

@@ -1,3 +1,4 @@
+import BynarConfig
 public import BynarProto
 public import BynarStore
 public import Crypto
@@ -93,8 +94,7 @@ public enum CommandSigning {
     }
 
     public static func milliseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+        duration.wholeMilliseconds
     }
 }
 

@@ -1,29 +1,20 @@
 public import Logging
 import BynarConfig
-import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// A trusted-keys file that is read again when it changes: a key added to (or taken out
-/// of) the file on a fleet of hosts takes effect without restarting a service. A file that
-/// no longer parses is refused and the keys read last stay in force (a half-written file
-/// must not leave a host trusting nobody, or somebody it should not).
+/// A trusted-keys file that is read again when it changes (a ``WatchedFile``): a key added
+/// to (or taken out of) the file on a fleet of hosts takes effect without restarting a
+/// service. A file that no longer parses is refused and the keys read last stay in force.
 public final class TrustedKeysFile: Sendable {
-    public let path: String
-    /// The keys in force, the stamp of the file they came from, and the stamp of the last
-    /// version refused (`.some(nil)`: the file was missing), so each version is refused once.
-    private let state: Mutex<(keys: TrustedKeys, stamp: FileStamp?, refused: FileStamp??)>
+    private let file: WatchedFile<TrustedKeys>
+    public var path: String { file.path }
 
     /// Reads the file; a file that does not parse at start is an error (bad config).
     public init(path: String) throws(KeyFileError) {
-        self.path = path
-        let stamp = FileStamp(path: path)
-        state = Mutex((try TrustedKeys(path: path), stamp, .none))
+        file = WatchedFile(path: path, value: try TrustedKeys(path: path)) { try TrustedKeys(path: $0) }
     }
 
     /// The keys in force.
-    public var keys: TrustedKeys { state.withLock { $0.keys } }
+    public var keys: TrustedKeys { file.value }
 
     /// What ``reloadIfChanged()`` did.
     public enum Reload: Sendable, Equatable {
@@ -33,19 +24,15 @@ public final class TrustedKeysFile: Sendable {
         case refused(String)
     }
 
-    /// Reads the file again if it changed since it was last read (its inode, size or
-    /// modification time); refuses, once per change, a file that does not parse.
+    /// Reads the file again if it changed since it was last read; refuses, once per change,
+    /// a file that does not parse.
     public func reloadIfChanged() -> Reload {
-        let stamp = FileStamp(path: path)
-        let (changed, before) = state.withLock { state in (stamp != state.stamp && state.refused != .some(stamp), state.keys.keyIDs) }
-        guard changed else { return .unchanged }
-        do {
-            let keys = try TrustedKeys(path: path)
-            state.withLock { $0 = (keys, stamp, .none) }
-            return .reloaded(added: keys.keyIDs.filter { !before.contains($0) }, removed: before.filter { !keys.keyIDs.contains($0) })
-        } catch {
-            state.withLock { $0.refused = .some(stamp) }
-            return .refused("\(path): \(error)")
+        switch file.reloadIfChanged() {
+        case .unchanged: return .unchanged
+        case .refused(let why): return .refused(why)
+        case .reloaded(let before):
+            let now = file.value.keyIDs
+            return .reloaded(added: now.filter { !before.keyIDs.contains($0) }, removed: before.keyIDs.filter { !now.contains($0) })
         }
     }
 }

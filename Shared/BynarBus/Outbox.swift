@@ -1,3 +1,4 @@
+import BynarConfig
 public import BynarProto
 public import BynarStore
 public import GRDB
@@ -97,8 +98,8 @@ public final class Outbox: Sendable {
             envelopes.append(envelope)
             messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
                                   createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.receipt?.inOrder == false ? envelope.messageID : event.correlationId,
-                                  resendAfterMs: event.receipt.map { Self.milliseconds($0.resendAfter) },
-                                  giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + Self.milliseconds($0) }))
+                                  resendAfterMs: event.receipt.map { max(1, $0.resendAfter.wholeMilliseconds) },
+                                  giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + $0.wholeMilliseconds }))
         }
         try store.commit(messages, state: state)
         if !messages.isEmpty { wake.signal() }
@@ -117,10 +118,6 @@ public final class Outbox: Sendable {
     /// events stored before it, and as durably: a crash before the broker has it loses nothing.
     public func clearRetained(_ topic: String) throws {
         try commit([.clearRetained(topic)])
-    }
-
-    static func milliseconds(_ duration: Duration) -> Int64 {
-        max(1, duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000)
     }
 
     /// Sends stored events until the task is cancelled, and takes their receipts.
@@ -153,20 +150,25 @@ public final class Outbox: Sendable {
 
     private func send() async {
         var retryDelay = Duration.milliseconds(200)
+        // When the earliest event awaiting its receipt is due to go again (nil: none awaits):
+        // read at start (events sent before a restart) and after a batch left some awaiting,
+        // so the store is written for resends only when one is due, not on every wake.
+        var resendDue = try? store.nextResendUnixMs()
         var listening = false
         while !Task.isCancelled {
             let batch: [LocalStore.OutboxEntry]
-            let nextResend: Int64?
             do {
-                for given in try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs()) {
-                    bus.logger.error("no receipt came in time; given up, kept in the outbox as unanswered",
-                                     metadata: ["topic": "\(given.topic)", "receiver": "\(given.receiptFrom)"])
+                if let due = resendDue, due <= Bus.nowUnixMs() {
+                    for given in try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs()) {
+                        bus.logger.error("no receipt came in time; given up, kept in the outbox as unanswered",
+                                         metadata: ["topic": "\(given.topic)", "receiver": "\(given.receiptFrom)"])
+                    }
+                    resendDue = try store.nextResendUnixMs()
                 }
                 batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
-                nextResend = batch.isEmpty ? try store.nextResendUnixMs() : nil
-                if !listening, try store.expectsReceipts() {
-                    // Receipts for events sent before a restart come to this client's reply
-                    // topic (its session kept the subscription; the bus holds them until then).
+                if !listening, resendDue != nil || batch.contains(where: { $0.receiptFrom != nil }) {
+                    // Receipts come to this client's reply topic (for events sent before a
+                    // restart too: its session kept the subscription; the bus holds them).
                     try await bus.ensureReplyRoute()
                     listening = true
                 }
@@ -180,8 +182,8 @@ public final class Outbox: Sendable {
             if batch.isEmpty {
                 // Idle until publish() signals or an event's receipt is overdue: no polling,
                 // so an idle agent runs no SQL.
-                if let nextResend {
-                    await wake.wait(upTo: .milliseconds(max(10, nextResend - Bus.nowUnixMs())))
+                if let resendDue {
+                    await wake.wait(upTo: .milliseconds(max(10, resendDue - Bus.nowUnixMs())))
                 } else {
                     await wake.wait()
                 }
@@ -203,7 +205,10 @@ public final class Outbox: Sendable {
                     try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
                 }
                 try store.removeFromOutbox(ids: delivered)
-                try store.awaitReceipts(ids: awaiting, nowMs: Bus.nowUnixMs())
+                if !awaiting.isEmpty {
+                    try store.awaitReceipts(ids: awaiting, nowMs: Bus.nowUnixMs())
+                    resendDue = try store.nextResendUnixMs()
+                }
                 retryDelay = .milliseconds(200)
             } catch BusError.stopped {
                 return

@@ -4,14 +4,14 @@ import Glibc
 
 /// Identifies a version of a file without reading it: inode, size, modification and change
 /// time (a file replaced by `mv` gets a new inode; one edited in place a new time).
-public struct FileStamp: Equatable, Sendable {
+struct FileStamp: Equatable, Sendable {
     var inode: UInt64
     var size: Int64
     var modified: Int64
     var changed: Int64
 
     /// The stamp of the file at `path`; nil when it cannot be stat'ed (missing).
-    public init?(path: String) {
+    init?(path: String) {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }
         inode = UInt64(info.st_ino)

@@ -66,17 +66,11 @@ public final class LogOutput: Sendable {
         }
     }
 
-    /// ISO 8601 UTC with milliseconds.
+    /// Now, ISO 8601 UTC with milliseconds.
     static func timestamp() -> String {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
-        var seconds = now.tv_sec
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-        let millis = Int(now.tv_nsec / 1_000_000)
-        let ms = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(ms)Z"
+        return UTCTime.iso8601(unixMs: Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec / 1_000_000))
     }
 
     struct Handler: LogHandler {

@@ -4,7 +4,6 @@ public import BynarStore
 import BynarProcess
 public import Logging
 import ServiceLifecycle
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -98,21 +97,24 @@ public enum ServiceMain {
         let reloader = Reloader()
         if let path = loaded.path {
             // log_level follows the config file; a file that no longer loads keeps the level.
+            let levelFile = WatchedFile(path: path, value: output.currentLevel) { path in
+                guard let level = Logger.Level(rawValue: try ConfigLoader.load(path: path).config.logLevel) else { throw FieldError(field: "log_level", problem: "not a log level") }
+                return level
+            }
             let reloadLogger = logger
-            let lastRead = Mutex(FileStamp(path: path))
             reloader.register { why in
-                let stamp = FileStamp(path: path)
-                guard why == "SIGHUP" || lastRead.withLock({ $0 != stamp }) else { return }
-                lastRead.withLock { $0 = stamp }
-                guard let level = try? ConfigLoader.load(path: path).config.logLevel, let new = Logger.Level(rawValue: level) else {
-                    if why == "SIGHUP" { reloadLogger.error("config file does not load; the log level stays", metadata: ["config": "\(path)"]) }
+                switch levelFile.reloadIfChanged() {
+                case .unchanged:
                     return
+                case .refused(let problem):
+                    reloadLogger.error("config file does not load; the log level stays", metadata: ["problem": "\(problem)", "trigger": "\(why)"])
+                case .reloaded(let before):
+                    let new = levelFile.value
+                    guard before != new else { return }
+                    // Said at the more verbose of the two levels, so the line is written either way.
+                    let say = { reloadLogger.notice("log level changed", metadata: ["from": "\(before)", "to": "\(new)", "trigger": "\(why)"]) }
+                    if new < before { output.setLevel(new); say() } else { say(); output.setLevel(new) }
                 }
-                let before = output.currentLevel
-                guard before != new else { return }
-                // Said at the more verbose of the two levels, so the line is written either way.
-                let say = { reloadLogger.notice("log level changed", metadata: ["from": "\(before)", "to": "\(new)", "trigger": "\(why)"]) }
-                if new < before { output.setLevel(new); say() } else { say(); output.setLevel(new) }
             }
         }
         // Files with secrets that others can read are said at every start.

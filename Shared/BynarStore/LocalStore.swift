@@ -244,8 +244,7 @@ public final class LocalStore: Sendable {
         }
     }
 
-    /// Whether any stored message waits for a receipt (from `service`, or from anyone):
-    /// the outbox then listens for replies.
+    /// Whether any stored message waits for a receipt (from `service`, or from anyone).
     public func expectsReceipts(from service: String? = nil) throws -> Bool {
         try database.read { db in
             try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_from = COALESCE(?, receipt_from) AND state IN ('pending', 'awaiting'))",

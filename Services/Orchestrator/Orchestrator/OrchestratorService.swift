@@ -243,7 +243,7 @@ final class HookDispatcher: Sendable {
             return
         }
         let environment = [
-            "BYNAR_EVENT_ID": eventID, "BYNAR_EVENT_TIME": HookRunner.timestamp(unixMs: nowMs), "BYNAR_EVENT_TIME_UNIX_MS": "\(nowMs)",
+            "BYNAR_EVENT_ID": eventID, "BYNAR_EVENT_TIME": UTCTime.iso8601(unixMs: nowMs), "BYNAR_EVENT_TIME_UNIX_MS": "\(nowMs)",
             "BYNAR_HOST": host, "BYNAR_SERVICE": app == "host" ? "" : app, "BYNAR_STATE": up ? "up" : "down",
         ]
         for hook in context.config.orchestrator.hooks {

@@ -80,13 +80,14 @@ public struct FilesystemBackend: StorageBackend {
     /// the line Bynar mounted it through is how its vanished self is recognised later.
     public func remembered(_ devices: [BlockDevice]) -> [BlockDevice] {
         guard devices.contains(where: { managedMountpoint(of: $0) != nil }), let fstab = try? Fstab(path: config.fstab) else { return devices }
+        let mounts = Self.mounts()  // read once per survey, not once per disk
         return devices.map { device in
             var device = device
             for index in device.identity.partitions.indices where device.identity.partitions[index].fsUuid.isEmpty {
                 let partition = device.identity.partitions[index]
                 guard let mountpoint = partition.mountpoints.first(where: { $0.hasPrefix(config.mountRoot + "/") }),
                       let source = fstab.entry(mountpoint: mountpoint)?.source, source.hasPrefix("UUID="),
-                      let there = Self.mount(at: mountpoint), there.devNumber == DeviceNumber(deviceAt: partition.devPath)
+                      let there = mounts.last(where: { $0.mountPoint == mountpoint }), there.devNumber == DeviceNumber(deviceAt: partition.devPath)
                 else { continue }
                 device.identity.partitions[index].fsUuid = String(source.dropFirst("UUID=".count))
             }
@@ -254,8 +255,13 @@ public struct FilesystemBackend: StorageBackend {
 
     /// What is mounted at `mountpoint` now (the last mount there wins), or nil.
     static func mount(at mountpoint: String) -> MountInfoEntry? {
-        guard let text = try? readFile("/proc/self/mountinfo").get() else { return nil }
-        return MountInfoEntry.parse(String(decoding: text, as: UTF8.self)).last { $0.mountPoint == mountpoint }
+        mounts().last { $0.mountPoint == mountpoint }
+    }
+
+    /// Every mount now (empty when /proc/self/mountinfo cannot be read).
+    static func mounts() -> [MountInfoEntry] {
+        guard let text = try? readFile("/proc/self/mountinfo").get() else { return [] }
+        return MountInfoEntry.parse(String(decoding: text, as: UTF8.self))
     }
 
     /// Runs a tool; throws a step failure with its output unless it exits 0.

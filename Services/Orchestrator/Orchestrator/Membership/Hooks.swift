@@ -183,18 +183,6 @@ package enum HookRunner {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// RFC 3339 UTC with milliseconds.
-    package static func timestamp(unixMs: Int64) -> String {
-        var seconds = time_t(unixMs / 1000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        var buffer = [CChar](repeating: 0, count: 32)
-        let length = strftime(&buffer, buffer.count, "%Y-%m-%dT%H:%M:%S", &parts)
-        let text = String(decoding: buffer.prefix(length).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let millis = Int(unixMs % 1000)
-        return text + "." + String(repeating: "0", count: 3 - String(millis).count) + String(millis) + "Z"
-    }
-
     /// Why `value` may not be a hook argument (it becomes argv of an operator's script:
     /// `-oProxyCommand=...` must never get there), or nil. Host names, IPv4/IPv6 addresses
     /// and service names only: letters, digits, `.`, `-`, `_`, `:`, at most 253 characters,

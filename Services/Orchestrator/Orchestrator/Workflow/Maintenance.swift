@@ -1,3 +1,5 @@
+import BynarConfig
+
 /// Maintenance windows: hosts, or single disks, where the orchestrator opens no repair (a
 /// failure there is recorded and people are told it was not repaired). Pure: the caller
 /// passes the time, persists the book (it is `Codable`) and performs what the answers say.
@@ -66,7 +68,7 @@ public struct MaintenanceBook: Codable, Sendable, Equatable {
         let replaced = windows.contains { $0.host == window.host && $0.disk == window.disk }
         windows.removeAll { $0.host == window.host && $0.disk == window.disk }
         windows.append(window)
-        let end = window.untilMs.map { "until \(HookRunner.timestamp(unixMs: $0))" } ?? "until switched off"
+        let end = window.untilMs.map { "until \(UTCTime.iso8601(unixMs: $0))" } ?? "until switched off"
         return .success("\(window.scope) in maintenance \(end)\(replaced ? " (replacing the earlier window)" : ""): \(window.reason)")
     }
 

@@ -1,5 +1,6 @@
 import BynarAuth
 import BynarBus
+import BynarConfig
 import BynarProto
 import Logging
 
@@ -317,7 +318,7 @@ extension RepairEngine {
         guard heldByMaintenance[key] == nil else { return }
         heldByMaintenance[key] = (identity, reasons, flags)
         let words = reasons.map { $0.detail.isEmpty ? $0.rule : "\($0.rule): \($0.detail)" }
-        let end = window.untilMs.map { " until \(HookRunner.timestamp(unixMs: $0))" } ?? ""
+        let end = window.untilMs.map { " until \(UTCTime.iso8601(unixMs: $0))" } ?? ""
         let why = "\(window.scope) is in maintenance\(end) (operator \(window.by): \(window.reason))"
         unrepaired.append(.init(atMs: nowMs, host: identity.host, diskKey: identity.key, reasons: words, why: why))
         logger.notice("failed disk not repaired: maintenance", metadata: ["disk": "\(key)", "why": "\(why)"])

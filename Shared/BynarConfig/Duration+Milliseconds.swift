@@ -1,0 +1,8 @@
+extension Duration {
+    /// The duration in whole milliseconds (rounded toward zero): what config seconds, command
+    /// lifetimes and resend intervals become next to Unix-millisecond timestamps.
+    public var wholeMilliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+}
