@@ -137,7 +137,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "bynar",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "Orchestrator", crypto, protobuf, argumentParser, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "BynarProcess", "Orchestrator", crypto, protobuf, argumentParser, log],
             path: "CLI/bynar",
             swiftSettings: strict
         ),
@@ -230,7 +230,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ServiceTests",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarTestSupport", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "BynarTestSupport", log, "bynar", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
             path: "Tests/ServiceTests",
             swiftSettings: strict
         ),

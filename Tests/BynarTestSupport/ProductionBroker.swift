@@ -19,12 +19,17 @@ public final class ProductionBroker: Sendable {
     /// The central services' and operators' listener (8884 in the shipped file).
     public let centralPort: Int
     private let scratch: String
+    /// bynar-broker-auth's output directory (hosts, credentials, passwd, passwd-hosts, acl),
+    /// which the broker reads on start and on SIGHUP.
+    public var authDirectory: String { scratch + "/auth" }
 
     public init(hosts: [String], admins: [String] = ["ops"]) throws {
         let scratch = try makeTemporaryDirectory(prefix: "bynar-prod-auth")
-        try (hosts.joined(separator: "\n") + "\n").write(toFile: scratch + "/hosts", atomically: true, encoding: .utf8)
+        // The hosts file lives in the auth directory, where `bynar hosts` keeps it.
+        try FileManager.default.createDirectory(atPath: scratch + "/auth", withIntermediateDirectories: true)
+        try (hosts.joined(separator: "\n") + "\n").write(toFile: scratch + "/auth/hosts", atomically: true, encoding: .utf8)
         let deploy = packageRoot + "/deploy/mosquitto"
-        var auth = [deploy + "/bynar-broker-auth", "--hosts", scratch + "/hosts", "--out", scratch + "/auth"]
+        var auth = [deploy + "/bynar-broker-auth", "--hosts", scratch + "/auth/hosts", "--out", scratch + "/auth"]
         for admin in admins { auth += ["--admin", admin] }
         try ProductionBroker.run(auth, in: scratch)
         try ProductionBroker.run(["/bin/sh", "-c", """
