@@ -291,13 +291,17 @@ struct HostBundle {
         return Array(try encoder.encode(template.merging(overlay))) + [0x0A]
     }
 
+    /// The central services run as user bynar (their units), the storage agents as root: a
+    /// central host's secrets are root:bynar 0640, a storage host's root 0600 (the modes the
+    /// services accept without the "secret file too open" warning).
+    var secretMode: mode_t { role == .storage ? 0o600 : 0o640 }
+
     /// The files, relative to `/`, with their modes.
     func files(credentials: [String: String]) throws -> [(path: String, mode: mode_t, bytes: [UInt8])] {
         let dir = String(installDir.drop { $0 == "/" })
         var files: [(String, mode_t, [UInt8])] = [
-            // 0600 like any bynar.json: the services warn about a config others can read,
-            // as it may hold secrets (this one names files only).
-            (dir + "/bynar.json", 0o600, try config()),
+            // Like any bynar.json, private: it may hold secrets (this one names files only).
+            (dir + "/bynar.json", secretMode, try config()),
             (dir + "/ca.crt", 0o644, Array(ca.utf8)),
             (dir + (role == .storage ? "/trusted-keys" : "/operator-keys"), 0o644, Array(keys.utf8)),
         ]
@@ -305,7 +309,7 @@ struct HostBundle {
             guard let password = credentials[identity] else {
                 throw CLIFailure("bynar-broker-auth wrote no password for \(identity) (\(installDir) bundle not written)")
             }
-            files.append((dir + "/\(service).password", 0o600, Array((password + "\n").utf8)))
+            files.append((dir + "/\(service).password", secretMode, Array((password + "\n").utf8)))
             let env = """
                 # bynar-\(service)'s broker identity on \(name) (written by bynar hosts add; read by its unit)
                 BYNAR_BROKER__USERNAME=\(identity)
@@ -339,7 +343,9 @@ struct HostBundle {
             guard written == file.bytes.count else { throw CLIFailure("cannot write \(full)") }
         }
         let archive = stage + "/bundle.tar.gz"
-        let command = ["tar", "--create", "--gzip", "--file", archive, "--owner=0", "--group=0", "--numeric-owner", "-C", stage] + files.map(\.path)
+        // Group bynar by name (the package makes it on the host; its number differs from host
+        // to host), falling back to gid 0 where it does not exist.
+        let command = ["tar", "--create", "--gzip", "--file", archive, "--owner=root:0", "--group=\(role == .storage ? "root" : "bynar"):0", "-C", stage] + files.map(\.path)
         let run: Tool.Run
         do {
             run = try Tool.run(command, timeout: .seconds(60), mergeStderr: true)

@@ -127,7 +127,8 @@ struct Hosts: AsyncParsableCommand {
                 let restart = "systemctl restart \(bundle.services.map { "bynar-\($0)" }.joined(separator: " "))"
                 if role == .central {
                     // The orchestrator's signing key is made on the host and never leaves it.
-                    print("on \(name): tar -xzpf \(file) -C / && bynar keys generate --id orchestrator-\(name) --out \(installDir)/orchestrator.key && \(restart)")
+                    let key = installDir + "/orchestrator.key"
+                    print("on \(name): tar -xzpf \(file) -C / && bynar keys generate --id orchestrator-\(name) --out \(key) && chgrp bynar \(key) && chmod 0640 \(key) && \(restart)")
                     print("the line `bynar keys generate` prints goes into \(place.directory)/trusted-keys and every storage host's \(installDir)/trusted-keys (disk-managers read it again on change)")
                 } else {
                     print("on \(name): tar -xzpf \(file) -C / && \(restart)")

@@ -185,6 +185,11 @@ struct HostEnrolmentTests {
         let key = try await runCommand([builtExecutable("bynar"), "keys", "generate", "--id", "orchestrator-c1", "--out", fixture.installDir + "/orchestrator.key"])
         #expect(key.exitCode == 0, "\(key.stderr)")
         #expect(added.stdout.contains("bynar keys generate --id orchestrator-c1 --out \(fixture.installDir)/orchestrator.key"))
+        // Central services run as user bynar: their secrets are group-readable.
+        for file in ["bynar.json", "orchestrator.password", "ticketing.password", "notifier.password"] {
+            let attributes = try FileManager.default.attributesOfItem(atPath: fixture.installDir + "/" + file)
+            #expect(attributes[.posixPermissions] as? Int == 0o640, "\(file)")
+        }
         let config = try ConfigLoader.load(path: fixture.installDir + "/bynar.json", environment: try fixture.environment(of: "orchestrator")).config
         #expect(config.broker.port == fixture.production.centralPort)
         #expect(config.broker.username == "orchestrator")
