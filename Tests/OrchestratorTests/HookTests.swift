@@ -35,6 +35,7 @@ import Testing
         var orchestrators: [ServiceProcess] = []
         let tap = try await connectedBus(broker, service: "tap", host: "t")
         let results = Collector(try await tap.subscribe(Topics.hookEvents, as: Bynar_V1_HookResult.self))
+        let notes = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
         let hostStates = Collector(try await tap.subscribe(Topics.hostState(host: "stor9"), as: Bynar_V1_HostState.self))
         let births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "+", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
         defer {
@@ -81,6 +82,16 @@ import Testing
         #expect(ours.count == 8)
         #expect(ours.filter { $0.hook == recorder }.allSatisfy { $0.exitStatus == 0 && !$0.timedOut })
         #expect(ours.filter { $0.hook == sleeper }.allSatisfy { $0.timedOut && $0.exitStatus == -1 && $0.durationMs < 5000 })
+        // Each failed run is told to people by the orchestrator itself (sent until a
+        // notifier answers; none runs here), once; the successful ones are not.
+        // (The orchestrators' own births ran the hooks for o1 and o2 too.)
+        #expect(await notes.wait(timeout: .seconds(10)) { $0.filter { $0.payload.title.contains("Operator hook") && $0.payload.host == "stor9" }.count >= 4 })
+        try await Task.sleep(for: .milliseconds(500))
+        let told = notes.all.map(\.payload).filter { $0.title.contains("Operator hook") && $0.host == "stor9" }
+        #expect(told.count == 4, "\(told.map { "\($0.host): \($0.title)" })")
+        #expect(told.allSatisfy { $0.title.hasPrefix("Operator hook \(sleeper) timed out after 1.") && $0.host == "stor9" && $0.severity == .warning })
+        #expect(told.allSatisfy { $0.text.contains("Arguments: ") && $0.text.contains(" 10.9.9.9 ") && $0.nextAction.contains("not retried") })
+        notes.cancel()
         // The grandchildren died with their process group.
         let sleepers = ((try? String(contentsOfFile: pids, encoding: .utf8)) ?? "").split(separator: "\n")
             .filter { $0.hasPrefix("10.9.9.9 ") }.compactMap { Int32($0.split(separator: " ").last ?? "") }

@@ -14,8 +14,8 @@ import Foundation
 
 /// The notifier service: tells people on Slack and by e-mail what Bynar saw and does.
 ///
-/// - Notifications (`$share/notifier/bynar/v1/notify`, one instance each), failed operator
-///   hooks and hosts going down or up become messages. Each says what happened, where (host,
+/// - Notifications (`$share/notifier/bynar/v1/notify`, one instance each; failed operator
+///   hooks come this way from the orchestrator) and hosts going down or up become messages. Each says what happened, where (host,
 ///   disk model, serial, slot) and what Bynar does next; the notifier fills in the disk and
 ///   the next step from its incident history when the sender did not.
 /// - Per channel, notifications wait a short quiet period; a burst becomes one summary.
@@ -98,7 +98,6 @@ public struct NotifierService: BynarService {
         let notifications = try await bus.subscribe(Topics.shared(group: "notifier", Topics.notifications), as: Bynar_V1_Notification.self)
         let incidents = try await bus.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self)
         let tickets = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
-        let hooks = try await bus.subscribe(Topics.shared(group: "notifier", Topics.hookEvents), as: Bynar_V1_HookResult.self)
         let hosts = try await bus.subscribe(Topics.shared(group: "notifier", Topics.hostState(host: "+")), as: Bynar_V1_HostState.self)
         let notifiers = try await bus.subscribe(Topics.serviceStatus(host: "+", service: Self.serviceName), as: Bynar_V1_ServiceStatus.self)
         await bus.markReady()
@@ -117,9 +116,6 @@ public struct NotifierService: BynarService {
                 }
                 group.addTask {
                     for await message in tickets { self.remember { try store.record(message.payload, receivedUnixMs: NotifierClock.nowUnixMs()) } }
-                }
-                group.addTask {
-                    for await message in hooks { if let notification = Self.notification(for: message.payload) { self.accept(notification) } }
                 }
                 group.addTask {
                     for await message in hosts { self.hostChanged(message.payload) }
@@ -185,21 +181,6 @@ public struct NotifierService: BynarService {
         do { try write() } catch {
             context.logger.error("cannot record in the incident history", metadata: ["error": "\(error)"])
         }
-    }
-
-    /// A notification for an operator hook that failed; nil when it succeeded.
-    static func notification(for hook: Bynar_V1_HookResult) -> Bynar_V1_Notification? {
-        guard hook.timedOut || hook.exitStatus != 0 else { return nil }
-        var notification = Bynar_V1_Notification()
-        notification.severity = .warning
-        let how = hook.timedOut ? "timed out after \(MessageText.duration(ms: hook.durationMs))" : "exited with status \(hook.exitStatus)"
-        notification.title = "Operator hook \(hook.hook) \(how)"
-        var text = "Arguments: \(hook.arguments.joined(separator: " "))"
-        if !hook.stderrTail.isEmpty { text += "\nIt wrote: \(hook.stderrTail)" }
-        notification.text = text
-        if hook.arguments.count >= 2 { notification.host = hook.arguments[1] }
-        notification.nextAction = "nothing automatic: the hook is not retried; check the script"
-        return notification
     }
 
     /// Announces a host going down or coming back (not its first sighting while up).

@@ -252,8 +252,13 @@ final class HookDispatcher: Sendable {
             context.logger.notice("hook ran", metadata: [
                 "event_id": "\(eventID)", "hook": "\(hook.command)", "exit_status": "\(result.exitStatus)", "timed_out": "\(result.timedOut)"])
             Counter(label: "bynar_orchestrator_hook_runs_total", dimensions: [("exit_status", result.timedOut ? "timeout" : "\(result.exitStatus)")]).increment()
+            // The result and, for a failure, the notification: one transaction.
+            var events = [Outbox.Event(result, to: Topics.hookEvents, correlationId: eventID)]
+            if let note = HookRunner.failureNotification(result, host: host) {
+                events.append(Outbox.notification(note, correlationId: eventID))
+            }
             do {
-                try context.outbox.publish(result, to: Topics.hookEvents, correlationId: eventID)
+                try context.outbox.commit(events)
             } catch {
                 context.logger.error("cannot store a hook result", metadata: ["event_id": "\(eventID)", "error": "\(error)"])
             }

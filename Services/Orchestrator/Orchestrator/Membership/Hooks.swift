@@ -90,6 +90,25 @@ package enum HookRunner {
     }
 
 
+    /// What people are told about a hook that failed (non-zero exit or timeout); nil when
+    /// it succeeded. The orchestrator sends it itself, until a notifier answers
+    /// (``Outbox/notification(_:correlationId:)``): a hook result on `bynar/v1/hook/events`
+    /// is a broadcast no reader confirms, so a notifier crash could lose it.
+    static func failureNotification(_ result: Bynar_V1_HookResult, host: String) -> Bynar_V1_Notification? {
+        guard result.timedOut || result.exitStatus != 0 else { return nil }
+        var note = Bynar_V1_Notification()
+        note.severity = .warning
+        let tenths = (result.durationMs + 50) / 100
+        let how = result.timedOut ? "timed out after \(tenths / 10).\(tenths % 10) s" : "exited with status \(result.exitStatus)"
+        note.title = "Operator hook \(result.hook) \(how)"
+        var text = "Arguments: \(result.arguments.joined(separator: " "))"
+        if !result.stderrTail.isEmpty { text += "\nIt wrote: \(result.stderrTail)" }
+        note.text = text
+        note.host = host
+        note.nextAction = "nothing automatic: the hook is not retried; check the script"
+        return note
+    }
+
     /// Runs off the cooperative pool (hooks block while they run).
     static func run(_ run: Run) async -> Bynar_V1_HookResult {
         do {
