@@ -62,9 +62,8 @@ public final class Bus: Sendable {
 
     public let identity: Identity
     public let clientId: String
-    /// Signalled on every connect after the first (one consumer: the detector, which says
-    /// its retained health again to a broker that may be back from an older save).
-    public let reconnected = WakeSignal()
+    /// Who wants to hear of reconnects (``reconnects()``), by registration number.
+    private let reconnectWatchers = Mutex<(next: Int, streams: [Int: AsyncStream<Void>.Continuation])>((0, [:]))
     /// Where replies to this client's requests arrive.
     public let replyTopic: String
     let logger: Logger
@@ -73,6 +72,22 @@ public final class Bus: Sendable {
     private let client: MosquittoClient
     private let inflight: AsyncSemaphore
     private let state = Mutex(State())
+
+    /// One element for every connect after the first (several since the last one read count
+    /// as one): the outbox says its retained messages again to a broker that may be back from
+    /// an older save, the orchestrator its host states. Any number of readers.
+    public func reconnects() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let number = reconnectWatchers.withLock { watchers in
+            defer { watchers.next += 1 }
+            watchers.streams[watchers.next] = continuation
+            return watchers.next
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.reconnectWatchers.withLock { $0.streams.removeValue(forKey: number) }
+        }
+        return stream
+    }
     /// Turns of the network thread's loop (about ten a second, connected or not): a number
     /// that stops growing means the thread is stuck (see ``networkLoopTicks``).
     private let ticks = Atomic<UInt64>(0)
@@ -737,7 +752,9 @@ public final class Bus: Sendable {
             }
             logger.info("connected to broker", metadata: ["broker": "\(config.host):\(config.port)", "session_present": "\(sessionPresent)", "client_id": "\(clientId)"])
             for waiter in waiters { waiter.resume() }
-            if stats.connects > 1 { reconnected.signal() }
+            if stats.connects > 1 {
+                for watcher in reconnectWatchers.withLock({ Array($0.streams.values) }) { watcher.yield() }
+            }
             Task {
                 for filter in resubscribe.sorted() {
                     do { try await self.ensureSubscribed(filter) } catch {

@@ -120,13 +120,38 @@ public final class Outbox: Sendable {
         try commit([.clearRetained(topic)])
     }
 
+    /// How long a cleared retained topic is cleared again after each reconnect.
+    static let clearsKeptMs: Int64 = 86_400_000
+
     /// Sends stored events until the task is cancelled, and takes their receipts.
     public func run() async {
         bus.takeReceipts { [receiptsIn] messageId, responder in receiptsIn.yield((messageId, responder)) }
+        let reconnects = bus.reconnects()
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.confirmReceipts() }
+            group.addTask {
+                for await _ in reconnects { self.reassertRetained() }
+            }
             await self.send()
             group.cancelAll()
+        }
+    }
+
+    /// After a reconnect the broker may be back from an older save (mosquitto writes its
+    /// retained messages every `autosave_interval` and on a clean stop): every retained
+    /// message this service committed is said again, and what it cleared within a day is
+    /// cleared again, so no state it has changed since comes back (found by scripts/chaos:
+    /// a replaced disk's MISSING revived). The disk health, incident, ticket and
+    /// maintenance states all go through here.
+    func reassertRetained() {
+        do {
+            let (said, cleared) = try store.reassertRetained(nowMs: Bus.nowUnixMs(), clearsKeptMs: Self.clearsKeptMs, idPrefix: Bus.messageIDs.next())
+            if said + cleared > 0 {
+                bus.logger.info("reconnected: retained messages said again", metadata: ["said": "\(said)", "cleared": "\(cleared)"])
+                wake.signal()
+            }
+        } catch {
+            bus.logger.error("cannot say the retained messages again after a reconnect", metadata: ["error": "\(error)"])
         }
     }
 

@@ -82,6 +82,17 @@ public final class LocalStore: Sendable {
             }
             try db.create(index: "outbox_receipt_group", on: "outbox", columns: ["receipt_group", "id"])
         },
+        Migration("shared-v3: retained ledger") { db in
+            // The last retained message this service committed per topic (an empty payload:
+            // it cleared the topic), written in the commit that sends it. After a reconnect
+            // the outbox says them all again (``reassertRetained(nowMs:clearsKeptMs:)``): a
+            // broker that crashed comes back with the retained messages of its last save.
+            try db.create(table: "retained_ledger") { table in
+                table.primaryKey("topic", .text)
+                table.column("payload", .blob).notNull()
+                table.column("updated_unix_ms", .integer).notNull()
+            }
+        },
     ]
 
     // MARK: Session counter
@@ -157,7 +168,36 @@ public final class LocalStore: Sendable {
                     arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
                                 message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs]
                 )
+                if message.retain {
+                    try db.execute(sql: """
+                        INSERT INTO retained_ledger(topic, payload, updated_unix_ms) VALUES(?, ?, ?)
+                        ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, updated_unix_ms = excluded.updated_unix_ms
+                        """, arguments: [message.topic, Data(message.payload), message.createdUnixMs])
+                }
             }
+        }
+    }
+
+    /// After a reconnect: every retained message in the ledger goes into the outbox again
+    /// (the same envelope bytes, so receivers see the same message id), and every topic
+    /// cleared within `clearsKeptMs` is cleared again; older clears are forgotten. One
+    /// transaction, queued behind what is pending. Returns (said again, cleared again).
+    /// Copies an earlier reconnect queued and not yet sent are dropped first (the new ones
+    /// say the same or newer), so a flapping broker does not pile them up.
+    @discardableResult
+    public func reassertRetained(nowMs: Int64, clearsKeptMs: Int64, idPrefix: String) throws -> (said: Int, cleared: Int) {
+        try database.write { db in
+            try db.execute(sql: "DELETE FROM retained_ledger WHERE length(payload) = 0 AND updated_unix_ms < ?", arguments: [nowMs - clearsKeptMs])
+            try db.execute(sql: "DELETE FROM outbox WHERE state = 'pending' AND message_id LIKE 'again-%'")
+            let rows = try Row.fetchAll(db, sql: "SELECT topic, payload FROM retained_ledger ORDER BY updated_unix_ms, topic")
+            var said = 0, cleared = 0
+            for (index, row) in rows.enumerated() {
+                let payload: Data = row["payload"]
+                try db.execute(sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms) VALUES(?, ?, ?, 1, ?)",
+                               arguments: ["again-\(idPrefix)-\(index)", row["topic"] as String, payload, nowMs])
+                if payload.isEmpty { cleared += 1 } else { said += 1 }
+            }
+            return (said, cleared)
         }
     }
 

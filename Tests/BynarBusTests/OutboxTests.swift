@@ -54,6 +54,58 @@ struct OutboxTests {
         await subscriber.shutdown()
     }
 
+    /// A broker that crashes comes back with the retained messages of its last save. After
+    /// the reconnect the outbox says every retained message again (the same envelope, so the
+    /// same message id) and clears again what it cleared: a reader finds the newest state,
+    /// not the saved one, on every topic.
+    @Test func aBrokerBackFromAnOlderSaveGetsTheNewestRetainedStates() async throws {
+        let persistence = try makeTemporaryDirectory(prefix: "bynar-outbox-persist")
+        defer { try? FileManager.default.removeItem(atPath: persistence) }
+        // Saves only when stopped cleanly: production's autosave window, made certain.
+        let broker = try TestBroker(extraConfig: "allow_anonymous true\npersistence true\npersistence_location \(persistence)/\nautosave_interval 3600")
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        let publisher = try await connectedBus(broker, service: "pub", clientId: "older-save-pub") {
+            $0.reconnectMinSeconds = 1
+            $0.reconnectMaxSeconds = 1
+        }
+        let outbox = Outbox(bus: publisher, store: store)
+        let sender = Task { await outbox.run() }
+        func state(_ text: String) -> Bynar_V1_Notification {
+            var note = Bynar_V1_Notification()
+            note.title = text
+            return note
+        }
+        // Saved: a = "old", b = "old", c = "old".
+        try outbox.commit(["a", "b", "c"].map { Outbox.Event(state("old"), to: "test/retained/\($0)", retain: true) })
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        broker.stop()
+        try broker.start()
+        // Since the save: a changes, b is cleared, c stays.
+        let newA = try outbox.commit([Outbox.Event(state("new"), to: "test/retained/a", retain: true), .clearRetained("test/retained/b")])[0]
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        // Crash: back from the save.
+        broker.signal(SIGKILL)
+        try await Task.sleep(for: .milliseconds(300))
+        try broker.start()
+        #expect(await Collector<Int>.poll(timeout: .seconds(15)) { publisher.stats.connects >= 3 })
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        try await Task.sleep(for: .milliseconds(300))
+        let reader = try await connectedBus(broker, service: "reader")
+        let retained = Collector(try await reader.subscribe("test/retained/+", as: Bynar_V1_Notification.self))
+        try await Task.sleep(for: .seconds(1))
+        let byTopic = Dictionary(retained.all.map { ($0.topic, $0) }, uniquingKeysWith: { _, last in last })
+        #expect(byTopic["test/retained/a"]?.payload.title == "new", "\(retained.all.map { "\($0.topic)=\($0.payload.title)" })")
+        #expect(byTopic["test/retained/a"]?.envelope.messageID == newA.messageID, "said again as the same message")
+        #expect(byTopic["test/retained/b"] == nil, "the cleared topic came back from the save")
+        #expect(byTopic["test/retained/c"]?.payload.title == "old")
+        #expect(try store.outboxCounts().pending == 0)
+        sender.cancel()
+        await reader.shutdown()
+        await publisher.shutdown()
+    }
+
     /// `clearRetained` goes out in order after what was stored before it: a subscriber that
     /// comes later finds nothing retained (the detector clears a replaced disk's health).
     @Test func clearRetainedForgetsTheRetainedMessageInOrder() async throws {

@@ -16,6 +16,31 @@ struct LocalStoreTests {
         #expect(try store.nextSession() == 4)
     }
 
+    /// The retained ledger keeps the last retained message per topic (a clear too), and a
+    /// reconnect's copies replace the unsent copies of an earlier one instead of piling up;
+    /// clears older than the window are forgotten.
+    @Test func retainedLedgerSaysTheLatestAgainOnce() throws {
+        let path = temporaryPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let store = try LocalStore(path: path)
+        try store.commit([.init(messageId: "a1", topic: "t/a", payload: [1], retain: true, createdUnixMs: 1_000),
+                          .init(messageId: "x1", topic: "t/x", payload: [9], retain: false, createdUnixMs: 1_000),
+                          .init(messageId: "b1", topic: "t/b", payload: [2], retain: true, createdUnixMs: 1_000)])
+        try store.commit([.init(messageId: "a2", topic: "t/a", payload: [3], retain: true, createdUnixMs: 2_000),
+                          .init(messageId: "b2", topic: "t/b", payload: [], retain: true, createdUnixMs: 2_000)])
+        for entry in try store.pendingOutbox(limit: 100) { try store.removeFromOutbox(id: entry.id) }
+
+        #expect(try store.reassertRetained(nowMs: 3_000, clearsKeptMs: 10_000, idPrefix: "r1") == (1, 1))
+        #expect(try store.reassertRetained(nowMs: 3_500, clearsKeptMs: 10_000, idPrefix: "r2") == (1, 1))
+        let again = try store.pendingOutbox(limit: 100)
+        #expect(again.map(\.topic) == ["t/a", "t/b"], "one copy per topic, the plain message not at all")
+        #expect(again.map(\.payload) == [[3], []])
+        #expect(again.allSatisfy { $0.retain && $0.messageId.hasPrefix("again-r2-") })
+        for entry in again { try store.removeFromOutbox(id: entry.id) }
+        // A day later the clear is forgotten; the retained message is still said.
+        #expect(try store.reassertRetained(nowMs: 20_000, clearsKeptMs: 10_000, idPrefix: "r3") == (1, 0))
+    }
+
     @Test func outboxKeepsOrderAndSurvivesReopen() throws {
         let path = temporaryPath()
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }

@@ -174,7 +174,7 @@ struct DetectorServiceTests {
         try await Task.sleep(for: .milliseconds(300))
         try broker.start()
         let reasserted = await Collector<Int>.poll(timeout: .seconds(15)) {
-            detector.log.components(separatedBy: "retained disk health said again").count - 1 >= 2
+            detector.log.components(separatedBy: "retained messages said again").count - 1 >= 2
         }
         #expect(reasserted, "\(detector.log.suffix(3000))")
         try await Task.sleep(for: .seconds(1))

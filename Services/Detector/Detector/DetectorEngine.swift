@@ -89,10 +89,12 @@ actor DetectorEngine {
                 table.column("cleared_unix_ms", .integer).notNull()
             }
         },
+        .init("detector-v3: the outbox's retained ledger clears again") { db in
+            // Every service's outbox now says its retained messages (clears too) again after
+            // a reconnect (the store's retained_ledger): this table has no reader left.
+            try db.drop(table: "detector_cleared_health")
+        },
     ]
-
-    /// How long a cleared health topic is cleared again after each reconnect.
-    static let clearedKeptMs: Int64 = 86_400_000
 
     // MARK: Start-up
 
@@ -176,12 +178,8 @@ actor DetectorEngine {
                 // MISSING or FAILED) must not outlive it, or every subscriber that starts later
                 // (an orchestrator restarting) reads a failure that was already repaired.
                 do {
-                    try context.outbox.commit([.clearRetained(Topics.diskHealth(host: context.host, disk: previousKey))]) { db in
-                        try db.execute(sql: """
-                            INSERT INTO detector_cleared_health(disk_key, cleared_unix_ms) VALUES(?, ?)
-                            ON CONFLICT(disk_key) DO UPDATE SET cleared_unix_ms = excluded.cleared_unix_ms
-                            """, arguments: [previousKey, nowMs])
-                    }
+                    // (Cleared again after every reconnect for a day: the outbox's retained ledger.)
+                    try context.outbox.commit([.clearRetained(Topics.diskHealth(host: context.host, disk: previousKey))])
                 } catch {
                     logger.error("cannot clear the old disk's health", metadata: ["disk": "\(previousKey)", "error": "\(error)"])
                 }
@@ -319,30 +317,6 @@ actor DetectorEngine {
     /// view matches the restored states).
     func refreshAll() async {
         for id in presentSlots { await publishHealth(id) }
-    }
-
-    /// The disks whose retained health was cleared within a day (older ones forgotten).
-    private func clearedHealthKeys(nowMs: Int64) throws -> [String] {
-        try context.store.database.write { db in
-            try db.execute(sql: "DELETE FROM detector_cleared_health WHERE cleared_unix_ms < ?", arguments: [nowMs - Self.clearedKeptMs])
-            return try String.fetchAll(db, sql: "SELECT disk_key FROM detector_cleared_health ORDER BY disk_key")
-        }
-    }
-
-    /// After a reconnect: the broker may have come back from an older save (a crash), with
-    /// retained health this detector has changed or cleared since. Says every slot's
-    /// current health again and clears again what it cleared within a day, in one commit.
-    func reassertRetained(nowMs: Int64) async {
-        do {
-            let cleared = try clearedHealthKeys(nowMs: nowMs)
-            let current = Set(slots.values.map(\.identity.key))
-            let clears = cleared.filter { !current.contains($0) }.map { Outbox.Event.clearRetained(Topics.diskHealth(host: context.host, disk: $0)) }
-            let healths = slots.keys.sorted().flatMap { healthEvent($0) }
-            try context.outbox.commit(clears + healths)
-            logger.info("reconnected: retained disk health said again", metadata: ["disks": "\(healths.count)", "cleared_again": "\(clears.count)"])
-        } catch {
-            logger.error("cannot say the retained disk health again after a reconnect", metadata: ["error": "\(error)"])
-        }
     }
 
     // MARK: Actions out

@@ -72,15 +72,6 @@ public struct DetectorService: BynarService {
                     }
                 }
                 group.addTask {
-                    // Every reconnect after the first connect: the broker may be back from an
-                    // older save; what it retains for this host is said again.
-                    while !Task.isCancelled {
-                        await context.bus.reconnected.wait()
-                        if Task.isCancelled { break }
-                        await engine.reassertRetained(nowMs: Bus.nowUnixMs())
-                    }
-                }
-                group.addTask {
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .seconds(config.checkIntervalSeconds))
                         if Task.isCancelled { break }

@@ -75,6 +75,7 @@ public struct OrchestratorService: BynarService {
         context.logger.info("orchestrator ready", metadata: [
             "dry_run": "\(config.dryRun)", "hooks": "\(config.hooks.count)", "signing": "\(client != nil)"])
 
+        let reconnects = bus.reconnects()
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await engine.run() }
@@ -97,6 +98,11 @@ public struct OrchestratorService: BynarService {
                     }
                 }
                 group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, logger: context.logger) }
+                group.addTask {
+                    // A broker back from an older save may retain host states changed since
+                    // (the outbox says the orchestrator's other retained messages again).
+                    for await _ in reconnects { hostStates.post(contentsOf: await keeper.hosts) }
+                }
                 if let hooks { group.addTask { await hooks.run() } }
                 await group.next()
                 group.cancelAll()

@@ -55,6 +55,9 @@ actor MembershipKeeper {
         return transitions
     }
 
+    /// Every host it knows.
+    var hosts: [String] { membership.hosts.keys.sorted() }
+
     /// The retained HostState of `host`.
     func hostState(_ host: String) -> Bynar_V1_HostState? {
         guard let record = membership.hosts[host] else { return nil }
