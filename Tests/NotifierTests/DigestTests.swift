@@ -87,6 +87,44 @@ struct DigestTests {
         await harness.finish()
     }
 
+    /// Incident events reach the notifier at most once (a crash between arrival and its
+    /// write loses one); the orchestrator's notifications are sent until answered and carry
+    /// the state the incident reached. So an incident whose last events this notifier never
+    /// got (here: never published) is still resolved in its history, from the notification
+    /// that said so, and a notification about no incident state changes nothing.
+    @Test func theLastTransitionComesWithTheNotificationWhenItsEventWasLost() async throws {
+        let harness = try await NotifierHarness()
+        let notifier = try await harness.start(notifier: #"{"digest": {"interval_hours": 24}}"#)
+        defer { notifier.signal(SIGTERM) }
+        let hour: Int64 = 3_600_000
+        for (state, ago) in [(Bynar_V1_IncidentState.opened, 5 * hour), (.removed, 4 * hour)] {
+            try await harness.bus.publish(Self.event("inc-lost", state, serial: "L1", host: "h1", openedAgoMs: 5 * hour, updatedAgoMs: ago), to: Topics.incidentEvents)
+        }
+        // The WAITING_FOR_REPLACEMENT, ADDING and RESOLVED events were lost; the
+        // orchestrator's "replaced" notification arrives (it is sent until answered).
+        var replaced = Bynar_V1_Notification()
+        replaced.severity = .info
+        replaced.title = "Disk L1 on h1 replaced"
+        replaced.incidentID = "inc-lost"
+        replaced.incidentState = .resolved
+        replaced.incidentUpdatedUnixMs = Bus.nowUnixMs() - 2 * hour
+        try await harness.bus.publish(replaced, to: Topics.notifications)
+        var unrelated = Bynar_V1_Notification()
+        unrelated.title = "Something about the incident, no state"
+        unrelated.incidentID = "inc-lost"
+        try await harness.bus.publish(unrelated, to: Topics.notifications)
+
+        let config = notifier.directory + "/bynar.json"
+        var text = ""
+        #expect(await eventually(.seconds(10)) {
+            text = try harness.command(["digest", "--config", config]).1
+            return text.contains("Repairs done: 1")
+        }, "\(text)\n\(notifier.log)")
+        let row = text.split(separator: "\n").first { $0.hasPrefix("inc-lost") }
+        #expect(row?.hasSuffix("3 h") == true, "time to repair from the notification's time: \(text)")
+        await harness.finish()
+    }
+
     @Test func badCommandUsageAndConfigAreNamed() throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-notifier-cfg")
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -140,6 +140,8 @@ public struct NotifierService: BynarService {
             if try store.seen(messageId: messageId) {
                 context.logger.debug("notification delivered again; queued once", metadata: ["message_id": "\(messageId)"])
             } else {
+                // The incident state it carries first, so the message is completed from it.
+                try store.record(received.payload, receivedUnixMs: NotifierClock.nowUnixMs())
                 guard accept(received.payload) else { return }
                 try store.markSeen(messageId: messageId, nowMs: NotifierClock.nowUnixMs())
             }

@@ -265,8 +265,25 @@ struct NotifierStore: Sendable {
 
     // MARK: Incident history
 
+    /// Records the incident state an orchestrator's notification carries (nothing for one
+    /// that carries none). Notifications are sent until answered, incident events at most
+    /// once: so the history learns an incident's last transition (resolved, cancelled) even
+    /// when this notifier lost the event that said it.
+    func record(_ note: Bynar_V1_Notification, receivedUnixMs: Int64) throws {
+        guard !note.incidentID.isEmpty, note.incidentState != .unspecified else { return }
+        var event = Bynar_V1_IncidentEvent()
+        event.incident.id = note.incidentID
+        event.incident.state = note.incidentState
+        event.incident.updatedUnixMs = note.incidentUpdatedUnixMs
+        if note.hasDisk { event.incident.disk = note.disk }
+        event.message = note.title
+        try record(event, receivedUnixMs: receivedUnixMs, fromNotification: true)
+    }
+
     /// Records an incident's new state; keeps the first time it reached each milestone.
-    func record(_ event: Bynar_V1_IncidentEvent, receivedUnixMs: Int64) throws {
+    /// `fromNotification`: the state came without the transition (no `from_state`), so a
+    /// resolution does not imply a removal.
+    func record(_ event: Bynar_V1_IncidentEvent, receivedUnixMs: Int64, fromNotification: Bool = false) throws {
         let incident = event.incident
         guard !incident.id.isEmpty else { return }
         try store.database.write { db in
@@ -290,7 +307,7 @@ struct NotifierStore: Sendable {
             case .removed, .ticketed, .waitingForReplacement, .adding:
                 if record.removedUnixMs == nil { record.removedUnixMs = at }
             case .resolved:
-                if record.removedUnixMs == nil && event.fromState != .opened && event.fromState != .checkingSafety { record.removedUnixMs = at }
+                if record.removedUnixMs == nil && !fromNotification && event.fromState != .opened && event.fromState != .checkingSafety { record.removedUnixMs = at }
                 record.resolvedUnixMs = record.resolvedUnixMs ?? at
                 record.endedUnixMs = record.endedUnixMs ?? at
             case .cancelled:

@@ -72,6 +72,20 @@ public nonisolated struct Bynar_V1_Notification: @unchecked Sendable {
     set {_uniqueStorage()._ticketURL = newValue}
   }
 
+  /// The state the incident reached when this was said, and when (the orchestrator's
+  /// notifications): a notification is sent until a notifier answers it, so the notifier's
+  /// incident history learns an incident's last transition from it even when it lost the
+  /// incident event (at most once) that said the same.
+  public var incidentState: Bynar_V1_IncidentState {
+    get {_storage._incidentState}
+    set {_uniqueStorage()._incidentState = newValue}
+  }
+
+  public var incidentUpdatedUnixMs: Int64 {
+    get {_storage._incidentUpdatedUnixMs}
+    set {_uniqueStorage()._incidentUpdatedUnixMs = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum Severity: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -127,7 +141,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Notification"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}severity\0\u{1}title\0\u{1}text\0\u{1}host\0\u{1}disk\0\u{3}next_action\0\u{3}incident_id\0\u{3}ticket_url\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}severity\0\u{1}title\0\u{1}text\0\u{1}host\0\u{1}disk\0\u{3}next_action\0\u{3}incident_id\0\u{3}ticket_url\0\u{3}incident_state\0\u{3}incident_updated_unix_ms\0")
 
   fileprivate class _StorageClass {
     var _severity: Bynar_V1_Notification.Severity = .unspecified
@@ -138,6 +152,8 @@ nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobu
     var _nextAction: String = String()
     var _incidentID: String = String()
     var _ticketURL: String = String()
+    var _incidentState: Bynar_V1_IncidentState = .unspecified
+    var _incidentUpdatedUnixMs: Int64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -156,6 +172,8 @@ nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobu
       _nextAction = source._nextAction
       _incidentID = source._incidentID
       _ticketURL = source._ticketURL
+      _incidentState = source._incidentState
+      _incidentUpdatedUnixMs = source._incidentUpdatedUnixMs
     }
   }
 
@@ -182,6 +200,8 @@ nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobu
         case 6: try { try decoder.decodeSingularStringField(value: &_storage._nextAction) }()
         case 7: try { try decoder.decodeSingularStringField(value: &_storage._incidentID) }()
         case 8: try { try decoder.decodeSingularStringField(value: &_storage._ticketURL) }()
+        case 9: try { try decoder.decodeSingularEnumField(value: &_storage._incidentState) }()
+        case 10: try { try decoder.decodeSingularInt64Field(value: &_storage._incidentUpdatedUnixMs) }()
         default: break
         }
       }
@@ -218,6 +238,12 @@ nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobu
       if !_storage._ticketURL.isEmpty {
         try visitor.visitSingularStringField(value: _storage._ticketURL, fieldNumber: 8)
       }
+      if _storage._incidentState != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._incidentState, fieldNumber: 9)
+      }
+      if _storage._incidentUpdatedUnixMs != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._incidentUpdatedUnixMs, fieldNumber: 10)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -235,6 +261,8 @@ nonisolated extension Bynar_V1_Notification: SwiftProtobuf.Message, SwiftProtobu
         if _storage._nextAction != rhs_storage._nextAction {return false}
         if _storage._incidentID != rhs_storage._incidentID {return false}
         if _storage._ticketURL != rhs_storage._ticketURL {return false}
+        if _storage._incidentState != rhs_storage._incidentState {return false}
+        if _storage._incidentUpdatedUnixMs != rhs_storage._incidentUpdatedUnixMs {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -354,6 +354,8 @@ actor RepairEngine {
             note.nextAction = nextAction
             note.incidentID = id
             note.ticketURL = machine.ticketURL
+            note.incidentState = Self.wire(machine.state)
+            note.incidentUpdatedUnixMs = machine.updatedMs
             queueNotification(note, incident: id)
         case .ticket(let what, let comment):
             var request = Bynar_V1_TicketRequest()
