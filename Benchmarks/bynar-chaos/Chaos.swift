@@ -186,20 +186,30 @@ enum Chaos {
         let run = ChaosRun(options: options, work: work)
 
         // Ctrl-C or SIGTERM (a test timing out) still stops everything and detaches every disk.
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        let signalSources = [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler {
-                run.say("signal \(number): stopping everything")
-                run.cleanUp()
-                exit(130)
-            }
-            source.resume()
-            return source
-        }
+        let signalSources = stopOnSignals(run)
         let code = await chaosRun(run, options: options)
         _ = signalSources
         exit(code)
+    }
+
+    /// SIGINT and SIGTERM clean up and exit. The handlers run on a dispatch queue, not on the
+    /// main actor: declared outside `main`, they do not inherit its isolation (a closure
+    /// written inside `main` did, and the runtime's isolation check crashed the run on
+    /// Ctrl-C, leaving every service, faultfs and loop device behind).
+    nonisolated static func stopOnSignals(_ run: ChaosRun) -> [any DispatchSourceSignal] {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        return [SIGINT, SIGTERM].map { number -> any DispatchSourceSignal in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            let stop: @Sendable () -> Void = {
+                run.say("signal \(number): stopping everything")
+                run.cleanUp()
+                run.say("interrupted: logs and stores kept in \(run.work) (disk images removed)")
+                exit(130)
+            }
+            source.setEventHandler(handler: stop)
+            source.resume()
+            return source
+        }
     }
 }

@@ -141,7 +141,7 @@ struct OperatorTests {
             #expect(cancel.stdout.contains("still counts as out"), "\(cancel.stdout)")
             try await Self.waitFor(h, a, .cancelled)
             #expect(h.latest[a]?.incident.countsAsOut == true)
-            #expect(h.notifications.all.contains { $0.payload.title.contains("Operator operator-1 cancelled") })
+            #expect(await h.notifications.wait(timeout: .seconds(5)) { $0.contains { $0.payload.title.contains("Operator operator-1 cancelled") } })
             #expect(h.tickets.requests.contains { $0.action == .comment && $0.comment.contains("cancelled by operator operator-1") })
             try await Task.sleep(for: .seconds(3))
             #expect(Self.held(h, b), "the brake still counts A: B is held")

@@ -120,7 +120,7 @@ import Testing
             try await h.detector.say(Self.failed, from: .failed, to: .healthy)
             try await h.waitFor(.cancelled)
             #expect(h.dm.seen("Remove").isEmpty && h.tickets.requests.isEmpty)
-            #expect(h.notifications.all.contains { $0.payload.title.contains("recovered") })
+            #expect(await h.notifications.wait(timeout: .seconds(5)) { $0.contains { $0.payload.title.contains("recovered") } })
             #expect(try await !h.retainedState(id))
         }
     }
@@ -324,7 +324,8 @@ import Testing
             try await h.start(orchestrator: #""dry_run": true"#)
             try await h.detector.say(Self.failed, from: .failing, to: .failed)
             try await h.waitFor(.removed)
-            #expect(h.notifications.all.contains { $0.payload.title.hasPrefix("dry run: would remove") })
+            // (The notification and the incident's state travel on different subscriptions.)
+            #expect(await h.notifications.wait(timeout: .seconds(5)) { $0.contains { $0.payload.title.hasPrefix("dry run: would remove") } })
             try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
             try await h.waitFor(.resolved)
             #expect(h.dm.seen("Remove").count == 1 && h.dm.seen("Remove").allSatisfy(\.simulate))

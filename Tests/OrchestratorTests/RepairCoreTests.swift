@@ -1,0 +1,117 @@
+import BynarBus
+import BynarConfig
+import BynarProto
+import Foundation
+@testable import Orchestrator
+import Testing
+
+/// The orchestrator's cross-incident decisions without I/O: ``RepairCore/handle(_:nowMs:)``
+/// takes one input and a time and returns what to do (incidents changed, messages, commands).
+/// No broker, no journal, no clock: the same inputs give the same effects.
+@Suite struct RepairCoreTests {
+    static func identity(_ key: String, dev: String = "/dev/sdc") -> Bynar_V1_DiskIdentity {
+        .with { $0.host = "stor1"; $0.key = key; $0.serial = key; $0.devPath = dev }
+    }
+
+    static func event(_ disk: Bynar_V1_DiskIdentity, to state: Bynar_V1_DiskState, previous: Bynar_V1_DiskIdentity? = nil) -> RepairCore.Input {
+        var event = Bynar_V1_DiskHealthEvent()
+        event.disk = disk
+        event.toState = state
+        event.reasons = [.with { $0.rule = "disk.\(state)"; $0.detail = "said \(state)" }]
+        if let previous { event.previousDisk = previous }
+        return .diskEvent(event)
+    }
+
+    static func health(_ disk: Bynar_V1_DiskIdentity, _ state: Bynar_V1_DiskState, system: Bool = false) -> RepairCore.Input {
+        .diskHealth(.with { $0.disk = disk; $0.state = state; $0.systemDisk = system }, retained: false)
+    }
+
+    static func core() -> RepairCore {
+        var config = OrchestratorConfig()
+        config.missingGraceSeconds = 600
+        return RepairCore(config: config, openIncidents: [], bucket: nil, latestOpenings: [:], maintenance: MaintenanceBook(), nowMs: 1_000)
+    }
+
+    @Test("a FAILED data disk opens one incident: journaled, announced, and its SafeToRemove asked")
+    func aFailedDiskOpensAnIncident() {
+        var core = Self.core()
+        let disk = Self.identity("serial-A")
+        #expect(core.handle(Self.health(disk, .healthy), nowMs: 2_000).isEmpty)
+        let effects = core.handle(Self.event(disk, to: .failed), nowMs: 3_000)
+        #expect(effects.opened == 1)
+        #expect(effects.dirty.count == 1 && core.machines.count == 1)
+        let id = try? #require(effects.dirty.first)
+        #expect(id?.hasPrefix("stor1.serial-A.3000") == true)
+        #expect(effects.messages.contains { $0.topic == Topics.incidentEvents })
+        #expect(effects.messages.contains { $0.topic == Topics.notifications })
+        #expect(effects.commands.contains { if case .checkSafety = $0.action { true } else { false } })
+        // The same failure again changes nothing.
+        #expect(core.handle(Self.event(disk, to: .failed), nowMs: 4_000).isEmpty)
+    }
+
+    @Test("the same inputs at the same times give the same effects")
+    func deterministic() {
+        func run() -> [String] {
+            var core = Self.core()
+            let disk = Self.identity("serial-D")
+            core.handle(Self.health(disk, .healthy), nowMs: 2_000)
+            let effects = core.handle(Self.event(disk, to: .failed), nowMs: 3_000)
+            return effects.messages.map(\.topic) + effects.commands.map { "\($0.incident) \($0.action)" }
+        }
+        #expect(run() == run())
+    }
+
+    @Test("a missing disk whose slot another disk took, before its flags came: decided when they come; a system disk never")
+    func aReplacedMissingDiskWaitsForItsFlags() {
+        var core = Self.core()
+        let system = Self.identity("serial-SYS", dev: "/dev/sda")
+        // The events run ahead of the health (another subscription): no flags yet.
+        core.handle(Self.event(system, to: .missing), nowMs: 2_000)
+        #expect(core.handle(Self.event(Self.identity("serial-SYS2", dev: "/dev/sda"), to: .replaced, previous: system), nowMs: 2_100).opened == 0)
+        // The flags arrive: a system disk, never repaired.
+        #expect(core.handle(Self.health(system, .missing, system: true), nowMs: 2_200).opened == 0)
+        #expect(core.handle(.tick, nowMs: 10_000).opened == 0)
+        #expect(core.machines.isEmpty)
+
+        let data = Self.identity("serial-DATA", dev: "/dev/sdd")
+        core.handle(Self.event(data, to: .missing), nowMs: 11_000)
+        core.handle(Self.event(Self.identity("serial-DATA2", dev: "/dev/sdd"), to: .replaced, previous: data), nowMs: 11_100)
+        let decided = core.handle(Self.health(data, .missing), nowMs: 11_200)
+        #expect(decided.opened == 1, "a data disk is decided when its flags come, not after the grace period")
+
+        // Flags that never come: decided after the wait, with what is known.
+        let lost = Self.identity("serial-LOST", dev: "/dev/sde")
+        core.handle(Self.event(lost, to: .missing), nowMs: 20_000)
+        core.handle(Self.event(Self.identity("serial-LOST2", dev: "/dev/sde"), to: .replaced, previous: lost), nowMs: 20_100)
+        #expect(core.handle(.tick, nowMs: 20_100 + RepairCore.flagsWaitMs - 1).opened == 0)
+        #expect(core.handle(.tick, nowMs: 20_100 + RepairCore.flagsWaitMs).opened == 1)
+    }
+
+    @Test("an incident waiting for its new disk takes the healthy disk the detector says is in its slot, when the REPLACED event was lost")
+    func aLostReplacedEventIsMadeUpByTheSlotsHealth() throws {
+        var core = Self.core()
+        var old = Self.identity("serial-OLD")
+        old.byPath = "pci-0000:00:1f.2-ata-3"
+        core.handle(Self.health(old, .healthy), nowMs: 2_000)
+        let opened = core.handle(Self.event(old, to: .failed), nowMs: 3_000)
+        let id = try #require(opened.dirty.first)
+        core.handle(.event(incident: id, .safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK")), nowMs: 3_100)
+        core.handle(.event(incident: id, .answered(.remove, .init(outcome: .success, backendID: "osd.7"))), nowMs: 3_200)
+        core.handle(.ticket(.with { $0.incidentID = id; $0.ticketKey = "BYN-1"; $0.state = .opened }), nowMs: 3_300)
+        core.handle(.ticket(.with { $0.incidentID = id; $0.ticketKey = "BYN-1"; $0.state = .resolved }), nowMs: 3_400)
+        #expect(core.machines[id]?.state == .waitingForReplacement)
+        // A disk in another slot, or one that was there before the incident, is not it.
+        var elsewhere = Self.identity("serial-ELSEWHERE", dev: "/dev/sdq")
+        elsewhere.byPath = "pci-0000:00:1f.2-ata-4"
+        core.handle(.diskHealth(.with { $0.disk = elsewhere; $0.state = .healthy; $0.stateSinceUnixMs = 3_500 }, retained: true), nowMs: 3_500)
+        #expect(core.handle(.tick, nowMs: 4_000).commands.isEmpty)
+        #expect(core.machines[id]?.state == .waitingForReplacement)
+        // The new disk's retained health (its REPLACED event was lost with a broker crash).
+        var new = Self.identity("serial-NEW")
+        new.byPath = old.byPath
+        core.handle(.diskHealth(.with { $0.disk = new; $0.state = .healthy; $0.stateSinceUnixMs = 3_600 }, retained: true), nowMs: 3_600)
+        let adopted = core.handle(.tick, nowMs: 5_000)
+        #expect(core.machines[id]?.state == .adding)
+        #expect(adopted.commands.contains { if case .add(_, let disk, let reuse, _) = $0.action { disk.key == "serial-NEW" && reuse == "osd.7" } else { false } })
+    }
+}
