@@ -1,5 +1,4 @@
 import ArgumentParser
-import BynarAuth
 import BynarBus
 import BynarProto
 import Orchestrator
@@ -53,41 +52,11 @@ struct Tickets: AsyncParsableCommand {
         )
         @Argument(help: "Ticket key (BYNAR-3) or incident id (see `bynar tickets`).") var id: String
         @Option(help: "Why (kept with the ticket).") var reason: String = ""
-        @OptionGroup var brokerOptions: BrokerOptions
-        @OptionGroup var key: KeyOptions
-
-        @Option(help: "Seconds to wait for ticketing's answer.")
-        var requestTimeout: Double = 30
-
-        @Flag(help: "Ticketing's answer as one JSON object instead of text.")
-        var json = false
+        @OptionGroup var options: OperatorOptions
 
         func run() async throws {
-            try await reportingFailures {
-                try await brokerOptions.withBus(purpose: "tickets resolve") { bus in
-                    let client: OperatorClient
-                    do {
-                        client = try OperatorClient(bus: bus, privateKeyFile: key.keyPath)
-                    } catch {
-                        throw CLIFailure("cannot use the operator key \(key.keyPath): \(error) (make one with `bynar keys generate`, add its line to ticketing.operator_keys_file, and pass --key FILE)",
-                                         code: CLIFailure.config)
-                    }
-                    let response: Bynar_V1_TicketOperatorResponse
-                    do {
-                        response = try await client.send(.resolve(.with { $0.ticket = id }), reason: reason, timeout: .milliseconds(Int(requestTimeout * 1000)))
-                    } catch {
-                        throw CLIFailure(error, talkingTo: "ticketing")
-                    }
-                    if json {
-                        emit((try? response.jsonString()) ?? "{}")
-                    } else if response.outcome == .success {
-                        emit("resolve \(id): \(response.reason)")
-                    }
-                    if response.outcome != .success {
-                        throw CLIFailure("resolve \(id) \(protoName(response.outcome)): \(response.reason)")
-                    }
-                }
-            }
+            let command = Bynar_V1_TicketOperatorCommand.with { $0.resolve = .with { $0.ticket = id } }
+            try await options.send(command, reason: reason, purpose: "resolve \(id)") { emit("resolve \(id): \($0.reason)") }
         }
     }
 }

@@ -7,29 +7,40 @@ import FoundationEssentials
 /// Each kind travels on its own topic, which only operator identities may publish (ACL), and
 /// is answered only by the service that topic names (``Topics/responder(forRequestTopic:)``).
 public protocol OperatorCommandKind: SignedCommand, BusPayload {
-    associatedtype Answer: BusPayload
+    associatedtype Answer: OperatorAnswer
     /// Where commands of this kind are published.
     static var topic: String { get }
     /// Who answers, in messages ("orchestrator", "ticketing").
     static var answeredBy: String { get }
+    /// The setting that holds the trusted-keys file of the operators the answerer takes
+    /// commands from.
+    static var keysSetting: String { get }
     var requestID: String { get set }
     var reason: String { get set }
-    /// The request id the answer echoes.
-    static func requestID(of answer: Answer) -> String
 }
+
+/// The answer to an operator command: which request, done or not, and why.
+public protocol OperatorAnswer: BusPayload {
+    var requestID: String { get }
+    var outcome: Bynar_V1_Outcome { get }
+    var reason: String { get }
+}
+
+extension Bynar_V1_OperatorResponse: OperatorAnswer {}
+extension Bynar_V1_TicketOperatorResponse: OperatorAnswer {}
 
 extension Bynar_V1_OperatorCommand: OperatorCommandKind {
     public typealias Answer = Bynar_V1_OperatorResponse
     public static var topic: String { Topics.operatorCommands }
     public static var answeredBy: String { "orchestrator" }
-    public static func requestID(of answer: Bynar_V1_OperatorResponse) -> String { answer.requestID }
+    public static var keysSetting: String { "orchestrator.operator_keys_file" }
 }
 
 extension Bynar_V1_TicketOperatorCommand: OperatorCommandKind {
     public typealias Answer = Bynar_V1_TicketOperatorResponse
     public static var topic: String { Topics.ticketOperatorCommands }
     public static var answeredBy: String { "ticketing" }
-    public static func requestID(of answer: Bynar_V1_TicketOperatorResponse) -> String { answer.requestID }
+    public static var keysSetting: String { "ticketing.operator_keys_file" }
 }
 
 /// Sends an operator's signed commands (`bynar incidents show|retry|cancel|resolve`,
@@ -63,14 +74,6 @@ public struct OperatorClient: Sendable {
         return try await send(command, reason: reason, timeout: timeout)
     }
 
-    /// Signs `action` with `reason` and a fresh request id, sends it to ticketing, and waits
-    /// at most `timeout` for its answer.
-    public func send(_ action: Bynar_V1_TicketOperatorCommand.OneOf_Action, reason: String, timeout: Duration = .seconds(60)) async throws -> Bynar_V1_TicketOperatorResponse {
-        var command = Bynar_V1_TicketOperatorCommand()
-        command.action = action
-        return try await send(command, reason: reason, timeout: timeout)
-    }
-
     /// `command` with `reason` and a fresh request id, signed, sent, answered.
     public func send<Command: OperatorCommandKind>(_ command: Command, reason: String, timeout: Duration) async throws -> Command.Answer {
         var command = command
@@ -84,8 +87,8 @@ public struct OperatorClient: Sendable {
     /// way operator commands reach a service (tests use it to send forged ones).
     public static func send<Command: OperatorCommandKind>(_ command: Command, on bus: Bus, timeout: Duration) async throws -> Command.Answer {
         let response = try await bus.request(command, to: Command.topic, expecting: Command.Answer.self, timeout: timeout).payload
-        if Command.requestID(of: response) != command.requestID {
-            throw BusError.badReply("the answer is for request \"\(Command.requestID(of: response).prefix(200))\", not \"\(command.requestID)\"")
+        if response.requestID != command.requestID {
+            throw BusError.badReply("the answer is for request \"\(response.requestID.prefix(200))\", not \"\(command.requestID)\"")
         }
         return response
     }
