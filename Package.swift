@@ -37,7 +37,7 @@ let services: [(name: String, executable: String)] = [
 let serviceCLibraries: [String: [Target.Dependency]] = [
     "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph"],
     "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess", "BynarCeph"],
-    "Ticketing": [httpClient, nioCore],
+    "Ticketing": [httpClient, nioCore, crypto, "BynarAuth"],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
     "Orchestrator": [crypto, "BynarAuth", "BynarProcess"],
 ]
@@ -200,7 +200,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TicketingTests",
-            dependencies: ["Ticketing", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-ticketing", protobuf, httpClient, nioCore],
+            dependencies: ["Ticketing", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-ticketing", "bynar", protobuf, httpClient, nioCore],
             path: "Tests/TicketingTests",
             swiftSettings: strict
         ),

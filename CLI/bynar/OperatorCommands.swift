@@ -6,33 +6,41 @@ import BynarProto
 import FoundationEssentials
 import Orchestrator
 
-/// The operator's key and how long to wait for the orchestrator, for signed operator commands.
+/// The operator's key and how long to wait for the answer, for signed operator commands (to the orchestrator or ticketing).
 struct OperatorOptions: ParsableArguments {
     @OptionGroup var brokerOptions: BrokerOptions
     @OptionGroup var key: KeyOptions
 
-    @Option(help: "Seconds to wait for the orchestrator's answer (a cancel or resolve first asks the disk-manager).")
+    @Option(help: "Seconds to wait for the answer (the orchestrator's cancel or resolve first asks the disk-manager).")
     var requestTimeout: Double = 90
 
-    @Flag(help: "The orchestrator's answer as one JSON object instead of text.")
+    @Flag(help: "The answer as one JSON object instead of text.")
     var json = false
 
-    /// Signs and sends `action`, prints the answer; exit 1 when refused.
+    /// Signs and sends `action` to the orchestrator, prints the answer; exit 1 when refused.
     func send(_ action: Bynar_V1_OperatorCommand.OneOf_Action, reason: String, purpose: String, print: (Bynar_V1_OperatorResponse) -> Void) async throws {
+        var command = Bynar_V1_OperatorCommand()
+        command.action = action
+        try await send(command, reason: reason, purpose: purpose, print: print)
+    }
+
+    /// Signs and sends `command` (to the orchestrator or ticketing, by its kind), prints the
+    /// answer; exit 1 when refused.
+    func send<Command: OperatorCommandKind>(_ command: Command, reason: String, purpose: String, print: (Command.Answer) -> Void) async throws {
         try await reportingFailures {
             try await brokerOptions.withBus(purpose: purpose) { bus in
                 let client: OperatorClient
                 do {
                     client = try OperatorClient(bus: bus, privateKeyFile: key.keyPath)
                 } catch {
-                    throw CLIFailure("cannot use the operator key \(key.keyPath): \(error) (make one with `bynar keys generate`, add its line to orchestrator.operator_keys_file, and pass --key FILE)",
+                    throw CLIFailure("cannot use the operator key \(key.keyPath): \(error) (make one with `bynar keys generate`, add its line to \(Command.keysSetting), and pass --key FILE)",
                                      code: CLIFailure.config)
                 }
-                let response: Bynar_V1_OperatorResponse
+                let response: Command.Answer
                 do {
-                    response = try await client.send(action, reason: reason, timeout: .milliseconds(Int(requestTimeout * 1000)))
+                    response = try await client.send(command, reason: reason, timeout: .milliseconds(Int(requestTimeout * 1000)))
                 } catch {
-                    throw CLIFailure(error, talkingTo: "orchestrator")
+                    throw CLIFailure(error, talkingTo: Command.answeredBy)
                 }
                 if json {
                     emit((try? response.jsonString()) ?? "{}")

@@ -64,36 +64,6 @@ extension Incidents {
     }
 }
 
-struct Tickets: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Tickets of incidents (ticketing's retained ticket states).",
-        discussion: "Reads \(Topics.allTicketStates)."
-    )
-
-    @OptionGroup var brokerOptions: BrokerOptions
-    @OptionGroup var retained: RetainedOptions
-
-    func run() async throws {
-        try await reportingFailures {
-            try await brokerOptions.withBus(purpose: "tickets") { bus in
-                let events = payloads(try await collectRetained(bus, filters: [Topics.allTicketStates], cap: retained.capDuration), as: Bynar_V1_TicketEvent.self)
-                    .map(\.payload)
-                    .sorted { $0.changedUnixMs < $1.changedUnixMs }
-                if retained.json {
-                    for event in events { emit((try? event.jsonString()) ?? "{}") }
-                    return
-                }
-                let rows = events.map { event -> [String] in
-                    [event.incidentID, dash(event.ticketKey), protoName(event.state), dash(event.backend),
-                     age(event.changedUnixMs), dash(event.url), event.detail]
-                }
-                emit(TextTable.render(header: ["INCIDENT", "TICKET", "STATE", "BACKEND", "CHANGED", "URL", "DETAIL"], rows: rows))
-                if rows.isEmpty { emit("(no ticket)") }
-            }
-        }
-    }
-}
-
 struct Cluster: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The cluster as the bus knows it.", subcommands: [Status.self])
 

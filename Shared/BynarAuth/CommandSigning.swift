@@ -123,6 +123,12 @@ extension Bynar_V1_OperatorCommand: SignedCommand {
     public static var signingContext: [UInt8] { Array("bynar.v1.OperatorCommand\n".utf8) }
 }
 
+extension Bynar_V1_TicketOperatorCommand: SignedCommand {
+    /// `bynar.v1.TicketOperatorCommand` and a newline: neither an orchestrator's nor a
+    /// disk-manager's command can pass as one, or the reverse.
+    public static var signingContext: [UInt8] { Array("bynar.v1.TicketOperatorCommand\n".utf8) }
+}
+
 // MARK: - Trusted keys
 
 /// A problem in a trusted-keys or private key file, with the line it is on.

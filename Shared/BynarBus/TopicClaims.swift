@@ -28,6 +28,8 @@ public import BynarProto
 /// 8. `operator/cmd` carries only `OperatorCommand`s, and an `OperatorCommand` is taken only
 ///    from there: the broker lets only operator identities publish on that topic, so an
 ///    operator command anywhere else was not sent by an operator.
+/// 9. `ticket/operator/cmd` carries only `TicketOperatorCommand`s, and one is taken only from
+///    there, for the same reason as rule 8.
 /// Other topics name no host and are not checked here.
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
@@ -40,6 +42,13 @@ public enum TopicClaims {
         }
         if isOperatorCommand, topic != Topics.operatorCommands {
             return "operator_command on \(topic.prefix(300)); operator commands are taken only from \(Topics.operatorCommands)"
+        }
+        let isTicketOperatorCommand: Bool = if case .ticketOperatorCommand? = envelope.payload { true } else { false }
+        if topic == Topics.ticketOperatorCommands, !isTicketOperatorCommand {
+            return "\(envelope.payload?.payloadName ?? "no payload") on \(topic), which carries only ticket_operator_command"
+        }
+        if isTicketOperatorCommand, topic != Topics.ticketOperatorCommands {
+            return "ticket_operator_command on \(topic.prefix(300)); ticket operator commands are taken only from \(Topics.ticketOperatorCommands)"
         }
         guard levels.count >= 4 else { return nil }
         let kind = levels[2]

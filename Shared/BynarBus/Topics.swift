@@ -26,7 +26,8 @@ public enum Topics {
 
     /// Who may answer a request sent to `topic`: a host's disk-manager commands only that
     /// host's disk-manager, ticket commands a ticketing service on any host, operator
-    /// commands an orchestrator on any host. Nil for topics
+    /// commands an orchestrator on any host, ticket operator commands a ticketing service on
+    /// any host. Nil for topics
     /// outside the schema (tests), whose replies are checked only against their own topic.
     public static func responder(forRequestTopic topic: String) -> Responder? {
         let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
@@ -34,6 +35,7 @@ public enum Topics {
         if levels.count == 5, levels[2] == "dm", levels[4] == "cmd" { return Responder(host: String(levels[3]), service: "disk-manager") }
         if topic == ticketCommands { return Responder(host: nil, service: "ticketing") }
         if topic == operatorCommands { return Responder(host: nil, service: "orchestrator") }
+        if topic == ticketOperatorCommands { return Responder(host: nil, service: "ticketing") }
         return nil
     }
 
@@ -66,6 +68,10 @@ public enum Topics {
     public static let allTicketStates = "\(root)/ticket/state/+"
     public static let ticketCommands = "\(root)/ticket/cmd"
     public static let ticketEvents = "\(root)/ticket/events"
+    /// Operator commands to ticketing (`bynar tickets resolve`): only operator identities may
+    /// publish here (the broker's ACL), and each command is signed by an operator key
+    /// ticketing trusts (`ticketing.operator_keys_file`).
+    public static let ticketOperatorCommands = "\(root)/ticket/operator/cmd"
     public static let notifications = "\(root)/notify"
     public static func hostState(host: String) -> String { "\(root)/host/\(level(host))/state" }
     public static let hookEvents = "\(root)/hook/events"

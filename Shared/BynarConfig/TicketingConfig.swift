@@ -11,10 +11,15 @@ import Foundation
 /// `jira_ticket_assignee`), so an old `bynar.json` files tickets unchanged. See
 /// ``BynarConfig/ticketingSettings()`` for the resolved, checked result.
 public struct TicketingConfig: Codable, Sendable, Equatable {
-    /// Where tickets go: "jira" or "webhook".
+    /// Where tickets go: "jira", "webhook", or "local" (tickets kept in ticketing's own
+    /// store, resolved with `bynar tickets resolve`).
     public var backend = "jira"
     public var jira = JiraSection()
     public var webhook = WebhookSection()
+    public var local = LocalSection()
+    /// Trusted-keys file of the operators whose signed commands (`bynar tickets resolve`)
+    /// ticketing takes; none: every such command is refused.
+    public var operatorKeysFile: String?
     /// Longest one HTTP request to the backend may take, connection included.
     public var requestTimeoutSeconds = 30
     /// Incidents worked on at once; one incident's requests always run one after another.
@@ -68,6 +73,15 @@ public struct TicketingConfig: Codable, Sendable, Equatable {
         public init() {}
     }
 
+    /// The built-in backend: tickets in ticketing's SQLite store, for teams without a ticket
+    /// system (and the local demo).
+    public struct LocalSection: Codable, Sendable, Equatable {
+        /// Tickets are called `<key_prefix>-<number>` ("BYNAR-3").
+        public var keyPrefix = "BYNAR"
+
+        public init() {}
+    }
+
     /// Per-ticket resolution checks: the first after `first_check_seconds`, then each gap
     /// `backoff_factor` times the last, at most `max_interval_seconds`.
     public struct FollowSchedule: Codable, Sendable, Equatable {
@@ -82,7 +96,11 @@ public struct TicketingConfig: Codable, Sendable, Equatable {
         var problems: [FieldError] = []
         func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "ticketing." + field, problem: text)) }
 
-        if !["jira", "webhook"].contains(backend) { problem("backend", "must be \"jira\" or \"webhook\", got \"\(backend)\"") }
+        if !["jira", "webhook", "local"].contains(backend) { problem("backend", "must be \"jira\", \"webhook\" or \"local\", got \"\(backend)\"") }
+        if local.keyPrefix.isEmpty || local.keyPrefix.utf8.count > 32 || !local.keyPrefix.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) {
+            problem("local.key_prefix", "must be 1-32 ASCII letters, digits or _, got \"\(local.keyPrefix)\"")
+        }
+        if let path = operatorKeysFile, let reason = unreadable(path) { problem("operator_keys_file", reason) }
         if requestTimeoutSeconds < 1 { problem("request_timeout_seconds", "must be at least 1, got \(requestTimeoutSeconds)") }
         if !(1...64).contains(parallelIncidents) { problem("parallel_incidents", "must be 1-64, got \(parallelIncidents)") }
         if retryMinSeconds < 1 { problem("retry_min_seconds", "must be at least 1, got \(retryMinSeconds)") }
@@ -130,6 +148,7 @@ public struct TicketingSettings: Sendable, Equatable {
     public enum Backend: Sendable, Equatable {
         case jira(Jira)
         case webhook(Webhook)
+        case local(Local)
     }
 
     /// How requests prove who they are.
@@ -155,6 +174,10 @@ public struct TicketingSettings: Sendable, Equatable {
     public struct Webhook: Sendable, Equatable {
         public var url: String
         public var credentials: Credentials?
+    }
+
+    public struct Local: Sendable, Equatable {
+        public var keyPrefix: String
     }
 
     /// An HTTP proxy (HTTPS targets are tunnelled through it with CONNECT).
@@ -212,6 +235,8 @@ extension BynarConfig {
 
         var backend: TicketingSettings.Backend?
         switch section.backend {
+        case "local":
+            backend = .local(.init(keyPrefix: section.local.keyPrefix))
         case "webhook":
             let url = section.webhook.url ?? ""
             if url.isEmpty { problem("ticketing.webhook.url", "is required for the webhook backend") }

@@ -165,7 +165,20 @@ enum Samples {
         var receipt = Bynar_V1_Receipt()
         receipt.messageID = "7f1c2b1e-2c3d-4e5f-8a9b-0c1d2e3f4a5b"
 
+        var ticketOperatorCommand = Bynar_V1_TicketOperatorCommand()
+        ticketOperatorCommand.requestID = "tkop-1"
+        ticketOperatorCommand.reason = "disk swapped in slot 4"
+        ticketOperatorCommand.resolve.ticket = "BYNAR-3"
+        ticketOperatorCommand.auth = operatorCommand.auth
+
+        var ticketOperatorResponse = Bynar_V1_TicketOperatorResponse()
+        ticketOperatorResponse.requestID = "tkop-1"
+        ticketOperatorResponse.outcome = .success
+        ticketOperatorResponse.reason = "BYNAR-3 resolved by alice: disk swapped in slot 4"
+        ticketOperatorResponse.ticket = ticketEvent
+
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
-                notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt]
+                notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt,
+                ticketOperatorCommand, ticketOperatorResponse]
     }
 }

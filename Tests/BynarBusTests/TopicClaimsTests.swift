@@ -96,6 +96,22 @@ struct TopicClaimsTests {
         #expect(Topics.responder(forRequestTopic: "test/svc") == nil)
     }
 
+    /// Rule 9: a ticket operator command only on its topic, its topic carries nothing else,
+    /// and only ticketing answers it.
+    @Test func ticketOperatorCommandsOnlyOnTheirTopic() {
+        var command = Bynar_V1_TicketOperatorCommand()
+        command.action = .resolve(.with { $0.ticket = "BYNAR-1" })
+        let envelope = Self.envelope(.ticketOperatorCommand(command))
+        #expect(TopicClaims.mismatch(topic: Topics.ticketOperatorCommands, envelope: envelope) == nil)
+        #expect(TopicClaims.mismatch(topic: Topics.operatorCommands, envelope: envelope)?.contains("operator_command on bynar/v1/operator/cmd") == true)
+        #expect(TopicClaims.mismatch(topic: Topics.ticketCommands, envelope: envelope)?.contains("ticket operator commands are taken only from") == true)
+        let other = Self.envelope(.ticketRequest(Bynar_V1_TicketRequest()))
+        #expect(TopicClaims.mismatch(topic: Topics.ticketOperatorCommands, envelope: other)?.contains("which carries only ticket_operator_command") == true)
+        let ticketing = Topics.responder(forRequestTopic: Topics.ticketOperatorCommands)
+        #expect(ticketing?.admits(Responder(host: "any", service: "ticketing")) == true)
+        #expect(ticketing?.admits(Responder(host: "any", service: "orchestrator")) == false)
+    }
+
     @Test func aResponseTopicMustBeABynarReplyTopic() {
         #expect(Topics.invalidResponseTopicReason("bynar/v1/reply/orchestrator-c1") == nil)
         for bad in ["bynar/v1/svc/h1/disk-manager", "bynar/v1/reply/a/b", "bynar/v1/reply/", "bynar/v1/reply/#", "bynar/v1/reply/x+y", "other"] {

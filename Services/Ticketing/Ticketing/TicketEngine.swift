@@ -465,6 +465,18 @@ final class TicketEngine: Sendable {
         }
     }
 
+    /// Makes the incident's followed ticket due for its check now (an operator resolved it
+    /// in the local backend): the follow loop reports it as it would a JIRA resolution.
+    func followNow(incident: String) {
+        do {
+            guard let ticket = try store.ticket(incident: incident), ticket.state == .open else { return }
+            try store.schedule(incident: incident, nextCheckUnixMs: clock(), intervalSeconds: ticket.checkIntervalSeconds, duplicatesChecked: ticket.duplicatesChecked)
+            followWake.signal()
+        } catch {
+            logger.error("cannot schedule a follow check", metadata: ["incident": "\(incident)", "error": "\(error)"])
+        }
+    }
+
     private func finishFollowing(_ ticket: TicketStore.Ticket) throws {
         var ticket = ticket
         ticket.changedUnixMs = clock()

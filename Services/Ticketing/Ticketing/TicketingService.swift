@@ -1,3 +1,4 @@
+import BynarAuth
 import BynarBus
 import BynarConfig
 import BynarProto
@@ -22,7 +23,7 @@ import Synchronization
 /// request, so they are filed once it is restarted with complete settings.
 public struct TicketingService: BynarService {
     public static let serviceName = "ticketing"
-    public static var migrations: [LocalStore.Migration] { TicketStore.migrations }
+    public static var migrations: [LocalStore.Migration] { TicketStore.migrations + LocalBackend.migrations + CommandVerifier.migrations }
     let context: ServiceContext
     let settings: Result<TicketingSettings, ConfigError>
 
@@ -46,6 +47,7 @@ public struct TicketingService: BynarService {
         let backend: any TicketBackend = switch settings.backend {
         case .jira(let jira): JiraBackend(jira, settings: settings)
         case .webhook(let webhook): WebhookBackend(webhook, settings: settings)
+        case .local(let local): LocalBackend(local, store: context.store)
         }
         let waiting = WaitingRequesters()
         let context = context
@@ -70,7 +72,9 @@ public struct TicketingService: BynarService {
         )
         let engine = TicketEngine(store: TicketStore(store: context.store), backend: backend, settings: settings, output: output, logger: context.logger)
         try engine.prepare()
+        let desk = TicketOperatorDesk(verifier: try operatorVerifier(), backend: backend, engine: engine, bus: context.bus, logger: context.logger)
         let requests = try await context.bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketCommands), as: Bynar_V1_TicketRequest.self)
+        let operatorCommands = try await context.bus.subscribe(Topics.shared(group: "ticketing", Topics.ticketOperatorCommands), as: Bynar_V1_TicketOperatorCommand.self)
         await context.bus.markReady()
         context.logger.info("ticketing ready", metadata: ["backend": "\(backend.name)", "parallel_incidents": "\(settings.parallelIncidents)"])
 
@@ -78,6 +82,7 @@ public struct TicketingService: BynarService {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await engine.runQueue() }
                 group.addTask { await engine.runFollower() }
+                group.addTask { for await command in operatorCommands { await desk.handle(command) } }
                 for await received in requests {
                     await take(received, engine: engine, waiting: waiting)
                 }
@@ -85,6 +90,25 @@ public struct TicketingService: BynarService {
             }
         }
         await backend.shutdown()
+    }
+
+    /// The verifier of operators' commands (`bynar tickets resolve`), reading
+    /// `ticketing.operator_keys_file` again when it changes; nil when none is configured.
+    private func operatorVerifier() throws -> CommandVerifier? {
+        guard let path = context.config.ticketing.operatorKeysFile else {
+            if case .success(let settings) = settings, case .local = settings.backend {
+                context.logger.warning("no ticketing.operator_keys_file: bynar tickets resolve will be refused")
+            }
+            return nil
+        }
+        let keys: TrustedKeysFile
+        do { keys = try TrustedKeysFile(path: path) } catch {
+            throw FieldError(field: "ticketing.operator_keys_file", problem: "\(path): \(error)")
+        }
+        let logger = context.logger
+        context.reloader.register { why in keys.reload(field: "ticketing.operator_keys_file", why: why, logger: logger) }
+        context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
+        return CommandVerifier(keysFile: keys, store: context.store)
     }
 
     /// Stores requests and reports the configuration problem, until shutdown.

@@ -21,6 +21,8 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_OperatorResponse.self,
     Bynar_V1_MaintenanceState.self,
     Bynar_V1_Receipt.self,
+    Bynar_V1_TicketOperatorCommand.self,
+    Bynar_V1_TicketOperatorResponse.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -46,6 +48,8 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .operatorResponse: "operator_response"
         case .maintenanceState: "maintenance_state"
         case .receipt: "receipt"
+        case .ticketOperatorCommand: "ticket_operator_command"
+        case .ticketOperatorResponse: "ticket_operator_response"
         }
     }
 }
@@ -238,4 +242,24 @@ extension Bynar_V1_Receipt: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .receipt(self) }
+}
+
+extension Bynar_V1_TicketOperatorCommand: BusPayload {
+    public static let payloadName = "ticket_operator_command"
+    public static let payloadFieldNumber = 39
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .ticketOperatorCommand(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .ticketOperatorCommand(self) }
+}
+
+extension Bynar_V1_TicketOperatorResponse: BusPayload {
+    public static let payloadName = "ticket_operator_response"
+    public static let payloadFieldNumber = 40
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .ticketOperatorResponse(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .ticketOperatorResponse(self) }
 }

@@ -239,6 +239,22 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .receipt(newValue)}
   }
 
+  public var ticketOperatorCommand: Bynar_V1_TicketOperatorCommand {
+    get {
+      if case .ticketOperatorCommand(let v)? = _storage._payload {return v}
+      return Bynar_V1_TicketOperatorCommand()
+    }
+    set {_uniqueStorage()._payload = .ticketOperatorCommand(newValue)}
+  }
+
+  public var ticketOperatorResponse: Bynar_V1_TicketOperatorResponse {
+    get {
+      if case .ticketOperatorResponse(let v)? = _storage._payload {return v}
+      return Bynar_V1_TicketOperatorResponse()
+    }
+    set {_uniqueStorage()._payload = .ticketOperatorResponse(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -261,6 +277,8 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case operatorResponse(Bynar_V1_OperatorResponse)
     case maintenanceState(Bynar_V1_MaintenanceState)
     case receipt(Bynar_V1_Receipt)
+    case ticketOperatorCommand(Bynar_V1_TicketOperatorCommand)
+    case ticketOperatorResponse(Bynar_V1_TicketOperatorResponse)
 
   }
 
@@ -394,7 +412,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -695,6 +713,32 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .receipt(v)
           }
         }()
+        case 39: try {
+          var v: Bynar_V1_TicketOperatorCommand?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .ticketOperatorCommand(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .ticketOperatorCommand(v)
+          }
+        }()
+        case 40: try {
+          var v: Bynar_V1_TicketOperatorResponse?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .ticketOperatorResponse(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .ticketOperatorResponse(v)
+          }
+        }()
         default: break
         }
       }
@@ -804,6 +848,14 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .receipt?: try {
         guard case .receipt(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 38)
+      }()
+      case .ticketOperatorCommand?: try {
+        guard case .ticketOperatorCommand(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 39)
+      }()
+      case .ticketOperatorResponse?: try {
+        guard case .ticketOperatorResponse(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
       }()
       case nil: break
       }

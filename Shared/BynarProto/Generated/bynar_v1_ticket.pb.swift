@@ -187,6 +187,100 @@ public nonisolated struct Bynar_V1_TicketEvent: Sendable {
   public init() {}
 }
 
+/// An operator's command to ticketing (`bynar tickets resolve`), for tickets in ticketing's
+/// own store (the "local" backend). Published on bynar/v1/ticket/operator/cmd (which only
+/// operator identities may publish, ACL) with an MQTT 5 response topic; answered with
+/// TicketOperatorResponse by ticketing on bynar/v1/reply/{client}/{host}/ticketing. Signed
+/// like an OperatorCommand (CommandAuth, Ed25519, expiry, nonce), prefixed with the context
+/// "bynar.v1.TicketOperatorCommand\n", by a key in ticketing.operator_keys_file.
+public nonisolated struct Bynar_V1_TicketOperatorCommand: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Caller-chosen, unique per command.
+  public var requestID: String = String()
+
+  /// Why, in words (kept with the ticket).
+  public var reason: String = String()
+
+  public var action: Bynar_V1_TicketOperatorCommand.OneOf_Action? = nil
+
+  public var resolve: Bynar_V1_TicketOperatorCommand.ResolveTicket {
+    get {
+      if case .resolve(let v)? = action {return v}
+      return Bynar_V1_TicketOperatorCommand.ResolveTicket()
+    }
+    set {action = .resolve(newValue)}
+  }
+
+  public var auth: Bynar_V1_CommandAuth {
+    get {_auth ?? Bynar_V1_CommandAuth()}
+    set {_auth = newValue}
+  }
+  /// Returns true if `auth` has been explicitly set.
+  public var hasAuth: Bool {self._auth != nil}
+  /// Clears the value of `auth`. Subsequent reads from it will return its default value.
+  public mutating func clearAuth() {self._auth = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum OneOf_Action: Equatable, Sendable {
+    case resolve(Bynar_V1_TicketOperatorCommand.ResolveTicket)
+
+  }
+
+  /// Marks the ticket resolved, as a technician resolving a JIRA ticket does: ticketing
+  /// reports it RESOLVED (TicketEvent) to the orchestrator.
+  public nonisolated struct ResolveTicket: Sendable {
+    // SwiftProtobuf.Message conformance is added in an extension below. See the
+    // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+    // methods supported on all messages.
+
+    /// The ticket key ("BYNAR-3") or the incident id.
+    public var ticket: String = String()
+
+    public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+    public init() {}
+  }
+
+  public init() {}
+
+  fileprivate var _auth: Bynar_V1_CommandAuth? = nil
+}
+
+/// Ticketing's answer to a TicketOperatorCommand.
+public nonisolated struct Bynar_V1_TicketOperatorResponse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var requestID: String = String()
+
+  /// SUCCESS: done; REFUSED: not done (not authorised, no such ticket, already resolved, a
+  /// backend whose tickets are resolved elsewhere); `reason` says why.
+  public var outcome: Bynar_V1_Outcome = .unspecified
+
+  public var reason: String = String()
+
+  /// The ticket as it is after the command, when there is one.
+  public var ticket: Bynar_V1_TicketEvent {
+    get {_ticket ?? Bynar_V1_TicketEvent()}
+    set {_ticket = newValue}
+  }
+  /// Returns true if `ticket` has been explicitly set.
+  public var hasTicket: Bool {self._ticket != nil}
+  /// Clears the value of `ticket`. Subsequent reads from it will return its default value.
+  public mutating func clearTicket() {self._ticket = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _ticket: Bynar_V1_TicketEvent? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "bynar.v1"
@@ -358,6 +452,146 @@ nonisolated extension Bynar_V1_TicketEvent: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.backend != rhs.backend {return false}
     if lhs.detail != rhs.detail {return false}
     if lhs.changedUnixMs != rhs.changedUnixMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_TicketOperatorCommand: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TicketOperatorCommand"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}reason\0\u{2}\u{8}resolve\0\u{2}\u{14}auth\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 10: try {
+        var v: Bynar_V1_TicketOperatorCommand.ResolveTicket?
+        var hadOneofValue = false
+        if let current = self.action {
+          hadOneofValue = true
+          if case .resolve(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.action = .resolve(v)
+        }
+      }()
+      case 30: try { try decoder.decodeSingularMessageField(value: &self._auth) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 2)
+    }
+    try { if case .resolve(let v)? = self.action {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+    } }()
+    try { if let v = self._auth {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 30)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_TicketOperatorCommand, rhs: Bynar_V1_TicketOperatorCommand) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.action != rhs.action {return false}
+    if lhs._auth != rhs._auth {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_TicketOperatorCommand.ResolveTicket: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = Bynar_V1_TicketOperatorCommand.protoMessageName + ".ResolveTicket"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}ticket\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.ticket) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.ticket.isEmpty {
+      try visitor.visitSingularStringField(value: self.ticket, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_TicketOperatorCommand.ResolveTicket, rhs: Bynar_V1_TicketOperatorCommand.ResolveTicket) -> Bool {
+    if lhs.ticket != rhs.ticket {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_TicketOperatorResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".TicketOperatorResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}request_id\0\u{1}outcome\0\u{1}reason\0\u{1}ticket\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.requestID) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.outcome) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._ticket) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if !self.requestID.isEmpty {
+      try visitor.visitSingularStringField(value: self.requestID, fieldNumber: 1)
+    }
+    if self.outcome != .unspecified {
+      try visitor.visitSingularEnumField(value: self.outcome, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    try { if let v = self._ticket {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_TicketOperatorResponse, rhs: Bynar_V1_TicketOperatorResponse) -> Bool {
+    if lhs.requestID != rhs.requestID {return false}
+    if lhs.outcome != rhs.outcome {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs._ticket != rhs._ticket {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
