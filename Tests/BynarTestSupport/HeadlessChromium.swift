@@ -14,17 +14,35 @@ public enum HeadlessChromium {
     }
 
     /// The DOM of `url` once the page's scripts ran for `budget` of virtual time (or, with
-    /// `javaScript` false, as the server sent it), serialized by the browser.
+    /// `javaScript` false, once the page loaded with scripts disabled), serialized by the browser.
     public static func dumpDOM(_ url: String, javaScript: Bool = true, budget: Duration = .seconds(5)) throws -> String {
-        try run(["--dump-dom"], url: url, javaScript: javaScript, budget: budget)
+        if javaScript { return try run(["--dump-dom"], url: url, budget: budget) }
+        // Chromium's --dump-dom prints nothing with scripts disabled (it reads the DOM with
+        // a script): scripts/browser-dom reads it over the DevTools protocol instead.
+        guard path != nil else { throw TestSupportError("chromium is not installed (apt-get install chromium)") }
+        let result: Tool.Run
+        do {
+            result = try Tool.run(["python3", "\(packageRoot)/scripts/browser-dom", "--no-javascript", "--timeout", "60", url], timeout: .seconds(90), mergeStderr: true)
+        } catch {
+            throw TestSupportError("scripts/browser-dom: \(error)")
+        }
+        guard result.exitCode == 0 else { throw TestSupportError("scripts/browser-dom failed (wait status \(result.status)): \(result.text.suffix(2000))") }
+        return result.text
     }
 
-    /// Saves a PNG of `url` at `width`×`height` to `file`.
-    public static func screenshot(_ url: String, to file: String, width: Int = 1200, height: Int = 1600, budget: Duration = .seconds(5)) throws {
-        _ = try run(["--screenshot=\(file)", "--window-size=\(width),\(height)", "--hide-scrollbars"], url: url, javaScript: true, budget: budget)
+    /// Runs `scripts/status-screenshot URL FILE` to its end (its own process group, killed
+    /// after 90 s): its exit code and what it said.
+    public static func statusScreenshot(_ url: String, to file: String) throws -> (exitCode: Int32?, output: String) {
+        let result: Tool.Run
+        do {
+            result = try Tool.run(["bash", "\(packageRoot)/scripts/status-screenshot", url, file], timeout: .seconds(90), mergeStderr: true)
+        } catch {
+            throw TestSupportError("scripts/status-screenshot: \(error)")
+        }
+        return (result.exitCode, result.text)
     }
 
-    static func run(_ what: [String], url: String, javaScript: Bool, budget: Duration, timeout: Duration = .seconds(60)) throws -> String {
+    static func run(_ what: [String], url: String, budget: Duration, timeout: Duration = .seconds(60)) throws -> String {
         guard let browser = path else { throw TestSupportError("chromium is not installed (apt-get install chromium)") }
         let profile = try makeTemporaryDirectory(prefix: "bynar-chromium")
         defer { try? FileManager.default.removeItem(atPath: profile) }
@@ -32,7 +50,6 @@ public enum HeadlessChromium {
         let milliseconds = budget.components.seconds * 1000 + budget.components.attoseconds / 1_000_000_000_000_000
         var arguments = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
                          "--user-data-dir=\(profile)", "--virtual-time-budget=\(milliseconds)"]
-        if !javaScript { arguments.append("--blink-settings=scriptEnabled=false") }
         arguments += what + [url]
         let pid: pid_t
         do {

@@ -155,6 +155,14 @@ struct StatusPageTests {
             #expect(live.contains("live (polling /api/status"))
             #expect(plain.contains("data-rendered-by=\"server\"") && plain.contains("server-rendered"))
             #expect(Self.mainText(live) == Self.mainText(plain), "the same facts with and without JavaScript:\nlive:  \(Self.mainText(live))\nplain: \(Self.mainText(plain))")
+
+            // The docs' screenshot script, on the same page.
+            let png = NSTemporaryDirectory() + "bynar-status-page-\(port).png"
+            defer { try? FileManager.default.removeItem(atPath: png) }
+            let shot = try HeadlessChromium.statusScreenshot(url, to: png)
+            #expect(shot.exitCode == 0, "\(shot.output)")
+            let bytes = (try? Data(contentsOf: URL(fileURLWithPath: png))) ?? Data()
+            #expect(bytes.count > 10_000 && bytes.starts(with: [0x89, 0x50, 0x4E, 0x47]), "a PNG of the page: \(bytes.count) bytes")
         }
     }
 }
