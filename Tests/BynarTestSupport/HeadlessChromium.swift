@@ -30,6 +30,16 @@ public enum HeadlessChromium {
         return result.text
     }
 
+    /// Starts loading `url` with scripts on and keeps it open for `seconds` after its load
+    /// event, then writes its DOM to `outputPath` (`scripts/browser-dom --wait`); the file
+    /// says "browser-dom: loaded" once the page has loaded. Stop it with `stop(SIGTERM)`
+    /// (the browser's group is killed) or wait for its exit.
+    public static func watch(_ url: String, seconds: Int, outputPath: String) throws -> ChildProcess {
+        guard path != nil else { throw TestSupportError("chromium is not installed (apt-get install chromium)") }
+        return try ChildProcess("/usr/bin/python3", ["\(packageRoot)/scripts/browser-dom", "--wait", "\(seconds)", "--timeout", "\(seconds + 60)", url],
+                                outputPath: outputPath)
+    }
+
     /// Runs `scripts/status-screenshot URL FILE` to its end (its own process group, killed
     /// after 90 s): its exit code and what it said.
     public static func statusScreenshot(_ url: String, to file: String) throws -> (exitCode: Int32?, output: String) {
