@@ -18,25 +18,14 @@ struct StatusPageTests {
     func withTicketedIncident(_ body: (OrchestratorHarness, Int, String) async throws -> Void) async throws {
         try await withHarness { h in
             let port = try freeLoopbackPort()
-            try await h.start(topLevel: "\"metrics\": {\"orchestrator_port\": \(port)}")
+            // A hook that fails, so the page has a hook result worth showing.
+            let hook = h.directory + "/hook"
+            try "#!/bin/sh\nexit 3\n".write(toFile: hook, atomically: true, encoding: .utf8)
+            chmod(hook, 0o755)
+            try await h.start(orchestrator: "\"hooks\": [{\"command\": \"\(hook)\"}]", topLevel: "\"metrics\": {\"orchestrator_port\": \(port)}")
             var disk = DetectorVoice.identity(host: "h1", key: Self.key)
             disk.devPath = "/dev/sdq"
-            var reason = Bynar_V1_HealthReason()
-            reason.rule = "fs.read_only"
-            reason.detail = Self.reason
-            reason.severity = .failed
-            var event = Bynar_V1_DiskHealthEvent()
-            event.disk = disk
-            event.fromState = .failing
-            event.toState = .failed
-            event.reasons = [reason]
-            try await h.tap.publish(event, to: Topics.diskEvents(host: "h1"))
-            var health = Bynar_V1_DiskHealth()
-            health.disk = disk
-            health.state = .failed
-            health.reasons = [reason]
-            health.stateSinceUnixMs = Bus.nowUnixMs()
-            try await h.tap.publish(health, to: Topics.diskHealth(host: "h1", disk: Self.key), retain: true)
+            try await h.detector.say(disk, from: .failing, to: .failed, detail: Self.reason)
             let id = try await h.waitFor(.ticketed)
             try await body(h, port, id)
             try await h.tap.clearRetained(Topics.diskHealth(host: "h1", disk: Self.key))
@@ -67,10 +56,21 @@ struct StatusPageTests {
     @Test("GET /api/status and the HTML page show the open incident, its timeline, ticket, brake, disks and hosts; markup from data is escaped")
     func apiAndPageShowTheIncident() async throws {
         try await withTicketedIncident { h, port, id in
+            // A disk-manager comes up on stor7: membership, and the hook runs for it.
+            let hook = h.directory + "/hook"
+            let stor7 = try await connectedBus(h.broker, service: "disk-manager", host: "stor7", announce: true)
+            defer { Task { await stor7.shutdown() } }
+            await stor7.markReady()
             let json = try await status(port) { json in
                 let hosts = (json["hosts"] as? [[String: Any]] ?? []).compactMap { $0["host"] as? String }
-                return hosts.contains("orch") && !(json["disks"] as? [Any] ?? []).isEmpty
+                return hosts.contains("orch") && hosts.contains("stor7") && !(json["disks"] as? [Any] ?? []).isEmpty
+                    && (json["hooks"] as? [[String: Any]] ?? []).contains { ($0["arguments"] as? [String])?.first == "disk-manager" }
             }
+            let hooks = json["hooks"] as? [[String: Any]] ?? []
+            let run = hooks.first { ($0["arguments"] as? [String])?.first == "disk-manager" } ?? [:]
+            #expect(run["hook"] as? String == hook && run["exit_status"] as? Int == 3 && run["timed_out"] as? Bool == false, "\(hooks)")
+            let stor7Host = (json["hosts"] as? [[String: Any]] ?? []).first { $0["host"] as? String == "stor7" }
+            #expect(stor7Host?["up"] as? Bool == true, "\(json["hosts"] ?? "")")
             let incidents = json["incidents"] as? [[String: Any]] ?? []
             #expect(incidents.count == 1, "\(json)")
             let incident = incidents.first ?? [:]
@@ -110,6 +110,8 @@ struct StatusPageTests {
             #expect(page.contains("href=\"https://jira.example/browse/OPS-1\">OPS-1</a>"))
             #expect(page.contains("<span class=\"state\">ticketed</span>"))
             #expect(page.contains("Read-only"))
+            #expect(page.contains("<td>\(hook)</td><td>disk-manager "), "the hook result")
+            #expect(page.contains("<td>stor7</td><td>up</td><td>disk-manager up</td>"))
             #expect(!page.contains("<form") && !page.contains("<button"), "nothing to act with")
 
             // Read-only, and the metrics are still there on the same port.

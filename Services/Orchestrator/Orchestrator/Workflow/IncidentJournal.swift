@@ -106,12 +106,6 @@ public struct IncidentJournal: Sendable {
         /// The step in flight (`safe`, `remove`, `ticket`, `add`; empty for none).
         public var step: String
         public var detail: String
-        public init(atUnixMs: Int64, state: String, step: String, detail: String) {
-            self.atUnixMs = atUnixMs
-            self.state = state
-            self.step = step
-            self.detail = detail
-        }
     }
 
     /// One operator command and what became of it (the audit trail).
