@@ -15,3 +15,20 @@ extension Bynar_V1_Outcome {
         }
     }
 }
+
+extension Bynar_V1_DiskState {
+    /// The health state as people and labels read it: "healthy", "suspect", "failing",
+    /// "failed", "missing", "replaced"; "unknown" for none or a value from a newer schema.
+    /// Tickets and the orchestrator's status page print it.
+    public var readableName: String {
+        switch self {
+        case .healthy: "healthy"
+        case .suspect: "suspect"
+        case .failing: "failing"
+        case .failed: "failed"
+        case .missing: "missing"
+        case .replaced: "replaced"
+        case .unspecified, .UNRECOGNIZED: "unknown"
+        }
+    }
+}

@@ -20,7 +20,9 @@ import Synchronization
 ///
 /// The server is SwiftNIO's HTTP/1.1 codec on one event-loop thread of its own: a scrape
 /// (rendering the registry, one SQLite read for the outbox) runs there, never on the
-/// cooperative pool. Hummingbird would add a router and its dependencies for one route.
+/// cooperative pool. A service may add read-only pages beside `/metrics` (``HTTPRoutes``:
+/// the orchestrator's status page); they run on the same thread. Hummingbird would add a
+/// router and its dependencies for a handful of fixed GET routes.
 public final class MetricsEndpoint: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let channel: any Channel
@@ -37,7 +39,9 @@ public final class MetricsEndpoint: Sendable {
     /// `metrics.enabled` is false. Call once per process, before the service is made.
     /// - Throws: when the address cannot be bound (another process has the port): a service
     ///   whose metrics Prometheus cannot tell apart from another's must not start.
-    public static func start(_ config: MetricsConfig, service: String, host: String, bus: Bus, store: LocalStore, logger: Logger) async throws -> MetricsEndpoint? {
+    /// `routes` are the service's own pages, served beside `/metrics` (added to at any time).
+    public static func start(_ config: MetricsConfig, service: String, host: String, bus: Bus, store: LocalStore, routes: HTTPRoutes = HTTPRoutes(),
+                             logger: Logger) async throws -> MetricsEndpoint? {
         guard config.enabled, let port = config.port(of: service) else { return nil }
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -60,7 +64,7 @@ public final class MetricsEndpoint: Sendable {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(MetricsHandler(page: page))
+                        try channel.pipeline.syncOperations.addHandler(MetricsHandler(page: page, routes: routes))
                     }
                 }
                 .bind(host: config.address, port: port).get()
@@ -149,17 +153,20 @@ private final class RuntimeFigures: Sendable {
     }
 }
 
-/// Answers one HTTP/1.1 connection: `GET` or `HEAD /metrics` with the page, 405 for another
-/// method there, 404 elsewhere. Keep-alive as the client asks (Prometheus keeps it).
+/// Answers one HTTP/1.1 connection: `GET` or `HEAD /metrics` with the page, or a service's
+/// route (``HTTPRoutes``); 405 for another method on either, 404 elsewhere. Keep-alive as
+/// the client asks (Prometheus keeps it).
 private final class MetricsHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     let page: @Sendable () -> [UInt8]
+    let routes: HTTPRoutes
     private var head: HTTPRequestHead?
 
-    init(page: @escaping @Sendable () -> [UInt8]) {
+    init(page: @escaping @Sendable () -> [UInt8], routes: HTTPRoutes) {
         self.page = page
+        self.routes = routes
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -174,24 +181,38 @@ private final class MetricsHandler: ChannelInboundHandler {
     }
 
     private func respond(to request: HTTPRequestHead, context: ChannelHandlerContext) {
-        let path = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let parts = request.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = parts.first.map(String.init) ?? ""
+        let route = path == "/metrics" ? nil : routes.handler(for: path)
+        let readable = request.method == .GET || request.method == .HEAD
         var headers = HTTPHeaders()
         let status: HTTPResponseStatus
         var body: [UInt8]
-        switch (path, request.method) {
-        case ("/metrics", .GET), ("/metrics", .HEAD):
+        if path != "/metrics" && route == nil {
+            status = .notFound
+            headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+            body = Array("not found: metrics are at /metrics\(routes.paths.map { ", \($0)" }.joined())\n".utf8)
+        } else if !readable {
+            status = .methodNotAllowed
+            headers.add(name: "Allow", value: "GET, HEAD")
+            headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
+            body = Array("only GET \(path)\n".utf8)
+        } else if let route {
+            var query: [String: String] = [:]
+            for pair in (parts.count > 1 ? parts[1] : "").split(separator: "&") {
+                let nameValue = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                query[String(nameValue[0])] = nameValue.count > 1 ? String(nameValue[1]) : ""
+            }
+            let reply = route(HTTPRoutes.Request(path: path, query: query))
+            status = HTTPResponseStatus(statusCode: reply.status)
+            headers.add(name: "Content-Type", value: reply.contentType)
+            headers.add(name: "Cache-Control", value: "no-store")
+            body = reply.body
+        } else {
             status = .ok
             headers.add(name: "Content-Type", value: "text/plain; version=0.0.4; charset=utf-8")
             body = page()
-        case ("/metrics", _):
-            status = .methodNotAllowed
-            headers.add(name: "Allow", value: "GET, HEAD")
-            body = Array("only GET /metrics\n".utf8)
-        default:
-            status = .notFound
-            body = Array("not found: metrics are at /metrics\n".utf8)
         }
-        if status != .ok { headers.add(name: "Content-Type", value: "text/plain; charset=utf-8") }
         headers.add(name: "Content-Length", value: "\(body.count)")
         let keepAlive = request.isKeepAlive
         if !keepAlive { headers.add(name: "Connection", value: "close") }

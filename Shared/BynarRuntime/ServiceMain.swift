@@ -20,8 +20,11 @@ public struct ServiceContext: Sendable {
     public let logger: Logger
     /// Settings read again without a restart (SIGHUP, file watch) register here.
     public let reloader: Reloader
+    /// Read-only pages served beside `/metrics` when metrics are on (``HTTPRoutes``).
+    public let routes: HTTPRoutes
 
-    public init(config: BynarConfig, host: String, bus: Bus, store: LocalStore, outbox: Outbox, logger: Logger, reloader: Reloader = Reloader()) {
+    public init(config: BynarConfig, host: String, bus: Bus, store: LocalStore, outbox: Outbox, logger: Logger, reloader: Reloader = Reloader(),
+                routes: HTTPRoutes = HTTPRoutes()) {
         self.config = config
         self.host = host
         self.bus = bus
@@ -29,6 +32,7 @@ public struct ServiceContext: Sendable {
         self.outbox = outbox
         self.logger = logger
         self.reloader = reloader
+        self.routes = routes
     }
 }
 
@@ -132,8 +136,9 @@ public enum ServiceMain {
             let session = try store.nextSession()
             let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)
             let outbox = Outbox(bus: bus, store: store)
-            let metrics = try await MetricsEndpoint.start(config.metrics, service: S.serviceName, host: host, bus: bus, store: store, logger: logger)
-            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger, reloader: reloader)
+            let routes = HTTPRoutes()
+            let metrics = try await MetricsEndpoint.start(config.metrics, service: S.serviceName, host: host, bus: bus, store: store, routes: routes, logger: logger)
+            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger, reloader: reloader, routes: routes)
             let service = try S(context: context)
             bus.start()
 

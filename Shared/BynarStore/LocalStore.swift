@@ -37,6 +37,18 @@ public final class LocalStore: Sendable {
         try migrator.migrate(database)
     }
 
+    /// A second connection to the same file that can only read, for a reader on a thread of
+    /// its own (the orchestrator's status page): in WAL mode its reads neither wait for the
+    /// service's writes nor hold them up, as reads through ``database`` (one queue) would.
+    /// An in-memory store has no file to share: its own queue is returned.
+    public func readOnlyConnection() throws -> DatabaseQueue {
+        guard path != ":memory:" else { return database }
+        var configuration = Configuration()
+        configuration.readonly = true
+        configuration.busyMode = .timeout(5)
+        return try DatabaseQueue(path: path, configuration: configuration)
+    }
+
     /// One schema change, applied once per store.
     public struct Migration: Sendable {
         public var identifier: String

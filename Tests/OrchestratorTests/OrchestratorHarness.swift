@@ -43,12 +43,13 @@ final class OrchestratorHarness: @unchecked Sendable {
         """
     }
 
-    /// Starts (or restarts) bynar-orchestrator as host "orch" and waits for its birth.
-    func start(orchestrator extra: String = "", steps: String = "", requestTimeout: Int = 2) async throws {
+    /// Starts (or restarts) bynar-orchestrator as host "orch" and waits for its birth;
+    /// `topLevel` is spliced into the config's top level (`"metrics": {...}`).
+    func start(orchestrator extra: String = "", steps: String = "", requestTimeout: Int = 2, topLevel: String = "") async throws {
         sessions += 1
         let session = sessions
         orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: directory,
-                                          extraConfig: config(extra, steps: steps, requestTimeout: requestTimeout))
+                                          extraConfig: config(extra, steps: steps, requestTimeout: requestTimeout) + (topLevel.isEmpty ? "" : ",\n " + topLevel))
         let born = await births.wait(timeout: .seconds(20)) { $0.contains { $0.payload.state == .birth && $0.payload.session == session } }
         guard born else { throw TestSupportError("bynar-orchestrator did not announce session \(session); log:\n\(orchestrator?.log ?? "")") }
     }

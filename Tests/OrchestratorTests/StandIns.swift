@@ -320,10 +320,12 @@ struct DetectorVoice {
         return disk
     }
 
-    func say(_ disk: Bynar_V1_DiskIdentity, from: Bynar_V1_DiskState, to: Bynar_V1_DiskState, previous: Bynar_V1_DiskIdentity? = nil, system: Bool = false) async throws {
+    /// `detail` is the reason's detail (default: "stand-in detector says <state>").
+    func say(_ disk: Bynar_V1_DiskIdentity, from: Bynar_V1_DiskState, to: Bynar_V1_DiskState, previous: Bynar_V1_DiskIdentity? = nil, system: Bool = false,
+             detail: String? = nil) async throws {
         var reason = Bynar_V1_HealthReason()
         reason.rule = to == .failed ? "fs.read_only" : "disk.\(to)"
-        reason.detail = "stand-in detector says \(to)"
+        reason.detail = detail ?? "stand-in detector says \(to)"
         reason.severity = to
         var event = Bynar_V1_DiskHealthEvent()
         event.disk = disk

@@ -52,7 +52,8 @@ struct MetricsEndpointTests {
         }
         #expect(exposition.samples["bynar_service_info"]?.first?.contains("service=\"\(service)\"") == true)
 
-        #expect(try plainHTTP(port: port, method: "GET", path: "/").0 == 404)
+        // (The orchestrator serves its status page at "/": docs/status-page.md.)
+        #expect(try plainHTTP(port: port, method: "GET", path: "/nothing-here").0 == 404)
         #expect(try plainHTTP(port: port, method: "POST", path: "/metrics", body: "{}").0 == 405)
         #expect(try plainHTTP(port: port, method: "GET", path: "/metrics?x=1").0 == 200)
     }

@@ -24,6 +24,7 @@ import ServiceLifecycle
 /// - Operators: signed commands on `bynar/v1/operator/cmd` (keys in
 ///   `orchestrator.operator_keys_file`) retry, cancel, resolve or show an incident and put
 ///   hosts or disks in maintenance; every one is audited and answered.
+/// - Status page: a read-only page and JSON API beside the metrics (``StatusPage``).
 public struct OrchestratorService: BynarService {
     public static let serviceName = "orchestrator"
     /// The journal's tables, and the nonce table operator commands' replay protection uses.
@@ -70,7 +71,10 @@ public struct OrchestratorService: BynarService {
         let operatorCommands = try await bus.subscribe(Topics.operatorCommands, as: Bynar_V1_OperatorCommand.self)
         let keeper = MembershipKeeper()
         let hostStates = Mailbox<String>()
-        let hooks = try await HookDispatcher.start(context: context, journal: journal, keeper: keeper, hostStates: hostStates)
+        let board = StatusBoard()
+        StatusPage.serve(on: context.routes, board: board, database: try context.store.readOnlyConnection(), config: config,
+                         host: context.host, logger: context.logger)
+        let hooks = try await HookDispatcher.start(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board)
         await bus.markReady()
         context.logger.info("orchestrator ready", metadata: [
             "dry_run": "\(config.dryRun)", "hooks": "\(config.hooks.count)", "signing": "\(client != nil)"])
@@ -86,7 +90,10 @@ public struct OrchestratorService: BynarService {
                     }
                 }
                 group.addTask { for await event in diskEvents { inputs.post(.diskEvent(event.payload)) } }
-                group.addTask { for await health in diskHealth { inputs.post(.diskHealth(health.payload, retained: health.retained)) } }
+                group.addTask { for await health in diskHealth {
+                        board.noteHealth(health.payload)
+                        inputs.post(.diskHealth(health.payload, retained: health.retained))
+                    } }
                 group.addTask { for await job in progress { inputs.post(.jobProgress(job.payload)) } }
                 group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)) } }
                 group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)) } }
@@ -97,7 +104,7 @@ public struct OrchestratorService: BynarService {
                         hostStates.post(contentsOf: Array(changed))
                     }
                 }
-                group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, logger: context.logger) }
+                group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, board: board, logger: context.logger) }
                 group.addTask {
                     // A broker back from an older save may retain host states changed since
                     // (the outbox says the orchestrator's other retained messages again).
@@ -112,12 +119,14 @@ public struct OrchestratorService: BynarService {
     }
 
     /// Publishes the retained HostState of every host whose membership changed, coalesced.
-    static func publishHostStates(_ dirty: Mailbox<String>, keeper: MembershipKeeper, bus: Bus, logger: Logger) async {
+    static func publishHostStates(_ dirty: Mailbox<String>, keeper: MembershipKeeper, bus: Bus, board: StatusBoard, logger: Logger) async {
         while !Task.isCancelled {
             let hosts = Array(Set(await dirty.next())).sorted()
             var batch: [(bytes: [UInt8], topic: String, retain: Bool)] = []
             for host in hosts {
-                guard let state = await keeper.hostState(host), let bytes = try? Bus.serialize(bus.envelope(state)) else { continue }
+                guard let state = await keeper.hostState(host) else { continue }
+                board.noteHost(state)
+                guard let bytes = try? Bus.serialize(bus.envelope(state)) else { continue }
                 batch.append((bytes, Topics.hostState(host: host), true))
             }
             var start = 0
@@ -143,17 +152,20 @@ final class HookDispatcher: Sendable {
     let journal: IncidentJournal
     let keeper: MembershipKeeper
     let hostStates: Mailbox<String>
+    let board: StatusBoard
     let bus: Bus
     let subscription: Subscription<Bynar_V1_ServiceStatus>
     let addresses: [String: String]
     /// Hook events per minute (``HookRateLimit``), across this orchestrator's handlers.
     let limit: Mutex<HookRateLimit>
 
-    private init(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, bus: Bus, subscription: Subscription<Bynar_V1_ServiceStatus>) {
+    private init(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, board: StatusBoard, bus: Bus,
+                 subscription: Subscription<Bynar_V1_ServiceStatus>) {
         self.context = context
         self.journal = journal
         self.keeper = keeper
         self.hostStates = hostStates
+        self.board = board
         self.bus = bus
         self.subscription = subscription
         var addresses: [String: String] = [:]
@@ -164,7 +176,7 @@ final class HookDispatcher: Sendable {
     }
 
     /// Connects the hook subscription; nil when no hooks are configured.
-    static func start(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>) async throws -> HookDispatcher? {
+    static func start(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, board: StatusBoard) async throws -> HookDispatcher? {
         let config = context.config.orchestrator
         guard !config.hooks.isEmpty else { return nil }
         var broker = context.config.broker
@@ -174,7 +186,7 @@ final class HookDispatcher: Sendable {
         let bus = try Bus(config: broker, identity: context.bus.identity, logger: context.logger, announce: false)
         bus.start()
         let subscription = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allServiceStatus), as: Bynar_V1_ServiceStatus.self)
-        return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, bus: bus, subscription: subscription)
+        return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board, bus: bus, subscription: subscription)
     }
 
     func run() async {
@@ -258,6 +270,7 @@ final class HookDispatcher: Sendable {
             context.logger.notice("hook ran", metadata: [
                 "event_id": "\(eventID)", "hook": "\(hook.command)", "exit_status": "\(result.exitStatus)", "timed_out": "\(result.timedOut)"])
             Counter(label: "bynar_orchestrator_hook_runs_total", dimensions: [("exit_status", result.timedOut ? "timeout" : "\(result.exitStatus)")]).increment()
+            board.noteHook(result)
             // The result and, for a failure, the notification: one transaction.
             var events = [Outbox.Event(result, to: Topics.hookEvents, correlationId: eventID)]
             if let note = HookRunner.failureNotification(result, host: host) {

@@ -48,10 +48,10 @@ public enum TicketText {
         if !health.inUseBy.isEmpty { row("In use by", health.inUseBy) }
         lines.append("")
         lines.append("h3. Why")
-        row("Verdict", stateName(health.state))
+        row("Verdict", health.state.readableName)
         if health.reasons.isEmpty { lines.append("* (the detector gave no reasons)") }
         for reason in health.reasons {
-            lines.append("* {{\(wiki(reason.rule))}} (\(stateName(reason.severity))): \(wiki(reason.detail))")
+            lines.append("* {{\(wiki(reason.rule))}} (\(reason.severity.readableName)): \(wiki(reason.detail))")
         }
         for finding in health.filesystems {
             lines.append("* filesystem \(wiki(finding.mountpoint)) (\(wiki(finding.filesystem))): \(wiki(finding.detail))")
@@ -112,18 +112,6 @@ public enum TicketText {
         let failing = smart.attributes.filter(\.failingNow).map { "\($0.id) \($0.name)" }
         if !failing.isEmpty { parts.append("failing attributes: " + failing.joined(separator: ", ")) }
         return parts.joined(separator: "; ")
-    }
-
-    static func stateName(_ state: Bynar_V1_DiskState) -> String {
-        switch state {
-        case .healthy: "healthy"
-        case .suspect: "suspect"
-        case .failing: "failing"
-        case .failed: "failed"
-        case .missing: "missing"
-        case .replaced: "replaced"
-        default: "unknown"
-        }
     }
 
     /// Decimal units, as disk labels print them ("4.0 TB").

@@ -43,13 +43,8 @@ public enum SmartCommand {
     static func stateName(_ state: Bynar_V1_DiskState) -> String {
         switch state {
         case .unspecified: "unspecified"
-        case .healthy: "healthy"
-        case .suspect: "suspect"
-        case .failing: "failing"
-        case .failed: "failed"
-        case .missing: "missing"
-        case .replaced: "replaced"
         case .UNRECOGNIZED(let value): "unrecognized(\(value))"
+        default: state.readableName
         }
     }
 

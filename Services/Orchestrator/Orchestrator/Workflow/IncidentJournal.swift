@@ -12,7 +12,8 @@ import Foundation
 /// The orchestrator's memory in its SQLite store: every incident (its whole machine: state,
 /// step in flight, attempts, deadlines, request generations), the removal rate limiter, the
 /// maintenance windows, the operator audit trail, the failures left unrepaired because of
-/// maintenance, and the hook events already handled.
+/// maintenance, the hook events already handled, and each incident's timeline (every state
+/// and detail it went through, written in the same transaction as the incident).
 ///
 /// An incident's new state and the messages that report it are written in one transaction
 /// (``changes(_:extras:)`` inside `Outbox.commit`, the one way every service commits), so a
@@ -84,7 +85,28 @@ public struct IncidentJournal: Sendable {
                 """)
             try db.drop(table: "orchestrator_message")
         },
+        LocalStore.Migration("orchestrator-v4: incident timeline") { db in
+            try db.create(table: "orchestrator_incident_step") { table in
+                table.autoIncrementedPrimaryKey("id")
+                table.column("incident_id", .text).notNull()
+                table.column("at_unix_ms", .integer).notNull()
+                table.column("state", .text).notNull()
+                table.column("step", .text).notNull()
+                table.column("detail", .text).notNull()
+            }
+            try db.create(index: "orchestrator_incident_step_incident", on: "orchestrator_incident_step", columns: ["incident_id"])
+        },
     ]
+
+    /// One entry of an incident's timeline: a state it entered, or a new detail in it.
+    public struct TimelineEntry: Sendable, Equatable, Codable {
+        public var atUnixMs: Int64
+        /// The machine's state (`checkingSafety`, ...).
+        public var state: String
+        /// The step in flight (`safe`, `remove`, `ticket`, `add`; empty for none).
+        public var step: String
+        public var detail: String
+    }
 
     /// One operator command and what became of it (the audit trail).
     public struct AuditEntry: Sendable, Equatable {
@@ -160,10 +182,25 @@ public struct IncidentJournal: Sendable {
 
     /// Incidents not closed (stuck and kept-out cancelled ones included: their disks may be out).
     public func openIncidents() throws -> [IncidentMachine] {
-        try store.database.read { db in
-            try Data.fetchAll(db, sql: "SELECT machine FROM orchestrator_incident WHERE open ORDER BY updated_unix_ms")
-                .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+        try store.database.read(Self.openIncidents)
+    }
+
+    /// ``openIncidents()`` on `db`: the journal's connection, or a read-only one
+    /// (``LocalStore/readOnlyConnection()``).
+    public static func openIncidents(_ db: Database) throws -> [IncidentMachine] {
+        try Data.fetchAll(db, sql: "SELECT machine FROM orchestrator_incident WHERE open ORDER BY updated_unix_ms")
+            .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+    }
+
+    /// The timelines of `incidents`, oldest entry first, read on `db`.
+    public static func timelines(_ db: Database, of incidents: [String]) throws -> [String: [TimelineEntry]] {
+        var result: [String: [TimelineEntry]] = [:]
+        for id in incidents {
+            result[id] = try Row.fetchAll(db, sql: "SELECT * FROM orchestrator_incident_step WHERE incident_id = ? ORDER BY id", arguments: [id]).map { row in
+                TimelineEntry(atUnixMs: row["at_unix_ms"], state: row["state"], step: row["step"], detail: row["detail"])
+            }
         }
+        return result
     }
 
     /// When the latest incident of each disk ("host/key") was opened, open or not: a
@@ -202,6 +239,15 @@ public struct IncidentJournal: Sendable {
                         updated_unix_ms = excluded.updated_unix_ms
                     """, arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
                                      !machine.isClosed, data, machine.openedMs, machine.updatedMs])
+                // The timeline gets an entry when the state or its detail changed.
+                let step = machine.step?.rawValue ?? ""
+                try db.execute(sql: """
+                    INSERT INTO orchestrator_incident_step(incident_id, at_unix_ms, state, step, detail)
+                    SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (
+                        SELECT 1 FROM orchestrator_incident_step WHERE state = ? AND detail = ?
+                        AND id = (SELECT MAX(id) FROM orchestrator_incident_step WHERE incident_id = ?))
+                    """, arguments: [machine.id, machine.updatedMs, machine.state.rawValue, step, machine.detail,
+                                     machine.state.rawValue, machine.detail, machine.id])
             }
             if let bucketText {
                 try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.brake_bucket', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -259,10 +305,13 @@ public struct IncidentJournal: Sendable {
 
     /// The removal rate limiter as last committed.
     public func bucket() throws -> ClusterBrake.Bucket? {
-        try store.database.read { db in
-            try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = 'orchestrator.brake_bucket'")
-                .map { try JSONDecoder().decode(ClusterBrake.Bucket.self, from: Data($0.utf8)) }
-        }
+        try store.database.read(Self.bucket)
+    }
+
+    /// ``bucket()`` on `db`.
+    public static func bucket(_ db: Database) throws -> ClusterBrake.Bucket? {
+        try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = 'orchestrator.brake_bucket'")
+            .map { try JSONDecoder().decode(ClusterBrake.Bucket.self, from: Data($0.utf8)) }
     }
 
 
