@@ -278,7 +278,9 @@ struct HostBundle {
         let keysFile = installDir + (role == .storage ? "/trusted-keys" : "/operator-keys")
         let section: JSONValue = role == .storage
             ? .object(["disk_manager": .object(["trusted_keys_file": .string(keysFile)])])
-            : .object(["orchestrator": .object(["operator_keys_file": .string(keysFile), "signing_key_file": .string(installDir + "/orchestrator.key")])])
+            : .object(["orchestrator": .object(["operator_keys_file": .string(keysFile), "signing_key_file": .string(installDir + "/orchestrator.key")]),
+                       // The same operators may resolve tickets of the local ticket backend.
+                       "ticketing": .object(["operator_keys_file": .string(keysFile)])])
         let overlay: JSONValue = .object([
             "host": .string(name),
             "broker": .object([

@@ -28,7 +28,7 @@ struct SchemaTests {
         }
         let proto = "\(copy)/proto/bynar/v1/notify.proto"
         let text = try String(contentsOfFile: proto, encoding: .utf8)
-        try text.replacingOccurrences(of: "  string ticket_url = 8;", with: "  string ticket_url = 8;\n  string runbook_url = 9;")
+        try text.replacingOccurrences(of: "  string ticket_url = 8;", with: "  string ticket_url = 8;\n  string runbook_url = 99;")
             .write(toFile: proto, atomically: true, encoding: .utf8)
         let stale = try runScript("\(copy)/scripts/gen-proto", ["--check"])
         #expect(stale.status == 1)

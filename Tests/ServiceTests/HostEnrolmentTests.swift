@@ -193,6 +193,8 @@ struct HostEnrolmentTests {
         let config = try ConfigLoader.load(path: fixture.installDir + "/bynar.json", environment: try fixture.environment(of: "orchestrator")).config
         #expect(config.broker.port == fixture.production.centralPort)
         #expect(config.broker.username == "orchestrator")
+        #expect(config.orchestrator.operatorKeysFile == fixture.installDir + "/operator-keys")
+        #expect(config.ticketing.operatorKeysFile == fixture.installDir + "/operator-keys")
 
         let admin = try await fixture.production.bus(service: "cli", host: "ops", identity: "admin.ops", clientId: "bynar-cli-ops-enrol")
         let statuses = Collector(try await admin.subscribe(Topics.serviceStatus(host: "c1", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
