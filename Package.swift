@@ -230,7 +230,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ServiceTests",
-            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "BynarTestSupport", log, "bynar", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
+            dependencies: ["BynarBus", "BynarProto", "BynarConfig", "BynarAuth", "BynarTestSupport", "bynar", "bynar-detector", "bynar-disk-manager", "bynar-ticketing", "bynar-notifier", "bynar-orchestrator"],
             path: "Tests/ServiceTests",
             swiftSettings: strict
         ),

@@ -233,18 +233,12 @@ enum HostName {
     }
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory, with `mode`.
+/// ``AtomicFile/write(_:to:mode:)``, failing as the CLI does.
 func writeFileAtomically(_ path: String, _ bytes: [UInt8], mode: mode_t) throws {
-    let temp = path + ".tmp-\(getpid())"
-    let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-    guard fd >= 0 else { throw CLIFailure("cannot write \(temp): \(String(cString: strerror(errno)))") }
-    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    let synced = fsync(fd) == 0 && fchmod(fd, mode) == 0
-    close(fd)
-    guard written == bytes.count, synced, rename(temp, path) == 0 else {
-        let reason = String(cString: strerror(errno))
-        unlink(temp)
-        throw CLIFailure("cannot write \(path): \(reason)")
+    do {
+        try AtomicFile.write(bytes, to: path, mode: mode)
+    } catch {
+        throw CLIFailure(error.description)
     }
 }
 
@@ -332,7 +326,7 @@ struct HostBundle {
         guard let stage = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }).map({ String(cString: $0) }) else {
             throw CLIFailure("cannot make a staging directory: \(String(cString: strerror(errno)))")
         }
-        defer { _ = try? Tool.run(["rm", "-rf", "--", stage], timeout: .seconds(30)) }
+        defer { try? FileManager.default.removeItem(atPath: stage) }
         for file in files {
             let full = stage + "/" + file.path
             let parent = String(full[..<full.lastIndex(of: "/")!])

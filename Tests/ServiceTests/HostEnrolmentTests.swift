@@ -3,7 +3,6 @@ import BynarBus
 import BynarConfig
 import BynarProto
 import BynarTestSupport
-import Logging
 import Foundation
 import Testing
 
@@ -96,19 +95,11 @@ struct HostEnrolmentTests {
         /// A bus logged in with the installed bundle's config for `service`.
         func bundleBus(_ service: String) async throws -> Bus {
             let config = try ConfigLoader.load(path: installDir + "/bynar.json", environment: try environment(of: service)).config
-            var broker = config.broker
-            broker.clientId = "\(service)-\(config.host ?? "?")-probe"
-            var logger = Logger(label: "test.enrol")
-            logger.logLevel = .critical
-            let bus = try Bus(config: broker, identity: .init(service: service, host: config.host ?? "?", session: 1), logger: logger, announce: false)
-            bus.start()
-            do {
-                try await bus.waitUntilConnected(timeout: .seconds(5))
-            } catch {
-                await bus.shutdown()
-                throw error
+            let host = config.host ?? "?"
+            return try await connectedBus(production.broker, service: service, host: host) {
+                $0 = config.broker
+                $0.clientId = "\(service)-\(host)-probe"
             }
-            return bus
         }
     }
 

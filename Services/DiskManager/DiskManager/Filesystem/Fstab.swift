@@ -1,3 +1,4 @@
+import BynarConfig
 import BynarDisks
 #if canImport(Glibc)
 import Glibc
@@ -109,37 +110,12 @@ public struct Fstab: Sendable, Equatable {
         return lines.count != before
     }
 
-    /// Writes the file atomically (temp file, fsync, rename, fsync of the directory).
+    /// Writes the file atomically (``AtomicFile``: temp file, fsync, rename, fsync of the directory).
     public func save() throws(BackendRefusal) {
-        // A unique name: two writers never share (and truncate) one temporary file.
-        var template = Array((path + ".bynar-new.XXXXXX").utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        let temp = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        guard fd >= 0 else { throw BackendRefusal("cannot write \(temp): \(String(cString: strerror(errno)))") }
-        fchmod(fd, 0o644)
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        let bytes = Array((lines.map { $0 + "\n" }.joined()).utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if written < 0 {
-                if errno == EINTR { continue }
-                let reason = String(cString: strerror(errno))
-                close(fd)
-                unlink(temp)
-                throw BackendRefusal("cannot write \(temp): \(reason)")
-            }
-            offset += written
+        do {
+            try AtomicFile.write(Array((lines.map { $0 + "\n" }.joined()).utf8), to: path, mode: 0o644)
+        } catch {
+            throw BackendRefusal(error.description)
         }
-        let synced = fsync(fd) == 0
-        close(fd)
-        guard synced, rename(temp, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temp)
-            throw BackendRefusal("cannot replace \(path): \(reason)")
-        }
-        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        let dirfd = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirfd >= 0 { fsync(dirfd); close(dirfd) }
     }
 }
