@@ -114,4 +114,17 @@ import Testing
         #expect(core.machines[id]?.state == .adding)
         #expect(adopted.commands.contains { if case .add(_, let disk, let reuse, _) = $0.action { disk.key == "serial-NEW" && reuse == "osd.7" } else { false } })
     }
+
+    @Test("the disks the status page shows are those the core remembers: a disk that left its slot is forgotten")
+    func aReplacedDiskLeavesTheDiskView() {
+        var core = Self.core()
+        let old = Self.identity("serial-OLD")
+        #expect(core.handle(Self.health(old, .healthy), nowMs: 2_000).disks.map(\.key) == ["stor1/serial-OLD"])
+        let replaced = core.handle(Self.event(Self.identity("serial-NEW"), to: .replaced, previous: old), nowMs: 3_000)
+        #expect(replaced.disks.count == 1 && replaced.disks[0].key == "stor1/serial-OLD" && replaced.disks[0].health == nil)
+        let board = StatusBoard()
+        board.noteDisks([("stor1/serial-OLD", .with { $0.disk = old; $0.state = .healthy })])
+        board.noteDisks(replaced.disks)
+        #expect(board.copy.disks.isEmpty)
+    }
 }

@@ -59,7 +59,9 @@ public struct OrchestratorService: BynarService {
         } else {
             context.logger.warning("no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused")
         }
-        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, outbox: context.outbox, client: client, operatorVerifier: operatorVerifier, logger: context.logger)
+        let board = StatusBoard()
+        let engine = try await RepairEngine(config: config, journal: journal, bus: bus, outbox: context.outbox, client: client, operatorVerifier: operatorVerifier,
+                                            board: board, logger: context.logger)
         let inputs = engine.inputs
 
         let diskEvents = try await bus.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self)
@@ -71,7 +73,6 @@ public struct OrchestratorService: BynarService {
         let operatorCommands = try await bus.subscribe(Topics.operatorCommands, as: Bynar_V1_OperatorCommand.self)
         let keeper = MembershipKeeper()
         let hostStates = Mailbox<String>()
-        let board = StatusBoard()
         StatusPage.serve(on: context.routes, board: board, database: try context.store.readOnlyConnection(), config: config,
                          host: context.host, logger: context.logger)
         let hooks = try await HookDispatcher.start(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board)
@@ -90,10 +91,7 @@ public struct OrchestratorService: BynarService {
                     }
                 }
                 group.addTask { for await event in diskEvents { inputs.post(.diskEvent(event.payload)) } }
-                group.addTask { for await health in diskHealth {
-                        board.noteHealth(health.payload)
-                        inputs.post(.diskHealth(health.payload, retained: health.retained))
-                    } }
+                group.addTask { for await health in diskHealth { inputs.post(.diskHealth(health.payload, retained: health.retained)) } }
                 group.addTask { for await job in progress { inputs.post(.jobProgress(job.payload)) } }
                 group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)) } }
                 group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)) } }

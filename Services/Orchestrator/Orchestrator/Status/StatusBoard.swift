@@ -2,8 +2,8 @@ import BynarProto
 import Synchronization
 
 /// What the status page shows that the journal does not hold: membership as last published
-/// (the retained HostStates), the detectors' latest health of every disk, and the latest
-/// hook results. The orchestrator's tasks write it as they go; the page's thread takes a
+/// (the retained HostStates), the detectors' latest health of every disk the orchestrator
+/// remembers, and the latest hook results. The orchestrator's tasks write it as they go; the page's thread takes a
 /// copy under the lock, so neither waits on the other for more than that copy.
 final class StatusBoard: Sendable {
     struct Contents: Sendable {
@@ -28,8 +28,12 @@ final class StatusBoard: Sendable {
         contents.withLock { $0.hosts[state.host] = state }
     }
 
-    func noteHealth(_ health: Bynar_V1_DiskHealth) {
-        contents.withLock { $0.disks["\(health.disk.host)/\(health.disk.key)"] = health }
+    /// The disks the orchestrator remembers, as its core decided (``RepairCore/Effects/disks``):
+    /// bounded as its memory is, and a disk that left its slot leaves the page.
+    func noteDisks(_ changes: [(key: String, health: Bynar_V1_DiskHealth?)]) {
+        contents.withLock { contents in
+            for (key, health) in changes { contents.disks[key] = health }
+        }
     }
 
     func noteHook(_ result: Bynar_V1_HookResult) {

@@ -64,6 +64,9 @@ struct RepairCore: Sendable {
         /// Operator answers, sent after the commit (`late`: after a delay).
         var replies: [(Received<Bynar_V1_OperatorCommand>, Bynar_V1_OperatorResponse, late: Bool)] = []
         var logs: [LogLine] = []
+        /// The detector's latest health of each disk remembered ("host/key"; nil: forgotten,
+        /// the disk left its slot), in order: what the status page shows of the disks.
+        var disks: [(key: String, health: Bynar_V1_DiskHealth?)] = []
         /// Incidents opened.
         var opened = 0
 
@@ -242,8 +245,7 @@ struct RepairCore: Sendable {
                 }
             }
             // The old disk left its slot: forget it (its incident keeps its own copy).
-            memory.forget(host: previousHost, key: event.previousDisk.key)
-            health[previous] = nil
+            forget(previous, host: previousHost, key: event.previousDisk.key)
         }
         guard remembers(event.disk) else { return }
         switch event.toState {
@@ -281,11 +283,11 @@ struct RepairCore: Sendable {
         let key = RepairEngine.diskKey(latest.disk.host, latest.disk.key)
         guard remembers(latest.disk) else { return }
         health[key] = DiskMemory.compact(latest)
+        effects.disks.append((key, latest))
         if let waiting = awaitingFlags.removeValue(forKey: key) {
             // A missing disk whose slot another disk took: decided now, with its flags.
             if openByDisk[key] == nil { openMissing(key, waiting.missing, why: "missing, and another disk took its slot") }
-            memory.forget(host: latest.disk.host, key: latest.disk.key)
-            health[key] = nil
+            forget(key, host: latest.disk.host, key: latest.disk.key)
             return
         }
         if let event = waitingForHealth.removeValue(forKey: key), openByDisk[key] == nil {
@@ -336,6 +338,14 @@ struct RepairCore: Sendable {
             log(.notice, "new disk found in the failed disk's slot from its health (its REPLACED event never came)", ["incident": id, "disk": new.disk.key])
             apply(.newDiskSeen(RepairEngine.disk(new.disk)), to: id)
         }
+    }
+
+    /// A disk that left its slot: no longer remembered, its health dropped (and off the
+    /// status page).
+    private mutating func forget(_ diskKey: String, host: String, key: String) {
+        memory.forget(host: host, key: key)
+        health[diskKey] = nil
+        effects.disks.append((diskKey, nil))
     }
 
     /// Opens an incident for every disk missing longer than the grace period.
@@ -687,6 +697,7 @@ extension RepairCore.Effects {
         unrepaired += other.unrepaired
         replies += other.replies
         logs += other.logs
+        disks += other.disks
         opened += other.opened
     }
 }

@@ -40,13 +40,16 @@ actor RepairEngine {
     /// Where committed messages leave from (the service's shared outbox).
     let outbox: Outbox
     let clock: @Sendable () -> Int64
+    /// What the status page shows besides the journal.
+    let board: StatusBoard
     /// The decisions.
     private(set) var core: RepairCore
     /// What the core decided in the batch being handled.
     private(set) var pending = RepairCore.Effects()
 
-    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, outbox: Outbox, client: DiskManagerClient?, operatorVerifier: CommandVerifier?, logger: Logger,
-         clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
+    init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, outbox: Outbox, client: DiskManagerClient?, operatorVerifier: CommandVerifier?,
+         board: StatusBoard, logger: Logger, clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
+        self.board = board
         self.config = config
         self.journal = journal
         self.bus = bus
@@ -114,6 +117,7 @@ actor RepairEngine {
             logger.log(level: line.level, "\(line.message)", metadata: line.metadata.mapValues { .string($0) })
         }
         if effects.opened > 0 { Counter(label: "bynar_orchestrator_incidents_opened_total").increment(by: effects.opened) }
+        if !effects.disks.isEmpty { board.noteDisks(effects.disks) }
         guard !effects.isEmpty else { return }
         let changed = effects.dirty.compactMap { core.machines[$0] }
         let extras = IncidentJournal.Extras(bucket: effects.bucketChanged ? core.brake.bucket : nil, maintenance: effects.maintenanceChanged ? core.maintenance : nil,
