@@ -1,5 +1,6 @@
 public import Logging
 import BynarConfig
+public import BynarStore
 
 /// A trusted-keys file that is read again when it changes (a ``WatchedFile``): a key added
 /// to (or taken out of) the file on a fleet of hosts takes effect without restarting a
@@ -50,5 +51,26 @@ extension TrustedKeysFile {
             logger.error("trusted keys file refused; the keys read before stay in force", metadata: [
                 "field": "\(field)", "trigger": "\(why)", "problem": "\(problem)", "keys": "\(keys.keyIDs)"])
         }
+    }
+}
+
+extension CommandVerifier {
+    /// How a service trusts operators' signed commands: the keys in `path` (the setting
+    /// `field`), read again on every reload `register` runs (SIGHUP, the file watch), nonces in
+    /// `store`; nil, with `unset` logged as a warning, when no file is configured.
+    /// - Throws: a `FieldError` naming `field` and the file when it does not load.
+    public static func operatorKeys(_ path: String?, field: String, store: LocalStore, logger: Logger, unset: String,
+                                    register: (@escaping @Sendable (_ why: String) -> Void) -> Void) throws -> CommandVerifier? {
+        guard let path else {
+            logger.warning("\(unset)")
+            return nil
+        }
+        let keys: TrustedKeysFile
+        do { keys = try TrustedKeysFile(path: path) } catch {
+            throw FieldError(field: field, problem: "\(path): \(error)")
+        }
+        register { why in keys.reload(field: field, why: why, logger: logger) }
+        logger.info("trusting operator keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
+        return CommandVerifier(keysFile: keys, store: store)
     }
 }

@@ -46,19 +46,10 @@ public struct OrchestratorService: BynarService {
             context.logger.warning("no orchestrator.signing_key_file: disk-manager steps will fail and incidents end STUCK")
         }
         if config.dryRun { context.logger.notice("dry run: deciding and reporting only; nothing that changes a disk is sent") }
-        var operatorVerifier: CommandVerifier?
-        if let path = config.operatorKeysFile {
-            let keys: TrustedKeysFile
-            do { keys = try TrustedKeysFile(path: path) } catch {
-                throw FieldError(field: "orchestrator.operator_keys_file", problem: "\(path): \(error)")
-            }
-            operatorVerifier = CommandVerifier(keysFile: keys, store: context.store)
-            let logger = context.logger
-            context.reloader.register { why in keys.reload(field: "orchestrator.operator_keys_file", why: why, logger: logger) }
-            context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
-        } else {
-            context.logger.warning("no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused")
-        }
+        let operatorVerifier = try CommandVerifier.operatorKeys(
+            config.operatorKeysFile, field: "orchestrator.operator_keys_file", store: context.store, logger: context.logger,
+            unset: "no orchestrator.operator_keys_file: every operator command (bynar incidents retry|cancel|resolve|show, bynar maintenance) will be refused",
+            register: context.reloader.register)
         let board = StatusBoard()
         let engine = try await RepairEngine(config: config, journal: journal, bus: bus, outbox: context.outbox, client: client, operatorVerifier: operatorVerifier,
                                             board: board, logger: context.logger)

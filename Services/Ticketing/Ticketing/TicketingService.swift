@@ -95,20 +95,14 @@ public struct TicketingService: BynarService {
     /// The verifier of operators' commands (`bynar tickets resolve`), reading
     /// `ticketing.operator_keys_file` again when it changes; nil when none is configured.
     private func operatorVerifier() throws -> CommandVerifier? {
-        guard let path = context.config.ticketing.operatorKeysFile else {
-            if case .success(let settings) = settings, case .local = settings.backend {
-                context.logger.warning("no ticketing.operator_keys_file: bynar tickets resolve will be refused")
-            }
-            return nil
-        }
-        let keys: TrustedKeysFile
-        do { keys = try TrustedKeysFile(path: path) } catch {
-            throw FieldError(field: "ticketing.operator_keys_file", problem: "\(path): \(error)")
-        }
-        let logger = context.logger
-        context.reloader.register { why in keys.reload(field: "ticketing.operator_keys_file", why: why, logger: logger) }
-        context.logger.info("trusting operator keys", metadata: ["keys": "\(keys.keys.keyIDs)"])
-        return CommandVerifier(keysFile: keys, store: context.store)
+        let path = context.config.ticketing.operatorKeysFile
+        var local = false
+        if case .success(let settings) = settings, case .local = settings.backend { local = true }
+        // Without a file, only the local backend's tickets miss it: said only then.
+        guard path != nil || local else { return nil }
+        return try CommandVerifier.operatorKeys(path, field: "ticketing.operator_keys_file", store: context.store, logger: context.logger,
+                                                unset: "no ticketing.operator_keys_file: bynar tickets resolve will be refused",
+                                                register: context.reloader.register)
     }
 
     /// Stores requests and reports the configuration problem, until shutdown.
