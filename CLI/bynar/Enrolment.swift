@@ -57,19 +57,21 @@ struct EnrolmentPlace {
     func enrol(_ name: String, role: Hosts.Role) throws -> Outcome {
         try HostName.check(name)
         return try locked {
-            var list = try HostList(path: listFile(role))
+            let old = try HostList(path: listFile(role))
+            var list = old
             let added = !list.names.contains(name)
             if added { list.append(name) }
             // Identities dropped here belong to hosts someone took out of a list by hand
             // since the last run: the tool's note names them, and so does the outcome.
-            let dropped = try apply(list, role: role, without: nil)
+            let dropped = try apply(list, replacing: old, without: nil)
             return Outcome(added: added, dropped: dropped, reload: try reloadBroker())
         }
     }
 
     func revoke(_ name: String, role: Hosts.Role) throws -> Outcome {
         try locked {
-            var list = try HostList(path: listFile(role))
+            let old = try HostList(path: listFile(role))
+            var list = old
             guard list.names.contains(name) else {
                 throw CLIFailure("\(name) is not enrolled as a \(role.rawValue) host (\(listFile(role)))")
             }
@@ -77,16 +79,15 @@ struct EnrolmentPlace {
             if role == .storage && list.names.isEmpty {
                 throw CLIFailure("\(name) is the last storage host; bynar-broker-auth needs at least one (remove the broker's Bynar setup instead)")
             }
-            let dropped = try apply(list, role: role, without: name)
+            let dropped = try apply(list, replacing: old, without: name)
             return Outcome(added: false, dropped: dropped, reload: try reloadBroker())
         }
     }
 
-    /// Writes `list`, reruns the tool over it, and returns the identities it dropped. The
-    /// list file is restored when the tool fails.
-    private func apply(_ list: HostList, role: Hosts.Role, without removed: String?) throws -> [String] {
+    /// Writes `list` over `old`, reruns the tool, and returns the identities it dropped.
+    /// `old` is written back when the tool fails.
+    private func apply(_ list: HostList, replacing old: HostList, without removed: String?) throws -> [String] {
         let before = try credentials()
-        let old = try HostList(path: listFile(role))
         try list.write()
         do {
             try runTool(without: removed)
