@@ -39,7 +39,7 @@ let serviceCLibraries: [String: [Target.Dependency]] = [
     "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess", "BynarCeph"],
     "Ticketing": [httpClient, nioCore, crypto, "BynarAuth"],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
-    "Orchestrator": [crypto, "BynarAuth", "BynarProcess"],
+    "Orchestrator": [crypto, "BynarAuth", "BynarProcess", httpClient, nioCore, nioSSL],
 ]
 
 let serviceTargets: [Target] = services.flatMap { service in
@@ -122,7 +122,10 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(name: "BynarConfig", dependencies: [], path: "Shared/BynarConfig", swiftSettings: strict),
-        .target(name: "BynarStore", dependencies: [grdb, log], path: "Shared/BynarStore", swiftSettings: strict),
+        // SQLite's session extension (changesets of a transaction), wrapped once: only
+        // BynarStore imports it (a store replicated through etcd, ``LocalStore/Replicator``).
+        .systemLibrary(name: "CSQLiteSession", path: "Shared/CSQLiteSession", providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "BynarStore", dependencies: [grdb, log, "CSQLiteSession"], path: "Shared/BynarStore", swiftSettings: strict),
         .target(
             name: "BynarBus",
             dependencies: ["CMosquitto", "BynarProto", "BynarStore", "BynarConfig", protobuf, log],

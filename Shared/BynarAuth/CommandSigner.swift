@@ -9,6 +9,18 @@ public struct CommandSigner: Sendable {
     private let rawKey: [UInt8]
     /// How long a signed command stays valid (its expiry).
     public var commandLifetime: Duration
+    /// The leader epoch commands carry (``Fence``), read at each signature: nil, unfenced.
+    public var fence: (@Sendable () -> Fence?)?
+
+    /// An orchestrator group and the epoch its current leader holds (etcd coordination).
+    public struct Fence: Sendable, Equatable {
+        public var group: String
+        public var epoch: Int64
+        public init(group: String, epoch: Int64) {
+            self.group = group
+            self.epoch = epoch
+        }
+    }
 
     /// A signer with `key`, named `keyID`.
     public init(keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration) {
@@ -23,9 +35,9 @@ public struct CommandSigner: Sendable {
         self.init(keyID: loaded.keyID, key: loaded.key, commandLifetime: commandLifetime)
     }
 
-    /// `command` signed at `nowMs` (``CommandSigning/sign(_:keyID:key:lifetime:nowMs:nonce:)``).
+    /// `command` signed at `nowMs` (``CommandSigning/sign(_:keyID:key:lifetime:nowMs:nonce:fence:)``).
     public func sign<Command: SignedCommand>(_ command: Command, nowMs: Int64) throws -> Command {
         let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
-        return try CommandSigning.sign(command, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: nowMs)
+        return try CommandSigning.sign(command, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: nowMs, fence: fence?())
     }
 }

@@ -46,7 +46,7 @@ public enum CommandSigning {
         }
     }
 
-    /// Length of the nonce ``sign(_:keyID:key:lifetime:nowMs:nonce:)`` chooses.
+    /// Length of the nonce ``sign(_:keyID:key:lifetime:nowMs:nonce:fence:)`` chooses.
     public static let nonceLength = 16
 
     /// Returns `request` with `auth` filled in: `keyID`, `nonce` (16 random bytes when
@@ -54,7 +54,7 @@ public enum CommandSigning {
     /// ``signedBytes(_:)`` of the result. Any `auth` the request had is replaced.
     public static func sign<Command: SignedCommand>(
         _ request: Command, keyID: String, key: Curve25519.Signing.PrivateKey,
-        lifetime: Duration, nowMs: Int64, nonce: [UInt8]? = nil
+        lifetime: Duration, nowMs: Int64, nonce: [UInt8]? = nil, fence: CommandSigner.Fence? = nil
     ) throws(SigningError) -> Command {
         guard !keyID.isEmpty else { throw .emptyKeyID }
         let lifetimeMs = milliseconds(lifetime)
@@ -66,6 +66,10 @@ public enum CommandSigning {
         auth.keyID = keyID
         auth.nonce = Data(nonceBytes)
         auth.expiresUnixMs = nowMs + lifetimeMs
+        if let fence {
+            auth.fenceGroup = fence.group
+            auth.fenceEpoch = fence.epoch
+        }
         signed.auth = auth
         do {
             let signature = try key.signature(for: signedBytes(signed))
@@ -436,6 +440,10 @@ public enum CommandRejection: Error, Equatable, Sendable, CustomStringConvertibl
     case replayed(String)
     /// The nonce could not be recorded, so a replay could not be ruled out.
     case nonceStoreFailed(String)
+    /// Signed by a leader of `group` whose epoch is below the highest this host has seen
+    /// for the group: an orchestrator that lost its leadership (paused, cut off) while
+    /// another took over.
+    case fenced(group: String, epoch: Int64, highest: Int64)
 
     public var description: String {
         switch self {
@@ -449,6 +457,8 @@ public enum CommandRejection: Error, Equatable, Sendable, CustomStringConvertibl
         case .badNonce(let length): "command nonce has \(length) bytes (1...\(CommandVerifier.maxNonceLength) allowed)"
         case .replayed(let nonce): "command nonce \(nonce) was used before (replay)"
         case .nonceStoreFailed(let why): "cannot record the command nonce: \(why)"
+        case .fenced(let group, let epoch, let highest):
+            "fenced: signed by a leader of orchestrator group \"\(group)\" with epoch \(epoch), but a leader with epoch \(highest) has spoken since (a stale leader)"
         }
     }
 }
@@ -506,6 +516,14 @@ public struct CommandVerifier: Sendable {
             try db.create(table: "dm_nonce_floor") { table in
                 table.primaryKey("id", .integer).check { $0 == 1 }
                 table.column("floor_unix_ms", .integer).notNull()
+            }
+        },
+        LocalStore.Migration("disk-manager-fence-v1") { db in
+            // The highest leader epoch seen per orchestrator group (``CommandRejection/fenced``).
+            try db.create(table: "dm_fence") { table in
+                table.primaryKey("fence_group", .text)
+                table.column("epoch", .integer).notNull()
+                table.column("seen_unix_ms", .integer).notNull()
             }
         },
     ]
@@ -578,7 +596,8 @@ public struct CommandVerifier: Sendable {
         let nonce = [UInt8](auth.nonce)
         guard (1...Self.maxNonceLength).contains(nonce.count) else { return .failure(.badNonce(length: nonce.count)) }
         do {
-            let fresh = try store.database.write { db -> Bool? in
+            let fresh = try store.write { db -> Bool? in
+                if let fenced = try Self.fence(db, auth, nowMs: nowMs) { throw fenced }
                 // Sound when the clock steps back: nonces are only ever forgotten below the
                 // floor, and nothing expiring below it is taken.
                 let floor = try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention)).floor
@@ -591,17 +610,38 @@ public struct CommandVerifier: Sendable {
             }
             guard let fresh else { return .failure(.beforeReplayFloor(at: auth.expiresUnixMs, floor: try floor())) }
             guard fresh else { return .failure(.replayed(Self.hex(nonce))) }
+        } catch let fenced as CommandRejection {
+            return .failure(fenced)
         } catch {
             return .failure(.nonceStoreFailed("\(error)"))
         }
         return .success(CommandAuthorization(keyID: auth.keyID, nonce: nonce, expiresUnixMs: auth.expiresUnixMs))
     }
 
+    /// Fencing: a command with a leader epoch is refused when a higher one of its group was
+    /// seen, and otherwise raises the group's highest (in the transaction that takes its
+    /// nonce, so a refused command leaves neither behind).
+    private static func fence(_ db: Database, _ auth: Bynar_V1_CommandAuth, nowMs: Int64) throws -> CommandRejection? {
+        guard auth.fenceEpoch > 0 else { return nil }
+        let highest = try Int64.fetchOne(db, sql: "SELECT epoch FROM dm_fence WHERE fence_group = ?", arguments: [auth.fenceGroup]) ?? 0
+        if auth.fenceEpoch < highest { return .fenced(group: auth.fenceGroup, epoch: auth.fenceEpoch, highest: highest) }
+        if auth.fenceEpoch > highest {
+            try db.execute(sql: "INSERT INTO dm_fence(fence_group, epoch, seen_unix_ms) VALUES(?, ?, ?) ON CONFLICT(fence_group) DO UPDATE SET epoch = excluded.epoch, seen_unix_ms = excluded.seen_unix_ms",
+                           arguments: [auth.fenceGroup, auth.fenceEpoch, nowMs])
+        }
+        return nil
+    }
+
+    /// The highest leader epoch seen for `group` (0: none).
+    public func highestEpoch(group: String) throws -> Int64 {
+        try store.database.read { db in try Int64.fetchOne(db, sql: "SELECT epoch FROM dm_fence WHERE fence_group = ?", arguments: [group]) ?? 0 }
+    }
+
     /// Forgets nonces whose command expired more than ``nonceRetention`` before `nowMs`;
     /// returns how many. ``verify(_:nowMs:)`` does this on every accepted command.
     @discardableResult
     public func pruneNonces(nowMs: Int64) throws -> Int {
-        try store.database.write { db in
+        try store.write { db in
             try Self.prune(db, nowMs: nowMs, retentionMs: CommandSigning.milliseconds(nonceRetention)).pruned
         }
     }

@@ -17,6 +17,9 @@ public struct DiskManagerClient: Sendable {
         set { signer.commandLifetime = newValue }
     }
 
+    /// Called with each signed request just before it is published (tests: a pause point).
+    public var beforeSend: (@Sendable (Bynar_V1_DiskManagerRequest) -> Void)?
+
     public init(bus: Bus, keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration = .seconds(300)) {
         self.bus = bus
         signer = CommandSigner(keyID: keyID, key: key, commandLifetime: commandLifetime)
@@ -46,12 +49,26 @@ public struct DiskManagerClient: Sendable {
         request.deadlineUnixMs = now + CommandSigning.milliseconds(timeout)
         request.operation = operation
         let signed = try signer.sign(request, nowMs: now)
+        beforeSend?(signed)
         let response = try await bus.request(
             signed, to: Topics.diskManagerCommands(host: host), expecting: Bynar_V1_DiskManagerResponse.self,
             timeout: timeout, correlationId: correlationID
         ).payload
         if let mismatch = Self.mismatch(response, request: request) { throw BusError.badReply(mismatch) }
         return response
+    }
+
+    /// The operation's name ("Remove"), for logs, the audit table and test pause points.
+    public static func operationName(_ request: Bynar_V1_DiskManagerRequest) -> String {
+        switch request.operation {
+        case .list: "List"
+        case .safeToRemove: "SafeToRemove"
+        case .remove: "Remove"
+        case .add: "Add"
+        case .deploy: "Deploy"
+        case .jobStatus: "JobStatus"
+        case nil: "(none)"
+        }
     }
 
     /// Nil when `response` answers `request` (it echoes its request id and host); otherwise

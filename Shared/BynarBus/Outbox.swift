@@ -25,10 +25,14 @@ public final class Outbox: Sendable {
     private let wake = WakeSignal()
     private let receipts: AsyncStream<(messageId: String, responder: Responder)>
     private let receiptsIn: AsyncStream<(messageId: String, responder: Responder)>.Continuation
+    /// While false, nothing is sent (a coordinated leader not sure it still leads: a stale
+    /// leader must not overwrite a newer one's retained states).
+    private let gate: (@Sendable () -> Bool)?
 
-    public init(bus: Bus, store: LocalStore) {
+    public init(bus: Bus, store: LocalStore, gate: (@Sendable () -> Bool)? = nil) {
         self.bus = bus
         self.store = store
+        self.gate = gate
         (receipts, receiptsIn) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1 << 16))
     }
 
@@ -181,6 +185,10 @@ public final class Outbox: Sendable {
         var resendDue = try? store.nextResendUnixMs()
         var listening = false
         while !Task.isCancelled {
+            if let gate, !gate() {
+                try? await Task.sleep(for: .milliseconds(100))
+                continue
+            }
             let batch: [LocalStore.OutboxEntry]
             do {
                 if let due = resendDue, due <= Bus.nowUnixMs() {

@@ -65,8 +65,82 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// detector invents disks cannot grow the orchestrator without bound.
     public var maxDisksPerHost = 512
     public var maxHosts = 20_000
+    /// Several orchestrators for one cluster, one leading (docs/orchestrator.md, "Several
+    /// orchestrators"). Unset: one orchestrator on its local SQLite, nothing else to run.
+    public var coordination = Coordination()
 
     public init() {}
+
+    /// `orchestrator.coordination`: what coordinates several orchestrators (etcd only).
+    public struct Coordination: Codable, Sendable, Equatable {
+        public var etcd: EtcdConfig?
+        public init() {}
+    }
+
+    /// `orchestrator.coordination.etcd`: leadership through an etcd lease; the journal and
+    /// the outgoing messages in etcd, every write a transaction that checks the writer
+    /// still leads.
+    public struct EtcdConfig: Codable, Sendable, Equatable {
+        /// Client URLs of the etcd members (`http://` or `https://`).
+        public var endpoints: [String] = []
+        /// Where this group's keys live (leader key, journal log).
+        public var prefix = "/bynar/orchestrator"
+        /// The group's name: the fence group disk-managers remember epochs under, and the
+        /// MQTT client id every member connects with (so a new leader takes over the
+        /// session and the messages queued for it).
+        public var group = "default"
+        /// TLS: the CA that signed the etcd members' certificates, and this client's own
+        /// certificate and key when the members ask for one.
+        public var caFile: String?
+        public var certFile: String?
+        public var keyFile: String?
+        /// The leader's lease: a leader that stopped renewing it is replaced this long after.
+        public var leaseTtlSeconds = 10
+        /// One etcd call's deadline.
+        public var requestTimeoutSeconds = 5
+        /// The journal log is folded into a snapshot every this many entries.
+        public var snapshotEvery = 5_000
+
+        public init(endpoints: [String] = []) { self.endpoints = endpoints }
+
+        private enum CodingKeys: String, CodingKey {
+            case endpoints, prefix, group, caFile, certFile, keyFile, leaseTtlSeconds, requestTimeoutSeconds, snapshotEvery
+        }
+
+        /// An optional section is not laid over defaults, so every field but the endpoints may be left out.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = EtcdConfig()
+            endpoints = try c.decode([String].self, forKey: .endpoints)
+            prefix = try c.decodeIfPresent(String.self, forKey: .prefix) ?? defaults.prefix
+            group = try c.decodeIfPresent(String.self, forKey: .group) ?? defaults.group
+            caFile = try c.decodeIfPresent(String.self, forKey: .caFile)
+            certFile = try c.decodeIfPresent(String.self, forKey: .certFile)
+            keyFile = try c.decodeIfPresent(String.self, forKey: .keyFile)
+            leaseTtlSeconds = try c.decodeIfPresent(Int.self, forKey: .leaseTtlSeconds) ?? defaults.leaseTtlSeconds
+            requestTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .requestTimeoutSeconds) ?? defaults.requestTimeoutSeconds
+            snapshotEvery = try c.decodeIfPresent(Int.self, forKey: .snapshotEvery) ?? defaults.snapshotEvery
+        }
+
+        func validate(_ problem: (String, String) -> Void) {
+            if endpoints.isEmpty { problem("endpoints", "must name at least one etcd member (http://HOST:2379)") }
+            for (index, endpoint) in endpoints.enumerated() where !(endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://")) {
+                problem("endpoints.\(index)", "must start with http:// or https://, got \"\(endpoint)\"")
+            }
+            if !prefix.hasPrefix("/") || prefix.hasSuffix("/") { problem("prefix", "must start with / and not end with one, got \"\(prefix)\"") }
+            if let reason = Topic.invalidSegmentReason(group) { problem("group", reason) }
+            if (certFile == nil) != (keyFile == nil) { problem(certFile == nil ? "cert_file" : "key_file", "cert_file and key_file go together") }
+            for (field, file) in [("ca_file", caFile), ("cert_file", certFile), ("key_file", keyFile)] {
+                if let file, let reason = unreadable(file) { problem(field, reason) }
+            }
+            if leaseTtlSeconds < 2 { problem("lease_ttl_seconds", "must be at least 2, got \(leaseTtlSeconds)") }
+            if requestTimeoutSeconds < 1 { problem("request_timeout_seconds", "must be at least 1, got \(requestTimeoutSeconds)") }
+            else if requestTimeoutSeconds >= leaseTtlSeconds {
+                problem("request_timeout_seconds", "must be below lease_ttl_seconds (\(leaseTtlSeconds)), got \(requestTimeoutSeconds): a leader must notice a lost lease before another takes over")
+            }
+            if snapshotEvery < 10 { problem("snapshot_every", "must be at least 10, got \(snapshotEvery)") }
+        }
+    }
 
     /// Caps on hook events per rolling minute (`orchestrator.hook_limit`).
     public struct HookLimit: Codable, Sendable, Equatable {
@@ -188,6 +262,7 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
             if hook.timeoutSeconds < 1 { problem("hooks.\(index).timeout_seconds", "must be at least 1, got \(hook.timeoutSeconds)") }
         }
         if let reason = Topic.invalidSegmentReason(hookGroup) { problem("hook_group", reason) }
+        coordination.etcd?.validate { problem("coordination.etcd." + $0, $1) }
         return problems
     }
 }

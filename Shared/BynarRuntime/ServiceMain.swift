@@ -4,6 +4,7 @@ public import BynarStore
 import BynarProcess
 public import Logging
 import ServiceLifecycle
+import UnixSignals
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,9 +23,12 @@ public struct ServiceContext: Sendable {
     public let reloader: Reloader
     /// Read-only pages served beside `/metrics` when metrics are on (``HTTPRoutes``).
     public let routes: HTTPRoutes
+    /// Set when this process leads a group (``CoordinatedService``).
+    public let term: ServiceTerm?
 
     public init(config: BynarConfig, host: String, bus: Bus, store: LocalStore, outbox: Outbox, logger: Logger, reloader: Reloader = Reloader(),
-                routes: HTTPRoutes = HTTPRoutes()) {
+                routes: HTTPRoutes = HTTPRoutes(), term: ServiceTerm? = nil) {
+        self.term = term
         self.config = config
         self.host = host
         self.bus = bus
@@ -132,13 +136,25 @@ public enum ServiceMain {
             // Tools a killed run of this service left running die before anything resumes.
             let leftovers = ToolGroups.adopt(directory: "\(config.dbLocation)/\(S.serviceName).tools")
             if !leftovers.isEmpty { logger.warning("killed tools a previous run left running", metadata: ["tools": "\(leftovers)"]) }
-            let store = try LocalStore(path: "\(config.dbLocation)/\(S.serviceName).sqlite", migrations: S.migrations)
+            let storePath = "\(config.dbLocation)/\(S.serviceName).sqlite"
+            var term: ServiceTerm?
+            if let coordinated = S.self as? any CoordinatedService.Type {
+                switch try await standBy(coordinated, config: config, host: host, storePath: storePath, logger: logger) {
+                case .none: break
+                case .some(.none):
+                    logger.info("stopped while standing by")
+                    exit(0)
+                case .some(.some(let led)): term = led
+                }
+            }
+            let store = try LocalStore(path: storePath, migrations: S.migrations + (term?.localMigrations ?? []), replicator: term?.replicator)
+            term?.opened(store)
             let session = try store.nextSession()
             let bus = try Bus(config: config.broker, identity: .init(service: S.serviceName, host: host, session: session), logger: logger)
-            let outbox = Outbox(bus: bus, store: store)
+            let outbox = Outbox(bus: bus, store: store, gate: term?.mayPublish)
             let routes = HTTPRoutes()
             let metrics = try await MetricsEndpoint.start(config.metrics, service: S.serviceName, host: host, bus: bus, store: store, routes: routes, logger: logger)
-            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger, reloader: reloader, routes: routes)
+            let context = ServiceContext(config: config, host: host, bus: bus, store: store, outbox: outbox, logger: logger, reloader: reloader, routes: routes, term: term)
             let service = try S(context: context)
             bus.start()
 
@@ -148,7 +164,7 @@ public enum ServiceMain {
                     .init(service: ReloaderService(reloader: context.reloader, logger: logger)),
                     .init(service: OutboxService(outbox: outbox, logger: logger), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
                     .init(service: ServiceAdapter(service: service), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
-                ] + systemdNotify(bus: bus, logger: logger),
+                ] + systemdNotify(bus: bus, logger: logger) + (term.map { [.init(service: TermWatch(term: $0))] } ?? []),
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))
@@ -156,6 +172,10 @@ public enum ServiceMain {
             do { try await group.run() } catch { failure = error }
             await bus.shutdown()
             await metrics?.stop()
+            if let ended = failure as? ServiceTerm.Ended {
+                logger.critical("stopped: no longer leading; restarted, this process stands by", metadata: ["why": "\(ended.why)"])
+                exit(ServiceTerm.endedExitStatus)
+            }
             if let failure {
                 logger.critical("stopped on error", metadata: ["error": "\(failure)"])
                 exit(1)
@@ -164,6 +184,21 @@ public enum ServiceMain {
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             exit(1)
+        }
+    }
+
+    /// Stands by until `S` leads (nil: it runs alone), ending on SIGTERM/SIGINT.
+    private static func standBy(_ type: any CoordinatedService.Type, config: BynarConfig, host: String, storePath: String, logger: Logger) async throws -> ServiceTerm?? {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        return try await withThrowingTaskGroup(of: ServiceTerm??.self) { group in
+            group.addTask { try await type.coordinate(config: config, host: host, storePath: storePath, logger: logger) }
+            group.addTask {
+                for await _ in signals { return .some(.none) }
+                return .some(.none)
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first
         }
     }
 
@@ -234,6 +269,18 @@ private struct ResidentCodeTrimmer: Service, CustomStringConvertible {
                 logger.trace("released clean code pages", metadata: ["kB": "\(released)"])
                 try? await Task.sleep(for: .seconds(30))
             }
+        }
+    }
+}
+
+/// Stops the service group when the leadership term ends.
+private struct TermWatch: Service, CustomStringConvertible {
+    let term: ServiceTerm
+    var description: String { "leadership-term" }
+    func run() async throws {
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            if let why = term.endedWhy() { throw ServiceTerm.Ended(why: why) }
+            try? await Task.sleep(for: .milliseconds(100))
         }
     }
 }

@@ -12,11 +12,17 @@ public final class LocalStore: Sendable {
     public let database: DatabaseQueue
     /// Where the file is (":memory:" for an in-memory store).
     public let path: String
+    /// Where every write goes before it commits (nil: a store of this host only).
+    public let replicator: (any StoreReplicator)?
+    private let replicationGuard: ReplicationGuard?
 
     /// Opens (creating if needed) the store at `path` and runs the shared migrations, then
     /// `migrations` (each registered once, in order, by identifier).
-    public init(path: String, migrations: [Migration] = []) throws {
+    /// With a `replicator`, every write transaction's changes go to it before they commit
+    /// (``write(_:)``); migrations are not replicated (every copy runs them itself).
+    public init(path: String, migrations: [Migration] = [], replicator: (any StoreReplicator)? = nil) throws {
         self.path = path
+        self.replicator = replicator
         var configuration = Configuration()
         configuration.busyMode = .timeout(5)
         if path == ":memory:" {
@@ -35,6 +41,28 @@ public final class LocalStore: Sendable {
             migrator.registerMigration(migration.identifier, migrate: migration.apply)
         }
         try migrator.migrate(database)
+        if replicator != nil {
+            let guardian = ReplicationGuard()
+            database.add(transactionObserver: guardian, extent: .observerLifetime)
+            replicationGuard = guardian
+        } else {
+            replicationGuard = nil
+        }
+    }
+
+    /// The one way to write: runs `body` in a transaction and, on a replicated store, hands
+    /// its changes to the ``replicator`` before the commit (its refusal rolls them back).
+    public func write<T>(_ body: (Database) throws -> T) throws -> T {
+        try database.write { db in
+            guard let replicator, let replicationGuard else { return try body(db) }
+            let capture = try ChangeCapture(db, excluding: replicator.localTables)
+            defer { capture.close() }
+            let result = try body(db)
+            let changes = try capture.changeset()
+            if !changes.isEmpty { try replicator.replicate(changes, in: db) }
+            replicationGuard.inside.withLock { $0 = true }
+            return result
+        }
     }
 
     /// A second connection to the same file that can only read, for a reader on a thread of
@@ -111,7 +139,7 @@ public final class LocalStore: Sendable {
 
     /// Increments and returns this store's session counter (1 on the first start).
     public func nextSession() throws -> UInt64 {
-        try database.write { db in
+        try write { db in
             let current = try String.fetchOne(db, sql: "SELECT value FROM setting WHERE key = 'session'").flatMap { UInt64($0) } ?? 0
             let next = current + 1
             try db.execute(sql: "INSERT INTO setting(key, value) VALUES('session', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", arguments: [String(next)])
@@ -169,7 +197,7 @@ public final class LocalStore: Sendable {
     /// was not kept and nothing kept goes unsaid. Every service commits this way (through
     /// `Outbox.commit`); the outbox sends the messages once the transaction is done.
     public func commit(_ messages: [OutgoingMessage], state: (Database) throws -> Void = { _ in }) throws {
-        try database.write { db in
+        try write { db in
             try state(db)
             for message in messages {
                 try db.execute(
@@ -198,7 +226,7 @@ public final class LocalStore: Sendable {
     /// say the same or newer), so a flapping broker does not pile them up.
     @discardableResult
     public func reassertRetained(nowMs: Int64, clearsKeptMs: Int64, idPrefix: String) throws -> (said: Int, cleared: Int) {
-        try database.write { db in
+        try write { db in
             try db.execute(sql: "DELETE FROM retained_ledger WHERE length(payload) = 0 AND updated_unix_ms < ?", arguments: [nowMs - clearsKeptMs])
             try db.execute(sql: "DELETE FROM outbox WHERE state = 'pending' AND message_id LIKE 'again-%'")
             let rows = try Row.fetchAll(db, sql: "SELECT topic, payload FROM retained_ledger ORDER BY updated_unix_ms, topic")
@@ -216,7 +244,7 @@ public final class LocalStore: Sendable {
     /// Writes a message to the outbox; it stays until ``removeFromOutbox(id:)``.
     @discardableResult
     public func enqueue(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64) throws -> Int64 {
-        try database.write { db in
+        try write { db in
             try db.execute(
                 sql: "INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms) VALUES(?, ?, ?, ?, ?)",
                 arguments: [messageId, topic, Data(payload), retain, createdUnixMs]
@@ -248,7 +276,7 @@ public final class LocalStore: Sendable {
     /// to be sent again `resend_after_ms` from `nowMs`.
     public func awaitReceipts(ids: [Int64], nowMs: Int64) throws {
         guard !ids.isEmpty else { return }
-        try database.write { db in
+        try write { db in
             for id in ids {
                 try db.execute(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'",
                                arguments: [nowMs, id])
@@ -261,7 +289,7 @@ public final class LocalStore: Sendable {
     /// sent again); returns the topics and receivers of those given up.
     @discardableResult
     public func releaseOverdueReceipts(nowMs: Int64) throws -> [(topic: String, receiptFrom: String)] {
-        try database.write { db in
+        try write { db in
             let given = try Row.fetchAll(db, sql: "SELECT topic, receipt_from FROM outbox WHERE state = 'awaiting' AND give_up_unix_ms <= ?", arguments: [nowMs])
                 .map { (topic: $0["topic"] as String, receiptFrom: $0["receipt_from"] as String) }
             try db.execute(sql: "UPDATE outbox SET state = 'unanswered', last_error = 'no receipt came in time' WHERE state = 'awaiting' AND give_up_unix_ms <= ?",
@@ -283,7 +311,7 @@ public final class LocalStore: Sendable {
     /// a reply from someone else, which confirms nothing).
     @discardableResult
     public func confirmReceipt(messageId: String, from service: String) throws -> Bool {
-        try database.write { db in
+        try write { db in
             try db.execute(sql: "DELETE FROM outbox WHERE message_id = ? AND receipt_from = ? AND state IN ('pending', 'awaiting')", arguments: [messageId, service])
             return db.changesCount > 0
         }
@@ -312,14 +340,14 @@ public final class LocalStore: Sendable {
     /// Removes acknowledged messages, in one transaction.
     public func removeFromOutbox(ids: [Int64]) throws {
         guard !ids.isEmpty else { return }
-        try database.write { db in
+        try write { db in
             for id in ids { try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
         }
     }
 
     /// Records a failed attempt; `refused` parks the message (the broker will not take it).
     public func recordOutboxFailure(id: Int64, error: String, refused: Bool) throws {
-        try database.write { db in
+        try write { db in
             try db.execute(
                 sql: "UPDATE outbox SET attempts = attempts + 1, last_error = ?, state = CASE WHEN ? THEN 'refused' ELSE state END WHERE id = ?",
                 arguments: [error, refused, id]

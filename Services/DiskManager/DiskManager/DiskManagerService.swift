@@ -66,15 +66,7 @@ public struct DiskManagerService: BynarService {
 
     /// The operation's name, for logs and the audit table.
     public static func operationName(_ request: Bynar_V1_DiskManagerRequest) -> String {
-        switch request.operation {
-        case .list: "List"
-        case .safeToRemove: "SafeToRemove"
-        case .remove: "Remove"
-        case .add: "Add"
-        case .deploy: "Deploy"
-        case .jobStatus: "JobStatus"
-        case nil: "(none)"
-        }
+        DiskManagerClient.operationName(request)
     }
 }
 

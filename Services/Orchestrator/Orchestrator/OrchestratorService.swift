@@ -3,11 +3,14 @@ public import BynarStore
 import BynarAuth
 import BynarBus
 import Synchronization
-import BynarConfig
+public import BynarConfig
 import BynarProto
-import Logging
+public import Logging
 import Metrics
 import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The orchestrator: decides what happens to failed disks, across the cluster, and keeps
 /// track of which services run where.
@@ -25,7 +28,7 @@ import ServiceLifecycle
 ///   `orchestrator.operator_keys_file`) retry, cancel, resolve or show an incident and put
 ///   hosts or disks in maintenance; every one is audited and answered.
 /// - Status page: a read-only page and JSON API beside the metrics (``StatusPage``).
-public struct OrchestratorService: BynarService {
+public struct OrchestratorService: CoordinatedService {
     public static let serviceName = "orchestrator"
     /// The journal's tables, and the nonce table operator commands' replay protection uses.
     public static var migrations: [LocalStore.Migration] { IncidentJournal.migrations + CommandVerifier.migrations }
@@ -35,6 +38,14 @@ public struct OrchestratorService: BynarService {
         self.context = context
     }
 
+    /// With `orchestrator.coordination.etcd`: stands by until this process leads the group
+    /// (``EtcdCoordination``). Without it: nil, this orchestrator runs alone.
+    public static func coordinate(config: BynarConfig, host: String, storePath: String, logger: Logger) async throws -> ServiceTerm?? {
+        guard let etcd = config.orchestrator.coordination.etcd else { return nil }
+        let coordination = try EtcdCoordination(config: etcd, host: host, logger: logger)
+        return .some(try await coordination.lead(storePath: storePath, migrations: migrations))
+    }
+
     public func run() async throws {
         let config = context.config.orchestrator
         let bus = context.bus
@@ -42,6 +53,13 @@ public struct OrchestratorService: BynarService {
         var client: DiskManagerClient?
         if let keyFile = config.signingKeyFile {
             client = try DiskManagerClient(bus: bus, privateKeyFile: keyFile, commandLifetime: .seconds(max(60, config.requestTimeoutSeconds * 2)))
+            if let term = context.term {
+                // Fencing: every command carries this leader's epoch; a disk-manager that saw
+                // a later leader's refuses it.
+                let fence = CommandSigner.Fence(group: term.fenceGroup, epoch: term.epoch)
+                client?.signer.fence = { fence }
+            }
+            client?.beforeSend = Self.testStop(logger: context.logger)
         } else {
             context.logger.warning("no orchestrator.signing_key_file: disk-manager steps will fail and incidents end STUCK")
         }
@@ -93,7 +111,7 @@ public struct OrchestratorService: BynarService {
                         hostStates.post(contentsOf: Array(changed))
                     }
                 }
-                group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, board: board, logger: context.logger) }
+                group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, board: board, gate: context.term?.mayPublish, logger: context.logger) }
                 group.addTask {
                     // A broker back from an older save may retain host states changed since
                     // (the outbox says the orchestrator's other retained messages again).
@@ -107,10 +125,29 @@ public struct OrchestratorService: BynarService {
         await hooks?.shutdown()
     }
 
+    /// Test only: `TEST_ORCHESTRATOR_STOP_BEFORE_SENDING=Remove` stops this process
+    /// (SIGSTOP, once) with the first signed Remove in hand, before it goes out, so a test
+    /// can let another orchestrator take over and then wake this one (fencing). A
+    /// production service has no such variable; it is logged loudly when set.
+    static func testStop(logger: Logger) -> (@Sendable (Bynar_V1_DiskManagerRequest) -> Void)? {
+        guard let value = getenv("TEST_ORCHESTRATOR_STOP_BEFORE_SENDING") else { return nil }
+        let operation = String(cString: value)
+        logger.critical("TEST_ORCHESTRATOR_STOP_BEFORE_SENDING is set: this process stops itself before its first signed command of that kind", metadata: ["operation": "\(operation)"])
+        let once = Mutex(false)
+        return { request in
+            guard DiskManagerClient.operationName(request) == operation, once.withLock({ done in defer { done = true }; return !done }) else { return }
+            let line = Array("bynar-stop-point \(operation) \(request.requestID) epoch \(request.auth.fenceEpoch)\n".utf8)
+            _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            raise(SIGSTOP)
+        }
+    }
+
     /// Publishes the retained HostState of every host whose membership changed, coalesced.
-    static func publishHostStates(_ dirty: Mailbox<String>, keeper: MembershipKeeper, bus: Bus, board: StatusBoard, logger: Logger) async {
+    static func publishHostStates(_ dirty: Mailbox<String>, keeper: MembershipKeeper, bus: Bus, board: StatusBoard, gate: (@Sendable () -> Bool)? = nil, logger: Logger) async {
         while !Task.isCancelled {
             let hosts = Array(Set(await dirty.next())).sorted()
+            // A coordinated leader not sure it still leads says no retained state.
+            while let gate, !gate(), !Task.isCancelled { try? await Task.sleep(for: .milliseconds(100)) }
             var batch: [(bytes: [UInt8], topic: String, retain: Bool)] = []
             for host in hosts {
                 guard let state = await keeper.hostState(host) else { continue }

@@ -334,6 +334,14 @@ public nonisolated struct Bynar_V1_CommandAuth: Sendable {
   /// Ed25519 signature.
   public var signature: Data = Data()
 
+  /// Fencing, set by orchestrators coordinated through etcd: the group the signer leads and
+  /// its leader epoch (the revision etcd gave its leadership key). A disk-manager remembers
+  /// the highest epoch it has seen per group and refuses a command with a lower one, so a
+  /// leader that was paused while another took over cannot move a disk. 0: not fenced.
+  public var fenceGroup: String = String()
+
+  public var fenceEpoch: Int64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1080,7 +1088,7 @@ nonisolated extension Bynar_V1_DiskManagerRequest.JobStatus: SwiftProtobuf.Messa
 
 nonisolated extension Bynar_V1_CommandAuth: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommandAuth"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}key_id\0\u{1}nonce\0\u{3}expires_unix_ms\0\u{1}signature\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}key_id\0\u{1}nonce\0\u{3}expires_unix_ms\0\u{1}signature\0\u{3}fence_group\0\u{3}fence_epoch\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1092,6 +1100,8 @@ nonisolated extension Bynar_V1_CommandAuth: SwiftProtobuf.Message, SwiftProtobuf
       case 2: try { try decoder.decodeSingularBytesField(value: &self.nonce) }()
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
       case 4: try { try decoder.decodeSingularBytesField(value: &self.signature) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.fenceGroup) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.fenceEpoch) }()
       default: break
       }
     }
@@ -1110,6 +1120,12 @@ nonisolated extension Bynar_V1_CommandAuth: SwiftProtobuf.Message, SwiftProtobuf
     if !self.signature.isEmpty {
       try visitor.visitSingularBytesField(value: self.signature, fieldNumber: 4)
     }
+    if !self.fenceGroup.isEmpty {
+      try visitor.visitSingularStringField(value: self.fenceGroup, fieldNumber: 5)
+    }
+    if self.fenceEpoch != 0 {
+      try visitor.visitSingularInt64Field(value: self.fenceEpoch, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1118,6 +1134,8 @@ nonisolated extension Bynar_V1_CommandAuth: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.nonce != rhs.nonce {return false}
     if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
     if lhs.signature != rhs.signature {return false}
+    if lhs.fenceGroup != rhs.fenceGroup {return false}
+    if lhs.fenceEpoch != rhs.fenceEpoch {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

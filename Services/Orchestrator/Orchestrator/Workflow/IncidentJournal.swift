@@ -321,7 +321,7 @@ public struct IncidentJournal: Sendable {
     /// An "up" forgets the same service's handled "down" events: a will carries the same
     /// message id every time one run of a service loses its connection.
     public func claimHookEvent(_ eventID: String, host: String, service: String, up: Bool, nowMs: Int64) throws -> Bool {
-        try store.database.write { db in
+        try store.write { db in
             if up {
                 try db.execute(sql: "DELETE FROM orchestrator_hook_event WHERE host = ? AND service = ? AND NOT up", arguments: [host, service])
             }
@@ -332,14 +332,14 @@ public struct IncidentJournal: Sendable {
     }
 
     public func finishHookEvent(_ eventID: String) throws {
-        try store.database.write { db in
+        try store.write { db in
             try db.execute(sql: "UPDATE orchestrator_hook_event SET finished = 1 WHERE event_id = ?", arguments: [eventID])
         }
     }
 
     /// Forgets handled events older than `beforeMs` (the journal only has to outlive redelivery).
     public func pruneHookEvents(beforeMs: Int64) throws {
-        try store.database.write { db in
+        try store.write { db in
             try db.execute(sql: "DELETE FROM orchestrator_hook_event WHERE started_unix_ms < ?", arguments: [beforeMs])
         }
     }

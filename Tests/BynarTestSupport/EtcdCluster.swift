@@ -1,0 +1,98 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real etcd cluster (Debian's etcd-server) of `members` members on loopback, for tests:
+/// each member in its own scratch directory, on free ports. Members are stopped by pid
+/// (`stop(member:)`, `stopAll()`, deinit), so a failing test leaves nothing running.
+public final class EtcdCluster: @unchecked Sendable {
+    public static let etcdPath = ["/usr/bin/etcd", "/usr/local/bin/etcd"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/bin/etcd"
+    /// Whether etcd is installed (tests skip with a message when not).
+    public static var available: Bool { FileManager.default.isExecutableFile(atPath: etcdPath) }
+
+    public struct Member: Sendable {
+        public var name: String
+        public var clientPort: Int
+        public var peerPort: Int
+        public var clientURL: String { "http://127.0.0.1:\(clientPort)" }
+    }
+
+    public let directory: String
+    public let members: [Member]
+    private let lock = NSLock()
+    private var processes: [String: ChildProcess] = [:]
+
+    /// Client URLs of every member.
+    public var endpoints: [String] { members.map(\.clientURL) }
+
+    public init(members count: Int = 3) throws {
+        directory = try makeTemporaryDirectory(prefix: "bynar-etcd")
+        var members: [Member] = []
+        for index in 1...count {
+            members.append(Member(name: "m\(index)", clientPort: try freeLoopbackPort(), peerPort: try freeLoopbackPort()))
+        }
+        self.members = members
+        for member in members { try start(member: member.name) }
+        try waitHealthy(timeout: .seconds(30))
+    }
+
+    /// Starts (or restarts, with its data) one member.
+    public func start(member name: String) throws {
+        guard let member = members.first(where: { $0.name == name }) else { throw TestSupportError("no etcd member \(name)") }
+        let cluster = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
+        let dataDir = "\(directory)/\(name).data"
+        let existing = FileManager.default.fileExists(atPath: dataDir)
+        let process = try ChildProcess(EtcdCluster.etcdPath, [
+            "--name", name, "--data-dir", dataDir,
+            "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
+            "--listen-peer-urls", "http://127.0.0.1:\(member.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(member.peerPort)",
+            "--initial-cluster", cluster, "--initial-cluster-state", existing ? "existing" : "new", "--initial-cluster-token", "bynar-test",
+            // Quick elections on loopback; the tests measure takeovers in seconds.
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+        ], outputPath: "\(directory)/\(name).log")
+        lock.withLock { processes[name] = process }
+    }
+
+    /// Stops one member (SIGKILL: as if its host died), keeping its data.
+    public func stop(member name: String) {
+        let process = lock.withLock { processes.removeValue(forKey: name) }
+        _ = process?.stop(SIGKILL)
+    }
+
+    public func stopAll() {
+        for member in members { stop(member: member.name) }
+    }
+
+    /// Waits until a member answers `/health` with a leader.
+    public func waitHealthy(timeout: Duration) throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            for member in members where lock.withLock({ processes[member.name] != nil }) {
+                if let body = try? Self.get(member.clientURL + "/health"), body.contains("\"health\":\"true\"") { return }
+            }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw TestSupportError("etcd did not become healthy in \(timeout); logs in \(directory)")
+    }
+
+    /// GET with curl (a test helper, so no HTTP client is linked into the support target).
+    static func get(_ url: String) throws -> String {
+        let pipe = Pipe()
+        let curl = Process()
+        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        curl.arguments = ["-s", "-m", "2", url]
+        curl.standardOutput = pipe
+        try curl.run()
+        curl.waitUntilExit()
+        return String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+
+    /// The log of a member.
+    public func log(_ name: String) -> String { (try? String(contentsOfFile: "\(directory)/\(name).log", encoding: .utf8)) ?? "" }
+
+    deinit {
+        stopAll()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}

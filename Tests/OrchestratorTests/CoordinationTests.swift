@@ -1,0 +1,218 @@
+import BynarBus
+import BynarProto
+import BynarTestSupport
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Several real bynar-orchestrator processes coordinated through a REAL etcd cluster
+/// (Debian's etcd-server, three members on loopback), on a real broker. The disk-manager
+/// and ticketing are the STAND-INS of StandIns.swift; the disk-manager stand-in verifies
+/// signatures with the real `CommandVerifier`, the same code (fencing included) the real
+/// bynar-disk-manager runs.
+@Suite(.serialized, .enabled(if: TestBroker.available && EtcdCluster.available, "needs mosquitto and etcd (etcd-server)"))
+struct CoordinationTests {
+    static let failed = DetectorVoice.identity(host: "stor1", key: "serial-OLD1")
+    static let replacement = DetectorVoice.identity(host: "stor1", key: "serial-NEW1")
+    static let second = DetectorVoice.identity(host: "stor2", key: "serial-OLD2")
+
+    /// One orchestrator of the group, in its own directory (its own replica), as host
+    /// "orch-NAME"; restarted like systemd would (Restart=on-failure).
+    final class Member: @unchecked Sendable {
+        let name: String
+        let start: @Sendable () throws -> ServiceProcess
+        private let lock = NSLock()
+        private var current: ServiceProcess
+        private var logs = ""
+
+        init(_ name: String, start: @escaping @Sendable () throws -> ServiceProcess) throws {
+            self.name = name
+            self.start = start
+            current = try start()
+        }
+
+        var process: ServiceProcess { lock.withLock { current } }
+        /// Every run's log, this one last.
+        var log: String { lock.withLock { logs } + process.log }
+        var leads: Bool { process.process.isRunning && process.log.contains("leading the orchestrator group") }
+        var standsBy: Bool { process.process.isRunning && process.log.contains("standing by") && !leads }
+
+        func kill() { _ = process.process.stop(SIGKILL) }
+
+        func restart() throws {
+            let old = process
+            _ = old.process.stop(SIGKILL)
+            let previous = old.log
+            unlink(old.logPath)  // the next run logs to the same file
+            let next = try start()
+            lock.withLock {
+                logs += previous + "\n---- restarted ----\n"
+                current = next
+            }
+        }
+    }
+
+    func member(_ h: OrchestratorHarness, _ name: String, etcd: EtcdCluster, environment: [String: String] = [:]) throws -> Member {
+        let directory = h.directory + "/" + name
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let endpoints = etcd.endpoints.map { "\"\($0)\"" }.joined(separator: ", ")
+        let coordination = """
+        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 25}}
+        """
+        let config = h.config(coordination, steps: "", requestTimeout: 2)
+        let port = h.broker.port
+        return try Member(name) {
+            try ServiceProcess("bynar-orchestrator", brokerPort: port, host: "orch-\(name)", directory: directory, extraConfig: config, environment: environment)
+        }
+    }
+
+    /// Waits until exactly one of `members` leads and the others stand by; returns the leader.
+    func leader(of members: [Member], timeout: Duration = .seconds(30)) async throws -> Member {
+        var found: Member?
+        _ = await Collector<Int>.poll(timeout: timeout) {
+            let leading = members.filter(\.leads)
+            guard leading.count == 1, members.allSatisfy({ $0.leads || $0.standsBy }) else { return false }
+            found = leading[0]
+            return true
+        }
+        guard let found else {
+            throw TestSupportError("no single leader; logs:\n" + members.map { "== \($0.name)\n\($0.log.suffix(3000))" }.joined(separator: "\n"))
+        }
+        return found
+    }
+
+    /// Kills the leader (SIGKILL), waits for another member to lead, and restarts the killed
+    /// one (it stands by). Returns how long the takeover took.
+    func killLeader(_ members: [Member], at step: String) async throws -> Duration {
+        let old = try await leader(of: members)
+        let killed = ContinuousClock.now
+        old.kill()
+        let others = members.filter { $0 !== old }
+        guard await Collector<Int>.poll(timeout: .seconds(30), { others.contains(where: \.leads) }) else {
+            throw TestSupportError("nobody took over after \(old.name) was killed at \(step); logs:\n" + others.map { $0.log.suffix(3000) }.joined(separator: "\n"))
+        }
+        let took = ContinuousClock.now - killed
+        print("takeover after the leader (\(old.name)) was killed at \(step): \(took)")
+        try old.restart()
+        return took
+    }
+
+    @Test("kill -9 the leader at each step: a standby takes over within the lease and finishes; one incident, one ticket, one Remove, one Add (real etcd, stand-ins)")
+    func killedLeaderAtEachStep() async throws {
+        let etcd = try EtcdCluster(members: 3)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            h.dm.configure { $0.jobDuration = .seconds(2) }
+            let a = try member(h, "a", etcd: etcd)
+            _ = try await leader(of: [a])
+            let b = try member(h, "b", etcd: etcd)
+            let members = [a, b]
+            _ = try await leader(of: members)
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            var takeovers: [Duration] = []
+            // 1: while the Remove job runs.
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { !h.dm.seen("Remove").isEmpty })
+            takeovers.append(try await killLeader(members, at: "Remove sent"))
+            // 2: right after the ticket was asked for.
+            #expect(await Collector<Int>.poll(timeout: .seconds(30)) { !h.tickets.requests.isEmpty })
+            takeovers.append(try await killLeader(members, at: "ticket asked for"))
+            let id = try await h.waitFor(.ticketed, timeout: .seconds(40))
+            // 3: while ticketed.
+            takeovers.append(try await killLeader(members, at: "ticketed"))
+            await h.tickets.resolve(incident: id)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            // 4: while the Add job runs.
+            #expect(await Collector<Int>.poll(timeout: .seconds(30)) { !h.dm.seen("Add").isEmpty })
+            takeovers.append(try await killLeader(members, at: "Add sent"))
+            try await h.waitFor(.resolved, timeout: .seconds(60))
+
+            #expect(Set(h.latest.keys) == [id], "one incident across four leaders")
+            let executed = h.dm.executions
+            #expect(executed == ["\(id)/remove/1": 1, "\(id)/add/1": 1], "Remove and Add each acted once: \(executed)")
+            #expect(h.tickets.ticketsOpened == 1)
+            #expect(h.dm.rejected.isEmpty, "nothing refused: \(h.dm.rejected)")
+            // Bounded: the lease (3 s) plus a standby's poll and catch-up.
+            #expect(takeovers.allSatisfy { $0 < .seconds(10) }, "takeovers: \(takeovers)")
+            print("takeovers (lease 3 s): \(takeovers.map { "\($0)" }.joined(separator: ", "))")
+            for member in members { member.kill() }
+        }
+    }
+
+    @Test("SIGSTOP the leader with a signed Remove in hand; a standby takes over and removes; the old leader, woken, is fenced and steps down (real etcd, stand-ins)")
+    func pausedLeaderIsFenced() async throws {
+        let etcd = try EtcdCluster(members: 3)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            let a = try member(h, "a", etcd: etcd, environment: ["TEST_ORCHESTRATOR_STOP_BEFORE_SENDING": "Remove"])
+            _ = try await leader(of: [a])
+            let b = try member(h, "b", etcd: etcd)
+            _ = try await leader(of: [a, b])
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            // a stops itself holding the signed Remove, before it goes out.
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { a.log.contains("bynar-stop-point Remove") })
+            let stopped = ContinuousClock.now
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { b.leads }, "b takes over from the stopped a")
+            print("takeover from a stopped leader: \(ContinuousClock.now - stopped)")
+            let id = try #require(h.latest.keys.first)
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { h.dm.executions["\(id)/remove/1"] == 1 }, "b's Remove acted")
+            // Wake a: its Remove goes out with the old epoch and is refused.
+            a.process.process.signal(SIGCONT)
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { h.dm.rejected.contains { $0.contains("fenced") } },
+                    "the old leader's Remove is fenced: \(h.dm.rejected); a's log:\n\(a.log.suffix(3000))")
+            _ = a.process.process.waitForExit(timeout: .seconds(15))
+            #expect(a.process.process.exitCode == 75, "the old leader stops (75: restart me, as a standby) once it finds its term over")
+            #expect(a.log.contains("leadership term over"))
+            #expect(h.dm.executions["\(id)/remove/1"] == 1, "nothing acted twice: \(h.dm.executions)")
+            do { try await h.waitFor(.ticketed, timeout: .seconds(30)) } catch { throw TestSupportError("\(error)\nb's log:\n\(b.log.suffix(6000))") }
+            #expect(h.tickets.ticketsOpened == 1)
+            b.kill()
+            a.kill()
+        }
+    }
+
+    @Test("lose one etcd member: repairs go on; lose quorum: the leader stops and says why; quorum back: the work resumes, nothing lost (real etcd, stand-ins)")
+    func quorumLostAndBack() async throws {
+        let etcd = try EtcdCluster(members: 3)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            let a = try member(h, "a", etcd: etcd)
+            _ = try await leader(of: [a])
+            let b = try member(h, "b", etcd: etcd)
+            let members = [a, b]
+            _ = try await leader(of: members)
+            // One member gone: a repair starts and reaches its ticket.
+            etcd.stop(member: "m3")
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let first = try await h.waitFor(.ticketed, timeout: .seconds(30))
+            // Quorum gone: the leader cannot renew its lease or write; it stops, saying why.
+            etcd.stop(member: "m2")
+            let lost = ContinuousClock.now
+            let old = try #require(members.first { $0.leads })
+            _ = old.process.process.waitForExit(timeout: .seconds(20))
+            #expect(old.process.process.exitCode == 75, "the leader exits (75: restart me) once it cannot reach a quorum")
+            print("leader stopped \(ContinuousClock.now - lost) after quorum was lost")
+            #expect(old.log.contains("leadership term over"))
+            // Said while nobody leads: queued at the broker for the group's session.
+            try await h.detector.say(Self.second, from: .failing, to: .failed)
+            try await Task.sleep(for: .seconds(2))
+            #expect(!members.contains { $0.leads })
+            let standby = try #require(members.first { $0 !== old })
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { standby.log.contains("etcd does not answer") }, "the standby says why it waits")
+            // Quorum back; systemd would restart the one that stopped.
+            try etcd.start(member: "m2")
+            try etcd.start(member: "m3")
+            try old.restart()
+            _ = try await leader(of: members, timeout: .seconds(40))
+            #expect(await Collector<Int>.poll(timeout: .seconds(30)) { h.latest.count == 2 }, "the failure said during the outage opened its incident: \(h.latest.keys)")
+            await h.tickets.resolve(incident: first)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            #expect(await Collector<Int>.poll(timeout: .seconds(40)) { h.latest[first]?.incident.state == .resolved })
+            let executed = h.dm.executions
+            #expect(executed["\(first)/remove/1"] == 1 && executed["\(first)/add/1"] == 1, "each acted once: \(executed)")
+            #expect(h.tickets.ticketsOpened == 2, "one ticket per incident")
+            for member in members { member.kill() }
+        }
+    }
+}
