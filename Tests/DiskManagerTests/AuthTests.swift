@@ -261,6 +261,35 @@ struct AuthTests {
         #expect(throws: Never.self) { try verifier(store).verify(request, nowMs: Self.now).get() }
     }
 
+    @Test("fencing: a command signed with a lower leader epoch than one seen for its group is refused, and burns no nonce; other groups and unfenced commands are not affected")
+    func lowerEpochIsFenced() throws {
+        let store = try openStore()
+        func fenced(_ group: String, _ epoch: Int64, _ nonce: UInt8) throws -> Bynar_V1_DiskManagerRequest {
+            try CommandSigning.sign(Self.removeRequest(), keyID: "ops", key: key, lifetime: .seconds(60), nowMs: Self.now, nonce: [nonce],
+                                    fence: CommandSigner.Fence(group: group, epoch: epoch))
+        }
+        let check = verifier(store)
+        #expect(throws: Never.self) { try check.verify(try fenced("ceph-a", 12, 1), nowMs: Self.now).get() }
+        #expect(try check.highestEpoch(group: "ceph-a") == 12)
+        // The same epoch again (the leader's next command) passes.
+        #expect(throws: Never.self) { try check.verify(try fenced("ceph-a", 12, 2), nowMs: Self.now).get() }
+        // A stale leader's command is refused and says why.
+        let stale = rejection(check.verify(try fenced("ceph-a", 7, 3), nowMs: Self.now))
+        #expect(stale == .fenced(group: "ceph-a", epoch: 7, highest: 12))
+        #expect(stale?.description.contains("a leader with epoch 12 has spoken since") == true)
+        #expect(try check.rememberedNonceCount() == 2, "the refused command's nonce is not taken")
+        // Another group, and commands without an epoch (operators' CLI), are not fenced.
+        #expect(throws: Never.self) { try check.verify(try fenced("ceph-b", 1, 4), nowMs: Self.now).get() }
+        #expect(throws: Never.self) { try check.verify(try signed(nonce: [5]), nowMs: Self.now).get() }
+        // Remembered across a restart of the disk-manager.
+        let reopened = try openStore()
+        #expect(rejection(verifier(reopened).verify(try fenced("ceph-a", 11, 6), nowMs: Self.now)) == .fenced(group: "ceph-a", epoch: 11, highest: 12))
+        // The epoch is signed: raising it breaks the signature.
+        var forged = try fenced("ceph-a", 7, 7)
+        forged.auth.fenceEpoch = 99
+        #expect(rejection(verifier(reopened).verify(forged, nowMs: Self.now)) == .badSignature)
+    }
+
     @Test func expiredNoncesArePruned() throws {
         let store = try openStore()
         let verifier = verifier(store, retention: .seconds(10))

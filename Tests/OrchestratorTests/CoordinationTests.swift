@@ -59,7 +59,7 @@ struct CoordinationTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let endpoints = etcd.endpoints.map { "\"\($0)\"" }.joined(separator: ", ")
         let coordination = """
-        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 25}}
+        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 10}}
         """
         let config = h.config(coordination, steps: "", requestTimeout: 2)
         let port = h.broker.port
@@ -137,6 +137,32 @@ struct CoordinationTests {
             #expect(takeovers.allSatisfy { $0 < .seconds(10) }, "takeovers: \(takeovers)")
             print("takeovers (lease 3 s): \(takeovers.map { "\($0)" }.joined(separator: ", "))")
             for member in members { member.kill() }
+        }
+    }
+
+    @Test("a standby that joins after the log was folded into a snapshot starts from the snapshot, takes over and finishes the repair (real etcd, stand-ins)")
+    func lateStandbyStartsFromTheSnapshot() async throws {
+        let etcd = try EtcdCluster(members: 3)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            let a = try member(h, "a", etcd: etcd)
+            _ = try await leader(of: [a])
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            let id = try await h.waitFor(.ticketed, timeout: .seconds(30))
+            // snapshot_every is 10 in these tests; a repair up to its ticket writes more.
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { a.log.contains("journal snapshot written") }, "a's log:\n\(a.log.suffix(3000))")
+            let b = try member(h, "b", etcd: etcd)
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { b.standsBy && b.log.contains("replica restored from the journal snapshot") },
+                    "b's log:\n\(b.log.suffix(3000))")
+            a.kill()
+            #expect(await Collector<Int>.poll(timeout: .seconds(20)) { b.leads })
+            await h.tickets.resolve(incident: id)
+            try await h.detector.say(Self.replacement, from: .unspecified, to: .replaced, previous: Self.failed)
+            try await h.waitFor(.resolved, timeout: .seconds(40))
+            #expect(Set(h.latest.keys) == [id])
+            #expect(h.dm.executions == ["\(id)/remove/1": 1, "\(id)/add/1": 1], "\(h.dm.executions)")
+            #expect(h.tickets.ticketsOpened == 1)
+            b.kill()
         }
     }
 
