@@ -15,8 +15,18 @@ public final class EtcdCluster: @unchecked Sendable {
         public var name: String
         public var clientPort: Int
         public var peerPort: Int
-        public var clientURL: String { "http://127.0.0.1:\(clientPort)" }
+        public var tls: Bool
+        public var clientURL: String { "\(tls ? "https" : "http")://127.0.0.1:\(clientPort)" }
     }
+
+    /// With TLS: the CA that signed the members' certificate, and a client certificate and
+    /// key it also signed (the members ask every client for one).
+    public struct Certificates: Sendable {
+        public var caFile: String
+        public var clientCertFile: String
+        public var clientKeyFile: String
+    }
+    public let certificates: Certificates?
 
     public let directory: String
     public let members: [Member]
@@ -26,11 +36,30 @@ public final class EtcdCluster: @unchecked Sendable {
     /// Client URLs of every member.
     public var endpoints: [String] { members.map(\.clientURL) }
 
-    public init(members count: Int = 3) throws {
+    /// `tls`: clients speak HTTPS and must show a certificate the test CA signed (openssl
+    /// makes a throwaway CA); the members talk to each other in plain HTTP on loopback.
+    public init(members count: Int = 3, tls: Bool = false) throws {
         directory = try makeTemporaryDirectory(prefix: "bynar-etcd")
         var members: [Member] = []
         for index in 1...count {
-            members.append(Member(name: "m\(index)", clientPort: try freeLoopbackPort(), peerPort: try freeLoopbackPort()))
+            members.append(Member(name: "m\(index)", clientPort: try freeLoopbackPort(), peerPort: try freeLoopbackPort(), tls: tls))
+        }
+        if tls {
+            let script = """
+                set -e
+                cd '\(directory)'
+                openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj '/CN=Bynar etcd test CA' -keyout ca.key -out ca.crt
+                for who in server client; do
+                  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$who" -keyout $who.key -out $who.csr
+                  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nextendedKeyUsage=serverAuth,clientAuth\\n' > $who.cnf
+                  openssl x509 -req -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile $who.cnf -out $who.crt
+                done
+                """
+            let openssl = try ChildProcess("/bin/sh", ["-c", script], outputPath: "\(directory)/openssl.log")
+            guard openssl.waitForExit(timeout: .seconds(30)) == 0 else { throw TestSupportError("openssl failed: " + ((try? String(contentsOfFile: "\(directory)/openssl.log", encoding: .utf8)) ?? "")) }
+            certificates = Certificates(caFile: "\(directory)/ca.crt", clientCertFile: "\(directory)/client.crt", clientKeyFile: "\(directory)/client.key")
+        } else {
+            certificates = nil
         }
         self.members = members
         for member in members { try start(member: member.name) }
@@ -50,7 +79,8 @@ public final class EtcdCluster: @unchecked Sendable {
             "--initial-cluster", cluster, "--initial-cluster-state", existing ? "existing" : "new", "--initial-cluster-token", "bynar-test",
             // Quick elections on loopback; the tests measure takeovers in seconds.
             "--heartbeat-interval", "50", "--election-timeout", "500",
-        ], outputPath: "\(directory)/\(name).log")
+        ] + (member.tls ? ["--cert-file", "\(directory)/server.crt", "--key-file", "\(directory)/server.key",
+                           "--client-cert-auth", "--trusted-ca-file", "\(directory)/ca.crt"] : []), outputPath: "\(directory)/\(name).log")
         lock.withLock { processes[name] = process }
     }
 
@@ -69,7 +99,7 @@ public final class EtcdCluster: @unchecked Sendable {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             for member in members where lock.withLock({ processes[member.name] != nil }) {
-                if let body = try? Self.get(member.clientURL + "/health"), body.contains("\"health\":\"true\"") { return }
+                if let body = try? get(member.clientURL + "/health"), body.contains("\"health\":\"true\"") { return }
             }
             Thread.sleep(forTimeInterval: 0.2)
         }
@@ -77,11 +107,13 @@ public final class EtcdCluster: @unchecked Sendable {
     }
 
     /// GET with curl (a test helper, so no HTTP client is linked into the support target).
-    static func get(_ url: String) throws -> String {
+    func get(_ url: String) throws -> String {
         let pipe = Pipe()
         let curl = Process()
         curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        curl.arguments = ["-s", "-m", "2", url]
+        var tls: [String] = []
+        if let certificates { tls = ["--cacert", certificates.caFile, "--cert", certificates.clientCertFile, "--key", certificates.clientKeyFile] }
+        curl.arguments = ["-s", "-m", "2"] + tls + [url]
         curl.standardOutput = pipe
         try curl.run()
         curl.waitUntilExit()

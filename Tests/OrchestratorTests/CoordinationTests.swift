@@ -54,12 +54,17 @@ struct CoordinationTests {
         }
     }
 
-    func member(_ h: OrchestratorHarness, _ name: String, etcd: EtcdCluster, environment: [String: String] = [:]) throws -> Member {
+    func member(_ h: OrchestratorHarness, _ name: String, etcd: EtcdCluster, environment: [String: String] = [:], clientCertificate: Bool = true) throws -> Member {
         let directory = h.directory + "/" + name
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let endpoints = etcd.endpoints.map { "\"\($0)\"" }.joined(separator: ", ")
+        var tls = ""
+        if let certificates = etcd.certificates {
+            tls = ", \"ca_file\": \"\(certificates.caFile)\""
+            if clientCertificate { tls += ", \"cert_file\": \"\(certificates.clientCertFile)\", \"key_file\": \"\(certificates.clientKeyFile)\"" }
+        }
         let coordination = """
-        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 10}}
+        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 10\(tls)}}
         """
         let config = h.config(coordination, steps: "", requestTimeout: 2)
         let port = h.broker.port
@@ -162,6 +167,24 @@ struct CoordinationTests {
             #expect(Set(h.latest.keys) == [id])
             #expect(h.dm.executions == ["\(id)/remove/1": 1, "\(id)/add/1": 1], "\(h.dm.executions)")
             #expect(h.tickets.ticketsOpened == 1)
+            b.kill()
+        }
+    }
+
+    @Test("over TLS with client certificates: a member with the CA and its certificate leads and repairs; one without a certificate is refused by etcd and says so (real etcd, stand-ins)")
+    func etcdOverTLS() async throws {
+        let etcd = try EtcdCluster(members: 3, tls: true)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            let a = try member(h, "a", etcd: etcd)
+            _ = try await leader(of: [a])
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            try await h.waitFor(.ticketed, timeout: .seconds(30))
+            let b = try member(h, "b", etcd: etcd, clientCertificate: false)
+            #expect(await Collector<Int>.poll(timeout: .seconds(15)) { b.log.contains("etcd does not answer") }, "b's log:\n\(b.log.suffix(3000))")
+            #expect(!b.leads)
+            print("without a client certificate: " + (b.log.split(separator: "\n").first { $0.contains("etcd does not answer") }.map(String.init) ?? ""))
+            a.kill()
             b.kill()
         }
     }
