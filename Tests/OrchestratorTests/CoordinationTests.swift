@@ -1,4 +1,9 @@
 import BynarBus
+import BynarConfig
+import BynarStore
+import GRDB
+import Logging
+@testable import Orchestrator
 import BynarProto
 import BynarTestSupport
 import Foundation
@@ -54,7 +59,8 @@ struct CoordinationTests {
         }
     }
 
-    func member(_ h: OrchestratorHarness, _ name: String, etcd: EtcdCluster, environment: [String: String] = [:], clientCertificate: Bool = true) throws -> Member {
+    func member(_ h: OrchestratorHarness, _ name: String, etcd: EtcdCluster, environment: [String: String] = [:], clientCertificate: Bool = true,
+                extra: String = "") throws -> Member {
         let directory = h.directory + "/" + name
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let endpoints = etcd.endpoints.map { "\"\($0)\"" }.joined(separator: ", ")
@@ -66,7 +72,7 @@ struct CoordinationTests {
         let coordination = """
         "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 10\(tls)}}
         """
-        let config = h.config(coordination, steps: "", requestTimeout: 2)
+        let config = h.config(coordination + (extra.isEmpty ? "" : ", " + extra), steps: "", requestTimeout: 2)
         let port = h.broker.port
         return try Member(name) {
             try ServiceProcess("bynar-orchestrator", brokerPort: port, host: "orch-\(name)", directory: directory, extraConfig: config, environment: environment)
@@ -187,6 +193,91 @@ struct CoordinationTests {
             a.kill()
             b.kill()
         }
+    }
+
+    @Test("hooks and the brake are exactly-once across a takeover: each host event runs its hook once, and a new leader keeps the second disk queued behind the first (real etcd, stand-ins)")
+    func hooksAndBrakeAcrossATakeover() async throws {
+        let etcd = try EtcdCluster(members: 3)
+        defer { etcd.stopAll() }
+        try await withHarness { h in
+            let log = h.directory + "/hook.log"
+            let recorder = h.directory + "/record-hook"
+            try "#!/bin/sh\necho \"$1 $2 $3 id=$BYNAR_EVENT_ID\" >> \(log)\n".write(toFile: recorder, atomically: true, encoding: .utf8)
+            chmod(recorder, 0o755)
+            func lines() -> [String] {
+                ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init).filter { $0.contains("10.9.9.9") }
+            }
+            let extra = """
+                "hosts": [{"host": "stor9", "address": "10.9.9.9"}], "hooks": [{"command": "\(recorder)"}],
+                "brake": {"max_out_per_cluster": 1, "max_out_per_rack": 10, "max_out_per_host": 10, "removals_per_hour": 1000, "removal_burst": 10}
+                """
+            let a = try member(h, "a", etcd: etcd, extra: extra)
+            _ = try await leader(of: [a])
+            let b = try member(h, "b", etcd: etcd, extra: extra)
+            let members = [a, b]
+            _ = try await leader(of: members)
+            // A service on stor9 is born: "detector up" and "host up", once each.
+            let service = try await connectedBus(h.broker, service: "detector", host: "stor9", clientId: "detector-stor9", announce: true, session: 4)
+            await service.markReady()
+            #expect(await Collector<Int>.poll(timeout: .seconds(10)) { lines().count >= 2 })
+            // Two failures in one cluster with room for one out: the second queues.
+            try await h.detector.say(Self.failed, from: .failing, to: .failed)
+            try await h.detector.say(Self.second, from: .failing, to: .failed)
+            let first = try await h.waitFor(.ticketed, timeout: .seconds(30))
+            _ = try await h.waitFor(.queued, timeout: .seconds(10))
+            _ = try await killLeader(members, at: "one disk out, one queued")
+            try await Task.sleep(for: .seconds(3))
+            #expect(h.dm.seen("Remove").count == 1, "the new leader keeps the brake: still one Remove (\(h.dm.seen("Remove").map(\.diskKey)))")
+            #expect(lines().count == 2, "no hook ran again after the takeover: \(lines())")
+            // stor9 goes away: the new leader runs the downs, once each.
+            await service.shutdown()
+            #expect(await Collector<Int>.poll(timeout: .seconds(10)) { lines().count >= 4 })
+            try await Task.sleep(for: .seconds(2))
+            let seen = lines()
+            #expect(seen.count == 4, "each event once across both leaders: \(seen)")
+            #expect(Set(seen.map { $0.split(separator: " ").prefix(3).joined(separator: " ") })
+                    == ["detector 10.9.9.9 up", "host 10.9.9.9 up", "detector 10.9.9.9 down", "host 10.9.9.9 down"])
+            // The first repaired frees the brake for the second (either disk may have gone first).
+            await h.tickets.resolve(incident: first)
+            let (old, new) = first.hasPrefix("stor1.") ? (Self.failed, Self.replacement) : (Self.second, DetectorVoice.identity(host: "stor2", key: "serial-NEW2"))
+            try await h.detector.say(new, from: .unspecified, to: .replaced, previous: old)
+            #expect(await Collector<Int>.poll(timeout: .seconds(40)) { h.dm.seen("Remove").count == 2 && h.dm.maxOut == 1 },
+                    "second removed only after the first came back; max out \(h.dm.maxOut); \(h.latest.mapValues { "\($0.incident.state) \($0.message)" }); seen \(h.dm.seen.map { "\($0.operation) \($0.diskKey)" })")
+            for member in members { member.kill() }
+        }
+    }
+
+    @Test("a transaction larger than one etcd request goes to etcd in parts, and a replica rebuilds it byte for byte (real etcd)")
+    func largeTransactionGoesInParts() async throws {
+        let etcd = try EtcdCluster(members: 1)
+        defer { etcd.stopAll() }
+        let directory = try makeTemporaryDirectory(prefix: "bynar-parts")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var config = OrchestratorConfig.EtcdConfig(endpoints: etcd.endpoints)
+        config.prefix = "/bynar/parts-test"
+        let logger = Logger(label: "test")
+        let leader = try EtcdCoordination(config: config, host: "a", logger: logger)
+        let term = try #require(try await leader.lead(storePath: directory + "/a.sqlite", migrations: OrchestratorService.migrations))
+        let store = try LocalStore(path: directory + "/a.sqlite", migrations: OrchestratorService.migrations + term.localMigrations, replicator: term.replicator)
+        // 2.6 MB in one transaction (etcd takes 1.5 MiB per request).
+        let big = (0..<3).map { index in String(repeating: Character(UnicodeScalar(UInt8(65 + index))), count: 900_000) }
+        try store.write { db in
+            for (index, value) in big.enumerated() {
+                try db.execute(sql: "INSERT INTO setting(key, value) VALUES(?, ?)", arguments: ["big\(index)", value])
+            }
+        }
+        try store.write { db in try db.execute(sql: "INSERT INTO setting(key, value) VALUES('small', 'after')") }
+        let follower = try EtcdCoordination(config: config, host: "b", logger: logger)
+        let replica = try LocalStore(path: directory + "/b.sqlite", migrations: OrchestratorService.migrations + term.localMigrations)
+        let position = try await follower.catchUp(replica)
+        let leaderPosition = try await store.database.read { try EtcdCoordination.position($0)?.seq }
+        #expect(position == leaderPosition)
+        let rows = try await replica.database.read { try Row.fetchAll($0, sql: "SELECT key, value FROM setting WHERE key LIKE 'big%' OR key = 'small' ORDER BY key") }
+        #expect(rows.map { $0["key"] as String } == ["big0", "big1", "big2", "small"])
+        #expect(rows.prefix(3).map { $0["value"] as String } == big)
+        // The entry names its parts; the parts sit beside the log.
+        let entries = try EtcdClient(config: config).range(config.prefix + "/log/", end: EtcdClient.prefixEnd(config.prefix + "/log/"))
+        #expect(entries.kvs.contains { String(decoding: $0.valueBytes, as: UTF8.self) == "parts 3" })
     }
 
     @Test("SIGSTOP the leader with a signed Remove in hand; a standby takes over and removes; the old leader, woken, is fenced and steps down (real etcd, stand-ins)")

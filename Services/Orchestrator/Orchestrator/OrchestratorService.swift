@@ -209,6 +209,10 @@ final class HookDispatcher: Sendable {
         // A connection of its own: on one connection the bus hands every copy of a status
         // to every matching subscription, which would undo the sharing.
         broker.clientId = (broker.clientId ?? "\(OrchestratorService.serviceName)-\(context.host)") + "-hooks"
+        // No session kept after a disconnect: a dead orchestrator's session would stay in
+        // the shared group and take its share of the events, queued for nobody (found with
+        // a leader killed under etcd coordination: the next host down ran no hook).
+        broker.sessionExpirySeconds = 0
         let bus = try Bus(config: broker, identity: context.bus.identity, logger: context.logger, announce: false)
         bus.start()
         let subscription = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allServiceStatus), as: Bynar_V1_ServiceStatus.self)

@@ -59,7 +59,8 @@ final class EtcdClient: Sendable {
         timeout = .seconds(Int64(config.requestTimeoutSeconds))
     }
 
-    func shutdown() {
+    deinit {
+        // Never on an event loop: no call of ours keeps the client past its future's wait.
         try? client.syncShutdown()
     }
 

@@ -39,7 +39,32 @@ final class EtcdCoordination: Sendable {
     var leaderKey: String { config.prefix + "/leader" }
     var logPrefix: String { config.prefix + "/log/" }
     var snapshotPrefix: String { config.prefix + "/snapshot/" }
+    var partsPrefix: String { config.prefix + "/parts/" }
     func logKey(_ seq: Int64) -> String { logPrefix + Self.padded(seq) }
+    /// Where the parts of a changeset too large for one etcd request go, before its log
+    /// entry (which then says `parts N`) is written.
+    func partKey(_ seq: Int64, _ part: Int) -> String { partsPrefix + Self.padded(seq) + "/" + String(part) }
+
+    /// A log entry's changeset: the value itself, or the parts it names.
+    func changeset(of entry: EtcdClient.KeyValue, seq: Int64) async throws -> [UInt8] {
+        let value = entry.valueBytes
+        guard let count = Self.partCount(value) else { return value }
+        var bytes: [UInt8] = []
+        for part in 0..<count {
+            let key = partKey(seq, part)
+            guard let found = try await offThread({ [etcd] in try etcd.range(key) }).kvs.first else {
+                throw Unusable(description: "log entry \(seq) names \(count) parts but part \(part) is missing")
+            }
+            bytes += found.valueBytes
+        }
+        return bytes
+    }
+
+    /// `parts N` (a changeset starts with "T" or "P", never with this).
+    static func partCount(_ value: [UInt8]) -> Int? {
+        guard value.count < 32, value.starts(with: Array("parts ".utf8)) else { return nil }
+        return Int(String(decoding: value.dropFirst(6), as: UTF8.self))
+    }
     static func padded(_ seq: Int64) -> String {
         let digits = String(seq)
         return String(repeating: "0", count: max(0, 20 - digits.count)) + digits
@@ -167,7 +192,8 @@ final class EtcdCoordination: Sendable {
                 guard let seq = Self.seq(of: entry.keyText), seq == position + 1 else {
                     throw Unusable(description: "the group's log skips from \(position) to \(entry.keyText)")
                 }
-                try replica.apply(entry.valueBytes) { db in try Self.setPosition(db, prefix: config.prefix, seq: seq) }
+                let changes = try await changeset(of: entry, seq: seq)
+                try replica.apply(changes) { db in try Self.setPosition(db, prefix: config.prefix, seq: seq) }
                 position = seq
             }
             if !page.more { return position }
@@ -221,8 +247,9 @@ final class LeaderTerm: StoreReplicator, Sendable {
     var logger: Logger { coordination.logger }
     var isOver: Bool { end.withLock { $0 != nil } }
 
-    /// Largest changeset one etcd request carries (etcd's default request limit is 1.5 MiB).
-    static let maxChangeset = 1_400_000
+    /// Largest changeset one etcd request carries (etcd's default request limit is 1.5 MiB;
+    /// base64 in JSON makes 1 MB about 1.33 MB); a larger one goes in parts of this size.
+    static let maxChangeset = 1_000_000
 
     struct NotLeading: Error, CustomStringConvertible {
         var description: String
@@ -230,29 +257,40 @@ final class LeaderTerm: StoreReplicator, Sendable {
 
     func replicate(_ changeset: [UInt8], in db: Database) throws {
         if let why = endedWhy { throw NotLeading(description: "no longer leading: \(why)") }
-        guard changeset.count <= Self.maxChangeset else {
-            // Nothing was sent: this write alone is refused, the term goes on.
-            throw NotLeading(description: "one transaction changed \(changeset.count) bytes, more than one etcd request carries (\(Self.maxChangeset)); not written")
-        }
         let seq = try EtcdCoordination.position(db).map { $0.seq + 1 } ?? 1
         let key = coordination.logKey(seq)
-        let result: EtcdClient.TxnResult
+        let guards: [EtcdClient.Compare] = [.created(coordination.leaderKey, at: epoch), .created(key, at: 0)]
+        var result: EtcdClient.TxnResult
         do {
-            result = try coordination.etcd.txn([.created(coordination.leaderKey, at: epoch), .created(key, at: 0)],
-                                               success: [.put(key, changeset)], failure: [.get(coordination.leaderKey)])
+            var entry = changeset
+            if changeset.count > Self.maxChangeset {
+                // In parts, each under the same checks; the entry that names them comes last,
+                // so a leader that dies between parts leaves no entry (its parts are
+                // overwritten by the next writer of this position, or folded away).
+                let parts = stride(from: 0, to: changeset.count, by: Self.maxChangeset).map { Array(changeset[$0..<min(changeset.count, $0 + Self.maxChangeset)]) }
+                for (index, part) in parts.enumerated() {
+                    result = try coordination.etcd.txn(guards, success: [.put(coordination.partKey(seq, index), part)], failure: [.get(coordination.leaderKey)])
+                    guard result.succeeded else { return try lost(result) }
+                }
+                entry = Array("parts \(parts.count)".utf8)
+            }
+            result = try coordination.etcd.txn(guards, success: [.put(key, entry)], failure: [.get(coordination.leaderKey)])
         } catch {
             // The write may or may not have landed: only a fresh start from etcd knows.
             finish("cannot write the journal to etcd (\(error)); whether the last write landed is unknown, so this leader stops and a standby (or this process, restarted) resumes from etcd")
             throw NotLeading(description: "\(error)")
         }
-        guard result.succeeded else {
-            let now = result.found.first.map { "\(String(decoding: $0.valueBytes, as: UTF8.self)) leads with epoch \($0.createRevision)" } ?? "the leader key is gone (lease expired)"
-            finish("lost the leadership: \(now); this orchestrator's epoch was \(epoch)")
-            throw NotLeading(description: "lost the leadership")
-        }
+        guard result.succeeded else { return try lost(result) }
         try EtcdCoordination.setPosition(db, prefix: coordination.config.prefix, seq: seq)
         position.withLock { $0 = seq }
         if seq % Int64(coordination.config.snapshotEvery) == 0 { startSnapshot() }
+    }
+
+    /// A write's checks failed: another leads (or the lease is gone).
+    private func lost(_ result: EtcdClient.TxnResult) throws {
+        let now = result.found.first.map { "\(String(decoding: $0.valueBytes, as: UTF8.self)) leads with epoch \($0.createRevision)" } ?? "the leader key is gone (lease expired)"
+        finish("lost the leadership: \(now); this orchestrator's epoch was \(epoch)")
+        throw NotLeading(description: "lost the leadership")
     }
 
     /// Renews the lease every third of its time to live, on a thread of its own; a lease
@@ -341,7 +379,8 @@ extension EtcdCoordination {
         }
         let current = snapshotPrefix + "current"
         let previous = try await offThread { [etcd] in try etcd.range(current) }.kvs.first.map { String(decoding: $0.valueBytes, as: UTF8.self) }
-        var flip: [EtcdClient.Operation] = [.put(current, Array("\(seq) \(chunks)".utf8)), .deleteRange(from: logPrefix, to: logKey(seq + 1))]
+        var flip: [EtcdClient.Operation] = [.put(current, Array("\(seq) \(chunks)".utf8)), .deleteRange(from: logPrefix, to: logKey(seq + 1)),
+                                            .deleteRange(from: partsPrefix, to: partsPrefix + Self.padded(seq + 1))]
         if let previous, let old = previous.split(separator: " ").first.flatMap({ Int64($0) }), old != seq {
             flip.append(.deletePrefix(snapshotPrefix + Self.padded(old) + "/"))
         }
