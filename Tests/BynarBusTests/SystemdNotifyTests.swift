@@ -116,8 +116,9 @@ struct SystemdNotifyTests {
         bus.start()
         let messages = try await notifications(from: bus, for: .milliseconds(2500))
         await bus.shutdown()
-        // Fed at half the interval from the first turn on: 4 or 5 in 2.5 s; not ready (no broker).
-        #expect(messages.filter { $0 == "WATCHDOG=1" }.count >= 3, "\(messages)")
+        // Fed at half the interval from the first turn on: 4 or 5 in 2.5 s on an idle machine
+        // (2 seen with two other builds on both cores); never-turned gets none (below). Not ready (no broker).
+        #expect(messages.filter { $0 == "WATCHDOG=1" }.count >= 2, "\(messages)")
         #expect(!messages.contains { $0.hasPrefix("READY=1") }, "\(messages)")
         #expect(messages.first == "STATUS=connecting to the broker")
     }
