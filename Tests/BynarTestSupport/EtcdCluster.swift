@@ -77,8 +77,8 @@ public final class EtcdCluster: @unchecked Sendable {
             "--listen-client-urls", member.clientURL, "--advertise-client-urls", member.clientURL,
             "--listen-peer-urls", "http://127.0.0.1:\(member.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(member.peerPort)",
             "--initial-cluster", cluster, "--initial-cluster-state", existing ? "existing" : "new", "--initial-cluster-token", "bynar-test",
-            // Quick elections on loopback; the tests measure takeovers in seconds.
-            "--heartbeat-interval", "50", "--election-timeout", "500",
+            // etcd's default timing: shorter ones held elections under a loaded machine.
+            "--heartbeat-interval", "100", "--election-timeout", "1000",
         ] + (member.tls ? ["--cert-file", "\(directory)/server.crt", "--key-file", "\(directory)/server.key",
                            "--client-cert-auth", "--trusted-ca-file", "\(directory)/ca.crt"] : []), outputPath: "\(directory)/\(name).log")
         lock.withLock { processes[name] = process }

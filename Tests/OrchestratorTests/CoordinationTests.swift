@@ -70,9 +70,9 @@ struct CoordinationTests {
             if clientCertificate { tls += ", \"cert_file\": \"\(certificates.clientCertFile)\", \"key_file\": \"\(certificates.clientKeyFile)\"" }
         }
         let coordination = """
-        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 3, "request_timeout_seconds": 1, "snapshot_every": 10\(tls)}}
+        "coordination": {"etcd": {"endpoints": [\(endpoints)], "prefix": "/bynar/test", "lease_ttl_seconds": 4, "request_timeout_seconds": 2, "snapshot_every": 10\(tls)}}
         """
-        let config = h.config(coordination + (extra.isEmpty ? "" : ", " + extra), steps: "", requestTimeout: 2)
+        let config = h.config(coordination + (extra.isEmpty ? "" : ", " + extra), steps: "", requestTimeout: 5)
         let port = h.broker.port
         return try Member(name) {
             try ServiceProcess("bynar-orchestrator", brokerPort: port, host: "orch-\(name)", directory: directory, extraConfig: config, environment: environment)
@@ -144,9 +144,9 @@ struct CoordinationTests {
             #expect(executed == ["\(id)/remove/1": 1, "\(id)/add/1": 1], "Remove and Add each acted once: \(executed)")
             #expect(h.tickets.ticketsOpened == 1)
             #expect(h.dm.rejected.isEmpty, "nothing refused: \(h.dm.rejected)")
-            // Bounded: the lease (3 s) plus a standby's poll and catch-up.
+            // Bounded: the lease (4 s) plus a standby's poll and catch-up.
             #expect(takeovers.allSatisfy { $0 < .seconds(10) }, "takeovers: \(takeovers)")
-            print("takeovers (lease 3 s): \(takeovers.map { "\($0)" }.joined(separator: ", "))")
+            print("takeovers (lease 4 s): \(takeovers.map { "\($0)" }.joined(separator: ", "))")
             for member in members { member.kill() }
         }
     }
@@ -351,7 +351,9 @@ struct CoordinationTests {
             #expect(await Collector<Int>.poll(timeout: .seconds(40)) { h.latest[first]?.incident.state == .resolved })
             let executed = h.dm.executions
             #expect(executed["\(first)/remove/1"] == 1 && executed["\(first)/add/1"] == 1, "each acted once: \(executed)")
-            #expect(h.tickets.ticketsOpened == 2, "one ticket per incident")
+            #expect(await Collector<Int>.poll(timeout: .seconds(30)) { h.tickets.ticketsOpened == 2 }, "one ticket per incident: \(h.tickets.ticketsOpened)")
+            try await Task.sleep(for: .seconds(1))
+            #expect(h.tickets.ticketsOpened == 2)
             for member in members { member.kill() }
         }
     }
