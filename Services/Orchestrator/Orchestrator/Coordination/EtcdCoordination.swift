@@ -321,6 +321,18 @@ final class LeaderTerm: StoreReplicator, Sendable {
                 }
             }
         }
+        // A renewal stuck in calls to unreachable members must not outlast the lease: the
+        // term ends on this host's clock once the last renewal is older than the lease
+        // minus half a second, whatever etcd says later.
+        Task.detached { [self] in
+            while !isOver {
+                try? await Task.sleep(for: .milliseconds(100))
+                let since = ContinuousClock.now - renewed.withLock { $0 }
+                if since > .seconds(ttl) - .milliseconds(500) {
+                    finish("no renewal of the leadership lease reached etcd for \(since), near its \(ttl) s time to live; quorum lost or cut off")
+                }
+            }
+        }
     }
 
     func finish(_ why: String) {
