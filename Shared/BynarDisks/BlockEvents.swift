@@ -161,21 +161,17 @@ public final class BlockEventMonitor: Sendable {
         func run() {
             defer { continuation.finish() }
             while !stopRequested.load(ordering: .acquiring) {
-                var descriptor = pollfd(fd: monitor.fileDescriptor, events: Int16(POLLIN), revents: 0)
-                let ready = poll(&descriptor, 1, BlockEventMonitor.pollInterval)
-                if ready < 0 {
-                    if errno == EINTR { continue }
+                switch monitor.next(waitMs: BlockEventMonitor.pollInterval) {
+                case .event(let event):
+                    if case .dropped = continuation.yield(BlockEvent(event)) {
+                        dropped.add(1, ordering: .relaxed)
+                    }
+                case .lost:
+                    dropped.add(1, ordering: .relaxed)
+                case .quiet, .other:
+                    continue
+                case .failed:
                     return // the socket is unusable; finishing the stream tells the consumer
-                }
-                guard ready > 0 else { continue }
-                if descriptor.revents & Int16(POLLERR) != 0 {
-                    // The socket overflowed (ENOBUFS): events were lost, how many is unknown.
-                    dropped.add(1, ordering: .relaxed)
-                }
-                // Nil: a message that failed libudev's checks, or nothing after all.
-                guard let event = monitor.receive() else { continue }
-                if case .dropped = continuation.yield(BlockEvent(event)) {
-                    dropped.add(1, ordering: .relaxed)
                 }
             }
         }

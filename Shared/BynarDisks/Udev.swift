@@ -128,11 +128,34 @@ struct UdevEvent: Sendable, Equatable {
     var properties: [String: String]
 }
 
-/// A kernel uevent netlink socket filtered to the block subsystem.
+/// A uevent netlink socket filtered to the block subsystem: the kernel's own events, or
+/// udevd's (sent once udevd has updated its database and /dev/disk links for the event).
 ///
 /// Owns its own libudev context. One thread at a time: after `BlockEventMonitor` hands it to
 /// its event thread, only that thread touches it, hence `@unchecked Sendable`.
 final class UdevKernelMonitor: @unchecked Sendable {
+    /// Whose events: the kernel's ("kernel", no udevd needed) or udevd's ("udev"; a socket
+    /// that receives nothing when udevd is not running).
+    enum Source: String {
+        case kernel
+        case udev
+    }
+
+    /// What one look at the socket found.
+    enum Next {
+        /// A block device event.
+        case event(UdevEvent)
+        /// Nothing arrived within the wait.
+        case quiet
+        /// A message that was no block event (the kernel's socket carries every subsystem's;
+        /// libudev drops the others) or that failed libudev's checks.
+        case other
+        /// The socket overflowed (ENOBUFS): events were lost, how many is unknown.
+        case lost
+        /// The socket cannot be used any more.
+        case failed
+    }
+
     private let udev: OpaquePointer
     private let monitor: OpaquePointer
     /// The socket to poll() for readability.
@@ -140,12 +163,12 @@ final class UdevKernelMonitor: @unchecked Sendable {
 
     /// Opens and binds the socket; events sent after this returns are queued in the
     /// socket (up to `receiveBufferBytes`) until read.
-    init(receiveBufferBytes: Int32) throws {
+    init(source: Source = .kernel, receiveBufferBytes: Int32) throws {
         guard let udev = udev_new() else { throw UdevError("udev_new", code: errno) }
-        guard let monitor = udev_monitor_new_from_netlink(udev, "kernel") else {
+        guard let monitor = udev_monitor_new_from_netlink(udev, source.rawValue) else {
             let code = errno
             udev_unref(udev)
-            throw UdevError("udev_monitor_new_from_netlink(kernel)", code: code)
+            throw UdevError("udev_monitor_new_from_netlink(\(source.rawValue))", code: code)
         }
         var ready = false
         defer {
@@ -173,9 +196,29 @@ final class UdevKernelMonitor: @unchecked Sendable {
         udev_unref(udev)
     }
 
+    /// The next queued block event, waiting up to `waitMs` for one (0: only what is queued
+    /// now). The kernel queues an event before the system call that caused it returns, so
+    /// `next(waitMs: 0)` sees every event of every change already made.
+    func next(waitMs: Int32) -> Next {
+        var descriptor = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+        var ready: Int32
+        repeat {
+            ready = poll(&descriptor, 1, waitMs)
+        } while ready < 0 && errno == EINTR
+        if ready < 0 || descriptor.revents & Int16(POLLNVAL) != 0 { return .failed }
+        if ready == 0 { return .quiet }
+        // POLLERR: the socket overflowed (ENOBUFS); the next read reports and clears it.
+        if descriptor.revents & Int16(POLLERR) != 0 {
+            _ = udev_monitor_receive_device(monitor).map { udev_device_unref($0) }
+            return .lost
+        }
+        guard let event = receive() else { return .other }
+        return .event(event)
+    }
+
     /// The next queued event, or nil when none could be read (nothing queued, a message that
     /// failed libudev's checks, or the socket overflowed).
-    func receive() -> UdevEvent? {
+    private func receive() -> UdevEvent? {
         guard let device = udev_monitor_receive_device(monitor) else { return nil }
         defer { udev_device_unref(device) }
         guard let sysname = UdevContext.string(udev_device_get_sysname(device)) else { return nil }
