@@ -163,7 +163,12 @@ public enum Inventory {
     /// With `only` non-empty, a disk that matches none of its patterns is excluded too
     /// ("manage only these slots").
     public static func scan(host: String, excluded: [String], only: [String] = [], roots: InventoryRoots = .live) throws -> [BlockDevice] {
-        var devices = try InventorySnapshot.gather(roots: roots).devices(host: host, excluded: excluded)
+        try devices(of: InventorySnapshot.gather(roots: roots), host: host, excluded: excluded, only: only)
+    }
+
+    /// The rules of ``scan(host:excluded:only:roots:)`` applied to what a scan read.
+    static func devices(of snapshot: InventorySnapshot, host: String, excluded: [String], only: [String]) -> [BlockDevice] {
+        var devices = snapshot.devices(host: host, excluded: excluded)
         guard !only.isEmpty else { return devices }
         for index in devices.indices where devices[index].exclusionReason == nil
             && ExclusionRules.reason(for: devices[index].identity, patterns: only) == nil {
@@ -392,6 +397,21 @@ struct InventorySnapshot: Sendable, Equatable {
             result.append(device)
         }
         return result.sorted { $0.identity.devPath < $1.identity.devPath }
+    }
+
+    /// The sysfs values this snapshot rests on that the kernel changes without sending a
+    /// uevent, as they were read: a listed disk's `size` and `queue/rotational` (the latter
+    /// writable by hand) and its partitions' `size` (a BLKPG resize, as `resizepart` and
+    /// parted do, sends none). Path -> value.
+    func uneventedValues() -> [String: String] {
+        var values: [String: String] = [:]
+        let listed = Set(blockDevices.filter { $0.devType == "disk" && Self.isListable($0) }.map(\.sysname))
+        for device in blockDevices where listed.contains(device.devType == "disk" ? device.sysname : device.parentSysname ?? "") {
+            for name in device.devType == "disk" ? ["size", "queue/rotational"] : ["size"] {
+                if let value = device.attributes[name] { values[device.sysPath + "/" + name] = value }
+            }
+        }
+        return values
     }
 
     /// Not ram, zram, hidden or empty.

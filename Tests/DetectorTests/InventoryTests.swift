@@ -512,3 +512,106 @@ extension InventoryTests {
         }
     }
 }
+
+extension InventoryTests {
+    /// The kept inventory against real changes: each look right after a change scans again,
+    /// for the reason the change gives, and lists what a scan would.
+    @Suite
+    struct Kept {
+        /// Looks until one answers from the kept scan (another engineer's loop device may
+        /// make one scan again); fails the test if none does.
+        func keptLook(_ cache: InventoryCache) throws -> [BlockDevice] {
+            for _ in 0..<20 {
+                let look = try cache.look()
+                if look.scannedBecause.isEmpty { return look.devices }
+            }
+            Issue.record("no look answered from the kept scan")
+            return []
+        }
+
+        /// What a look compares for the values the kernel changes without an event.
+        @Test func uneventedValuesAreComparedAsRead() throws {
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            let size = scratch.path + "/size"
+            try "614400\n".write(toFile: size, atomically: true, encoding: .utf8)
+            #expect(InventoryCache.sameValues([size: "614400"]))
+            try "1228800\n".write(toFile: size, atomically: true, encoding: .utf8)
+            #expect(!InventoryCache.sameValues([size: "614400"]))
+            #expect(!InventoryCache.sameValues([scratch.path + "/gone": "1"]))
+            #expect(InventoryCache.sameValues([:]))
+        }
+
+        @Test(.enabled(if: canUseSwapPartitions && tool("resizepart") != nil, "needs root, /dev/loop-control, parted, resizepart, mkswap and swapon"))
+        func everyChangeScansAgain() throws {
+            let cache = InventoryCache(host: "h1", excluded: [])
+            #expect(cache.watchError == nil, "\(String(describing: cache.watchError))")
+            #expect(try cache.look().scannedBecause.contains(.invalidated), "the first look scans")
+            _ = try keptLook(cache)
+
+            let scratch = try Scratch()
+            defer { scratch.remove() }
+            try makeImage(scratch.path + "/kept.img", bytes: 64 << 20)
+            let loop = try LoopDevice(image: scratch.path + "/kept.img", partitionScan: true)
+            defer { loop.cleanUp() }
+            var look = try cache.look()
+            #expect(look.scannedBecause.contains(.blockDevices))
+            #expect(look.devices.contains { $0.identity.key == loop.expectedKey })
+
+            try run("parted", ["-s", loop.devPath, "mklabel", "gpt", "mkpart", "p1", "1MiB", "16MiB", "mkpart", "p2", "16MiB", "32MiB"])
+            #expect(eventually { loop.partitionsInSysfs.count == 2 })
+            let first = loop.devPath + "p1", second = loop.devPath + "p2"
+            try run("mkfs.ext4", ["-q", first])
+            try run("mkswap", [second])
+            _ = try keptLook(cache)
+
+            let mountPoint = scratch.path + "/mnt"
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+            try run("mount", [first, mountPoint])
+            defer { _ = try? run("umount", [mountPoint]) }
+            look = try cache.look()
+            #expect(look.scannedBecause.contains(.mounts))
+            #expect(look.devices.first { $0.identity.key == loop.expectedKey }?.identity.partitions.first { $0.devPath == first }?.mountpoints == [mountPoint])
+
+            _ = try keptLook(cache)
+            try run("swapon", [second])
+            defer { _ = try? run("swapoff", [second]) }
+            look = try cache.look()
+            #expect(look.scannedBecause.contains(.swaps))
+            #expect(look.devices.first { $0.identity.key == loop.expectedKey }?.systemReasons == ["holds swap"])
+            _ = try keptLook(cache)
+            try run("swapoff", [second])
+            look = try cache.look()
+            #expect(look.scannedBecause.contains(.swaps))
+            #expect(look.devices.first { $0.identity.key == loop.expectedKey }?.isSystemDisk == false)
+
+            // Changes the kernel sends no event for: a partition resized in place (BLKPG),
+            // queue/rotational written by hand.
+            try run("umount", [mountPoint])
+            _ = try keptLook(cache)
+            try run("resizepart", [loop.devPath, "1", "\(10 << 11)"])
+            look = try cache.look()
+            // The sysfs values are read only when no event already says to scan: another
+            // test's mount on this machine may be the reason given.
+            #expect(!look.scannedBecause.isEmpty)
+            #expect(look.devices.first { $0.identity.key == loop.expectedKey }?.identity.partitions.first { $0.devPath == first }?.sizeBytes == 10 << 20)
+            _ = try keptLook(cache)
+            let rotational = "/sys/block/\(loop.sysName)/queue/rotational"
+            let wasRotational = try String(contentsOfFile: rotational, encoding: .utf8).hasPrefix("1")
+            try (wasRotational ? "0" : "1").write(toFile: rotational, atomically: false, encoding: .utf8)
+            look = try cache.look()
+            #expect(!look.scannedBecause.isEmpty)
+            #expect(look.devices.first { $0.identity.key == loop.expectedKey }?.identity.rotational == !wasRotational)
+
+            _ = try keptLook(cache)
+            cache.invalidate()
+            #expect(try cache.look().scannedBecause.contains(.invalidated))
+
+            _ = try keptLook(cache)
+            try loop.detach()
+            look = try cache.look()
+            #expect(look.scannedBecause.contains(.blockDevices))
+            #expect(!look.devices.contains { $0.identity.key == loop.expectedKey })
+        }
+    }
+}
