@@ -8,8 +8,10 @@ import Glibc
 enum DiskChecks {
     /// Why `disk` is not blank (partitions, a mounted filesystem, a filesystem or RAID/LVM
     /// signature `blkid -p` finds on the device itself), or nil when it is. Never formats
-    /// over data: a disk that is not blank is refused, not wiped.
-    static func whyNotBlank(_ disk: BlockDevice) -> String? {
+    /// over data: a disk that is not blank is refused, not wiped. `probe` is asked only when
+    /// nothing else already says the disk is in use: a fresh `blkid -p` unless List passes
+    /// its kept answers (``SignatureCache``); whatever formats passes none.
+    static func whyNotBlank(_ disk: BlockDevice, probe: (BlockDevice) -> SignatureProbe = { SignatureProbe.run($0.identity.devPath) }) -> String? {
         let identity = disk.identity
         let mounted = identity.partitions.flatMap(\.mountpoints)
         if !mounted.isEmpty { return "\(identity.devPath) is mounted at \(mounted.joined(separator: ", "))" }
@@ -18,21 +20,13 @@ enum DiskChecks {
         if case let holders = holders(of: disk), !holders.isEmpty {
             return "\(identity.devPath) is held by \(holders.joined(separator: ", "))"
         }
-        // blkid -p probes the device directly (no udev, no cache): exit 2 means no signature.
-        let probe: Tool.Run
-        do {
-            probe = try Tool.run(["blkid", "-p", "-o", "export", identity.devPath], timeout: .seconds(30), mergeStderr: true)
-        } catch {
-            return "cannot probe \(identity.devPath) for signatures: \(error)"
-        }
-        switch probe.exitCode {
-        case 2: return nil
-        case 0:
-            let found = String(decoding: probe.output, as: UTF8.self).split(separator: "\n")
-                .filter { $0.hasPrefix("TYPE=") || $0.hasPrefix("PTTYPE=") }.joined(separator: " ")
+        switch probe(disk) {
+        case .none: return nil
+        case .found(let fields):
+            let found = ["TYPE", "PTTYPE"].compactMap { name in fields[name].map { "\(name)=\($0)" } }.joined(separator: " ")
             return "\(identity.devPath) carries data (\(found.isEmpty ? "a signature" : found)); not formatting over it"
-        default:
-            return "cannot probe \(identity.devPath) for signatures: blkid exit \(probe.exitCode.map(String.init) ?? "signal")"
+        case .failed(let why):
+            return "cannot probe \(identity.devPath) for signatures: \(why)"
         }
     }
 

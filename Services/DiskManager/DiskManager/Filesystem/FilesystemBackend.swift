@@ -243,14 +243,9 @@ public struct FilesystemBackend: StorageBackend {
 
     /// The filesystem `blkid -p` finds on `device` (type and UUID), or nil.
     static func filesystem(on device: String, timeout: Duration) -> (type: String, uuid: String)? {
-        guard let probe = try? Tool.run(["blkid", "-p", "-o", "export", device], timeout: timeout), probe.exitCode == 0 else { return nil }
-        var fields: [String: String] = [:]
-        for line in probe.text.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
-        }
-        guard let type = fields["TYPE"] else { return nil }
-        return (type, fields["UUID"] ?? "")
+        let probe = SignatureProbe.run(device, timeout: timeout)
+        guard let type = probe.type else { return nil }
+        return (type, probe.uuid ?? "")
     }
 
     /// What is mounted at `mountpoint` now (the last mount there wins), or nil.
