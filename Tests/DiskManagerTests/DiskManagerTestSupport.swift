@@ -75,3 +75,44 @@ struct DiskManagerLine {
         try await send("list-\(UUID().uuidString)", .list(.init())).diskList.disks
     }
 }
+
+/// A running bynar-disk-manager with the filesystem backend (XFS under `<directory>/srv`,
+/// its own fstab `<directory>/fstab`), trusting one fresh key, and a signed line to it.
+struct FilesystemManager {
+    let process: ServiceProcess
+    let bus: Bus
+    let line: DiskManagerLine
+    let mountRoot: String
+    let fstab: String
+
+    /// Starts it on `broker` as host h1 (`settings`: more fields of `disk_manager`) and
+    /// waits for its birth message.
+    static func start(broker: TestBroker, directory: String, settings: String = "") async throws -> FilesystemManager {
+        let mountRoot = directory + "/srv"
+        let fstab = directory + "/fstab"
+        try "# test fstab\n".write(toFile: fstab, atomically: true, encoding: .utf8)
+        let files = try KeyFiles.generate(keyID: "ops")
+        try files.trustedKeysLine.write(toFile: directory + "/trusted-keys", atomically: true, encoding: .utf8)
+        let bus = try await connectedBus(broker, service: "tester")
+        let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "ops", privateKeyText: files.privateKeyFileText)
+        let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
+        let process = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory, extraConfig: """
+            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys"\(settings.isEmpty ? "" : ", " + settings),
+                             "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstab)", "filesystem": "xfs"}}
+            """)
+        guard await statuses.wait(timeout: .seconds(15), until: { $0.contains { $0.payload.state == .birth } }) else {
+            process.signal(SIGTERM)
+            throw TestSupportError("the disk-manager did not start: \(process.log)")
+        }
+        return FilesystemManager(process: process, bus: bus, line: line, mountRoot: mountRoot, fstab: fstab)
+    }
+
+    /// How many commands it answered from its kept inventory so far (its log says so).
+    var keptAnswers: Int {
+        process.log.components(separatedBy: "inventory=kept").count - 1
+    }
+
+    func stop() {
+        process.signal(SIGTERM)
+    }
+}

@@ -81,6 +81,14 @@ actor RequestHandler {
     let known: KnownDisks
     let backends: [any StorageBackend]
     var gate: RequestGate
+    /// The host's disks kept between commands, and List's kept `blkid -p` answers
+    /// (docs/disk-manager.md, "What List keeps").
+    let inventory: InventoryCache
+    let signatures = SignatureCache()
+    /// What the known-disks table was last written with: an unchanged host is not written again.
+    var lastRemembered: [BlockDevice]?
+    /// How the command being answered read the host's disks ("kept", "scanned (...)"), for its log line.
+    var inventoryRead = ""
 
     init(context: ServiceContext, backends: [any StorageBackend]) throws {
         self.context = context
@@ -101,11 +109,16 @@ actor RequestHandler {
         jobs = JobStore(store: context.store)
         known = KnownDisks(store: context.store)
         gate = RequestGate(maxDisksOut: config.maxDisksOut, disksOut: try jobs.outKeys(), allowedSkewMs: Int64(config.allowedClockSkewSeconds) * 1000)
+        inventory = InventoryCache(host: context.host, excluded: config.exclude, only: config.manageOnly)
+        if let error = inventory.watchError {
+            context.logger.warning("cannot watch this host's disks for changes: every command scans them", metadata: ["error": "\(error)"])
+        }
     }
 
     func handle(_ request: Bynar_V1_DiskManagerRequest, nowMs: Int64, sentUnixMs: Int64? = nil) async -> Bynar_V1_DiskManagerResponse {
         let clock = ContinuousClock()
         let started = clock.now
+        inventoryRead = "none"
         let verification = verifier?.verify(request, nowMs: nowMs, sentUnixMs: sentUnixMs) ?? .failure(.unknownKey("(no trusted keys configured)"))
         let verified = clock.now
         let response = await answer(request, verification: verification, nowMs: nowMs)
@@ -124,6 +137,7 @@ actor RequestHandler {
             "request_id": "\(request.requestID)", "operation": "\(DiskManagerService.operationName(request))",
             "outcome": "\(response.outcome)", "reason": "\(response.reason)", "job": "\(response.jobID)",
             "verify_ms": "\(ms(verified - started))", "answer_ms": "\(ms(answered - verified))", "audit_ms": "\(ms(clock.now - answered))",
+            "inventory": "\(inventoryRead)",
         ])
         return response
     }
@@ -171,16 +185,19 @@ actor RequestHandler {
         }
 
         let selector = AuditLog.selector(of: request)
+        // List answers from what is kept unless a job is changing disks right now; every other
+        // command reads the world itself (docs/disk-manager.md, "What List keeps").
+        let kept = kind == .list && gate.busy.isEmpty
         let world: World
         do {
-            world = try await survey(nowMs: nowMs, vanished: kind == .safeToRemove || kind == .remove ? [selector] : [])
+            world = try await survey(nowMs: nowMs, vanished: kind == .safeToRemove || kind == .remove ? [selector] : [], kept: kept)
         } catch {
             response.outcome = .failed
             response.failedStep = error.step
             response.reason = error.reason
             return response
         }
-        if kind == .list { return await list(request, world, into: response, nowMs: nowMs) }
+        if kind == .list { return await list(request, world, kept: kept, into: response, nowMs: nowMs) }
 
         let plan: Plan
         switch Self.plan(request, selector: selector, world: world, host: context.host, reusing: backend(reusing:), deployBackend: deployBackend) {
@@ -251,17 +268,29 @@ actor RequestHandler {
     /// The host's disks (remembered, so a disk that drops off can still be named) and the
     /// backends' claims. `vanished`: what requests that may name a disk no longer present
     /// (SafeToRemove, Remove) select, found among the remembered disks when not present.
-    private func survey(nowMs: Int64, vanished selectors: [Bynar_V1_DiskSelector]) async throws(Unanswerable) -> World {
+    /// `kept`: the disks may come from the kept inventory (List); otherwise they are scanned.
+    private func survey(nowMs: Int64, vanished selectors: [Bynar_V1_DiskSelector], kept: Bool = false) async throws(Unanswerable) -> World {
         var devices: [BlockDevice]
         do {
-            devices = try Inventory.scan(host: context.host, excluded: config.exclude, only: config.manageOnly)
+            if kept {
+                let look = try inventory.look()
+                devices = look.devices
+                inventoryRead = look.scannedBecause.isEmpty ? "kept" : "scanned (\(look.scannedBecause))"
+            } else {
+                devices = try inventory.scan()
+                inventoryRead = "scanned"
+            }
         } catch {
             throw Unanswerable(step: "inventory", reason: "cannot list this host's disks: \(error)")
         }
-        do {
-            try known.remember(backends.reduce(devices) { $1.remembered($0) }, nowMs: nowMs)
-        } catch {
-            context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+        let remembered = backends.reduce(devices) { $1.remembered($0) }
+        if remembered != lastRemembered {
+            do {
+                try known.remember(remembered, nowMs: nowMs)
+                lastRemembered = remembered
+            } catch {
+                context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+            }
         }
         // A disk that has dropped off the host entirely: its cluster membership can still be
         // ended (SafeToRemove, Remove), from who it was.
@@ -280,8 +309,16 @@ actor RequestHandler {
         return World(devices: devices, claims: claims)
     }
 
-    /// List: every disk, with its backend's view and whether it is blank.
-    private func list(_ request: Bynar_V1_DiskManagerRequest, _ world: World, into base: Bynar_V1_DiskManagerResponse, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
+    /// What List found on an unclaimed disk: blank or not, and the signature `blkid -p`
+    /// found, if it was asked (nil when partitions, mounts or holders said enough).
+    struct Probed: Sendable {
+        var blank: Bool
+        var signature: SignatureProbe?
+    }
+
+    /// List: every disk, with its backend's view and whether it is blank. `kept`: the
+    /// signature probes may be kept answers (``SignatureCache``).
+    private func list(_ request: Bynar_V1_DiskManagerRequest, _ world: World, kept: Bool, into base: Bynar_V1_DiskManagerResponse, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
         var response = base
         guard case .start = gate.received(.init(requestID: request.requestID, diskKey: "", kind: .list, simulate: request.simulate, deadlineUnixMs: request.deadlineUnixMs), nowMs: nowMs) else {
             response.outcome = .refused
@@ -292,8 +329,24 @@ actor RequestHandler {
         // An unclaimed disk is BLANK only if probing finds no signature on it (blkid -p,
         // as Deploy checks): a loop device carrying another program's data is not blank.
         let unclaimed = world.devices.filter { world.claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
-        let blank = (try? await offThread { Set(unclaimed.filter { DiskChecks.whyNotBlank($0) == nil }.map(\.identity.key)) }) ?? []
-        response.diskList.disks = world.devices.map { managed($0, world.claims[$0.identity.key], probedBlank: blank.contains($0.identity.key)) }
+        let signatures = signatures
+        let probed: [String: Probed] = (try? await offThread {
+            Dictionary(unclaimed.map { device in
+                var signature: SignatureProbe?
+                let whyNot = DiskChecks.whyNotBlank(device) { disk in
+                    let found = kept ? signatures.probe(disk) : SignatureProbe.run(disk.identity.devPath)
+                    signature = found
+                    return found
+                }
+                return (device.identity.key, Probed(blank: whyNot == nil, signature: signature))
+            }, uniquingKeysWith: { first, _ in first })
+        }) ?? [:]
+        response.diskList.disks = world.devices.map { device in
+            let probe = probed[device.identity.key]
+            var disk = managed(device, world.claims[device.identity.key], probedBlank: probe?.blank ?? false)
+            if let signature = probe?.signature { disk.disk = Self.showing(signature, on: disk.disk) }
+            return disk
+        }
         response.steps = ["list \(world.devices.count) disks"]
         return finish(request, response, kind: .list, nowMs: nowMs)
     }
@@ -450,6 +503,10 @@ actor RequestHandler {
             final.message = described.reason
             final.step = described.failedStep
         }
+        // The job changed the host, not all of it visibly (a mkfs sends no uevent): the
+        // Lists after its end read everything afresh.
+        inventory.invalidate()
+        signatures.forgetAll()
         final.updatedUnixMs = Bus.nowUnixMs()
         let succeeded = final.outcome == .success || final.outcome == .skipped
         let outKey = succeeded && (gated.kind == .remove || gated.kind == .add || gated.kind == .deploy)
@@ -691,6 +748,24 @@ actor RequestHandler {
         }
         if gate.busy[device.identity.key] != nil { disk.status = .busy }
         return disk
+    }
+
+    /// `identity` with the filesystem (or RAID/LVM member) `blkid -p` found on the whole
+    /// disk, as the inventory lists one udev knows: a partition entry with the disk's own
+    /// dev_path, first.
+    static func showing(_ signature: SignatureProbe, on identity: Bynar_V1_DiskIdentity) -> Bynar_V1_DiskIdentity {
+        guard let type = signature.type else { return identity }
+        var identity = identity
+        var whole = Bynar_V1_Partition()
+        whole.devPath = identity.devPath
+        whole.sizeBytes = identity.sizeBytes
+        if let index = identity.partitions.firstIndex(where: { $0.devPath == identity.devPath }) {
+            whole = identity.partitions.remove(at: index)
+        }
+        whole.filesystem = type
+        whole.fsUuid = signature.uuid ?? ""
+        identity.partitions.insert(whole, at: 0)
+        return identity
     }
 
     static func kind(of request: Bynar_V1_DiskManagerRequest) -> RequestGate.Request.Kind? {

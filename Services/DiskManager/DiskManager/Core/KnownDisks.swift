@@ -25,7 +25,10 @@ struct KnownDisks {
 
     let store: LocalStore
 
-    /// Records every present disk (one transaction; the identities change rarely).
+    /// Records every present disk (one transaction; the identities change rarely). The
+    /// service calls it only when what it would record differs from what it last recorded,
+    /// so `seen_unix_ms` is the last change seen while the disk was present: vanished disks
+    /// still sort by when they were last seen.
     func remember(_ devices: [BlockDevice], nowMs: Int64) throws {
         let rows = try devices.filter { !$0.identity.key.isEmpty }.map { ($0.identity.key, Data(try $0.identity.serializedBytes() as [UInt8])) }
         try store.database.write { db in
