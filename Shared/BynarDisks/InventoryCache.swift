@@ -183,18 +183,21 @@ public final class InventoryCache {
         } else {
             changes.insert(.invalidated)
         }
-        return Look(devices: try scan(), scannedBecause: changes)
+        let scanned = try scan()
+        return Look(devices: scanned.devices, scannedBecause: changes.union(scanned.scannedBecause))
     }
 
     /// A scan now, whatever the watch says (for a look that must read the world itself);
-    /// kept for the looks after it.
-    public func scan() throws -> [BlockDevice] {
+    /// kept for the looks after it. `scannedBecause`: what the watch had seen since the
+    /// last look (empty when nothing).
+    public func scan() throws -> Look {
         kept = nil
-        _ = watch?.changes() // before the scan: what changes during it is the next look's
+        // Before the scan: what changes during it is the next look's.
+        let changes = watch?.changes() ?? .unwatched
         let snapshot = try InventorySnapshot.gather(roots: .live)
         let devices = Inventory.devices(of: snapshot, host: host, excluded: excluded, only: only)
         kept = Kept(devices: devices, unevented: snapshot.uneventedValues())
-        return devices
+        return Look(devices: devices, scannedBecause: changes)
     }
 
     /// Forgets the kept scan: the owner changed the host (a mkfs sends no uevent), so the

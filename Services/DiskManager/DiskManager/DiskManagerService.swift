@@ -85,8 +85,10 @@ actor RequestHandler {
     /// (docs/disk-manager.md, "What List keeps").
     let inventory: InventoryCache
     let signatures = SignatureCache()
-    /// What the known-disks table was last written with: an unchanged host is not written again.
+    /// What the known-disks table was last written with (an unchanged host is not written
+    /// again), and whether that is what the last scan found.
     var lastRemembered: [BlockDevice]?
+    var knownDisksWritten = false
     /// How the command being answered read the host's disks ("kept", "scanned (...)"), for its log line.
     var inventoryRead = ""
 
@@ -271,25 +273,32 @@ actor RequestHandler {
     /// `kept`: the disks may come from the kept inventory (List); otherwise they are scanned.
     private func survey(nowMs: Int64, vanished selectors: [Bynar_V1_DiskSelector], kept: Bool = false) async throws(Unanswerable) -> World {
         var devices: [BlockDevice]
+        let unchanged: Bool
         do {
-            if kept {
-                let look = try inventory.look()
-                devices = look.devices
-                inventoryRead = look.scannedBecause.isEmpty ? "kept" : "scanned (\(look.scannedBecause))"
-            } else {
-                devices = try inventory.scan()
-                inventoryRead = "scanned"
-            }
+            let look = kept ? try inventory.look() : try inventory.scan()
+            devices = look.devices
+            unchanged = kept && look.scannedBecause.isEmpty
+            inventoryRead = unchanged ? "kept" : "scanned" + (look.scannedBecause.isEmpty ? "" : " (\(look.scannedBecause))")
+            // A block device came, went or changed (or that cannot be told): no kept blkid
+            // answer is trusted past it (a media change, a partition table re-read).
+            if !look.scannedBecause.isDisjoint(with: [.blockDevices, .lostEvents, .unwatched]) { signatures.forgetAll() }
         } catch {
             throw Unanswerable(step: "inventory", reason: "cannot list this host's disks: \(error)")
         }
-        let remembered = backends.reduce(devices) { $1.remembered($0) }
-        if remembered != lastRemembered {
-            do {
-                try known.remember(remembered, nowMs: nowMs)
-                lastRemembered = remembered
-            } catch {
-                context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+        // Written when what would be written changed. Not looked at for a kept inventory once
+        // the last scan's is written: nothing it rests on changed but the filesystem
+        // backend's fstab, which only this service's jobs edit (their end drops the kept view).
+        if !(unchanged && knownDisksWritten) {
+            let remembered = backends.reduce(devices) { $1.remembered($0) }
+            knownDisksWritten = remembered == lastRemembered
+            if !knownDisksWritten {
+                do {
+                    try known.remember(remembered, nowMs: nowMs)
+                    lastRemembered = remembered
+                    knownDisksWritten = true
+                } catch {
+                    context.logger.error("cannot remember this host's disks", metadata: ["error": "\(error)"])
+                }
             }
         }
         // A disk that has dropped off the host entirely: its cluster membership can still be
@@ -331,10 +340,11 @@ actor RequestHandler {
         let unclaimed = world.devices.filter { world.claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
         let signatures = signatures
         let probed: [String: Probed] = (try? await offThread {
-            Dictionary(unclaimed.map { device in
+            let counters = kept ? SignatureCache.writeCounters(of: Set(unclaimed.map(SignatureCache.kernelName))) : [:]
+            return Dictionary(unclaimed.map { device in
                 var signature: SignatureProbe?
                 let whyNot = DiskChecks.whyNotBlank(device) { disk in
-                    let found = kept ? signatures.probe(disk) : SignatureProbe.run(disk.identity.devPath)
+                    let found = kept ? signatures.probe(disk, counters: counters) : SignatureProbe.run(disk.identity.devPath)
                     signature = found
                     return found
                 }

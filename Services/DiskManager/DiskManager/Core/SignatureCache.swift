@@ -63,13 +63,14 @@ enum SignatureProbe: Sendable, Equatable {
 /// watch rule asks the kernel for one), so an answer is kept together with a ``Stamp`` of
 /// everything through which the disk's content can change on this host, taken before the
 /// probe, and reused only while (the rule, ``Entry/answers(_:at:)``):
+/// 0. no block uevent arrived since (the service calls ``forgetAll()`` when its inventory
+///    saw one: a media change, a partition table re-read, a disk come or gone);
 /// 1. the stamp reads the same now: no write or discard completed on the disk (the
-///    kernel's counters in sysfs `stat`, which count every write that reaches the disk,
+///    kernel's counters in /proc/diskstats, which count every write that reaches the disk,
 ///    the kernel's own included), no write(2) through its device node (the node's mtime
 ///    and ctime, set when the write starts, before its data reaches the page cache that
-///    blkid reads), no media change (sysfs `diskseq`, `size`), and, for a loop device, no
-///    change of its backing file (inode, size, mtime, ctime: writes that bypass the loop
-///    device);
+///    blkid reads), the same size, and, for a loop device, no change of its backing file
+///    (inode, size, mtime, ctime: writes that bypass the loop device);
 /// 2. the newest of those times was at least ``settle`` older than the probe: a write in
 ///    the same clock tick as an earlier one leaves the time as it was, so an answer probed
 ///    that soon after a write is not kept;
@@ -106,10 +107,9 @@ final class SignatureCache: Sendable {
             }
         }
 
-        /// sysfs `diskseq` (empty on kernels without it) and `size`.
-        var sequence: String
-        var size: String
-        /// sysfs `stat`: writes completed, sectors written, discards, sectors discarded.
+        /// The disk's size in bytes (the inventory's, which a look checks against sysfs).
+        var size: UInt64
+        /// /proc/diskstats: writes completed, sectors written, discards, sectors discarded.
         var writes: [String]
         /// The device node.
         var node: FileStamp
@@ -121,30 +121,48 @@ final class SignatureCache: Sendable {
             [node.modifiedNs, node.changedNs, backing?.modifiedNs ?? 0, backing?.changedNs ?? 0].max() ?? 0
         }
 
-        /// The stamp of `device` now; nil when it cannot be read or the disk keeps no I/O
-        /// statistics (then nothing tells a write, and the disk is probed every time).
-        static func read(_ device: BlockDevice) -> Stamp? {
+        /// The stamp of `device` now, its write counters taken from `counters`
+        /// (``SignatureCache/writeCounters(of:)``, read once for all disks); nil when it cannot
+        /// be read or the disk keeps no I/O statistics (then nothing tells a write, and the
+        /// disk is probed every time).
+        static func read(_ device: BlockDevice, counters: [String: [String]]) -> Stamp? {
             let sys = device.sysPath
-            guard !device.absent, !sys.isEmpty, value(sys + "/queue/iostats") == "1",
-                  let size = value(sys + "/size"), let stat = value(sys + "/stat"),
+            guard !device.absent, !sys.isEmpty, let writes = counters[SignatureCache.kernelName(device)],
+                  case let .success(iostats) = readFile(sys + "/queue/iostats"),
+                  String(decoding: iostats, as: UTF8.self).trimmingWhitespace() == "1",
                   let node = FileStamp(path: device.identity.devPath)
             else { return nil }
-            // Fields 5, 7, 12 and 14 (1-based) of the block layer's statistics.
-            let fields = stat.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            let writes = [4, 6, 11, 13].filter { $0 < fields.count }.map { String(fields[$0]) }
-            guard writes.count >= 2 else { return nil }
             var backing: FileStamp?
             if device.identity.transport == .loop {
-                guard let file = value(sys + "/loop/backing_file"), let found = FileStamp(path: file) else { return nil }
+                // The inventory's: a loop device gets another file only through a detach
+                // and an attach, each a uevent.
+                guard let found = FileStamp(path: device.identity.backingFile) else { return nil }
                 backing = found
             }
-            return Stamp(sequence: value(sys + "/diskseq") ?? "", size: size, writes: writes, node: node, backing: backing)
+            return Stamp(size: device.identity.sizeBytes, writes: writes, node: node, backing: backing)
         }
+    }
 
-        private static func value(_ path: String) -> String? {
-            guard case let .success(bytes) = readFile(path) else { return nil }
-            return String(decoding: bytes, as: UTF8.self).trimmingWhitespace()
+    /// The write counters of the block devices named in `names` now (kernel name ->
+    /// fields 8, 10, 15 and 17 of /proc/diskstats: writes completed, sectors written,
+    /// discards completed, sectors discarded), one read for all disks; empty when it cannot
+    /// be read.
+    static func writeCounters(of names: Set<String>) -> [String: [String]] {
+        guard !names.isEmpty, case let .success(bytes) = readFile("/proc/diskstats") else { return [:] }
+        var counters: [String: [String]] = [:]
+        // As bytes: a host has hundreds of lines here, and only a few are wanted.
+        for line in bytes.split(separator: UInt8(ascii: "\n")) {
+            let fields = line.split(separator: UInt8(ascii: " "))
+            guard fields.count > 9, case let name = String(decoding: fields[2], as: UTF8.self), names.contains(name) else { continue }
+            counters[name] = [7, 9, 14, 16].filter { $0 < fields.count }.map { String(decoding: fields[$0], as: UTF8.self) }
         }
+        return counters
+    }
+
+    /// The kernel name of `device` (the last component of its sysfs path), as
+    /// /proc/diskstats names it.
+    static func kernelName(_ device: BlockDevice) -> String {
+        device.sysPath.split(separator: "/").last.map(String.init) ?? ""
     }
 
     /// One kept answer.
@@ -172,10 +190,11 @@ final class SignatureCache: Sendable {
     init() {}
 
     /// What `blkid -p` finds on `device`: the kept answer when the rule allows, else a new
-    /// probe (`run`), kept when its stamp could be read and it did not fail.
-    func probe(_ device: BlockDevice, run: (String) -> SignatureProbe = { SignatureProbe.run($0) }) -> SignatureProbe {
+    /// probe (`run`), kept when its stamp could be read and it did not fail. `counters`:
+    /// ``writeCounters(of:)`` read for this look.
+    func probe(_ device: BlockDevice, counters: [String: [String]], run: (String) -> SignatureProbe = { SignatureProbe.run($0) }) -> SignatureProbe {
         let path = device.identity.devPath
-        let stamp = Stamp.read(device)
+        let stamp = Stamp.read(device, counters: counters)
         let instant = ContinuousClock.now
         if let kept = entries.withLock({ $0[path] }), kept.answers(stamp, at: instant) { return kept.probe }
         var wall = timespec()
@@ -189,7 +208,7 @@ final class SignatureCache: Sendable {
         return probe
     }
 
-    /// Forgets every kept answer: the disk-manager changed a disk.
+    /// Forgets every kept answer: the disk-manager changed a disk, or a block uevent came.
     func forgetAll() {
         entries.withLock { $0.removeAll() }
     }

@@ -80,14 +80,17 @@ public struct FilesystemBackend: StorageBackend {
     /// the line Bynar mounted it through is how its vanished self is recognised later.
     public func remembered(_ devices: [BlockDevice]) -> [BlockDevice] {
         guard devices.contains(where: { managedMountpoint(of: $0) != nil }), let fstab = try? Fstab(path: config.fstab) else { return devices }
-        let mounts = Self.mounts()  // read once per survey, not once per disk
+        // Each table read and indexed once per survey, not once per disk (the first fstab
+        // line for a mountpoint, the last mount there).
+        let lines = Dictionary(fstab.entries(under: config.mountRoot).map { ($0.mountpoint, $0.source) }, uniquingKeysWith: { first, _ in first })
+        let mounts = Dictionary(Self.mounts().map { ($0.mountPoint, $0) }, uniquingKeysWith: { _, last in last })
         return devices.map { device in
             var device = device
             for index in device.identity.partitions.indices where device.identity.partitions[index].fsUuid.isEmpty {
                 let partition = device.identity.partitions[index]
                 guard let mountpoint = partition.mountpoints.first(where: { $0.hasPrefix(config.mountRoot + "/") }),
-                      let source = fstab.entry(mountpoint: mountpoint)?.source, source.hasPrefix("UUID="),
-                      let there = mounts.last(where: { $0.mountPoint == mountpoint }), there.devNumber == DeviceNumber(deviceAt: partition.devPath)
+                      let source = lines[mountpoint], source.hasPrefix("UUID="),
+                      let there = mounts[mountpoint], there.devNumber == DeviceNumber(deviceAt: partition.devPath)
                 else { continue }
                 device.identity.partitions[index].fsUuid = String(source.dropFirst("UUID=".count))
             }
