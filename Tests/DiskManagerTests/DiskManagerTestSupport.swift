@@ -79,6 +79,7 @@ struct DiskManagerLine {
 /// A running bynar-disk-manager with the filesystem backend (XFS under `<directory>/srv`,
 /// its own fstab `<directory>/fstab`), trusting one fresh key, and a signed line to it.
 struct FilesystemManager {
+    let directory: String
     let process: ServiceProcess
     let bus: Bus
     let line: DiskManagerLine
@@ -104,7 +105,7 @@ struct FilesystemManager {
             process.signal(SIGTERM)
             throw TestSupportError("the disk-manager did not start: \(process.log)")
         }
-        return FilesystemManager(process: process, bus: bus, line: line, mountRoot: mountRoot, fstab: fstab)
+        return FilesystemManager(directory: directory, process: process, bus: bus, line: line, mountRoot: mountRoot, fstab: fstab)
     }
 
     /// How many commands it answered from its kept inventory so far (its log says so).
@@ -115,4 +116,28 @@ struct FilesystemManager {
     func stop() {
         process.signal(SIGTERM)
     }
+}
+
+/// Runs `body` against a ``FilesystemManager`` of its own (its own broker, in a scratch
+/// directory named after `prefix`), with blank loop disks `loops` (name, MB) attached before
+/// it starts and `prepare` run on them then (a filesystem, a mount). Everything is undone
+/// afterwards, also when `body` throws: the service stopped, each loop device unmounted and
+/// detached by name, the directory removed.
+func withFilesystemManager(
+    _ prefix: String, loops: [(name: String, sizeMB: Int)] = [], settings: String = "",
+    prepare: ([LoopDisk]) throws -> Void = { _ in },
+    _ body: (FilesystemManager, [LoopDisk]) async throws -> Void
+) async throws {
+    let directory = try makeTemporaryDirectory(prefix: prefix)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    var disks: [LoopDisk] = []
+    defer { for disk in disks { disk.teardown() } }
+    for loop in loops { disks.append(try LoopDisk(directory: directory, name: loop.name, sizeMB: loop.sizeMB)) }
+    try prepare(disks)
+    let broker = try TestBroker()
+    defer { withExtendedLifetime(broker) {} } // up until the service has stopped
+    let manager = try await FilesystemManager.start(broker: broker, directory: directory, settings: settings)
+    defer { manager.stop() }
+    try await body(manager, disks)
+    await manager.bus.shutdown()
 }

@@ -101,157 +101,122 @@ struct FilesystemBackendTests {
     /// Remove was refused (the incident ended STUCK).
     @Test(.timeLimit(.minutes(3)))
     func aVanishedDisksFstabLineIsTakenOut() async throws {
-        let broker = try TestBroker()
-        let directory = try makeTemporaryDirectory(prefix: "bynar-dm-fs-gone")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let gone = try LoopDisk(directory: directory, name: "gone", sizeMB: 300)
-        defer { gone.teardown() }
-        let mountRoot = directory + "/srv"
-        let fstabPath = directory + "/fstab"
-        try "# test fstab\n".write(toFile: fstabPath, atomically: true, encoding: .utf8)
-        let files = try KeyFiles.generate(keyID: "ops")
-        try files.trustedKeysLine.write(toFile: directory + "/trusted-keys", atomically: true, encoding: .utf8)
-        let bus = try await connectedBus(broker, service: "tester")
-        let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "ops", privateKeyText: files.privateKeyFileText)
-        let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
-        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory, extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys",
-                             "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstabPath)", "filesystem": "xfs"}}
-            """)
-        defer { manager.signal(SIGTERM) }
-        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(manager.log)")
-        let key = try #require(try await line.disks().first { $0.disk.devPath == gone.device }).disk.key
-        let deploy = try await line.send("deploy-gone", .deploy(.with { $0.disk = .key(key) }))
-        let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
-        let mountpoint = "\(mountRoot)/\(key)"
-        #expect(deployed.state == .succeeded && deployed.backendID == mountpoint, "\(deployed)")
-        // Seen in service once more (the disk-manager's last sighting has the mount), then gone:
-        // not mounted any more, detached.
-        #expect(try await line.disks().contains { $0.disk.key == key && $0.status == .inService })
-        _ = try FaultyDisk.run("/bin/umount", [mountpoint])
-        gone.teardown()
-        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8).contains(mountpoint), "its line is still there")
+        try await withFilesystemManager("bynar-dm-fs-gone", loops: [("gone", 300)]) { filesystem, loops in
+            let (gone, line, manager, mountRoot, fstabPath) = (loops[0], filesystem.line, filesystem.process, filesystem.mountRoot, filesystem.fstab)
+            let key = try #require(try await line.disks().first { $0.disk.devPath == gone.device }).disk.key
+            let deploy = try await line.send("deploy-gone", .deploy(.with { $0.disk = .key(key) }))
+            let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
+            let mountpoint = "\(mountRoot)/\(key)"
+            #expect(deployed.state == .succeeded && deployed.backendID == mountpoint, "\(deployed)")
+            // Seen in service once more (the disk-manager's last sighting has the mount), then gone:
+            // not mounted any more, detached.
+            #expect(try await line.disks().contains { $0.disk.key == key && $0.status == .inService })
+            _ = try FaultyDisk.run("/bin/umount", [mountpoint])
+            gone.teardown()
+            #expect(try String(contentsOfFile: fstabPath, encoding: .utf8).contains(mountpoint), "its line is still there")
 
-        let safe = try await line.send("safe-gone", .safeToRemove(.with { $0.disk = .key(key) }))
-        #expect(safe.outcome == .success && safe.safeToRemove.safe, "\(safe)")
-        let remove = try await line.send("remove-gone", .remove(.with { $0.disk = .key(key) }))
-        #expect(remove.outcome == .accepted, "\(remove)\n\(manager.log)")
-        let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
-        #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
-        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n", "the vanished disk's line is gone")
-        // Asked again (a new request): already out, nothing to do.
-        let again = try await line.send("remove-gone-2", .remove(.with { $0.disk = .key(key) }))
-        #expect(again.outcome != .refused || again.reason.contains("out"), "\(again)")
+            let safe = try await line.send("safe-gone", .safeToRemove(.with { $0.disk = .key(key) }))
+            #expect(safe.outcome == .success && safe.safeToRemove.safe, "\(safe)")
+            let remove = try await line.send("remove-gone", .remove(.with { $0.disk = .key(key) }))
+            #expect(remove.outcome == .accepted, "\(remove)\n\(manager.log)")
+            let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
+            #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
+            #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n", "the vanished disk's line is gone")
+            // Asked again (a new request): already out, nothing to do.
+            let again = try await line.send("remove-gone-2", .remove(.with { $0.disk = .key(key) }))
+            #expect(again.outcome != .refused || again.reason.contains("out"), "\(again)")
+        }
     }
 
     @Test(.timeLimit(.minutes(3)))
     func deployRemoveAndReplaceADataDisk() async throws {
-        let broker = try TestBroker()
-        let directory = try makeTemporaryDirectory(prefix: "bynar-dm-fs")
-        let first = try LoopDisk(directory: directory, name: "first", sizeMB: 300)
-        defer { first.teardown() }
-        let second = try LoopDisk(directory: directory, name: "second", sizeMB: 300)
-        defer { second.teardown() }
-        // Another program's data (an ext4 nobody mounted): List must not call it BLANK.
-        let foreign = try LoopDisk(directory: directory, name: "foreign", sizeMB: 64)
-        defer { foreign.teardown() }
-        _ = try FaultyDisk.run("/sbin/mkfs.ext4", ["-q", "-F", foreign.device])
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let mountRoot = directory + "/srv"
-        let fstabPath = directory + "/fstab"
-        try "# test fstab\n".write(toFile: fstabPath, atomically: true, encoding: .utf8)
+        // "foreign" carries another program's data (an ext4 nobody mounted): List must not call it BLANK.
+        let loops = [(name: "first", sizeMB: 300), (name: "second", sizeMB: 300), (name: "foreign", sizeMB: 64)]
+        try await withFilesystemManager("bynar-dm-fs", loops: loops, settings: "\"max_disks_out\": 1", prepare: { disks in
+            try FaultyDisk.run("/sbin/mkfs.ext4", ["-q", "-F", disks[2].device])
+        }) { filesystem, disks in
+            let (first, second, foreign) = (disks[0], disks[1], disks[2])
+            let (line, manager, mountRoot, fstabPath, directory) = (filesystem.line, filesystem.process, filesystem.mountRoot, filesystem.fstab, filesystem.directory)
 
-        let files = try KeyFiles.generate(keyID: "ops")
-        try files.trustedKeysLine.write(toFile: directory + "/trusted-keys", atomically: true, encoding: .utf8)
-        let bus = try await connectedBus(broker, service: "tester")
-        let line = try await DiskManagerLine(bus: bus, host: "h1", keyID: "ops", privateKeyText: files.privateKeyFileText)
-        let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
-        let manager = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory, extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1,
-                             "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstabPath)", "filesystem": "xfs"}}
-            """)
-        defer { manager.signal(SIGTERM) }
-        #expect(await statuses.wait(timeout: .seconds(15)) { $0.contains { $0.payload.state == .birth } }, "\(manager.log)")
+            func disk(_ loop: LoopDisk) async throws -> Bynar_V1_ManagedDisk {
+                try #require(try await line.disks().first { $0.disk.devPath == loop.device }, "\(loop.device) is listed")
+            }
+            let blank = try await disk(first)
+            #expect(blank.status == .blank && blank.backend.isEmpty)
+            let notBlank = try await disk(foreign)
+            #expect(notBlank.status == .unspecified && notBlank.backend.isEmpty, "a disk carrying ext4 is not BLANK: \(notBlank.status)")
+            let firstKey = blank.disk.key
+            let secondKey = try await disk(second).disk.key
 
-        func disk(_ loop: LoopDisk) async throws -> Bynar_V1_ManagedDisk {
-            try #require(try await line.disks().first { $0.disk.devPath == loop.device }, "\(loop.device) is listed")
+            // Deploy: simulated first (nothing happens), then for real.
+            let simulated = try await line.send("deploy-sim", simulate: true, .deploy(.with { $0.disk = .key(firstKey) }))
+            #expect(simulated.outcome == .success && simulated.simulated && simulated.steps.contains { $0.hasPrefix("make xfs") }, "\(simulated)")
+            #expect(try await disk(first).status == .blank, "simulate changed nothing")
+            let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = .key(firstKey) }))
+            #expect(deploy.outcome == .accepted && !deploy.jobID.isEmpty, "\(deploy)")
+            let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
+            let mountpoint = "\(mountRoot)/\(firstKey)"
+            #expect(deployed.state == .succeeded && deployed.outcome == .success && deployed.backendID == mountpoint, "\(deployed)")
+            #expect(line.progress.all.contains { $0.payload.jobID == deploy.jobID && $0.payload.state == .running && $0.payload.stepCount == 3 })
+            let inService = try await disk(first)
+            #expect(inService.backend == "filesystem" && inService.backendID == mountpoint && inService.status == .inService)
+            let uuid = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", first.device]).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\nUUID=\(uuid) \(mountpoint) xfs defaults,noatime,nofail 0 2\n")
+            try "payload".write(toFile: mountpoint + "/data", atomically: true, encoding: .utf8)
+            // JobStatus answers with the final progress.
+            let status = try await line.send("status-1", .jobStatus(.with { $0.jobID = deploy.jobID }))
+            #expect(status.outcome == .success && status.job.state == .succeeded && status.job.backendID == mountpoint)
+
+            // In use: not safe, and Remove is refused with the user named; nothing changes.
+            let holder = try ChildProcess("/bin/sh", ["-c", "cd '\(mountpoint)' && exec sleep 60"])
+            var unsafe = Bynar_V1_DiskManagerResponse()
+            for _ in 0..<50 {
+                unsafe = try await line.send("safe-\(UUID().uuidString)", .safeToRemove(.with { $0.disk = .key(firstKey) }))
+                if !unsafe.safeToRemove.safe { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(unsafe.outcome == .success && !unsafe.safeToRemove.safe && unsafe.safeToRemove.detail.contains("pid \(holder.pid)"), "\(unsafe)")
+            let refused = try await line.send("remove-busy", .remove(.with { $0.disk = .key(firstKey) }))
+            #expect(refused.outcome == .refused && refused.reason.contains("pid \(holder.pid)"), "\(refused)")
+            holder.stop(SIGKILL)
+            let safe = try await line.send("safe-2", .safeToRemove(.with { $0.disk = .key(firstKey) }))
+            #expect(safe.safeToRemove.safe && safe.safeToRemove.clusterHealth.isEmpty, "\(safe)")
+
+            // Remove, simulated: steps, no change.
+            let removeSim = try await line.send("remove-sim", simulate: true, .remove(.with { $0.disk = .key(firstKey) }))
+            #expect(removeSim.outcome == .success && removeSim.steps == ["unmount \(mountpoint)", "remove the \(fstabPath) line for \(mountpoint)"], "\(removeSim)")
+            #expect(FileManager.default.fileExists(atPath: mountpoint + "/data"))
+            // Remove for real; the same request id again acts once.
+            let remove = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
+            #expect(remove.outcome == .accepted, "\(remove)")
+            let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
+            #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
+            #expect(!FileManager.default.fileExists(atPath: mountpoint + "/data"), "unmounted")
+            #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n")
+            let again = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
+            #expect(again.outcome == .alreadyDone && again.originalOutcome == .accepted && again.jobID == remove.jobID, "\(again)")
+
+            // Add needs the id Remove answered; a disk carrying data is never formatted.
+            let noID = try await line.send("add-noid", .add(.with { $0.disk = .key(secondKey) }))
+            #expect(noID.outcome == .refused && noID.reason.contains("reuse_osd_id"), "\(noID)")
+            let overData = try await line.send("add-old", .add(.with { $0.disk = .key(firstKey); $0.reuseOsdID = mountpoint }))
+            #expect(overData.outcome == .refused && overData.reason.contains("carries data"), "\(overData)")
+
+            // The new disk goes in at the old mountpoint, by UUID.
+            let add = try await line.send("add-1", .add(.with { $0.disk = .key(secondKey); $0.reuseOsdID = mountpoint }))
+            #expect(add.outcome == .accepted, "\(add)")
+            let added = try #require(await line.finished(add.jobID, timeout: .seconds(60)))
+            #expect(added.outcome == .success && added.backendID == mountpoint, "\(added)")
+            let newUUID = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", second.device]).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(newUUID != uuid)
+            #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\nUUID=\(newUUID) \(mountpoint) xfs defaults,noatime,nofail 0 2\n")
+            let replaced = try await disk(second)
+            #expect(replaced.status == .inService && replaced.backendID == mountpoint)
+
+            // The audit table has every command and each job's end.
+            manager.signal(SIGTERM)
+            let audit = try String(contentsOfFile: directory + "/bynar-disk-manager.log", encoding: .utf8)
+            #expect(audit.contains("job finished"))
         }
-        let blank = try await disk(first)
-        #expect(blank.status == .blank && blank.backend.isEmpty)
-        let notBlank = try await disk(foreign)
-        #expect(notBlank.status == .unspecified && notBlank.backend.isEmpty, "a disk carrying ext4 is not BLANK: \(notBlank.status)")
-        let firstKey = blank.disk.key
-        let secondKey = try await disk(second).disk.key
-
-        // Deploy: simulated first (nothing happens), then for real.
-        let simulated = try await line.send("deploy-sim", simulate: true, .deploy(.with { $0.disk = .key(firstKey) }))
-        #expect(simulated.outcome == .success && simulated.simulated && simulated.steps.contains { $0.hasPrefix("make xfs") }, "\(simulated)")
-        #expect(try await disk(first).status == .blank, "simulate changed nothing")
-        let deploy = try await line.send("deploy-1", .deploy(.with { $0.disk = .key(firstKey) }))
-        #expect(deploy.outcome == .accepted && !deploy.jobID.isEmpty, "\(deploy)")
-        let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
-        let mountpoint = "\(mountRoot)/\(firstKey)"
-        #expect(deployed.state == .succeeded && deployed.outcome == .success && deployed.backendID == mountpoint, "\(deployed)")
-        #expect(line.progress.all.contains { $0.payload.jobID == deploy.jobID && $0.payload.state == .running && $0.payload.stepCount == 3 })
-        let inService = try await disk(first)
-        #expect(inService.backend == "filesystem" && inService.backendID == mountpoint && inService.status == .inService)
-        let uuid = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", first.device]).trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\nUUID=\(uuid) \(mountpoint) xfs defaults,noatime,nofail 0 2\n")
-        try "payload".write(toFile: mountpoint + "/data", atomically: true, encoding: .utf8)
-        // JobStatus answers with the final progress.
-        let status = try await line.send("status-1", .jobStatus(.with { $0.jobID = deploy.jobID }))
-        #expect(status.outcome == .success && status.job.state == .succeeded && status.job.backendID == mountpoint)
-
-        // In use: not safe, and Remove is refused with the user named; nothing changes.
-        let holder = try ChildProcess("/bin/sh", ["-c", "cd '\(mountpoint)' && exec sleep 60"])
-        var unsafe = Bynar_V1_DiskManagerResponse()
-        for _ in 0..<50 {
-            unsafe = try await line.send("safe-\(UUID().uuidString)", .safeToRemove(.with { $0.disk = .key(firstKey) }))
-            if !unsafe.safeToRemove.safe { break }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        #expect(unsafe.outcome == .success && !unsafe.safeToRemove.safe && unsafe.safeToRemove.detail.contains("pid \(holder.pid)"), "\(unsafe)")
-        let refused = try await line.send("remove-busy", .remove(.with { $0.disk = .key(firstKey) }))
-        #expect(refused.outcome == .refused && refused.reason.contains("pid \(holder.pid)"), "\(refused)")
-        holder.stop(SIGKILL)
-        let safe = try await line.send("safe-2", .safeToRemove(.with { $0.disk = .key(firstKey) }))
-        #expect(safe.safeToRemove.safe && safe.safeToRemove.clusterHealth.isEmpty, "\(safe)")
-
-        // Remove, simulated: steps, no change.
-        let removeSim = try await line.send("remove-sim", simulate: true, .remove(.with { $0.disk = .key(firstKey) }))
-        #expect(removeSim.outcome == .success && removeSim.steps == ["unmount \(mountpoint)", "remove the \(fstabPath) line for \(mountpoint)"], "\(removeSim)")
-        #expect(FileManager.default.fileExists(atPath: mountpoint + "/data"))
-        // Remove for real; the same request id again acts once.
-        let remove = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
-        #expect(remove.outcome == .accepted, "\(remove)")
-        let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
-        #expect(removed.outcome == .success && removed.backendID == mountpoint, "\(removed)")
-        #expect(!FileManager.default.fileExists(atPath: mountpoint + "/data"), "unmounted")
-        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\n")
-        let again = try await line.send("remove-1", .remove(.with { $0.disk = .key(firstKey) }))
-        #expect(again.outcome == .alreadyDone && again.originalOutcome == .accepted && again.jobID == remove.jobID, "\(again)")
-
-        // Add needs the id Remove answered; a disk carrying data is never formatted.
-        let noID = try await line.send("add-noid", .add(.with { $0.disk = .key(secondKey) }))
-        #expect(noID.outcome == .refused && noID.reason.contains("reuse_osd_id"), "\(noID)")
-        let overData = try await line.send("add-old", .add(.with { $0.disk = .key(firstKey); $0.reuseOsdID = mountpoint }))
-        #expect(overData.outcome == .refused && overData.reason.contains("carries data"), "\(overData)")
-
-        // The new disk goes in at the old mountpoint, by UUID.
-        let add = try await line.send("add-1", .add(.with { $0.disk = .key(secondKey); $0.reuseOsdID = mountpoint }))
-        #expect(add.outcome == .accepted, "\(add)")
-        let added = try #require(await line.finished(add.jobID, timeout: .seconds(60)))
-        #expect(added.outcome == .success && added.backendID == mountpoint, "\(added)")
-        let newUUID = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", second.device]).trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(newUUID != uuid)
-        #expect(try String(contentsOfFile: fstabPath, encoding: .utf8) == "# test fstab\nUUID=\(newUUID) \(mountpoint) xfs defaults,noatime,nofail 0 2\n")
-        let replaced = try await disk(second)
-        #expect(replaced.status == .inService && replaced.backendID == mountpoint)
-
-        // The audit table has every command and each job's end.
-        manager.signal(SIGTERM)
-        let audit = try String(contentsOfFile: directory + "/bynar-disk-manager.log", encoding: .utf8)
-        #expect(audit.contains("job finished"))
-        await bus.shutdown()
     }
 }
