@@ -325,6 +325,46 @@ actor RequestHandler {
         var signature: SignatureProbe?
     }
 
+    /// Whether each unclaimed disk is blank, and the signature `blkid -p` finds on it. With
+    /// `kept`, the kept answers that still hold, and the checks that need no probe (mounts,
+    /// partitions, holders), are taken here: reads of sysfs and stat(2), as a look's. The
+    /// disks that must be probed again, or all without `kept`, are probed off the actor
+    /// (blkid is a process and reads the disk).
+    private func blankness(of unclaimed: [BlockDevice], kept: Bool) async -> [String: Probed] {
+        let signatures = signatures
+        var found: [String: Probed] = [:]
+        var stale = unclaimed
+        if kept {
+            let counters = SignatureCache.writeCounters(of: Set(unclaimed.map(SignatureCache.kernelName)))
+            stale = []
+            for device in unclaimed {
+                var signature: SignatureProbe?
+                var probeAgain = false
+                let whyNot = DiskChecks.whyNotBlank(device) { disk in
+                    signature = signatures.keptAnswer(disk, counters: counters)
+                    probeAgain = signature == nil
+                    return signature ?? .none
+                }
+                if probeAgain { stale.append(device) } else { found[device.identity.key] = Probed(blank: whyNot == nil, signature: signature) }
+            }
+        }
+        guard !stale.isEmpty else { return found }
+        let probing = stale
+        let probed: [(String, Probed)] = (try? await offThread {
+            let counters = kept ? SignatureCache.writeCounters(of: Set(probing.map(SignatureCache.kernelName))) : [:]
+            return probing.map { device in
+                var signature: SignatureProbe?
+                let whyNot = DiskChecks.whyNotBlank(device) { disk in
+                    let probe = kept ? signatures.probe(disk, counters: counters) : SignatureProbe.run(disk.identity.devPath)
+                    signature = probe
+                    return probe
+                }
+                return (device.identity.key, Probed(blank: whyNot == nil, signature: signature))
+            }
+        }) ?? []
+        return found.merging(probed, uniquingKeysWith: { first, _ in first })
+    }
+
     /// List: every disk, with its backend's view and whether it is blank. `kept`: the
     /// signature probes may be kept answers (``SignatureCache``).
     private func list(_ request: Bynar_V1_DiskManagerRequest, _ world: World, kept: Bool, into base: Bynar_V1_DiskManagerResponse, nowMs: Int64) async -> Bynar_V1_DiskManagerResponse {
@@ -338,19 +378,7 @@ actor RequestHandler {
         // An unclaimed disk is BLANK only if probing finds no signature on it (blkid -p,
         // as Deploy checks): a loop device carrying another program's data is not blank.
         let unclaimed = world.devices.filter { world.claims[$0.identity.key] == nil && !$0.isSystemDisk && !$0.absent }
-        let signatures = signatures
-        let probed: [String: Probed] = (try? await offThread {
-            let counters = kept ? SignatureCache.writeCounters(of: Set(unclaimed.map(SignatureCache.kernelName))) : [:]
-            return Dictionary(unclaimed.map { device in
-                var signature: SignatureProbe?
-                let whyNot = DiskChecks.whyNotBlank(device) { disk in
-                    let found = kept ? signatures.probe(disk, counters: counters) : SignatureProbe.run(disk.identity.devPath)
-                    signature = found
-                    return found
-                }
-                return (device.identity.key, Probed(blank: whyNot == nil, signature: signature))
-            }, uniquingKeysWith: { first, _ in first })
-        }) ?? [:]
+        let probed = await blankness(of: unclaimed, kept: kept)
         response.diskList.disks = world.devices.map { device in
             let probe = probed[device.identity.key]
             var disk = managed(device, world.claims[device.identity.key], probedBlank: probe?.blank ?? false)

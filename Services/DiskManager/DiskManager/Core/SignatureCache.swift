@@ -189,6 +189,15 @@ final class SignatureCache: Sendable {
 
     init() {}
 
+    /// The kept answer for `device` when the rule allows it now, else nil (probe it).
+    /// Reads sysfs and stat(2) only, never the disk.
+    func keptAnswer(_ device: BlockDevice, counters: [String: [String]]) -> SignatureProbe? {
+        guard let kept = entries.withLock({ $0[device.identity.devPath] }),
+              kept.answers(Stamp.read(device, counters: counters), at: ContinuousClock.now)
+        else { return nil }
+        return kept.probe
+    }
+
     /// What `blkid -p` finds on `device`: the kept answer when the rule allows, else a new
     /// probe (`run`), kept when its stamp could be read and it did not fail. `counters`:
     /// ``writeCounters(of:)`` read for this look.
