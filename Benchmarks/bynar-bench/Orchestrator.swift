@@ -24,6 +24,8 @@ final class DecisionLog: Sendable {
     private struct State {
         var published: [String: ContinuousClock.Instant] = [:]
         var decided: [String: ContinuousClock.Instant] = [:]
+        /// Disks whose incident said QUEUED (SafeToRemove answered "not safe").
+        var queued: Set<String> = []
         var rawArrivals: [ContinuousClock.Instant] = []
         var hostStates: Set<String> = []
         var hostStatesDone: ContinuousClock.Instant?
@@ -39,6 +41,10 @@ final class DecisionLog: Sendable {
         let now = ContinuousClock.now
         state.withLock { state in if state.decided[key] == nil { state.decided[key] = now } }
     }
+    func queued(_ key: String) {
+        state.withLock { _ = $0.queued.insert(key) }
+    }
+    func queuedCount(_ keys: [String]) -> Int { state.withLock { state in keys.filter { state.queued.contains($0) }.count } }
     func raw() {
         let now = ContinuousClock.now
         state.withLock { $0.rawArrivals.append(now) }
@@ -95,11 +101,18 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
             response.safeToRemove.safe = false
             response.safeToRemove.detail = "bench: not safe"
             response.safeToRemove.clusterHealth = "HEALTH_OK"
-            Task { try? await observer.reply(to: command, with: response) }
+            // As the host's disk-manager: the orchestrator takes a reply only from the
+            // responder it asked (the topic names it; this broker has no ACL to refuse it).
+            Task { try? await observer.reply(to: command, with: response, asHost: command.payload.host, service: "disk-manager") }
         }
     }
     let incidents = try await observer.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self, buffer: 1 << 20)
-    let incidentWatcher = Task { for await event in incidents { log.decided(event.payload.incident.disk.key) } }
+    let incidentWatcher = Task {
+        for await event in incidents {
+            log.decided(event.payload.incident.disk.key)
+            if event.payload.incident.state == .queued { log.queued(event.payload.incident.disk.key) }
+        }
+    }
     let hostStates = try await observer.subscribe(Topics.hostState(host: "+"), as: Bynar_V1_HostState.self, buffer: 1 << 20)
     let hostWatcher = Task { for await state in hostStates where state.payload.up { log.hostState(state.payload.host) } }
     let rawEvents = try await raw.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self, buffer: 1 << 20)
@@ -190,6 +203,10 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     while log.decidedCount(floodKeys) < floodKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
     let floodResult = log.latencies(floodKeys)
     let floodRaw = log.rawWindow(from: floodStart)
+    // Every incident of the run on to QUEUED (its SafeToRemove answered "not safe").
+    let allKeys = steadyKeys + floodKeys
+    while log.queuedCount(allKeys) < allKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
+    let allQueued = ContinuousClock.now
 
     func perSecond(_ count: Int, _ first: ContinuousClock.Instant?, _ last: ContinuousClock.Instant?) -> Double {
         guard let first, let last, last > first else { return 0 }
@@ -212,6 +229,7 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
         print("flood incidents=\(flood) decided=\(floodResult.ms.count) orchestrator_per_s=\(Int(floodRate)) raw_per_s=\(Int(rawRate)) "
               + "fraction=\(format3(rawRate > 0 ? floodRate / rawRate : 0)) latency_ms p50=\(format3(percentile(floodResult.ms, 0.5))) p99=\(format3(percentile(floodResult.ms, 0.99)))")
     }
+    print("queued \(log.queuedCount(allKeys))/\(allKeys.count) incidents QUEUED (SafeToRemove answered) \(format3(seconds(allQueued - floodStart))) s after the flood began")
     for task in [responder, incidentWatcher, hostWatcher, rawWatcher] { task.cancel() }
     await observer.shutdown()
     await raw.shutdown()
