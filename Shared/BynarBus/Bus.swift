@@ -125,6 +125,9 @@ public final class Bus: Sendable {
         var connectWaiters: [UInt64: CheckedContinuation<Void, any Error>] = [:]
         var nextWaiterId: UInt64 = 0
         var requests: [[UInt8]: PendingRequest] = [:]
+        /// No pending request's deadline is before this (nil: none pending): the network
+        /// thread looks through them only once one may have passed.
+        var nextDeadline: ContinuousClock.Instant?
         var replyRouteReady = false
         var stats = Stats()
         var lastOverflowLog: ContinuousClock.Instant?
@@ -598,7 +601,11 @@ public final class Bus: Sendable {
         let properties = PublishProperties(responseTopic: replyTopic, correlationData: key, messageExpirySeconds: UInt32(max(1, seconds)))
         let (message, reply): (MQTTMessage, Envelope) = try await withCheckedThrowingContinuation { continuation in
             let responder = Topics.responder(forRequestTopic: topic)
-            state.withLock { $0.requests[key] = PendingRequest(continuation: continuation, deadline: .now + timeout, topic: topic, responder: responder) }
+            let deadline = ContinuousClock.now + timeout
+            state.withLock { state in
+                state.requests[key] = PendingRequest(continuation: continuation, deadline: deadline, topic: topic, responder: responder)
+                state.nextDeadline = min(state.nextDeadline ?? deadline, deadline)
+            }
             Task {
                 do {
                     try await self.publish(bytes: bytes, to: topic, retain: false, properties: properties)
@@ -721,7 +728,15 @@ public final class Bus: Sendable {
     private func expireRequests() {
         let now = ContinuousClock.now
         let expired = state.withLock { state -> [PendingRequest] in
-            let keys = state.requests.filter { $0.value.deadline <= now }.map(\.key)
+            // Ten times a second: with thousands of requests pending, looking through them
+            // all each time was a few percent of the orchestrator's CPU in a flood.
+            guard let next = state.nextDeadline, next <= now else { return [] }
+            var keys: [[UInt8]] = []
+            var earliest: ContinuousClock.Instant?
+            for (key, request) in state.requests {
+                if request.deadline <= now { keys.append(key) } else { earliest = min(earliest ?? request.deadline, request.deadline) }
+            }
+            state.nextDeadline = earliest
             return keys.compactMap { state.requests.removeValue(forKey: $0) }
         }
         for request in expired {

@@ -239,8 +239,17 @@ public final class Outbox: Sendable {
                 }
                 try store.removeFromOutbox(ids: delivered)
                 if !awaiting.isEmpty {
-                    try store.awaitReceipts(ids: awaiting, nowMs: Bus.nowUnixMs())
-                    resendDue = try store.nextResendUnixMs()
+                    let now = Bus.nowUnixMs()
+                    try store.awaitReceipts(ids: awaiting, nowMs: now)
+                    // Each is due again its `resend_after_ms` from now: the earliest is known
+                    // without scanning every awaiting event in the store.
+                    let waiting = Set(awaiting)
+                    let waits = batch.filter { waiting.contains($0.id) }.map(\.resendAfterMs)
+                    if let wait = waits.compactMap({ $0 }).min(), !waits.contains(nil) {
+                        resendDue = min(resendDue ?? (now + wait), now + wait)
+                    } else {
+                        resendDue = try store.nextResendUnixMs()
+                    }
                 }
                 retryDelay = .milliseconds(200)
             } catch BusError.stopped {

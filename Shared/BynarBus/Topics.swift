@@ -130,20 +130,43 @@ public enum Topics {
         return parts.count == 3 ? String(parts[2]) : subscription
     }
 
-    /// MQTT topic filter matching (`+` one level, `#` the rest).
+    /// MQTT topic filter matching (`+` one level, `#` the rest). Every message is matched
+    /// against every route, so this walks the bytes level by level and allocates nothing
+    /// (splitting both strings per route was a tenth of the orchestrator's CPU in a flood).
     static func matches(filter: String, topic: String) -> Bool {
-        let f = filter.split(separator: "/", omittingEmptySubsequences: false)
-        let t = topic.split(separator: "/", omittingEmptySubsequences: false)
-        // Topics starting with $ are not matched by wildcards in the first level.
-        if topic.hasPrefix("$"), let first = f.first, first == "+" || first == "#" { return false }
-        var index = 0
-        while index < f.count {
-            if f[index] == "#" { return true }
-            guard index < t.count else { return false }
-            if f[index] != "+" && f[index] != t[index] { return false }
-            index += 1
+        var filter = filter
+        var topic = topic
+        return filter.withUTF8 { f in topic.withUTF8 { t in matches(filter: f, topic: t) } }
+    }
+
+    private static func matches(filter f: UnsafeBufferPointer<UInt8>, topic t: UnsafeBufferPointer<UInt8>) -> Bool {
+        let slash = UInt8(ascii: "/"), plus = UInt8(ascii: "+"), hash = UInt8(ascii: "#")
+        func end(_ bytes: UnsafeBufferPointer<UInt8>, _ start: Int) -> Int {
+            var index = start
+            while index < bytes.count && bytes[index] != slash { index += 1 }
+            return index
         }
-        return index == t.count
+        func isLevel(_ start: Int, _ end: Int, _ byte: UInt8) -> Bool { end - start == 1 && f[start] == byte }
+        var (fStart, tStart) = (0, 0)
+        var topicLeft = true
+        var first = true
+        while true {
+            let fEnd = end(f, fStart)
+            // Topics starting with $ are not matched by wildcards in the first level.
+            if first, t.first == UInt8(ascii: "$"), isLevel(fStart, fEnd, plus) || isLevel(fStart, fEnd, hash) { return false }
+            first = false
+            if isLevel(fStart, fEnd, hash) { return true }
+            guard topicLeft else { return false }
+            let tEnd = end(t, tStart)
+            if !isLevel(fStart, fEnd, plus) {
+                guard fEnd - fStart == tEnd - tStart else { return false }
+                for offset in 0..<(fEnd - fStart) where f[fStart + offset] != t[tStart + offset] { return false }
+            }
+            // The filter's last level: a match when it was the topic's last too.
+            guard fEnd < f.count else { return tEnd == t.count }
+            fStart = fEnd + 1
+            if tEnd < t.count { tStart = tEnd + 1 } else { topicLeft = false }
+        }
     }
 }
 

@@ -133,6 +133,12 @@ public final class LocalStore: Sendable {
                 table.column("updated_unix_ms", .integer).notNull()
             }
         },
+        Migration("shared-v4: pending outbox index") { db in
+            // The sender reads the oldest pending events; without this it walked past every
+            // event awaiting a receipt (a day of notifications when no notifier answers) on
+            // every batch, holding the store from the service's own commits.
+            try db.execute(sql: "CREATE INDEX outbox_pending ON outbox(id) WHERE state = 'pending'")
+        },
     ]
 
     // MARK: Session counter
@@ -199,20 +205,22 @@ public final class LocalStore: Sendable {
     public func commit(_ messages: [OutgoingMessage], state: (Database) throws -> Void = { _ in }) throws {
         try write { db in
             try state(db)
+            guard !messages.isEmpty else { return }
+            // Prepared once per connection: a batch of hundreds of messages is not parsed
+            // hundreds of times (parsing was a fifth of the orchestrator's flood profile).
+            let insert = try db.cachedStatement(sql: """
+                INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms, give_up_unix_ms)
+                VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            let ledger = try db.cachedStatement(sql: """
+                INSERT INTO retained_ledger(topic, payload, updated_unix_ms) VALUES(?, ?, ?)
+                ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, updated_unix_ms = excluded.updated_unix_ms
+                """)
             for message in messages {
-                try db.execute(
-                    sql: """
-                        INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms, give_up_unix_ms)
-                        VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
-                                message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs]
-                )
+                try insert.execute(arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
+                                               message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs])
                 if message.retain {
-                    try db.execute(sql: """
-                        INSERT INTO retained_ledger(topic, payload, updated_unix_ms) VALUES(?, ?, ?)
-                        ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, updated_unix_ms = excluded.updated_unix_ms
-                        """, arguments: [message.topic, Data(message.payload), message.createdUnixMs])
+                    try ledger.execute(arguments: [message.topic, Data(message.payload), message.createdUnixMs])
                 }
             }
         }
@@ -277,10 +285,8 @@ public final class LocalStore: Sendable {
     public func awaitReceipts(ids: [Int64], nowMs: Int64) throws {
         guard !ids.isEmpty else { return }
         try write { db in
-            for id in ids {
-                try db.execute(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'",
-                               arguments: [nowMs, id])
-            }
+            let update = try db.cachedStatement(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'")
+            for id in ids { try update.execute(arguments: [nowMs, id]) }
         }
     }
 
@@ -341,7 +347,8 @@ public final class LocalStore: Sendable {
     public func removeFromOutbox(ids: [Int64]) throws {
         guard !ids.isEmpty else { return }
         try write { db in
-            for id in ids { try db.execute(sql: "DELETE FROM outbox WHERE id = ?", arguments: [id]) }
+            let delete = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+            for id in ids { try delete.execute(arguments: [id]) }
         }
     }
 
