@@ -65,6 +65,10 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// detector invents disks cannot grow the orchestrator without bound.
     public var maxDisksPerHost = 512
     public var maxHosts = 20_000
+    /// At most this many open incidents are held whole in memory (the ones used last); the
+    /// others are in the journal and read back when something happens to them. Every open
+    /// incident also keeps a small entry in memory (docs/orchestrator.md, "Memory").
+    public var incidentsInMemory = 2_000
     /// Several orchestrators for one cluster, one leading (docs/orchestrator.md, "Several
     /// orchestrators"). Unset: one orchestrator on its local SQLite, nothing else to run.
     public var coordination = Coordination()
@@ -236,6 +240,7 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
         if maxDisksPerHost < 1 { problem("max_disks_per_host", "must be at least 1, got \(maxDisksPerHost)") }
         if maxHosts < 1 { problem("max_hosts", "must be at least 1, got \(maxHosts)") }
+        if incidentsInMemory < 1 { problem("incidents_in_memory", "must be at least 1, got \(incidentsInMemory)") }
         if hookLimit.perMinute < 1 { problem("hook_limit.per_minute", "must be at least 1, got \(hookLimit.perMinute)") }
         if hookLimit.perHostPerMinute < 1 { problem("hook_limit.per_host_per_minute", "must be at least 1, got \(hookLimit.perHostPerMinute)") }
         if brake.maxOutPerHost < 1 { problem("brake.max_out_per_host", "must be at least 1, got \(brake.maxOutPerHost)") }

@@ -115,6 +115,76 @@ import Testing
         #expect(adopted.commands.contains { if case .add(_, let disk, let reuse, _) = $0.action { disk.key == "serial-NEW" && reuse == "osd.7" } else { false } })
     }
 
+    /// Runs a repair story through a core holding at most `capacity` machines, with a shell
+    /// like the engine's: events handed back for incidents not in memory are read from the
+    /// "journal" (what was committed) and given again; each step is committed, then closed
+    /// incidents are forgotten and memory trimmed. Returns per step what was decided (sorted:
+    /// an event handed back is decided after the rest of its input), the journal, and how
+    /// many incidents were read back.
+    static func story(capacity: Int) -> (decided: [[String]], journal: [String: IncidentMachine], readBack: Int, inMemory: [Int]) {
+        var config = OrchestratorConfig()
+        config.missingGraceSeconds = 600
+        config.incidentsInMemory = capacity
+        config.brake.maxOutPerHost = 1
+        config.brake.removalBurst = 10
+        var core = RepairCore(config: config, openIncidents: [], bucket: nil, latestOpenings: [:], maintenance: MaintenanceBook(), nowMs: 1_000)
+        var journal: [String: IncidentMachine] = [:]
+        var decided: [[String]] = []
+        var readBack = 0
+        var inMemory: [Int] = []
+        func step(_ input: RepairCore.Input, at now: Int64) {
+            var pending: [RepairCore.Input] = [input]
+            var step = RepairCore.Effects()
+            while !pending.isEmpty {
+                var effects = core.handle(pending.removeFirst(), nowMs: now)
+                let load = effects.load
+                effects.load = []
+                step.merge(effects)
+                guard !load.isEmpty else { continue }
+                readBack += load.count
+                core.load(load.compactMap { journal[$0.incident] })
+                pending = load.map { .event(incident: $0.incident, $0.event) } + pending
+            }
+            for id in step.dirty { journal[id] = core.machine(id) }
+            core.forget(closed: step.dirty.filter { journal[$0]?.isClosed == true })
+            core.trimMemory()
+            inMemory.append(core.machines.count)
+            decided.append((step.messages.map { "\($0.topic) \(String(describing: $0.payload))" } + step.commands.map { "\($0.incident) \($0.action)" }).sorted())
+        }
+        let (a, b, c) = (identity("serial-A"), identity("serial-B", dev: "/dev/sdd"), Bynar_V1_DiskIdentity.with { $0.host = "stor2"; $0.key = "serial-C"; $0.devPath = "/dev/sdc" })
+        for disk in [a, b, c] { step(health(disk, .healthy), at: 2_000) }
+        for disk in [a, b, c] { step(event(disk, to: .failed), at: 3_000) }
+        let (ia, ib, ic) = ("stor1.serial-A.3000", "stor1.serial-B.3000", "stor2.serial-C.3000")
+        for id in [ia, ib, ic] { step(.event(incident: id, .safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK")), at: 3_100) }
+        for id in [ia, ic] { step(.event(incident: id, .answered(.remove, .init(outcome: .success, backendID: "osd.7"))), at: 3_200) }
+        for id in [ia, ic] { step(.ticket(.with { $0.incidentID = id; $0.ticketKey = "BYN-\(id.count)"; $0.state = .opened }), at: 3_300) }
+        step(.ticket(.with { $0.incidentID = ia; $0.ticketKey = "BYN-1"; $0.state = .resolved }), at: 3_400)
+        step(event(identity("serial-A2"), to: .replaced, previous: a), at: 3_500)
+        // A is back: the host's capacity frees and the queued B asks again.
+        step(.event(incident: ia, .answered(.add, .init(outcome: .success, backendID: "osd.7"))), at: 3_600)
+        step(.event(incident: ib, .safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK")), at: 3_700)
+        step(.jobProgress(.with { $0.requestID = "\(ib)/remove/1"; $0.jobID = "job-B"; $0.state = .running; $0.step = "out" }), at: 3_800)
+        step(.tick, at: 3_900)
+        // Long after: B's Remove job said nothing for its whole step timeout; C waits for its technician.
+        step(.tick, at: 3_000 + 1_900_000)
+        step(.jobProgress(.with { $0.requestID = "\(ib)/remove/1"; $0.jobID = "job-B"; $0.state = .succeeded; $0.backendID = "osd.9" }), at: 3_000 + 1_900_100)
+        step(event(c, to: .healthy), at: 3_000 + 1_900_200)
+        return (decided, journal, readBack, inMemory)
+    }
+
+    @Test("with one machine in memory the core decides what it decides with all of them: an incident not in memory is handed back, read from the journal, and goes on")
+    func oneMachineInMemoryDecidesTheSame() {
+        let all = Self.story(capacity: 1_000)
+        let one = Self.story(capacity: 1)
+        #expect(all.readBack == 0 && one.readBack >= 10, "read back: \(all.readBack) and \(one.readBack)")
+        #expect(one.inMemory.allSatisfy { $0 <= 1 }, "memory after each commit: \(one.inMemory)")
+        #expect(all.decided == one.decided)
+        #expect(all.journal == one.journal)
+        #expect(all.journal["stor1.serial-A.3000"]?.state == .resolved)
+        #expect(all.journal["stor1.serial-B.3000"]?.state == .removed, "\(all.journal["stor1.serial-B.3000"].map { "\($0.state) \($0.detail)" } ?? "")")
+        #expect(all.decided.contains { $0.contains { $0.contains("stor1.serial-B.3000") && $0.contains("checkSafety") && $0.contains("/safe/2") } }, "B asked again when A came back")
+    }
+
     @Test("the disks the status page shows are those the core remembers: a disk that left its slot is forgotten")
     func aReplacedDiskLeavesTheDiskView() {
         var core = Self.core()

@@ -13,8 +13,10 @@ public import BynarProto
 /// 3. Anything else is refused and counted per host; nothing about it is stored.
 /// 4. A replaced disk is forgotten (``forget(host:key:)``), so replacements over the years
 ///    never fill a host's quota.
-/// 5. A remembered health is cut to ``entryLimit`` bytes (``compact(_:)``): the parts the
-///    orchestrator uses (identity, flags, SMART, where it is used) are kept first.
+/// 5. A remembered health is at most ``entryLimit`` bytes (``bounded(_:)``): one that fits is
+///    kept whole, one copy for the decisions and the status page; a larger one is cut
+///    (``compact(_:)``), keeping first the parts the orchestrator uses (identity, flags,
+///    SMART, where it is used).
 public struct DiskMemory: Sendable, Equatable {
     public let maxDisksPerHost: Int
     public let maxHosts: Int
@@ -56,6 +58,12 @@ public struct DiskMemory: Sendable, Equatable {
 
     /// Number of disks remembered.
     public var count: Int { disksByHost.values.reduce(0) { $0 + $1.count } }
+
+    /// `health` as remembered: whole when it fits in ``entryLimit`` bytes (the status page
+    /// shares this copy, reasons included), else ``compact(_:)``.
+    public static func bounded(_ health: Bynar_V1_DiskHealth) -> Bynar_V1_DiskHealth {
+        ((try? health.serializedBytes() as [UInt8])?.count ?? Int.max) <= entryLimit ? health : compact(health)
+    }
 
     /// `health` cut to ``entryLimit`` bytes: reasons dropped (an incident keeps its own),
     /// then filesystem findings, then SMART, then every text but the key and host.

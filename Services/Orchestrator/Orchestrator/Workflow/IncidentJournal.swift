@@ -192,6 +192,34 @@ public struct IncidentJournal: Sendable {
             .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
     }
 
+    /// The open incidents, `pageSize` at a time, each page handed to `body` before the next
+    /// is read: never all of them in memory at once.
+    public func openIncidents(pageSize: Int, _ body: ([IncidentMachine]) throws -> Void) throws {
+        let decoder = JSONDecoder()
+        var after: Int64 = 0
+        while true {
+            let rows = try store.database.read { db in
+                try Row.fetchAll(db.cachedStatement(sql: "SELECT rowid, machine FROM orchestrator_incident WHERE open AND rowid > ? ORDER BY rowid LIMIT ?"),
+                                 arguments: [after, pageSize])
+            }
+            guard let last = rows.last else { return }
+            after = last["rowid"]
+            try body(try rows.map { try decoder.decode(IncidentMachine.self, from: $0["machine"] as Data) })
+        }
+    }
+
+    /// The open incidents among `ids` (the core asked for their machines), read in one
+    /// transaction.
+    public func openIncidents(ids: [String]) throws -> [IncidentMachine] {
+        let decoder = JSONDecoder()
+        return try store.database.read { db in
+            let statement = try db.cachedStatement(sql: "SELECT machine FROM orchestrator_incident WHERE id = ? AND open")
+            return try ids.compactMap { id in
+                try Data.fetchOne(statement, arguments: [id]).map { try decoder.decode(IncidentMachine.self, from: $0) }
+            }
+        }
+    }
+
     /// The timelines of `incidents`, oldest entry first, read on `db`.
     public static func timelines(_ db: Database, of incidents: [String]) throws -> [String: [TimelineEntry]] {
         var result: [String: [TimelineEntry]] = [:]
@@ -232,22 +260,25 @@ public struct IncidentJournal: Sendable {
         let bucketText = try extras.bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         let maintenanceText = try extras.maintenance.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         return { db in
+            // Prepared once per connection, not parsed again for every incident of every batch.
+            let upsert = try db.cachedStatement(sql: """
+                INSERT INTO orchestrator_incident(id, host, disk_key, state, open, machine, opened_unix_ms, updated_unix_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET state = excluded.state, open = excluded.open, machine = excluded.machine,
+                    updated_unix_ms = excluded.updated_unix_ms
+                """)
+            let timeline = try db.cachedStatement(sql: """
+                INSERT INTO orchestrator_incident_step(incident_id, at_unix_ms, state, step, detail)
+                SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (
+                    SELECT 1 FROM orchestrator_incident_step WHERE state = ? AND detail = ?
+                    AND id = (SELECT MAX(id) FROM orchestrator_incident_step WHERE incident_id = ?))
+                """)
             for (machine, data) in rows {
-                try db.execute(sql: """
-                    INSERT INTO orchestrator_incident(id, host, disk_key, state, open, machine, opened_unix_ms, updated_unix_ms) VALUES(?, ?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(id) DO UPDATE SET state = excluded.state, open = excluded.open, machine = excluded.machine,
-                        updated_unix_ms = excluded.updated_unix_ms
-                    """, arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
-                                     !machine.isClosed, data, machine.openedMs, machine.updatedMs])
+                try upsert.execute(arguments: [machine.id, machine.disk.host, machine.disk.key, machine.state.rawValue,
+                                               !machine.isClosed, data, machine.openedMs, machine.updatedMs])
                 // The timeline gets an entry when the state or its detail changed.
                 let step = machine.step?.rawValue ?? ""
-                try db.execute(sql: """
-                    INSERT INTO orchestrator_incident_step(incident_id, at_unix_ms, state, step, detail)
-                    SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (
-                        SELECT 1 FROM orchestrator_incident_step WHERE state = ? AND detail = ?
-                        AND id = (SELECT MAX(id) FROM orchestrator_incident_step WHERE incident_id = ?))
-                    """, arguments: [machine.id, machine.updatedMs, machine.state.rawValue, step, machine.detail,
-                                     machine.state.rawValue, machine.detail, machine.id])
+                try timeline.execute(arguments: [machine.id, machine.updatedMs, machine.state.rawValue, step, machine.detail,
+                                                 machine.state.rawValue, machine.detail, machine.id])
             }
             if let bucketText {
                 try db.execute(sql: "INSERT INTO setting(key, value) VALUES('orchestrator.brake_bucket', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -345,12 +376,29 @@ public struct IncidentJournal: Sendable {
     }
 }
 
-/// A queue one task drains: ``post(_:)`` from anywhere, ``next()`` takes everything posted
-/// so far (waiting while there is nothing).
+/// A queue one task drains: ``post(_:)`` from anywhere, ``next(upTo:)`` takes what was
+/// posted so far, oldest first (waiting while there is nothing).
 final class Mailbox<Element: Sendable>: Sendable {
     private struct State {
         var items: [Element] = []
+        /// Items before this index were taken.
+        var head = 0
         var waiter: CheckedContinuation<Void, Never>?
+
+        mutating func take(_ limit: Int) -> [Element] {
+            let end = min(items.count, head + limit)
+            let taken = Array(items[head..<end])
+            head = end
+            if head == items.count {
+                // A flood's backlog does not keep its room once drained.
+                items.removeAll(keepingCapacity: items.capacity <= 1024)
+                head = 0
+            } else if head >= 4096 && head * 2 >= items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+            return taken
+        }
     }
     private let state = Mutex(State())
 
@@ -367,18 +415,16 @@ final class Mailbox<Element: Sendable>: Sendable {
         waiter?.resume()
     }
 
-    /// Everything posted so far; waits for at least one. Returns [] when the task is cancelled.
-    func next() async -> [Element] {
+    /// Everything posted so far, at most `limit` items; waits for at least one. Returns []
+    /// when the task is cancelled.
+    func next(upTo limit: Int = .max) async -> [Element] {
         while !Task.isCancelled {
-            let taken = state.withLock { state -> [Element] in
-                defer { state.items = [] }
-                return state.items
-            }
+            let taken = state.withLock { $0.take(limit) }
             if !taken.isEmpty { return taken }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { continuation in
                     let ready = state.withLock { state -> Bool in
-                        if !state.items.isEmpty { return true }
+                        if state.head < state.items.count { return true }
                         state.waiter = continuation
                         return false
                     }

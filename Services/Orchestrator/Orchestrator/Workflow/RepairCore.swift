@@ -13,6 +13,12 @@ import Logging
 /// up closed incidents, commits the effects with the changed incidents in one transaction
 /// (``Outbox/commit(_:state:)``), then sends commands and answers, whose results come back
 /// as inputs. `IncidentMachine` is the core of one incident; this is the core of all of them.
+///
+/// Memory is bounded by design: every open incident has a small entry here
+/// (``OpenIncidents``), but only the machines used last (`orchestrator.incidents_in_memory`)
+/// are held whole; the others are in the journal. An event for an incident whose machine is
+/// not in memory is handed back (``Effects/load``): the shell reads the machine from the
+/// journal and gives the event again, in the same batch, before anything else.
 struct RepairCore: Sendable {
     /// Everything that can happen to the workflow.
     enum Input: Sendable {
@@ -69,19 +75,28 @@ struct RepairCore: Sendable {
         var disks: [(key: String, health: Bynar_V1_DiskHealth?)] = []
         /// Incidents opened.
         var opened = 0
+        /// Events for open incidents whose machines are not in memory: the shell reads them
+        /// from the journal (``RepairCore/load(_:)``) and hands each event back as
+        /// ``Input/event(incident:_:)`` at the same time, before its next input.
+        var load: [(incident: String, event: IncidentMachine.Event)] = []
 
         var isEmpty: Bool {
             dirty.isEmpty && messages.isEmpty && commands.isEmpty && askDiskFacts.isEmpty && audits.isEmpty && unrepaired.isEmpty
-                && replies.isEmpty && !bucketChanged && !maintenanceChanged
+                && replies.isEmpty && !bucketChanged && !maintenanceChanged && load.isEmpty
         }
     }
 
     let config: OrchestratorConfig
     let settings: IncidentMachine.Settings
     private(set) var brake: ClusterBrake
-    private(set) var machines: [String: IncidentMachine] = [:]
-    /// Open incident per disk ("host/key").
-    private var openByDisk: [String: String] = [:]
+    /// The open incidents: an entry each, and the machines in memory.
+    private(set) var incidents: OpenIncidents
+    /// The machines in memory (open ones, and those closed in the batch being committed);
+    /// a copy, for tests: the shell asks for one with ``machine(_:)``.
+    var machines: [String: IncidentMachine] { incidents.machines }
+
+    /// `id`'s machine when it is in memory.
+    func machine(_ id: String) -> IncidentMachine? { incidents.machine(id) }
     /// When the latest incident of each disk was opened (open or closed).
     private var latestOpening: [String: Int64]
     /// The detector's latest health per disk (flags, reasons, SMART for the ticket).
@@ -118,6 +133,7 @@ struct RepairCore: Sendable {
     init(config: OrchestratorConfig, openIncidents: [IncidentMachine], bucket: ClusterBrake.Bucket?, latestOpenings: [String: Int64],
          maintenance: MaintenanceBook, nowMs: Int64) {
         self.config = config
+        incidents = OpenIncidents(capacity: config.incidentsInMemory)
         let steps = config.steps
         func limit(_ step: OrchestratorConfig.StepLimit) -> IncidentMachine.Settings.Limit {
             .init(timeoutMs: Int64(step.timeoutSeconds) * 1000, retries: step.retries)
@@ -135,13 +151,50 @@ struct RepairCore: Sendable {
         self.maintenance = maintenance
         memory = DiskMemory(maxDisksPerHost: config.maxDisksPerHost, maxHosts: config.maxHosts)
         for placement in config.hosts { placements[placement.host] = placement }
-        for machine in openIncidents {
-            machines[machine.id] = machine
+        load(openIncidents)
+        incidents.trim()
+    }
+
+    /// Open incidents read from the journal: at start (every one, in pages: each is indexed
+    /// and its disk remembered) and when an event needs one (``Effects/load``).
+    mutating func load(_ machines: [IncidentMachine]) {
+        for machine in machines where !machine.isClosed && incidents.entries[machine.id] == nil {
             _ = memory.admit(host: machine.disk.host, key: machine.disk.key)
-            // Stuck and kept-out incidents hold their disk: no second incident for it.
-            openByDisk[RepairEngine.diskKey(machine.disk.host, machine.disk.key)] = machine.id
+        }
+        incidents.load(machines)
+    }
+
+    /// Whether `id` is open with its machine only in the journal (the shell reads it back
+    /// before an operator command that names it).
+    func needsLoading(_ id: String) -> Bool { incidents.needsLoading(id) }
+
+    /// The incident a request id (`<incident>/<step>/<generation>`) belongs to.
+    static func incident(ofRequest requestID: String) -> String {
+        String(requestID.split(separator: "/", maxSplits: 1).first ?? "")
+    }
+
+    /// The open incidents `input` is about, as far as the core knows before deciding it:
+    /// the shell reads those not in memory back in one go for a whole batch (any other the
+    /// decision needs comes back in ``Effects/load``).
+    func incidentsNamed(by input: Input) -> [String] {
+        func holding(_ disk: Bynar_V1_DiskIdentity) -> String? { incidents.byDisk[RepairEngine.diskKey(disk.host, disk.key)] }
+        switch input {
+        case .event(let incident, _): return [incident]
+        case .jobProgress(let progress): return [Self.incident(ofRequest: progress.requestID)]
+        case .ticket(let ticket): return [ticket.incidentID]
+        case .diskHealth(let health, _): return [holding(health.disk)].compactMap { $0 }
+        case .diskEvent(let event):
+            var previous = event.previousDisk
+            if previous.host.isEmpty { previous.host = event.disk.host }
+            return [holding(event.disk), holding(previous)].compactMap { $0 }
+        case .resume, .operatorCommand, .operatorDiskFacts, .tick: return []
         }
     }
+
+    /// After the shell committed: machines beyond `incidents_in_memory` leave memory, those
+    /// waiting for nothing first, then those used longest ago (``OpenIncidents/trim()``;
+    /// the journal has them as they are).
+    mutating func trimMemory() { incidents.trim() }
 
     /// Handles one input at `nowMs` and returns what it decided.
     @discardableResult
@@ -156,7 +209,7 @@ struct RepairCore: Sendable {
 
     /// After the shell committed: closed incidents leave memory (the journal has them).
     mutating func forget(closed ids: [String]) {
-        for id in ids { machines[id] = nil }
+        incidents.forget(closed: ids)
     }
 
     private mutating func log(_ level: Logger.Level, _ message: String, _ metadata: [String: String] = [:]) {
@@ -168,7 +221,7 @@ struct RepairCore: Sendable {
     private mutating func dispatch(_ input: Input) {
         switch input {
         case .resume:
-            let resumed = machines.values.filter { !$0.state.isTerminal }.map(\.id).sorted()
+            let resumed = incidents.entries.filter { !$0.value.state.isTerminal }.keys.sorted()
             if !resumed.isEmpty { log(.notice, "resuming open incidents", ["count": "\(resumed.count)"]) }
             for id in resumed { apply(.resumed, to: id) }
             // The retained windows, in case the broker lost them.
@@ -178,8 +231,7 @@ struct RepairCore: Sendable {
         case .diskHealth(let health, let retained):
             diskHealth(health, retained: retained)
         case .jobProgress(let progress):
-            let incident = String(progress.requestID.split(separator: "/").first ?? "")
-            apply(.jobMoved(RepairEngine.job(progress)), to: incident)
+            apply(.jobMoved(RepairEngine.job(progress)), to: Self.incident(ofRequest: progress.requestID))
         case .ticket(let ticket):
             let state: IncidentMachine.Ticket.State
             switch ticket.state {
@@ -201,14 +253,12 @@ struct RepairCore: Sendable {
         case .tick:
             for (key, waiting) in awaitingFlags where now - waiting.sinceMs >= Self.flagsWaitMs {
                 awaitingFlags[key] = nil
-                if openByDisk[key] == nil { openMissing(key, waiting.missing, why: "missing, and another disk took its slot (its flags never came)") }
+                if incidents.byDisk[key] == nil { openMissing(key, waiting.missing, why: "missing, and another disk took its slot (its flags never came)") }
             }
             missingGraceCheck()
             expireMaintenance()
             adoptReplacements()
-            for (id, machine) in machines where !machine.isClosed {
-                if let at = machine.dueMs, now >= at { apply(.timePassed, to: id) }
-            }
+            for id in incidents.due(nowMs: now) { apply(.timePassed, to: id) }
         }
     }
 
@@ -234,7 +284,7 @@ struct RepairCore: Sendable {
             // for good, decided now and with what was known of it (an excluded or system
             // disk is never a repair candidate; before, its flags were dropped here first and
             // the grace check later opened an incident for it with none).
-            if let missing = missingSince.removeValue(forKey: previous), openByDisk[previous] == nil {
+            if let missing = missingSince.removeValue(forKey: previous), incidents.byDisk[previous] == nil {
                 if health[previous] == nil {
                     // Its flags (system, excluded) come with its health, on another
                     // subscription, and may be a step behind this event: decided when they
@@ -250,7 +300,7 @@ struct RepairCore: Sendable {
         guard remembers(event.disk) else { return }
         switch event.toState {
         case .failed:
-            guard openByDisk[key] == nil else { return }
+            guard incidents.byDisk[key] == nil else { return }
             if let known = health[key] {
                 open(event.disk, reasons: event.reasons, flags: known, why: "FAILED event")
             } else {
@@ -260,9 +310,9 @@ struct RepairCore: Sendable {
             waitingForHealth[key] = nil
             missingSince[key] = nil
             heldByMaintenance[key] = nil
-            if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
+            if let id = incidents.byDisk[key] { apply(.diskHealthy, to: id) }
         case .missing:
-            guard openByDisk[key] == nil, missingSince[key] == nil else { return }
+            guard incidents.byDisk[key] == nil, missingSince[key] == nil else { return }
             let observed = event.reasons.map(\.observedUnixMs).max() ?? 0
             missingSince[key] = (event.disk, event.reasons, observed > 0 ? observed : now)
             log(.notice, "disk missing; repaired unless it is back within the grace period", [
@@ -271,7 +321,7 @@ struct RepairCore: Sendable {
         case .replaced:
             missingSince[key] = nil
             let previous = RepairEngine.diskKey(event.previousDisk.host.isEmpty ? host : event.previousDisk.host, event.previousDisk.key)
-            if !event.previousDisk.key.isEmpty, let id = openByDisk[previous] {
+            if !event.previousDisk.key.isEmpty, let id = incidents.byDisk[previous] {
                 apply(.newDiskSeen(RepairEngine.disk(event.disk)), to: id)
             }
         default:
@@ -282,34 +332,36 @@ struct RepairCore: Sendable {
     private mutating func diskHealth(_ latest: Bynar_V1_DiskHealth, retained: Bool) {
         let key = RepairEngine.diskKey(latest.disk.host, latest.disk.key)
         guard remembers(latest.disk) else { return }
-        health[key] = DiskMemory.compact(latest)
-        effects.disks.append((key, latest))
+        // One copy, shared with the status page's.
+        let kept = DiskMemory.bounded(latest)
+        health[key] = kept
+        effects.disks.append((key, kept))
         if let waiting = awaitingFlags.removeValue(forKey: key) {
             // A missing disk whose slot another disk took: decided now, with its flags.
-            if openByDisk[key] == nil { openMissing(key, waiting.missing, why: "missing, and another disk took its slot") }
+            if incidents.byDisk[key] == nil { openMissing(key, waiting.missing, why: "missing, and another disk took its slot") }
             forget(key, host: latest.disk.host, key: latest.disk.key)
             return
         }
-        if let event = waitingForHealth.removeValue(forKey: key), openByDisk[key] == nil {
+        if let event = waitingForHealth.removeValue(forKey: key), incidents.byDisk[key] == nil {
             open(event.disk, reasons: event.reasons, flags: latest, why: "FAILED event")
             return
         }
         if latest.state != .missing { missingSince[key] = nil }
         switch latest.state {
-        case .missing where openByDisk[key] == nil && missingSince[key] == nil:
+        case .missing where incidents.byDisk[key] == nil && missingSince[key] == nil:
             // Missing while the orchestrator was away (retained health): the grace counts
             // from when the detector saw it go, not from now.
             if let opened = latestOpening[key], opened >= latest.stateSinceUnixMs { return }
             missingSince[key] = (latest.disk, latest.reasons, latest.stateSinceUnixMs > 0 ? latest.stateSinceUnixMs : now)
             missingGraceCheck()
-        case .failed where openByDisk[key] == nil:
+        case .failed where incidents.byDisk[key] == nil:
             // Missed the event (orchestrator was away): the retained health says failed.
             // The same failure as an incident already opened is not a new one.
             if let opened = latestOpening[key], opened >= latest.stateSinceUnixMs { return }
             open(latest.disk, reasons: latest.reasons, flags: latest, why: retained ? "retained FAILED health" : "FAILED health")
         case .healthy:
             heldByMaintenance[key] = nil
-            if let id = openByDisk[key] { apply(.diskHealthy, to: id) }
+            if let id = incidents.byDisk[key] { apply(.diskHealthy, to: id) }
         default:
             break
         }
@@ -322,12 +374,12 @@ struct RepairCore: Sendable {
     /// detector says it again after the reconnect). Found by scripts/chaos (a broker kill in
     /// the same second as the swap: the incident waited for a replacement for ever).
     private mutating func adoptReplacements() {
-        for (id, machine) in machines where (machine.state == .waitingForReplacement || machine.state == .ticketed) && machine.newDisk == nil {
-            let old = machine.disk
-            let found = health.values.filter { latest in
+        for (id, old) in incidents.awaitingNewDisk.sorted(by: { $0.key < $1.key }) {
+            // The disks the detector reports on the same host.
+            let found = (memory.disksByHost[old.host] ?? []).compactMap { health[RepairEngine.diskKey(old.host, $0)] }.filter { latest in
                 let disk = latest.disk
                 guard disk.host == old.host, disk.key != old.key, !latest.systemDisk, !latest.excluded,
-                      latest.state == .healthy || latest.state == .replaced, latest.stateSinceUnixMs >= machine.openedMs
+                      latest.state == .healthy || latest.state == .replaced, latest.stateSinceUnixMs >= old.openedMs
                 else { return false }
                 // The same slot: its by-path name when both have one, else the device path.
                 if !disk.byPath.isEmpty || !old.byPath.isEmpty { return disk.byPath == old.byPath }
@@ -354,7 +406,7 @@ struct RepairCore: Sendable {
         let graceMs = Int64(config.missingGraceSeconds) * 1000
         for (key, missing) in missingSince where now - missing.sinceMs >= graceMs {
             missingSince[key] = nil
-            guard openByDisk[key] == nil else { continue }
+            guard incidents.byDisk[key] == nil else { continue }
             openMissing(key, missing, why: "missing for \((now - missing.sinceMs) / 1000) s")
         }
     }
@@ -386,8 +438,7 @@ struct RepairCore: Sendable {
         let machine = IncidentMachine(
             id: id, disk: RepairEngine.disk(identity), cluster: placement?.cluster ?? config.defaultCluster, rack: placement?.rack ?? "",
             reasons: reasons.map { $0.detail.isEmpty ? $0.rule : "\($0.rule): \($0.detail)" }, settings: settings, nowMs: now)
-        machines[id] = machine
-        openByDisk[key] = id
+        incidents.update(machine)
         latestOpening[key] = now
         log(.notice, "incident opened", ["incident": "\(id)", "why": "\(why)"])
         effects.opened += 1
@@ -397,30 +448,32 @@ struct RepairCore: Sendable {
     // MARK: Events → actions
 
     mutating func apply(_ event: IncidentMachine.Event, to id: String) {
-        guard var machine = machines[id] else { return }
-        let wasOut = machine.countsAsOut
+        guard var machine = incidents.machine(id) else {
+            // Open, its machine in the journal only: the shell reads it and hands the event back.
+            if incidents.entries[id] != nil { effects.load.append((id, event)) }
+            return
+        }
+        incidents.touch(id)
+        let before = machine
         let actions = machine.handle(event, nowMs: now)
-        guard actions.isEmpty ? machine != machines[id] : true else { return }
-        machines[id] = machine
+        guard actions.isEmpty ? machine != before : true else { return }
+        incidents.update(machine)
         effects.dirty.insert(id)
         for action in actions { perform(action, for: id) }
-        if let after = machines[id] {
-            if after.isClosed { openByDisk[RepairEngine.diskKey(after.disk.host, after.disk.key)] = nil }
-            if wasOut && !after.countsAsOut { capacityFreed(in: after.cluster) }
-        }
+        if let after = incidents.machine(id), before.countsAsOut && !after.countsAsOut { capacityFreed(in: after.cluster) }
     }
 
     private mutating func capacityFreed(in cluster: String) {
-        for (id, machine) in machines where machine.state == .queued && machine.cluster == cluster {
+        for id in incidents.queued(in: cluster) {
             apply(.capacityFreed, to: id)
         }
     }
 
     private mutating func perform(_ action: IncidentMachine.Action, for id: String) {
-        guard let machine = machines[id] else { return }
+        guard let machine = incidents.machine(id) else { return }
         switch action {
         case .askBrake(let clusterHealth):
-            let out = machines.values.filter { $0.countsAsOut && $0.id != id }.map(RepairEngine.placement)
+            let out = incidents.outPlacements(except: id)
             let decision = brake.decide(RepairEngine.placement(machine), clusterHealth: clusterHealth, out: out, nowMs: now)
             effects.bucketChanged = true
             apply(.brakeDecided(decision), to: id)
@@ -526,7 +579,7 @@ extension RepairCore {
 
     /// The open incident a retry, cancel or resolve names; nil (refused) when there is none.
     private mutating func openMachine(_ request: OperatorRequest) -> IncidentMachine? {
-        if let machine = machines[request.incidentID] { return machine }
+        if let machine = incidents.machine(request.incidentID) { return machine }
         if let closed = known.closed {
             refuse(request, "\(request.action) refused: incident \(request.incidentID) is already \(closed.state.rawValue)", machine: closed)
         } else {
@@ -536,7 +589,7 @@ extension RepairCore {
     }
 
     private mutating func show(_ request: OperatorRequest) {
-        let machine = machines[request.incidentID] ?? known.closed
+        let machine = incidents.machine(request.incidentID) ?? known.closed
         guard let machine else {
             refuse(request, "show refused: no incident \(request.incidentID.prefix(200))", late: true)
             return
@@ -547,7 +600,7 @@ extension RepairCore {
 
     /// Decides a verified cancel, resolve or forget once the disk-manager answered (or did not).
     mutating func operatorDecide(_ request: OperatorRequest, facts: IncidentMachine.DiskFacts) {
-        guard machines[request.incidentID] != nil else {
+        guard incidents.machine(request.incidentID) != nil else {
             _ = openMachine(request)
             return
         }
@@ -582,7 +635,7 @@ extension RepairCore {
     mutating func refuse(_ request: OperatorRequest, _ why: String, machine: IncidentMachine? = nil, late: Bool = false) {
         log(.notice, "operator command refused", [
             "by": "\(request.who)", "action": "\(request.action)", "incident": "\(request.incidentID.prefix(200))", "reason": "\(why)"])
-        let known = machine ?? machines[request.incidentID]
+        let known = machine ?? incidents.machine(request.incidentID)
         let text = "operator \(request.who)'s \(request.action)\(request.target.isEmpty ? "" : " of \(request.target)") refused: \(why) (their reason: \(request.reason.isEmpty ? "none given" : String(request.reason.prefix(500))))"
         if let known {
             queue(RepairEngine.incidentEvent(known, from: known.state, step: "operator-refused", message: text), to: Topics.incidentEvents, incident: known.id)
@@ -678,7 +731,7 @@ extension RepairCore {
         where ended.contains(where: { $0.host == held.identity.host }) && maintenance.covering(host: held.identity.host, disk: held.identity.key, nowMs: now) == nil {
             heldByMaintenance[key] = nil
             let latest = health[key]?.state ?? held.flags.state
-            guard latest == .failed || latest == .missing || latest == .unspecified, machines.values.allSatisfy({ $0.isClosed || RepairEngine.diskKey($0.disk.host, $0.disk.key) != key }) else { continue }
+            guard latest == .failed || latest == .missing || latest == .unspecified, incidents.byDisk[key] == nil else { continue }
             open(held.identity, reasons: held.reasons, flags: held.flags, why: "maintenance ended")
         }
     }
@@ -699,5 +752,6 @@ extension RepairCore.Effects {
         logs += other.logs
         disks += other.disks
         opened += other.opened
+        load += other.load
     }
 }

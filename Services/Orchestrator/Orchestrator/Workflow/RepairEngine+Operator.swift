@@ -65,11 +65,12 @@ extension RepairEngine {
     }
 
     /// What the journal knows of the incident `request` names: the incident when it is
-    /// closed (the core has the open ones), and its audit trail so far (the journal's and
-    /// the batch's not yet committed).
+    /// closed (an open one is read back into the core when its machine is not in memory),
+    /// and its audit trail so far (the journal's and the batch's not yet committed).
     func known(_ request: OperatorRequest) -> RepairCore.Known {
         guard !request.incidentID.isEmpty else { return .init() }
-        let closed = core.machines[request.incidentID] == nil ? (try? journal.incident(id: request.incidentID)) ?? nil : nil
+        readBack([request.incidentID])
+        let closed = core.machine(request.incidentID) == nil ? (try? journal.incident(id: request.incidentID)) ?? nil : nil
         guard request.action == "show" else { return .init(closed: closed) }
         let audit = ((try? journal.audit(incidentID: request.incidentID)) ?? []) + pending.audits.filter { $0.incidentID == request.incidentID }
         return .init(closed: closed, audit: audit)

@@ -13,6 +13,11 @@ import SwiftProtobuf
 /// audit, with the messages, in one transaction), then sends the disk-manager commands and
 /// the operators' answers; their results come back as inputs. One task runs it, so the core
 /// sees every input in one order.
+///
+/// A batch is at most ``batchLimit`` inputs: one transaction for all of them (group commit:
+/// one fsync for hundreds of incidents), small enough that the outbox sends one batch's
+/// messages while the next is decided. Incidents whose machines are not in memory are read
+/// back from the journal when the core asks (``RepairCore/Effects/load``).
 actor RepairEngine {
     /// Everything that can happen to the workflow, as it arrives.
     enum Input: Sendable {
@@ -23,9 +28,9 @@ actor RepairEngine {
         /// An answer (or a failure) for a command this engine sent.
         case event(incident: String, IncidentMachine.Event)
         /// An operator's command from bynar/v1/operator/cmd (not yet verified).
-        case operatorCommand(Received<Bynar_V1_OperatorCommand>)
+        indirect case operatorCommand(Received<Bynar_V1_OperatorCommand>)
         /// What the disk-manager said about an incident's disk, for a verified cancel or resolve.
-        case operatorDiskFacts(OperatorRequest, IncidentMachine.DiskFacts)
+        indirect case operatorDiskFacts(OperatorRequest, IncidentMachine.DiskFacts)
         case tick
     }
 
@@ -46,6 +51,20 @@ actor RepairEngine {
     private(set) var core: RepairCore
     /// What the core decided in the batch being handled.
     private(set) var pending = RepairCore.Effects()
+    /// When the oldest-incident-per-state figures were last recorded (they scan every open
+    /// incident, so at most once a second), and whether a commit changed them since.
+    private var oldestRecordedMs: Int64 = 0
+    private var oldestChanged = true
+
+    /// Most inputs decided and committed in one transaction.
+    static let batchLimit = 512
+    /// Most disk-manager requests awaiting their answers at once (``sendCommands()``): a
+    /// bound on the memory of a flood's requests (about 3 kB each while suspended), and high
+    /// enough that hosts that do not answer (each holding a slot for its
+    /// `request_timeout_seconds`) leave room for the others.
+    static let commandsInFlight = 2048
+    /// Committed disk-manager commands, in the order decided.
+    let commands = Mailbox<Command>()
 
     init(config: OrchestratorConfig, journal: IncidentJournal, bus: Bus, outbox: Outbox, client: DiskManagerClient?, operatorVerifier: CommandVerifier?,
          board: StatusBoard, logger: Logger, clock: @escaping @Sendable () -> Int64 = Bus.nowUnixMs) async throws {
@@ -58,8 +77,14 @@ actor RepairEngine {
         self.logger = logger
         self.clock = clock
         self.outbox = outbox
-        core = RepairCore(config: config, openIncidents: try journal.openIncidents(), bucket: try journal.bucket(), latestOpenings: try journal.latestOpenings(),
-                          maintenance: try journal.maintenance(), nowMs: clock())
+        var core = RepairCore(config: config, openIncidents: [], bucket: try journal.bucket(), latestOpenings: try journal.latestOpenings(),
+                              maintenance: try journal.maintenance(), nowMs: clock())
+        // Every open incident is indexed; only the last `incidents_in_memory` stay whole.
+        try journal.openIncidents(pageSize: 500) { page in
+            core.load(page)
+            core.trimMemory()
+        }
+        self.core = core
     }
 
     static func diskKey(_ host: String, _ key: String) -> String { "\(host)/\(key)" }
@@ -67,19 +92,23 @@ actor RepairEngine {
     /// Resumes the open incidents (re-sends what was in flight, with the same request ids),
     /// then handles inputs until cancelled.
     func run() async {
-        decide(.resume)
-        flush()
-        recordFigures()
-        while !Task.isCancelled {
-            let batch = await inputs.next()
-            if batch.isEmpty { continue }
-            for input in batch { handle(input) }
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.sendCommands() }
+            decide(.resume)
             flush()
+            recordFigures()
+            recordOldest()
+            while !Task.isCancelled {
+                let batch = await inputs.next(upTo: Self.batchLimit)
+                if batch.isEmpty { continue }
+                prefetch(batch)
+                for input in batch { handle(input) }
+                flush()
+                recordOldest()
+            }
+            group.cancelAll()
         }
     }
-
-    /// Open incidents (for tests and logs).
-    func snapshot() -> [IncidentMachine] { Array(core.machines.values) }
 
     /// The core's input for `input` (operator commands verified here, with what the journal
     /// knows of their incident), handled.
@@ -104,8 +133,63 @@ actor RepairEngine {
         }
     }
 
+    /// Hands `input` to the core; the events it hands back for incidents whose machines are
+    /// in the journal only are read back and handed to it again, at the same time, before
+    /// the next input.
     private func decide(_ input: RepairCore.Input) {
-        pending.merge(core.handle(input, nowMs: clock()))
+        let now = clock()
+        var effects = core.handle(input, nowMs: now)
+        var waiting = effects.load[...]
+        effects.load = []
+        pending.merge(effects)
+        while !waiting.isEmpty {
+            let chunk = waiting.prefix(config.incidentsInMemory)
+            waiting = waiting.dropFirst(chunk.count)
+            readBack(chunk.map(\.incident))
+            for (id, event) in chunk {
+                guard !core.needsLoading(id) else {
+                    logger.error("an open incident could not be read back from the journal; event dropped", metadata: ["incident": "\(id)", "event": "\(event)"])
+                    continue
+                }
+                var more = core.handle(.event(incident: id, event), nowMs: now)
+                waiting += more.load
+                more.load = []
+                pending.merge(more)
+            }
+            // Very many at once (every open incident resumed at start, a long queue asked
+            // again): committed a memory's worth at a time, each incident with its messages.
+            if !waiting.isEmpty && core.incidents.inMemory > config.incidentsInMemory { flush() }
+        }
+    }
+
+    /// Reads back the open incidents `batch` is about whose machines are not in memory, in
+    /// one read for the whole batch.
+    private func prefetch(_ batch: [Input]) {
+        var ids: [String] = []
+        for input in batch {
+            switch input {
+            case .diskEvent(let event): ids += core.incidentsNamed(by: .diskEvent(event))
+            case .diskHealth(let health, let retained): ids += core.incidentsNamed(by: .diskHealth(health, retained: retained))
+            case .jobProgress(let progress): ids += core.incidentsNamed(by: .jobProgress(progress))
+            case .ticket(let ticket): ids += core.incidentsNamed(by: .ticket(ticket))
+            case .event(let incident, let event): ids += core.incidentsNamed(by: .event(incident: incident, event))
+            case .operatorCommand, .operatorDiskFacts, .tick: break
+            }
+        }
+        readBack(ids)
+    }
+
+    /// Reads the open incidents `ids` whose machines are not in memory from the journal
+    /// into the core.
+    func readBack(_ ids: [String]) {
+        var seen = Set<String>()
+        let wanted = ids.filter { core.needsLoading($0) && seen.insert($0).inserted }
+        guard !wanted.isEmpty else { return }
+        do {
+            core.load(try journal.openIncidents(ids: wanted))
+        } catch {
+            logger.error("cannot read incidents back from the journal", metadata: ["incidents": "\(wanted.count)", "error": "\(error)"])
+        }
     }
 
     /// Commits the batch's changes and messages in one transaction, then sends commands,
@@ -119,7 +203,7 @@ actor RepairEngine {
         if effects.opened > 0 { Counter(label: "bynar_orchestrator_incidents_opened_total").increment(by: effects.opened) }
         if !effects.disks.isEmpty { board.noteDisks(effects.disks) }
         guard !effects.isEmpty else { return }
-        let changed = effects.dirty.compactMap { core.machines[$0] }
+        let changed = effects.dirty.compactMap { core.machine($0) }
         let extras = IncidentJournal.Extras(bucket: effects.bucketChanged ? core.brake.bucket : nil, maintenance: effects.maintenanceChanged ? core.maintenance : nil,
                                             audit: effects.audits, unrepaired: effects.unrepaired)
         do {
@@ -127,6 +211,8 @@ actor RepairEngine {
         } catch {
             // Without the journal nothing may be sent: a restart must find what was done.
             logger.critical("cannot write the incident journal; commands held back", metadata: ["error": "\(error)", "incidents": "\(changed.count)"])
+            // The changed incidents stay in memory and are written with the next batch.
+            pending.dirty.formUnion(effects.dirty)
             sendReplies(effects.replies.map { command, response, _ in
                 var failed = response
                 failed.outcome = .failed
@@ -144,34 +230,49 @@ actor RepairEngine {
         sendReplies(effects.replies)
         for (request, machine) in effects.askDiskFacts { askDiskFacts(request, machine: machine) }
         for (id, action) in effects.commands { send(action, for: id) }
+        // Sent: the machines used longest ago leave memory (the journal has them now).
+        core.trimMemory()
     }
 
-    /// The incidents by state, since when the oldest of each state waits, and the disks out
-    /// per cluster against the brake's limits (docs/metrics.md), after every committed batch.
+    /// The incidents by state and the disks out per cluster against the brake's limits
+    /// (docs/metrics.md), after every committed batch; counted as the core goes, so this
+    /// reads no incident.
     private func recordFigures() {
-        recordStateCounts("bynar_orchestrator_incidents", of: core.machines.values.map(\.state))
-        var oldest: [IncidentMachine.State: Int64] = [:]
-        for machine in core.machines.values {
-            let since = machine.stateSinceMs ?? machine.openedMs
-            oldest[machine.state] = min(oldest[machine.state] ?? since, since)
-        }
+        let incidents = core.incidents
         for state in IncidentMachine.State.allCases {
-            Gauge(label: "bynar_orchestrator_incident_oldest_state_entered_timestamp_seconds", dimensions: [("state", snakeCase(state.rawValue))])
-                .record(Double(oldest[state] ?? 0) / 1000)
+            Gauge(label: "bynar_orchestrator_incidents", dimensions: [("state", snakeCase(state.rawValue))]).record(incidents.countByState[state] ?? 0)
         }
         var out = Dictionary(uniqueKeysWithValues: ([config.defaultCluster] + config.hosts.compactMap(\.cluster)).map { ($0, 0) })
-        for machine in core.machines.values where machine.countsAsOut { out[machine.cluster, default: 0] += 1 }
+        for (cluster, count) in incidents.outByCluster { out[cluster, default: 0] += count }
         for (cluster, count) in out { Gauge(label: "bynar_orchestrator_disks_out", dimensions: [("cluster", cluster)]).record(count) }
         Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "cluster")]).record(core.brake.limits.maxOutPerCluster)
         Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "rack")]).record(core.brake.limits.maxOutPerRack)
         Gauge(label: "bynar_orchestrator_brake_max_out", dimensions: [("per", "host")]).record(core.brake.limits.maxOutPerHost)
         Gauge(label: "bynar_orchestrator_brake_removal_tokens").record(core.brake.bucket.tokens)
+        oldestChanged = true
+    }
+
+    /// Since when the oldest incident of each state waits (docs/metrics.md): at most once a
+    /// second, and only after a commit changed something (it looks at every open incident).
+    private func recordOldest() {
+        let now = clock()
+        guard oldestChanged, now - oldestRecordedMs >= 1000 else { return }
+        oldestChanged = false
+        oldestRecordedMs = now
+        var oldest: [IncidentMachine.State: Int64] = [:]
+        for entry in core.incidents.entries.values {
+            oldest[entry.state] = min(oldest[entry.state] ?? entry.sinceMs, entry.sinceMs)
+        }
+        for state in IncidentMachine.State.allCases {
+            Gauge(label: "bynar_orchestrator_incident_oldest_state_entered_timestamp_seconds", dimensions: [("state", snakeCase(state.rawValue))])
+                .record(Double(oldest[state] ?? 0) / 1000)
+        }
     }
 
     // MARK: Commands
 
     private func send(_ action: IncidentMachine.Action, for id: String) {
-        guard let machine = core.machines[id] else { return }
+        guard let machine = core.machine(id) else { return }
         let host = machine.disk.host
         let selector = Bynar_V1_DiskSelector.key(machine.disk.key)
         let step: IncidentMachine.Step
@@ -211,23 +312,51 @@ actor RepairEngine {
             return
         }
         let isStatus: Bool = if case .queryJob = action { true } else { false }
-        guard let client else {
+        guard client != nil else {
             inputs.post(.event(incident: id, .commandFailed(step, reason: "no orchestrator.signing_key_file configured: cannot sign disk-manager commands")))
             return
         }
+        commands.post(Command(incident: id, host: host, operation: operation, requestID: requestID, simulate: simulate, step: step, isStatus: isStatus))
+    }
+
+    /// A disk-manager command decided and committed, waiting to go out.
+    struct Command: Sendable {
+        var incident: String
+        var host: String
+        var operation: Bynar_V1_DiskManagerRequest.OneOf_Operation
+        var requestID: String
+        var simulate: Bool
+        var step: IncidentMachine.Step
+        var isStatus: Bool
+    }
+
+    /// Sends the committed commands in order, at most ``commandsInFlight`` awaiting their
+    /// answers at once (a flood of incidents queues small ``Command``s here, not thousands
+    /// of suspended requests); each answer, or the failure, comes back as an input.
+    nonisolated func sendCommands() async {
+        guard let client else { return }
+        let slots = AsyncSemaphore(permits: Self.commandsInFlight)
         let timeout = Duration.seconds(config.requestTimeoutSeconds)
-        let inputs = self.inputs
-        let logger = self.logger
-        Task {
-            let event: IncidentMachine.Event
-            do {
-                let response = try await client.send(operation, to: host, requestID: requestID, simulate: simulate, timeout: timeout, correlationID: id)
-                event = Self.event(for: response, step: step, isStatus: isStatus)
-            } catch {
-                logger.warning("disk-manager command failed", metadata: ["incident": "\(id)", "request_id": "\(requestID)", "error": "\(error)"])
-                event = .commandFailed(step, reason: "\(requestID): \(error)")
+        let (inputs, logger) = (self.inputs, self.logger)
+        await withDiscardingTaskGroup { group in
+            while !Task.isCancelled {
+                for command in await commands.next() {
+                    await slots.acquire()
+                    group.addTask {
+                        defer { slots.release() }
+                        let event: IncidentMachine.Event
+                        do {
+                            let response = try await client.send(command.operation, to: command.host, requestID: command.requestID, simulate: command.simulate,
+                                                                 timeout: timeout, correlationID: command.incident)
+                            event = Self.event(for: response, step: command.step, isStatus: command.isStatus)
+                        } catch {
+                            logger.warning("disk-manager command failed", metadata: ["incident": "\(command.incident)", "request_id": "\(command.requestID)", "error": "\(error)"])
+                            event = .commandFailed(command.step, reason: "\(command.requestID): \(error)")
+                        }
+                        inputs.post(.event(incident: command.incident, event))
+                    }
+                }
             }
-            inputs.post(.event(incident: id, event))
         }
     }
 
