@@ -57,9 +57,7 @@ struct BoundedMemoryTests {
 
     @Test("one incident in memory: an operator's show and cancel reach an incident that is only in the journal")
     func anOperatorReachesAnIncidentNotInMemory() async throws {
-        try await withHarness { h in
-            let cli = try CLIFixture(broker: h.broker)
-            defer { cli.cleanUp() }
+        try await withOperatorHarness { h, cli in
             h.dm.configure { $0.safe = false }
             try await h.start(orchestrator: """
                 "incidents_in_memory": 1, "operator_keys_file": "\(cli.trustedKeysPath)", "queue_recheck_seconds": 3600

@@ -43,9 +43,7 @@ struct OperatorTests {
 
     @Test("a retired host: its kept-out cancel is refused to forget while its disk-manager answers, forgotten once it cannot, and the brake lets the next repair go")
     func aRetiredHostsKeptOutIncidentIsForgotten() async throws {
-        try await withHarness { h in
-            let cli = try CLIFixture(broker: h.broker)
-            defer { cli.cleanUp() }
+        try await withOperatorHarness { h, cli in
             h.dm.configure { $0.failRemoveJobs = true }
             try await h.start(orchestrator: """
                 "operator_keys_file": "\(cli.trustedKeysPath)", "brake": {"max_out_per_host": 1, "max_out_per_rack": 10, "max_out_per_cluster": 10, "removals_per_hour": 100000, "removal_burst": 100}
@@ -80,9 +78,7 @@ struct OperatorTests {
 
     @Test("STUCK with the disk out: forged commands refused and audited, retry moves it, cancel keeps the brake until the disk-manager answers, resolve frees it")
     func stuckIncidentHasAWayOut() async throws {
-        try await withHarness { h in
-            let cli = try CLIFixture(broker: h.broker)
-            defer { cli.cleanUp() }
+        try await withOperatorHarness { h, cli in
             h.dm.configure { $0.failRemoveJobs = true }
             try await h.start(orchestrator: """
                 "operator_keys_file": "\(cli.trustedKeysPath)", "brake": {"max_out_per_host": 1, "max_out_per_rack": 10, "max_out_per_cluster": 10, "removals_per_hour": 100000, "removal_burst": 100}
@@ -178,9 +174,7 @@ struct OperatorTests {
 
     @Test("maintenance: no repair is opened, people are told why, cluster status shows it, and the repair runs once it ends")
     func maintenanceSuppressesRepairAndSaysSo() async throws {
-        try await withHarness { h in
-            let cli = try CLIFixture(broker: h.broker)
-            defer { cli.cleanUp() }
+        try await withOperatorHarness { h, cli in
             try await h.start(orchestrator: #""operator_keys_file": "\#(cli.trustedKeysPath)""#)
             let on = try await cli.run(["maintenance", "on", "--host", "stor3", "--until", "2h", "--reason", "firmware upgrade", "--key", cli.keyPath] + cli.connection)
             #expect(on.exitCode == 0 && on.stdout.contains("host stor3 in maintenance"), "\(on.stdout) \(on.stderr)")
@@ -210,9 +204,7 @@ struct OperatorTests {
 
     @Test("without orchestrator.operator_keys_file every operator command is refused, with the reason")
     func noOperatorKeysRefusesEverything() async throws {
-        try await withHarness { h in
-            let cli = try CLIFixture(broker: h.broker)
-            defer { cli.cleanUp() }
+        try await withOperatorHarness { h, cli in
             try await h.start()
             let run = try await cli.run(["maintenance", "on", "--host", "stor3", "--reason", "x", "--key", cli.keyPath] + cli.connection)
             #expect(run.exitCode == 1 && run.stderr.contains("orchestrator.operator_keys_file is not configured"), "\(run.stderr)")

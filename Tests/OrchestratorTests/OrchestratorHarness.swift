@@ -118,3 +118,13 @@ func withHarness(autoResolveTickets: Bool = false, _ body: (OrchestratorHarness)
     }
     await harness.stop()
 }
+
+/// ``withHarness(autoResolveTickets:_:)`` with an operator: a ``CLIFixture`` (key pair, config,
+/// the `bynar` CLI) on the harness's broker, removed afterwards.
+func withOperatorHarness(_ body: (OrchestratorHarness, CLIFixture) async throws -> Void) async throws {
+    try await withHarness { h in
+        let cli = try CLIFixture(broker: h.broker)
+        defer { cli.cleanUp() }
+        try await body(h, cli)
+    }
+}
