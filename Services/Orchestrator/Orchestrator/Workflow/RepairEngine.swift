@@ -62,7 +62,7 @@ actor RepairEngine {
     /// bound on the memory of a flood's requests (about 3 kB each while suspended), and high
     /// enough that hosts that do not answer (each holding a slot for its
     /// `request_timeout_seconds`) leave room for the others.
-    static let commandsInFlight = 2048
+    static let commandsInFlight = 1024
     /// Committed disk-manager commands, in the order decided.
     let commands = Mailbox<Command>()
 
