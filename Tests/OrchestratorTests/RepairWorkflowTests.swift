@@ -35,7 +35,8 @@ import Testing
             #expect(h.tickets.requests.first?.health.disk.key == "serial-OLD1")
             let notes = h.notifications.all.map(\.payload)
             #expect(notes.first?.severity == .warning && notes.first?.incidentID == id)
-            #expect(notes.contains { $0.title.contains("replaced") && $0.nextAction.contains("resolved") })
+            // Sent after the RESOLVED event, on another subscription: waited for, not raced.
+            #expect(await h.notifications.wait(timeout: .seconds(5)) { $0.contains { $0.payload.title.contains("replaced") && $0.payload.nextAction.contains("resolved") } })
             #expect(try await !h.retainedState(id), "the retained incident state is cleared once resolved")
         }
     }
