@@ -5,8 +5,9 @@ public import Crypto
 public struct CommandSigner: Sendable {
     /// The key's id, as trusted-keys files name it.
     public let keyID: String
-    /// The private key's raw bytes (swift-crypto's key type is not Sendable).
-    private let rawKey: [UInt8]
+    /// The private key, expanded once (deriving the key pair from the seed for every
+    /// signature was half of the orchestrator's signing time in a flood).
+    private let key: SigningKeyBox
     /// How long a signed command stays valid (its expiry).
     public var commandLifetime: Duration
     /// The leader epoch commands carry (``Fence``), read at each signature: nil, unfenced.
@@ -25,7 +26,7 @@ public struct CommandSigner: Sendable {
     /// A signer with `key`, named `keyID`.
     public init(keyID: String, key: Curve25519.Signing.PrivateKey, commandLifetime: Duration) {
         self.keyID = keyID
-        self.rawKey = [UInt8](key.rawRepresentation)
+        self.key = SigningKeyBox(key)
         self.commandLifetime = commandLifetime
     }
 
@@ -37,7 +38,14 @@ public struct CommandSigner: Sendable {
 
     /// `command` signed at `nowMs` (``CommandSigning/sign(_:keyID:key:lifetime:nowMs:nonce:fence:)``).
     public func sign<Command: SignedCommand>(_ command: Command, nowMs: Int64) throws -> Command {
-        let key = try Curve25519.Signing.PrivateKey(rawRepresentation: rawKey)
-        return try CommandSigning.sign(command, keyID: keyID, key: key, lifetime: commandLifetime, nowMs: nowMs, fence: fence?())
+        return try CommandSigning.sign(command, keyID: keyID, key: key.key, lifetime: commandLifetime, nowMs: nowMs, fence: fence?())
     }
+}
+
+/// swift-crypto's private key is not declared Sendable. It is an immutable value whose
+/// storage is only read when signing (BoringSSL's ED25519_sign takes it as const), so one
+/// expanded key is shared by every thread that signs.
+private final class SigningKeyBox: @unchecked Sendable {
+    let key: Curve25519.Signing.PrivateKey
+    init(_ key: Curve25519.Signing.PrivateKey) { self.key = key }
 }

@@ -1,5 +1,7 @@
 import Foundation
+import BynarProto
 import Orchestrator
+import SwiftProtobuf
 import Testing
 
 typealias M = IncidentMachine
@@ -123,9 +125,12 @@ typealias M = IncidentMachine
                 #expect(actions.contains { if case .report(let from, _, _) = $0 { from == state } else { false } },
                         "\(state) + \(name) → \(machine.state) is not reported")
             }
-            // A JSON round trip (the journal) keeps the machine exactly.
-            let decoded = try JSONDecoder().decode(M.self, from: JSONEncoder().encode(machine))
-            #expect(decoded == machine)
+            // The journal's record keeps the machine exactly, and so does the JSON earlier
+            // versions wrote (still read).
+            let record = try IncidentJournal.record(of: machine)
+            #expect(record.first != UInt8(ascii: "{"))
+            #expect(try IncidentJournal.machine(from: record) == machine)
+            #expect(try IncidentJournal.machine(from: JSONEncoder().encode(machine)) == machine)
         }
     }
 
@@ -217,12 +222,26 @@ typealias M = IncidentMachine
         #expect(deadline.state == .stuck, "a step past its deadline with no retries left")
     }
 
+    @Test func aRecordThisVersionCannotReadIsAnErrorNamingTheIncident() throws {
+        var record = Self.machine(in: .removing).journalRecord
+        record.state = "melting"
+        #expect(throws: JournalRecordError.self) { try IncidentJournal.machine(from: record.serializedData()) }
+        do {
+            _ = try IncidentJournal.machine(from: record.serializedData())
+        } catch {
+            #expect("\(error)".contains(record.id) && "\(error)".contains("melting"), "\(error)")
+        }
+        record.state = "removing"
+        record.generation["rewind"] = 2
+        #expect(throws: JournalRecordError.self) { try IncidentJournal.machine(from: record.serializedData()) }
+    }
+
     @Test func restartResumesWithTheSameRequest() throws {
         var m = Self.machine(in: .removing)
         _ = m.handle(.answered(.remove, .init(outcome: .accepted, jobID: "j1")), nowMs: 2500)
-        var restored = try JSONDecoder().decode(M.self, from: JSONEncoder().encode(m))
+        var restored = try IncidentJournal.machine(from: IncidentJournal.record(of: m))
         #expect(restored.handle(.resumed, nowMs: 9000) == [.queryJob(requestID: "stor1.serial-OLD.1000/remove/1", jobID: "j1")])
-        var beforeAnswer = try JSONDecoder().decode(M.self, from: JSONEncoder().encode(Self.machine(in: .removing)))
+        var beforeAnswer = try IncidentJournal.machine(from: IncidentJournal.record(of: Self.machine(in: .removing)))
         #expect(beforeAnswer.handle(.resumed, nowMs: 9000) == [.remove(requestID: "stor1.serial-OLD.1000/remove/1", simulate: false)])
         var ticket = Self.machine(in: .removed)
         #expect(ticket.handle(.resumed, nowMs: 9000) == [.ticket(.open, comment: "")])

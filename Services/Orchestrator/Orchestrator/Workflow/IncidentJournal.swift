@@ -1,12 +1,13 @@
 public import BynarStore
 import BynarBus
+import BynarProto
 public import GRDB
 import Logging
 import Synchronization
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+public import FoundationEssentials
 #else
-import Foundation
+public import Foundation
 #endif
 
 /// The orchestrator's memory in its SQLite store: every incident (its whole machine: state,
@@ -189,13 +190,12 @@ public struct IncidentJournal: Sendable {
     /// (``LocalStore/readOnlyConnection()``).
     public static func openIncidents(_ db: Database) throws -> [IncidentMachine] {
         try Data.fetchAll(db, sql: "SELECT machine FROM orchestrator_incident WHERE open ORDER BY updated_unix_ms")
-            .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+            .map(Self.machine(from:))
     }
 
     /// The open incidents, `pageSize` at a time, each page handed to `body` before the next
     /// is read: never all of them in memory at once.
     public func openIncidents(pageSize: Int, _ body: ([IncidentMachine]) throws -> Void) throws {
-        let decoder = JSONDecoder()
         var after: Int64 = 0
         while true {
             let rows = try store.database.read { db in
@@ -204,20 +204,33 @@ public struct IncidentJournal: Sendable {
             }
             guard let last = rows.last else { return }
             after = last["rowid"]
-            try body(try rows.map { try decoder.decode(IncidentMachine.self, from: $0["machine"] as Data) })
+            try body(try rows.map { try Self.machine(from: $0["machine"]) })
         }
     }
 
     /// The open incidents among `ids` (the core asked for their machines), read in one
     /// transaction.
     public func openIncidents(ids: [String]) throws -> [IncidentMachine] {
-        let decoder = JSONDecoder()
-        return try store.database.read { db in
+        try store.database.read { db in
             let statement = try db.cachedStatement(sql: "SELECT machine FROM orchestrator_incident WHERE id = ? AND open")
             return try ids.compactMap { id in
-                try Data.fetchOne(statement, arguments: [id]).map { try decoder.decode(IncidentMachine.self, from: $0) }
+                try Data.fetchOne(statement, arguments: [id]).map(Self.machine(from:))
             }
         }
+    }
+
+    /// How the journal stores a machine: protobuf (proto/bynar/v1/journal.proto).
+    public static func record(of machine: IncidentMachine) throws -> Data {
+        try machine.journalRecord.serializedData()
+    }
+
+    /// The machine a journal row holds: protobuf, or JSON as versions before the protobuf
+    /// record wrote it (a JSON object begins with '{'; a record begins with field 1's tag).
+    public static func machine(from data: Data) throws -> IncidentMachine {
+        if data.first == UInt8(ascii: "{") {
+            return try JSONDecoder().decode(IncidentMachine.self, from: data)
+        }
+        return try IncidentMachine(journalRecord: Bynar_V1_IncidentRecord(serializedBytes: data))
     }
 
     /// The timelines of `incidents`, oldest entry first, read on `db`.
@@ -247,7 +260,7 @@ public struct IncidentJournal: Sendable {
     public func incident(id: String) throws -> IncidentMachine? {
         try store.database.read { db in
             try Data.fetchOne(db, sql: "SELECT machine FROM orchestrator_incident WHERE id = ?", arguments: [id])
-                .map { try JSONDecoder().decode(IncidentMachine.self, from: $0) }
+                .map(Self.machine(from:))
         }
     }
 
@@ -256,7 +269,7 @@ public struct IncidentJournal: Sendable {
     /// transaction as the messages that report them.
     public func changes(_ incidents: [IncidentMachine], extras: Extras = Extras()) throws -> @Sendable (Database) throws -> Void {
         let encoder = JSONEncoder()
-        let rows = try incidents.map { ($0, try encoder.encode($0)) }
+        let rows = try incidents.map { ($0, try Self.record(of: $0)) }
         let bucketText = try extras.bucket.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         let maintenanceText = try extras.maintenance.map { String(decoding: try encoder.encode($0), as: UTF8.self) }
         return { db in

@@ -1,3 +1,5 @@
+public import BynarProto
+
 /// One disk's repair, as a pure state machine: facts in (``Event``), commands out
 /// (``Action``). No I/O, no clock, no threads: the caller passes the time, performs the
 /// actions, journals the machine (it is `Codable`) and feeds the answers back as events.
@@ -896,5 +898,128 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         default:
             return []
         }
+    }
+}
+
+// MARK: Journal record
+
+/// A journal record that cannot be a machine (a state or step this version does not know).
+public struct JournalRecordError: Error, CustomStringConvertible {
+    public let incidentID: String
+    public let problem: String
+    public var description: String { "the journal's record of incident \(incidentID) is unreadable: \(problem)" }
+}
+
+extension IncidentMachine {
+    /// The machine as the journal stores it (proto/bynar/v1/journal.proto).
+    public var journalRecord: Bynar_V1_IncidentRecord {
+        var record = Bynar_V1_IncidentRecord()
+        record.id = id
+        record.disk = disk.journalDisk
+        record.cluster = cluster
+        record.rack = rack
+        record.openedMs = openedMs
+        record.reasons = reasons
+        record.settings.limits = Dictionary(uniqueKeysWithValues: settings.limits.map { step, limit in
+            var value = Bynar_V1_IncidentSettings.Limit()
+            value.timeoutMs = limit.timeoutMs
+            value.retries = Int64(limit.retries)
+            return (step.rawValue, value)
+        })
+        record.settings.retryDelayMs = settings.retryDelayMs
+        record.settings.queueRecheckMs = settings.queueRecheckMs
+        record.settings.dryRun = settings.dryRun
+        if let ms = settings.reannounceStuckMs { record.settings.reannounceStuckMs = ms }
+        if let ms = settings.reannounceWaitingMs { record.settings.reannounceWaitingMs = ms }
+        record.state = state.rawValue
+        record.updatedMs = updatedMs
+        record.step = step?.rawValue ?? ""
+        record.attempt = Int64(attempt)
+        if let deadlineMs { record.deadlineMs = deadlineMs }
+        if let retryAtMs { record.retryAtMs = retryAtMs }
+        record.generation = Dictionary(uniqueKeysWithValues: generation.map { ($0.key.rawValue, Int64($0.value)) })
+        record.attemptsUsed = Dictionary(uniqueKeysWithValues: attemptsUsed.map { ($0.key.rawValue, Int64($0.value)) })
+        record.jobID = jobID
+        record.osdID = osdID
+        record.ticketKey = ticketKey
+        record.ticketURL = ticketURL
+        record.ticketResolved = ticketResolved
+        if let newDisk { record.newDisk = newDisk.journalDisk }
+        record.clusterHealth = clusterHealth
+        record.detail = detail
+        record.mayBeOut = mayBeOut
+        record.stuckFrom = stuckFrom?.rawValue ?? ""
+        if let keptOut { record.keptOut = keptOut }
+        if let stateSinceMs { record.stateSinceMs = stateSinceMs }
+        if let announcedMs { record.announcedMs = announcedMs }
+        return record
+    }
+
+    /// The machine a journal record holds; throws naming the incident and the field this
+    /// version cannot read.
+    public init(journalRecord record: Bynar_V1_IncidentRecord) throws(JournalRecordError) {
+        func fail(_ problem: String) -> JournalRecordError { JournalRecordError(incidentID: record.id, problem: problem) }
+        func step(_ raw: String, _ field: String) throws(JournalRecordError) -> Step {
+            guard let step = Step(rawValue: raw) else { throw fail("\(field) names an unknown step \"\(raw)\"") }
+            return step
+        }
+        func steps<Value>(_ map: [String: Value], _ field: String, _ value: (Value) -> Int) throws(JournalRecordError) -> [Step: Int] {
+            var result: [Step: Int] = [:]
+            for (raw, count) in map { result[try step(raw, field)] = value(count) }
+            return result
+        }
+        guard let state = State(rawValue: record.state) else { throw fail("unknown state \"\(record.state)\"") }
+        var limits: [Step: Settings.Limit] = [:]
+        for (raw, limit) in record.settings.limits {
+            limits[try step(raw, "settings.limits")] = Settings.Limit(timeoutMs: limit.timeoutMs, retries: Int(limit.retries))
+        }
+        let settings = Settings(limits: limits, retryDelayMs: record.settings.retryDelayMs, queueRecheckMs: record.settings.queueRecheckMs,
+                                dryRun: record.settings.dryRun,
+                                reannounceStuckMs: record.settings.hasReannounceStuckMs ? record.settings.reannounceStuckMs : nil,
+                                reannounceWaitingMs: record.settings.hasReannounceWaitingMs ? record.settings.reannounceWaitingMs : nil)
+        self.init(id: record.id, disk: Disk(record.disk), cluster: record.cluster, rack: record.rack, reasons: record.reasons,
+                  settings: settings, nowMs: record.openedMs)
+        self.state = state
+        updatedMs = record.updatedMs
+        self.step = record.step.isEmpty ? nil : try step(record.step, "step")
+        attempt = Int(record.attempt)
+        deadlineMs = record.hasDeadlineMs ? record.deadlineMs : nil
+        retryAtMs = record.hasRetryAtMs ? record.retryAtMs : nil
+        generation = try steps(record.generation, "generation") { Int($0) }
+        attemptsUsed = try steps(record.attemptsUsed, "attempts_used") { Int($0) }
+        jobID = record.jobID
+        osdID = record.osdID
+        ticketKey = record.ticketKey
+        ticketURL = record.ticketURL
+        ticketResolved = record.ticketResolved
+        newDisk = record.hasNewDisk ? Disk(record.newDisk) : nil
+        clusterHealth = record.clusterHealth
+        detail = record.detail
+        mayBeOut = record.mayBeOut
+        if record.stuckFrom.isEmpty {
+            stuckFrom = nil
+        } else {
+            guard let from = State(rawValue: record.stuckFrom) else { throw fail("stuck_from names an unknown state \"\(record.stuckFrom)\"") }
+            stuckFrom = from
+        }
+        keptOut = record.hasKeptOut ? record.keptOut : nil
+        stateSinceMs = record.hasStateSinceMs ? record.stateSinceMs : nil
+        announcedMs = record.hasAnnouncedMs ? record.announcedMs : nil
+    }
+}
+
+extension IncidentMachine.Disk {
+    var journalDisk: Bynar_V1_JournalDisk {
+        var disk = Bynar_V1_JournalDisk()
+        disk.host = host
+        disk.key = key
+        disk.serial = serial
+        disk.devPath = devPath
+        disk.byPath = byPath
+        return disk
+    }
+
+    init(_ disk: Bynar_V1_JournalDisk) {
+        self.init(host: disk.host, key: disk.key, serial: disk.serial, devPath: disk.devPath, byPath: disk.byPath)
     }
 }
