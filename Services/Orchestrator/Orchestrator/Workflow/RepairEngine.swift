@@ -58,6 +58,9 @@ actor RepairEngine {
 
     /// Most inputs decided and committed in one transaction.
     static let batchLimit = 512
+    /// After this many inputs, the heap and clean code pages are given back the next time
+    /// the engine has nothing waiting (``ResidentCode/release()``).
+    static let trimAfterInputs = 10_000
     /// Most disk-manager requests awaiting their answers at once (``sendCommands()``): a
     /// bound on the memory of a flood's requests (about 3 kB each while suspended), and high
     /// enough that hosts that do not answer (each holding a slot for its
@@ -98,6 +101,8 @@ actor RepairEngine {
             flush()
             recordFigures()
             recordOldest()
+            // Inputs handled since the heap was last trimmed here.
+            var sinceTrim = 0
             while !Task.isCancelled {
                 let batch = await inputs.next(upTo: Self.batchLimit)
                 if batch.isEmpty { continue }
@@ -105,6 +110,15 @@ actor RepairEngine {
                 for input in batch { handle(input) }
                 flush()
                 recordOldest()
+                sinceTrim += batch.count
+                if sinceTrim >= Self.trimAfterInputs && batch.count < Self.batchLimit {
+                    // Thousands of inputs (a flood, its answers) worked through and none
+                    // waiting: their buffers and the machines read back are freed. Give
+                    // the heap and the code pages the burst touched back now rather than
+                    // at the next periodic trim (a few ms, once per this many inputs).
+                    ResidentCode.release()
+                    sinceTrim = 0
+                }
             }
             group.cancelAll()
         }
