@@ -242,7 +242,7 @@ struct CoordinationTests {
             let (old, new) = first.hasPrefix("stor1.") ? (Self.failed, Self.replacement) : (Self.second, DetectorVoice.identity(host: "stor2", key: "serial-NEW2"))
             try await h.detector.say(new, from: .unspecified, to: .replaced, previous: old)
             #expect(await Collector<Int>.poll(timeout: .seconds(40)) { h.dm.seen("Remove").count == 2 && h.dm.maxOut == 1 },
-                    "second removed only after the first came back; max out \(h.dm.maxOut); \(h.latest.mapValues { "\($0.incident.state) \($0.message)" }); seen \(h.dm.seen.map { "\($0.operation) \($0.diskKey)" })")
+                    "second removed only after the first came back; max out \(h.dm.maxOut); \(h.latest.mapValues { "\($0.incident.state) \($0.message)" }); seen \(h.dm.seen.map { "\($0.operation) \($0.diskKey)" }); refused by the stand-in \(h.dm.rejected); logs:\n\(members.map { "== \($0.name)\n\($0.log.suffix(6000))" }.joined(separator: "\n"))")
             for member in members { member.kill() }
         }
     }
