@@ -237,10 +237,9 @@ public final class Outbox: Sendable {
                     bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(refusal)"])
                     try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
                 }
-                try store.removeFromOutbox(ids: delivered)
+                let now = Bus.nowUnixMs()
+                try store.settleOutbox(delivered: delivered, awaiting: awaiting, nowMs: now)
                 if !awaiting.isEmpty {
-                    let now = Bus.nowUnixMs()
-                    try store.awaitReceipts(ids: awaiting, nowMs: now)
                     // Each is due again its `resend_after_ms` from now: the earliest is known
                     // without scanning every awaiting event in the store.
                     let waiting = Set(awaiting)

@@ -283,10 +283,24 @@ public final class LocalStore: Sendable {
     /// The broker took these messages, which wait for a receipt: kept ("awaiting") and due
     /// to be sent again `resend_after_ms` from `nowMs`.
     public func awaitReceipts(ids: [Int64], nowMs: Int64) throws {
-        guard !ids.isEmpty else { return }
+        try settleOutbox(delivered: [], awaiting: ids, nowMs: nowMs)
+    }
+
+    /// What the broker took of one outbox batch, in one transaction: `delivered` removed,
+    /// `awaiting` kept for their receipts and due again `resend_after_ms` from `nowMs`. One
+    /// write per batch, not one for each kind: with etcd coordination every store write is
+    /// an etcd transaction, and the two were a round trip each.
+    public func settleOutbox(delivered: [Int64], awaiting: [Int64], nowMs: Int64) throws {
+        guard !delivered.isEmpty || !awaiting.isEmpty else { return }
         try write { db in
-            let update = try db.cachedStatement(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'")
-            for id in ids { try update.execute(arguments: [nowMs, id]) }
+            if !delivered.isEmpty {
+                let delete = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+                for id in delivered { try delete.execute(arguments: [id]) }
+            }
+            if !awaiting.isEmpty {
+                let update = try db.cachedStatement(sql: "UPDATE outbox SET state = 'awaiting', next_send_unix_ms = ? + resend_after_ms WHERE id = ? AND state = 'pending'")
+                for id in awaiting { try update.execute(arguments: [nowMs, id]) }
+            }
         }
     }
 
@@ -345,11 +359,7 @@ public final class LocalStore: Sendable {
 
     /// Removes acknowledged messages, in one transaction.
     public func removeFromOutbox(ids: [Int64]) throws {
-        guard !ids.isEmpty else { return }
-        try write { db in
-            let delete = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
-            for id in ids { try delete.execute(arguments: [id]) }
-        }
+        try settleOutbox(delivered: ids, awaiting: [], nowMs: 0)
     }
 
     /// Records a failed attempt; `refused` parks the message (the broker will not take it).
