@@ -280,12 +280,6 @@ public final class LocalStore: Sendable {
 
     // MARK: Receipts
 
-    /// The broker took these messages, which wait for a receipt: kept ("awaiting") and due
-    /// to be sent again `resend_after_ms` from `nowMs`.
-    public func awaitReceipts(ids: [Int64], nowMs: Int64) throws {
-        try settleOutbox(delivered: [], awaiting: ids, nowMs: nowMs)
-    }
-
     /// What the broker took of one outbox batch, in one transaction: `delivered` removed,
     /// `awaiting` kept for their receipts and due again `resend_after_ms` from `nowMs`. One
     /// write per batch, not one for each kind: with etcd coordination every store write is

@@ -128,11 +128,8 @@ actor RepairEngine {
     /// knows of their incident), handled.
     private func handle(_ input: Input) {
         switch input {
-        case .diskEvent(let event): decide(.diskEvent(event))
-        case .diskHealth(let health, let retained): decide(.diskHealth(health, retained: retained))
-        case .jobProgress(let progress): decide(.jobProgress(progress))
-        case .ticket(let ticket): decide(.ticket(ticket))
-        case .event(let incident, let event): decide(.event(incident: incident, event))
+        case .diskEvent, .diskHealth, .jobProgress, .ticket, .event:
+            if let fact = Self.fact(input) { decide(fact) }
         case .operatorCommand(let received):
             if received.retained {
                 logger.warning("a retained operator command was ignored (commands are never retained)", metadata: ["request_id": "\(received.payload.requestID.prefix(200))"])
@@ -179,18 +176,20 @@ actor RepairEngine {
     /// Reads back the open incidents `batch` is about whose machines are not in memory, in
     /// one read for the whole batch.
     private func prefetch(_ batch: [Input]) {
-        var ids: [String] = []
-        for input in batch {
-            switch input {
-            case .diskEvent(let event): ids += core.incidentsNamed(by: .diskEvent(event))
-            case .diskHealth(let health, let retained): ids += core.incidentsNamed(by: .diskHealth(health, retained: retained))
-            case .jobProgress(let progress): ids += core.incidentsNamed(by: .jobProgress(progress))
-            case .ticket(let ticket): ids += core.incidentsNamed(by: .ticket(ticket))
-            case .event(let incident, let event): ids += core.incidentsNamed(by: .event(incident: incident, event))
-            case .operatorCommand, .operatorDiskFacts, .tick: break
-            }
+        readBack(batch.compactMap(Self.fact).flatMap { core.incidentsNamed(by: $0) })
+    }
+
+    /// The core's input for a fact from the bus or an answer to a command (nil for operator
+    /// commands, which are verified first, and the tick).
+    private static func fact(_ input: Input) -> RepairCore.Input? {
+        switch input {
+        case .diskEvent(let event): .diskEvent(event)
+        case .diskHealth(let health, let retained): .diskHealth(health, retained: retained)
+        case .jobProgress(let progress): .jobProgress(progress)
+        case .ticket(let ticket): .ticket(ticket)
+        case .event(let incident, let event): .event(incident: incident, event)
+        case .operatorCommand, .operatorDiskFacts, .tick: nil
         }
-        readBack(ids)
     }
 
     /// Reads the open incidents `ids` whose machines are not in memory from the journal
