@@ -58,6 +58,10 @@ public final class Bus: Sendable {
         /// invalid topic, too large, an ACL denial): dead-lettered, not sent.
         public var refusedOutgoing: UInt64 = 0
         public var connects: UInt64 = 0
+        /// Replies handed to the request they answer.
+        public var replies: UInt64 = 0
+        /// Replies that came for no pending request and no outbox receipt (late, duplicate).
+        public var lateReplies: UInt64 = 0
     }
 
     public let identity: Identity
@@ -128,7 +132,8 @@ public final class Bus: Sendable {
         /// No pending request's deadline is before this (nil: none pending): the network
         /// thread looks through them only once one may have passed.
         var nextDeadline: ContinuousClock.Instant?
-        var replyRouteReady = false
+        /// The reply route's subscription, made once (``ensureReplyRoute()``).
+        var replyRoute: Task<Void, any Error>?
         var stats = Stats()
         var lastOverflowLog: ContinuousClock.Instant?
         /// Messages no route matched yet, oldest first, with when they came.
@@ -230,6 +235,8 @@ public final class Bus: Sendable {
 
     /// A copy of the counters.
     public var stats: Stats { state.withLock { $0.stats } }
+    /// The filters the broker acknowledged for the current session.
+    public var subscriptionsConfirmed: Set<String> { state.withLock { $0.confirmed } }
 
     // MARK: Publishing
 
@@ -426,6 +433,10 @@ public final class Bus: Sendable {
     private func ensureSubscribed(_ filter: String) async throws {
         do {
             try await subscribeOnce(filter)
+            // Not sent because no connection was up: the next CONNACK subscribes every
+            // route again. Should one have come up meanwhile (after its handler listed the
+            // routes), nothing would: keep trying until confirmed.
+            if client.isConnected, !state.withLock({ $0.confirmed.contains(filter) }) { retrySubscribe(filter) }
         } catch BusError.timedOut(let what) {
             // A transient broker condition (the connection dropped under the SUBSCRIBE, a
             // slow broker) is no reason to stop a service: try again until it is confirmed;
@@ -680,6 +691,7 @@ public final class Bus: Sendable {
             // A receipt for an event the outbox sent "until answered" (which checks that the
             // responder is the one the event waits for), or a late or duplicate reply.
             if let receiptTaker { receiptTaker(String(decoding: key, as: UTF8.self), responder) } else {
+                state.withLock { $0.stats.lateReplies += 1 }
                 logger.debug("reply for no pending request (late or duplicate)", metadata: ["topic": "\(message.topic)"])
             }
             return
@@ -696,7 +708,12 @@ public final class Bus: Sendable {
         case .success(let decoded):
             envelope = decoded
         }
-        if let taken = state.withLock({ $0.requests.removeValue(forKey: key) }) {
+        if let taken = state.withLock({ state in
+            state.requests.removeValue(forKey: key).map { taken in
+                state.stats.replies += 1
+                return taken
+            }
+        }) {
             taken.continuation.resume(returning: (message, envelope))
         }
     }
@@ -706,41 +723,55 @@ public final class Bus: Sendable {
         state.withLock { $0.receiptTaker = taker }
     }
 
-    /// Subscribes this client's reply topic (once).
+    /// Subscribes this client's reply topic (once). Every caller returns only once the
+    /// first one's SUBSCRIBE was answered (or found no connection, which subscribes it on
+    /// connect): a request sent before could have its reply dropped by the broker.
     func ensureReplyRoute() async throws {
-        guard !state.withLock({ $0.replyRouteReady }) else { return }
-        let filter = replyTopic + "/+/+"
-        let route = Route(filter: filter, match: filter) { [weak self] message in
-            self?.deliverReply(message)
-            return true
-        }
-        let first = state.withLock { state -> Bool in
-            guard !state.replyRouteReady else { return false }
-            state.replyRouteReady = true
+        let subscribing = state.withLock { state -> Task<Void, any Error> in
+            if let existing = state.replyRoute { return existing }
+            let filter = replyTopic + "/+/+"
             state.nextRouteId += 1
-            state.routes[state.nextRouteId] = route
-            return true
+            state.routes[state.nextRouteId] = Route(filter: filter, match: filter) { [weak self] message in
+                self?.deliverReply(message)
+                return true
+            }
+            let id = state.nextRouteId
+            let task = Task {
+                do { try await self.ensureSubscribed(filter) } catch {
+                    // Refused, or the library failed: the next request tries again.
+                    self.state.withLock { state in
+                        state.routes.removeValue(forKey: id)
+                        state.replyRoute = nil
+                    }
+                    throw error
+                }
+            }
+            state.replyRoute = task
+            return task
         }
-        if first { try await ensureSubscribed(filter) }
+        try await subscribing.value
     }
 
     /// Runs on the network thread: fails requests whose deadline passed.
     private func expireRequests() {
         let now = ContinuousClock.now
-        let expired = state.withLock { state -> [PendingRequest] in
+        let (expired, route) = state.withLock { state -> ([PendingRequest], String) in
             // Ten times a second: with thousands of requests pending, looking through them
             // all each time was a few percent of the orchestrator's CPU in a flood.
-            guard let next = state.nextDeadline, next <= now else { return [] }
+            guard let next = state.nextDeadline, next <= now else { return ([], "") }
             var keys: [[UInt8]] = []
             var earliest: ContinuousClock.Instant?
             for (key, request) in state.requests {
                 if request.deadline <= now { keys.append(key) } else { earliest = min(earliest ?? request.deadline, request.deadline) }
             }
             state.nextDeadline = earliest
-            return keys.compactMap { state.requests.removeValue(forKey: $0) }
+            // What a timeout's reader needs to tell a silent responder from a deaf requester.
+            let route = "reply route \(state.confirmed.contains(replyTopic + "/+/+") ? "subscribed" : "NOT subscribed"), "
+                + "\(state.stats.replies) replies taken and \(state.stats.lateReplies) late ones this run"
+            return (keys.compactMap { state.requests.removeValue(forKey: $0) }, route)
         }
         for request in expired {
-            request.continuation.resume(throwing: BusError.timedOut(what: "reply to request on \(request.topic)"))
+            request.continuation.resume(throwing: BusError.timedOut(what: "reply to request on \(request.topic) (\(route))"))
         }
     }
 

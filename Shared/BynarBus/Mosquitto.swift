@@ -125,6 +125,8 @@ final class MosquittoClient: @unchecked Sendable {
         var stopping = false
         var started = false
         var connected = false
+        /// The network thread is making a connection (``connectOnce()`` holds `connectLock`).
+        var connecting = false
         var stopRequestedAt: ContinuousClock.Instant?
         var stopped: CheckedContinuation<Void, Never>?
         var threadDone = false
@@ -269,7 +271,11 @@ final class MosquittoClient: @unchecked Sendable {
         defer { mosquitto_property_free_all(&properties) }
         mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), options.sessionExpirySeconds)
         return connectLock.withLock { _ in
-            state.withLock { $0.connected = false }
+            state.withLock {
+                $0.connected = false
+                $0.connecting = true
+            }
+            defer { state.withLock { $0.connecting = false } }
             return mosquitto_connect_bind_v5(handle, options.host, options.port, options.keepaliveSeconds, nil, properties)
         }
     }
@@ -529,10 +535,22 @@ final class MosquittoClient: @unchecked Sendable {
         var mid: Int32 = 0
         // Not connected, or connecting right now (never wait for that here: a connect to an
         // unreachable broker blocks for long): the bus subscribes again on the next CONNACK.
-        let rc = connectLock.withLockIfAvailable { _ -> Int32 in
-            guard state.withLock({ $0.connected }) else { return Int32(MOSQ_ERR_NO_CONN.rawValue) }
-            return mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
-        } ?? Int32(MOSQ_ERR_NO_CONN.rawValue)
+        // The lock is also held for a moment by another subscribe: that is no reason to give
+        // up. Taking it for "not connected" left a new leader's reply route unsubscribed
+        // for its whole term when its first subscribes ran side by side (every request of the
+        // term timed out; CoordinationTests' takeover, about 1 run in 4 under load).
+        var rc = Int32(MOSQ_ERR_NO_CONN.rawValue)
+        while true {
+            if state.withLock({ $0.connecting || !$0.connected }) { return nil }
+            if let sent = connectLock.withLockIfAvailable({ _ -> Int32 in
+                guard state.withLock({ $0.connected }) else { return Int32(MOSQ_ERR_NO_CONN.rawValue) }
+                return mosquitto_subscribe_v5(handle, &mid, filter, qos, 0, nil)
+            }) {
+                rc = sent
+                break
+            }
+            try await Task.sleep(for: .milliseconds(1))
+        }
         if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
             throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
@@ -542,9 +560,15 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Removes a subscription from the broker session (no wait).
     func unsubscribe(filter: String) {
-        _ = connectLock.withLockIfAvailable { _ in
-            guard state.withLock({ $0.connected }) else { return }
-            _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
+        // As in ``subscribe(filter:qos:timeout:)``: a lock held by a subscribe is waited
+        // for (a moment), one held by a connect is not (that session starts without it).
+        while !state.withLock({ $0.connecting || !$0.connected }) {
+            let handed: Void? = connectLock.withLockIfAvailable { _ in
+                guard state.withLock({ $0.connected }) else { return }
+                _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
+            }
+            if handed != nil { return }
+            usleep(200)
         }
     }
 

@@ -110,8 +110,12 @@ struct BusTests {
         // Deadline: nobody answers, the caller hears so after the timeout, not before.
         request.incidentID = "silent"
         let started = ContinuousClock.now
-        await #expect(throws: BusError.timedOut(what: "reply to request on test/svc")) {
-            try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(700))
+        // The error says whether this client could have heard a reply at all.
+        do {
+            _ = try await client.request(request, to: "test/svc", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(700))
+            Issue.record("a request nobody answers returned")
+        } catch BusError.timedOut(let what) {
+            #expect(what == "reply to request on test/svc (reply route subscribed, 23 replies taken and 0 late ones this run)")
         }
         let waited = ContinuousClock.now - started
         #expect(waited >= .milliseconds(700))
@@ -122,6 +126,55 @@ struct BusTests {
             try await client.request(request, to: "test/nobody", expecting: Bynar_V1_TicketResponse.self, timeout: .milliseconds(300))
         }
         await client.shutdown()
+        await server.shutdown()
+    }
+
+    /// A bus's first subscriptions go out side by side (a service subscribing its topics
+    /// while its outbox and its first requests open the reply route). Each must reach the
+    /// broker: one that found another's SUBSCRIBE being handed over was taken for "not
+    /// connected" and never sent, and a new orchestrator leader then heard no reply for its
+    /// whole term.
+    @Test func subscriptionsMadeSideBySideAreAllConfirmed() async throws {
+        let broker = try TestBroker()
+        defer { broker.stop() }
+        let server = try await connectedBus(broker, service: "server")
+        let requests = try await server.subscribe("test/side/+", as: Bynar_V1_TicketRequest.self)
+        let responder = Task {
+            for await request in requests {
+                var response = Bynar_V1_TicketResponse()
+                response.incidentID = request.payload.incidentID
+                try? await server.reply(to: request, with: response)
+            }
+        }
+        defer { responder.cancel() }
+        for round in 0..<10 {
+            let client = try await connectedBus(broker, service: "client", host: "c\(round)")
+            let filters = (0..<40).map { "test/side-sub/\(round)/\($0)" }
+            // 40 subscriptions and 10 requests (each opening the reply route) at once.
+            // (The subscriptions are kept: one let go is unsubscribed.)
+            let (subscriptions, answered) = try await withThrowingTaskGroup(of: (Subscription<Bynar_V1_TicketRequest>?, Int).self) { group in
+                for filter in filters {
+                    group.addTask { (try await client.subscribe(filter, as: Bynar_V1_TicketRequest.self), 0) }
+                }
+                for index in 0..<10 {
+                    group.addTask {
+                        var request = Bynar_V1_TicketRequest()
+                        request.incidentID = "r\(round)-\(index)"
+                        _ = try await client.request(request, to: "test/side/\(index)", expecting: Bynar_V1_TicketResponse.self, timeout: .seconds(5))
+                        return (nil, 1)
+                    }
+                }
+                return try await group.reduce(into: ([Subscription<Bynar_V1_TicketRequest>](), 0)) { result, next in
+                    if let subscription = next.0 { result.0.append(subscription) }
+                    result.1 += next.1
+                }
+            }
+            #expect(subscriptions.count == 40)
+            #expect(answered == 10, "round \(round): every request answered")
+            #expect(client.subscriptionsConfirmed.isSuperset(of: Set(filters)), "round \(round): every subscription confirmed: missing \(Set(filters).subtracting(client.subscriptionsConfirmed).sorted())")
+            withExtendedLifetime(subscriptions) {}
+            await client.shutdown()
+        }
         await server.shutdown()
     }
 

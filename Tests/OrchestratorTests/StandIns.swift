@@ -50,6 +50,8 @@ final class DiskManagerStandIn: Sendable {
         var maxOut = 0
         var osdIDs: [String: String] = [:]
         var rejected: [String] = []
+        /// Answers the stand-in could not send (the bus refused or timed out).
+        var replyFailures: [String] = []
         var behaviour = Behaviour()
     }
 
@@ -69,7 +71,11 @@ final class DiskManagerStandIn: Sendable {
                     // As the disk-manager of the host the topic names: the orchestrator
                     // takes answers only from the disk-manager it asked.
                     let host = command.topic.split(separator: "/")[3]
-                    try? await self.bus.reply(to: command, with: response, asHost: String(host), service: "disk-manager")
+                    do {
+                        try await self.bus.reply(to: command, with: response, asHost: String(host), service: "disk-manager")
+                    } catch {
+                        self.state.withLock { $0.replyFailures.append("\(response.requestID): \(error)") }
+                    }
                 }
             }
         }
@@ -84,6 +90,7 @@ final class DiskManagerStandIn: Sendable {
     /// Puts a removed disk back in service (an operator's `bynar disks add` by hand).
     func markInService(_ key: String) { state.withLock { _ = $0.out.remove(key) } }
     var rejected: [String] { state.withLock { $0.rejected } }
+    var replyFailures: [String] { state.withLock { $0.replyFailures } }
     func seen(_ operation: String) -> [Seen] { seen.filter { $0.operation == operation } }
 
     private func handle(_ request: Bynar_V1_DiskManagerRequest) async -> Bynar_V1_DiskManagerResponse? {
