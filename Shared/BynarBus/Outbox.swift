@@ -184,18 +184,6 @@ public final class Outbox: Sendable {
         // so the store is written for resends only when one is due, not on every wake.
         var resendDue = try? store.nextResendUnixMs()
         var listening = false
-        // Delivered events not yet removed from the store: a flood's batches are settled
-        // together, not one store write each (with etcd coordination every write is an etcd
-        // transaction, and the settling took half of them). Until settled they are skipped by
-        // id; if this process dies first they are sent again, and receivers drop copies by
-        // message id as they do for any resend. Settled at once when a batch had events
-        // awaiting receipts, when the queue runs dry, and at least every `settleEvery`.
-        var unsettled = Unsettled()
-        defer { try? store.settleOutbox(delivered: unsettled.ids, awaiting: [], nowMs: Bus.nowUnixMs()) }
-        func settle(awaiting: [Int64] = []) throws {
-            try store.settleOutbox(delivered: unsettled.ids, awaiting: awaiting, nowMs: Bus.nowUnixMs())
-            unsettled = Unsettled()
-        }
         while !Task.isCancelled {
             if let gate, !gate() {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -204,14 +192,13 @@ public final class Outbox: Sendable {
             let batch: [LocalStore.OutboxEntry]
             do {
                 if let due = resendDue, due <= Bus.nowUnixMs() {
-                    try settle()  // events put back in the queue keep their ids, below the skipped
                     for given in try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs()) {
                         bus.logger.error("no receipt came in time; given up, kept in the outbox as unanswered",
                                          metadata: ["topic": "\(given.topic)", "receiver": "\(given.receiptFrom)"])
                     }
                     resendDue = try store.nextResendUnixMs()
                 }
-                batch = try store.pendingOutbox(after: unsettled.through, limit: 256)  // well under Bus.maxBatch
+                batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
                 if !listening, resendDue != nil || batch.contains(where: { $0.receiptFrom != nil }) {
                     // Receipts come to this client's reply topic (for events sent before a
                     // restart too: its session kept the subscription; the bus holds them).
@@ -226,13 +213,6 @@ public final class Outbox: Sendable {
                 continue
             }
             if batch.isEmpty {
-                if unsettled.through != 0 {
-                    do { try settle() } catch {
-                        bus.logger.error("cannot record delivered outbox events", metadata: ["error": "\(error)"])
-                        try? await Task.sleep(for: .seconds(1))
-                    }
-                    continue
-                }
                 // Idle until publish() signals or an event's receipt is overdue: no polling,
                 // so an idle agent runs no SQL.
                 if let resendDue {
@@ -258,10 +238,7 @@ public final class Outbox: Sendable {
                     try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
                 }
                 let now = Bus.nowUnixMs()
-                unsettled.add(delivered, through: batch[batch.count - 1].id)
-                if !awaiting.isEmpty || unsettled.ids.count >= Self.settleAtMost || ContinuousClock.now - unsettled.since >= Self.settleEvery {
-                    try settle(awaiting: awaiting)
-                }
+                try store.settleOutbox(delivered: delivered, awaiting: awaiting, nowMs: now)
                 if !awaiting.isEmpty {
                     // Each is due again its `resend_after_ms` from now: the earliest is known
                     // without scanning every awaiting event in the store.
@@ -284,7 +261,6 @@ public final class Outbox: Sendable {
                 stalled = true
             }
             if stalled {
-                try? settle()
                 // Keep order: retry from the same event after a pause (capped backoff), and
                 // only once connected: libmosquitto still holds the unacknowledged copies and
                 // sends them itself on reconnect, so re-sending while away would only pile up.
@@ -296,25 +272,6 @@ public final class Outbox: Sendable {
             }
         }
     }
-
-    /// Delivered events the store still holds as pending (see ``send()``).
-    private struct Unsettled {
-        var ids: [Int64] = []
-        /// The highest id sent: the next batch starts after it (0: nothing unsettled).
-        var through: Int64 = 0
-        var since = ContinuousClock.now
-
-        mutating func add(_ delivered: [Int64], through id: Int64) {
-            if ids.isEmpty { since = .now }
-            ids += delivered
-            through = max(through, id)
-        }
-    }
-
-    /// Delivered events are settled in one store write at least this often in a flood...
-    static let settleEvery = Duration.milliseconds(250)
-    /// ...and once this many are waiting.
-    static let settleAtMost = 4096
 
     /// An event as sent: one sent "until answered" asks for its receipt on this client's
     /// reply topic, and expires at the broker when the next copy is due (a receiver away

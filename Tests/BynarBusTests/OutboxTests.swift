@@ -4,7 +4,6 @@ import BynarProto
 import BynarStore
 import BynarTestSupport
 import Foundation
-import GRDB
 import Testing
 
 @Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
@@ -51,41 +50,6 @@ struct OutboxTests {
         #expect(try store.outboxCounts().pending == 0)
         #expect(publisher.stats.connects >= 2 && subscriber.stats.connects >= 2)
         sender.cancel()
-        await publisher.shutdown()
-        await subscriber.shutdown()
-    }
-
-    /// A flood goes out in batches of 256, but the store records what was delivered in far
-    /// fewer writes than batches (with etcd coordination each write is an etcd
-    /// transaction); every event arrives once, in order, and the outbox ends empty.
-    @Test func aFloodIsSettledInFewerStoreWritesThanBatches() async throws {
-        let broker = try TestBroker()
-        defer { broker.stop() }
-        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let writes = WriteCounter()
-        let store = try LocalStore(path: directory + "/pub.sqlite", replicator: writes)
-        let subscriber = try await connectedBus(broker, service: "sub")
-        let received = Collector(try await subscriber.subscribe("test/flood", as: Bynar_V1_DiskHealthEvent.self, buffer: 10_000))
-        let publisher = try await connectedBus(broker, service: "pub")
-        let outbox = Outbox(bus: publisher, store: store)
-        let total = 5_000
-        var sentIds: [String] = []
-        for index in 0..<total {
-            var event = Bynar_V1_DiskHealthEvent()
-            event.disk.serial = "S\(index)"
-            sentIds.append(try outbox.publish(event, to: "test/flood").messageID)
-        }
-        let before = writes.count
-        let sender = Task { await outbox.run() }
-        defer { sender.cancel() }
-        #expect(await received.wait(timeout: .seconds(60)) { $0.count >= total })
-        #expect(await outbox.drain(timeout: .seconds(10)))
-        let batches = (total + 255) / 256
-        let settling = writes.count - before
-        #expect(settling >= 1 && settling < batches / 2, "\(settling) store writes to settle \(batches) batches")
-        #expect(received.all.map(\.envelope.messageID) == sentIds, "every event once, in order")
-        #expect(try store.outboxCounts().pending == 0)
         await publisher.shutdown()
         await subscriber.shutdown()
     }
@@ -249,13 +213,4 @@ struct OutboxTests {
         await receiver.shutdown()
         await other.shutdown()
     }
-}
-
-/// Counts the store's write transactions that changed something (it replicates nowhere).
-final class WriteCounter: StoreReplicator, @unchecked Sendable {
-    private let lock = NSLock()
-    private var writes = 0
-    var count: Int { lock.withLock { writes } }
-    func replicate(_ changeset: [UInt8], in db: Database) throws { lock.withLock { writes += 1 } }
-    var localTables: Set<String> { [] }
 }
