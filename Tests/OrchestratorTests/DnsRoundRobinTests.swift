@@ -157,6 +157,9 @@ struct DnsRoundRobinTests {
         await agents[0].shutdown()
         #expect(await Collector<Int>.poll(timeout: .seconds(20)) { (try? bind.addresses(Self.name)) == ["192.0.2.12"] },
                 "web1 removed: \(String(describing: try? bind.addresses(Self.name))); hook results \(results.all.map { "\($0.payload.arguments) \($0.payload.exitStatus) \($0.payload.stderrTail)" })")
+        // Its HookResult follows the run through the outbox.
+        #expect(await results.wait(timeout: .seconds(10)) { $0.contains { $0.payload.arguments == ["host", "192.0.2.11", "down"] } })
+        try await Task.sleep(for: .milliseconds(500))  // time for a second run to show, if any
         let web1 = results.all.map(\.payload).filter { $0.arguments == ["host", "192.0.2.11", "down"] }
         #expect(web1.count == 1 && web1.first?.exitStatus == 0, "one down run for web1's host, exit 0")
         await agents[1].shutdown()
