@@ -15,9 +15,9 @@ private let glusterAvailable = getuid() == 0 && access("/sbin/losetup", X_OK) ==
 /// The Gluster backend against a real glusterd 10.3 (one node, its own working directory):
 /// a replica-3 volume on three XFS loop devices, mounted with the FUSE client. A brick's
 /// disk "fails" by its brick process (glusterfsd) being killed with SIGKILL, which is what
-/// glusterd and the clients see of a dead disk (no faultfs under the loop device: a brick
-/// on a disk returning EIO is taken down by gluster's own health check after up to 30 s,
-/// to the same state).
+/// glusterd and the clients see of a brick that is gone. No faultfs under the loop device:
+/// gluster's posix health check (every 30 s by default) is meant to stop a brick whose disk
+/// fails it, the same state, but that was not tried here.
 @Suite(.serialized, .enabled(if: glusterAvailable, "needs root, losetup, mkfs.xfs, glusterd and /dev/fuse"))
 struct GlusterBackendTests {
     @Test(.timeLimit(.minutes(6)))
