@@ -21,8 +21,8 @@ private let glusterAvailable = getuid() == 0 && access("/sbin/losetup", X_OK) ==
 @Suite(.serialized, .enabled(if: glusterAvailable, "needs root, losetup, mkfs.xfs, glusterd and /dev/fuse"))
 struct GlusterBackendTests {
     @Test(.timeLimit(.minutes(6)))
-    func aFailedBricksDiskIsRemovedReplacedAndHealed() throws {
-        try withGlusterVolume { node, disks in
+    func aFailedBricksDiskIsRemovedReplacedAndHealed() async throws {
+        try await withGlusterVolume { node, disks in
             let backend = node.backend
             let mountpoints = (1...3).map { "\(node.mountRoot)/b\($0)" }
             let bricks = mountpoints.map { "\(backend.host):\($0)/brick" }
@@ -93,7 +93,7 @@ struct GlusterBackendTests {
             let added = try backend.add(spare, reuseID: ids[0], simulate: false, job: JobRun(id: "gluster-add-1", progress: ProgressReporter { step, index, count in progress.append("\(index)/\(count) \(step)") }))
             #expect(added.backendID == ids[0] && added.steps.contains("gluster volume reset-brick \(node.volume) \(bricks[0]) \(bricks[0]) commit force"), "\(added)")
             #expect(added.steps.last?.hasPrefix("heal of \(node.volume) done") == true, "\(added)")
-            #expect(progress.all.first == "1/4 mkfs and mount \(mountpoints[0])" && progress.all.contains { $0.hasPrefix("4/4 heal \(node.volume):") }, "\(progress.all)")
+            #expect(progress.all.first == "1/4 mkfs and mount \(mountpoints[0])" && progress.all.last == "4/4 \(added.steps.last ?? "")", "\(progress.all)")
             #expect(FilesystemBackend.mount(at: mountpoints[0])?.devNumber == DeviceNumber(deviceAt: disks[3].device))
             #expect((try node.online()[bricks[0]]) == true)
             #expect(!(try backend.isOut(ids[0])))
@@ -106,6 +106,56 @@ struct GlusterBackendTests {
             let addedAgain = try backend.add(try node.device(disks[3]), reuseID: ids[0], simulate: false, job: JobRun(id: "gluster-add-2", progress: .ignore))
             #expect(addedAgain.steps.first == "\(bricks[0]) is online from \(disks[3].device) already", "\(addedAgain)")
             #expect(!addedAgain.steps.contains { $0.contains("commit force") || $0.hasPrefix("make xfs") }, "\(addedAgain)")
+        }
+    }
+
+    /// The same through the real bynar-disk-manager over the bus: List names the brick,
+    /// SafeToRemove, Remove and Add are jobs, the heal is reported as progress.
+    @Test(.timeLimit(.minutes(6)))
+    func throughTheServiceOverTheBus() async throws {
+        try await withGlusterVolume { node, disks in
+            let mountpoint = "\(node.mountRoot)/b1"
+            let brick = "\(node.backend.host):\(mountpoint)/brick"
+            let id = "\(node.volume):\(brick)"
+            var written: [String: SHA256.Digest] = [:]
+            for index in 0..<6 {
+                let data = Data((0..<65_536).map { _ in UInt8.random(in: 0...255) })
+                try data.write(to: URL(fileURLWithPath: "\(node.clientMount)/file\(index)"))
+                written["file\(index)"] = SHA256.hash(data: data)
+            }
+            let directory = node.directory + "/manager"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let broker = try TestBroker()
+            defer { withExtendedLifetime(broker) {} }
+            let manager = try await FilesystemManager.start(broker: broker, directory: directory, backend: """
+                "gluster": {"mount_root": "\(node.mountRoot)", "fstab": "\(node.fstab)", "heal_poll_seconds": 1, "heal_timeout_seconds": 120}
+                """)
+            defer { manager.stop() }
+            let line = manager.line
+
+            let listed = try #require(try await line.disks().first { $0.disk.devPath == disks[0].device })
+            #expect(listed.backend == "gluster" && listed.backendID == id && listed.status == .inService, "\(listed)")
+            try node.killBrick(mountpoint)
+            let safe = try await line.send("safe-1", .safeToRemove(.with { $0.disk = .key(listed.disk.key) }))
+            #expect(safe.outcome == .success && safe.safeToRemove.safe, "\(safe)")
+            let remove = try await line.send("remove-1", .remove(.with { $0.disk = .key(listed.disk.key) }))
+            #expect(remove.outcome == .accepted, "\(remove)\n\(manager.process.log)")
+            let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)), "\(manager.process.log)")
+            #expect(removed.outcome == .success && removed.backendID == id, "\(removed)")
+            #expect(FilesystemBackend.mount(at: mountpoint) == nil)
+
+            let spare = try #require(try await line.disks().first { $0.disk.devPath == disks[3].device })
+            #expect(spare.status == .blank)
+            let add = try await line.send("add-1", .add(.with { $0.disk = .key(spare.disk.key); $0.reuseOsdID = id }))
+            #expect(add.outcome == .accepted, "\(add)")
+            let added = try #require(await line.finished(add.jobID, timeout: .seconds(150)), "\(manager.process.log)")
+            #expect(added.outcome == .success && added.backendID == id, "\(added)")
+            #expect(line.progress.all.contains { $0.payload.jobID == add.jobID && $0.payload.state == .running && $0.payload.stepIndex == 4 && $0.payload.step.hasPrefix("heal of \(node.volume) done") }, "\(line.progress.all.map(\.payload.step))")
+            #expect(try node.online()[brick] == true)
+            for (name, digest) in written {
+                #expect(SHA256.hash(data: try Data(contentsOf: URL(fileURLWithPath: "\(mountpoint)/brick/\(name)"))) == digest, "\(name) on the new brick")
+            }
+            await manager.bus.shutdown()
         }
     }
 
@@ -145,7 +195,7 @@ final class GlusterNode: @unchecked Sendable {
     init(directory: String) {
         self.directory = directory
         mountRoot = directory + "/srv"
-        fstab = directory + "/fstab"
+        fstab = directory + "/brick-fstab"
         clientMount = directory + "/client"
         var config = GlusterBackendConfig()
         config.mountRoot = mountRoot
@@ -266,7 +316,7 @@ final class GlusterNode: @unchecked Sendable {
 /// `brick` inside each; the fourth blank, the replacement). Everything is undone afterwards,
 /// also when `body` throws: the client unmounted, the volume's processes and glusterd
 /// stopped by pid, each loop device unmounted and detached by name, the directory removed.
-func withGlusterVolume(_ body: (GlusterNode, [LoopDisk]) throws -> Void) throws {
+func withGlusterVolume(_ body: (GlusterNode, [LoopDisk]) async throws -> Void) async throws {
     let directory = try makeTemporaryDirectory(prefix: "bynar-gluster")
     defer { try? FileManager.default.removeItem(atPath: directory) }
     var disks: [LoopDisk] = []
@@ -290,5 +340,5 @@ func withGlusterVolume(_ body: (GlusterNode, [LoopDisk]) throws -> Void) throws 
     try FileManager.default.createDirectory(atPath: node.clientMount, withIntermediateDirectories: true)
     try FaultyDisk.run("/usr/sbin/glusterfs", ["--volfile-server=\(node.backend.host)", "--volfile-id=\(node.volume)", "--log-file=\(directory)/client.log", node.clientMount])
     for _ in 0..<50 where FilesystemBackend.mount(at: node.clientMount) == nil { usleep(100_000) }
-    try body(node, disks)
+    try await body(node, disks)
 }

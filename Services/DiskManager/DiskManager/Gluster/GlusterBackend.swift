@@ -166,7 +166,8 @@ public struct GlusterBackend: StorageBackend {
     }
 
     /// Polls heal info until nothing is pending on the bricks of `brick`'s set, reporting
-    /// what is left as a progress step each time; fails after `heal_timeout_seconds`.
+    /// each reading (what is left, then "done") as a progress step; fails after
+    /// `heal_timeout_seconds`.
     func awaitHeal(volume: GlusterVolume, brick: BrickID, done: [String], progress: ProgressReporter, index: Int, of count: Int) throws -> String {
         let set = volume.set(of: brick.brick)
         let clock = ContinuousClock()
@@ -175,7 +176,11 @@ public struct GlusterBackend: StorageBackend {
         while true {
             if let heal = try? healInfo(volume.name), let pending = GlusterSafety.pending(in: set, heal: heal),
                set.allSatisfy({ heal.brick($0)?.pending != nil }) {
-                if pending == 0 { return "heal of \(volume.name) done: nothing pending on \(set.joined(separator: ", "))" }
+                if pending == 0 {
+                    let done = "heal of \(volume.name) done: nothing pending on \(set.joined(separator: ", "))"
+                    progress.step(done, index, of: count)
+                    return done
+                }
                 last = "heal \(volume.name): \(pending) entr\(pending == 1 ? "y" : "ies") pending"
                 // Launched again while entries wait: one launch can be refused while a brick
                 // is still connecting, and the daemon's own crawl runs only every 10 minutes.
