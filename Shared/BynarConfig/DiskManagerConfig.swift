@@ -55,6 +55,9 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         if let ceph { problems += ceph.validate() }
         if let filesystem { problems += filesystem.validate() }
         if let gluster { problems += gluster.validate() }
+        if let gluster, let filesystem, [(gluster.mountRoot, filesystem.mountRoot), (filesystem.mountRoot, gluster.mountRoot)].contains(where: { $0 == $1 || $0.hasPrefix($1 + "/") }) {
+            problem("gluster.mount_root", "must not be or lie under disk_manager.filesystem.mount_root (or it under this), got \"\(gluster.mountRoot)\" and \"\(filesystem.mountRoot)\": a disk there would be both backends'")
+        }
         return problems
     }
 }
