@@ -157,6 +157,7 @@ public enum ConfigLoader {
     static let optionalSections: [([String], any Encodable & Sendable)] = [
         (["disk_manager", "ceph"], CephBackendConfig()),
         (["disk_manager", "filesystem"], FilesystemBackendConfig()),
+        (["disk_manager", "gluster"], GlusterBackendConfig()),
         (["detector", "ceph"], DetectorCephConfig()),
     ]
 

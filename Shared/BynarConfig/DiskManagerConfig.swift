@@ -20,6 +20,8 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var ceph: CephBackendConfig?
     /// Plain data disks (one filesystem per disk, mounted by UUID); on when present.
     public var filesystem: FilesystemBackendConfig?
+    /// Gluster bricks, one per disk (mounted like the filesystem backend's); on when present.
+    public var gluster: GlusterBackendConfig?
     /// Backend a Deploy on a blank disk uses: "ceph" or "filesystem"; default the only one
     /// configured, or "ceph" when both are.
     public var deployBackend: String?
@@ -52,6 +54,10 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         }
         if let ceph { problems += ceph.validate() }
         if let filesystem { problems += filesystem.validate() }
+        if let gluster { problems += gluster.validate() }
+        if let gluster, let filesystem, [(gluster.mountRoot, filesystem.mountRoot), (filesystem.mountRoot, gluster.mountRoot)].contains(where: { $0 == $1 || $0.hasPrefix($1 + "/") }) {
+            problem("gluster.mount_root", "must not be or lie under disk_manager.filesystem.mount_root (or it under this), got \"\(gluster.mountRoot)\" and \"\(filesystem.mountRoot)\": a disk there would be both backends'")
+        }
         return problems
     }
 }
@@ -142,5 +148,59 @@ public struct FilesystemBackendConfig: Codable, Sendable, Equatable {
         if !fstab.hasPrefix("/") { problem("fstab", "must be an absolute path, got \"\(fstab)\"") }
         if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
         return problems
+    }
+}
+
+/// Gluster bricks (`"disk_manager": {"gluster": {...}}`): each disk carries one filesystem
+/// mounted by UUID at `<mount_root>/<name>`, and the brick is the directory
+/// `<mountpoint>/<brick_directory>` of a volume on this host. `mount_root` must not be the
+/// filesystem backend's.
+public struct GlusterBackendConfig: Codable, Sendable, Equatable {
+    public var mountRoot = "/srv/gluster"
+    /// The brick inside each mount (Gluster's advice: never the mountpoint itself, so a
+    /// brick whose disk is not mounted is missing instead of filling the root filesystem).
+    public var brickDirectory = "brick"
+    /// The host name this host's bricks carry in `gluster volume info`; empty: this host's name.
+    public var brickHost = ""
+    /// The gluster CLI (more arguments may follow, e.g. `--glusterd-sock=...`).
+    public var glusterCommand = ["gluster"]
+    public var filesystem = "xfs"
+    public var mkfsOptions: [String] = []
+    public var mountOptions = "defaults,noatime,nofail"
+    public var fstab = "/etc/fstab"
+    /// Longest one gluster / mkfs / mount / umount call may run.
+    public var commandTimeoutSeconds = 120
+    /// How long an Add waits for the heal onto the new brick to finish.
+    public var healTimeoutSeconds = 86_400
+    /// How often an Add asks how much is left to heal.
+    public var healPollSeconds = 10
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager.gluster." + field, problem: text)) }
+        if !mountRoot.hasPrefix("/") || mountRoot == "/" { problem("mount_root", "must be an absolute directory other than /, got \"\(mountRoot)\"") }
+        if brickDirectory.isEmpty || brickDirectory.contains("/") || brickDirectory == ".." || brickDirectory == "." { problem("brick_directory", "must be one directory name, got \"\(brickDirectory)\"") }
+        if glusterCommand.isEmpty { problem("gluster_command", "must name the gluster CLI") }
+        if !["xfs", "ext4"].contains(filesystem) { problem("filesystem", "must be \"xfs\" or \"ext4\", got \"\(filesystem)\"") }
+        if mountOptions.isEmpty || mountOptions.contains(where: \.isWhitespace) { problem("mount_options", "must be a comma-separated list without spaces, got \"\(mountOptions)\"") }
+        if !fstab.hasPrefix("/") { problem("fstab", "must be an absolute path, got \"\(fstab)\"") }
+        if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
+        if healTimeoutSeconds < 1 { problem("heal_timeout_seconds", "must be at least 1, got \(healTimeoutSeconds)") }
+        if healPollSeconds < 1 { problem("heal_poll_seconds", "must be at least 1, got \(healPollSeconds)") }
+        return problems
+    }
+
+    /// The filesystem backend's settings for the brick mounts (the one mount/fstab mechanism).
+    public var filesystemConfig: FilesystemBackendConfig {
+        var config = FilesystemBackendConfig()
+        config.mountRoot = mountRoot
+        config.filesystem = filesystem
+        config.mkfsOptions = mkfsOptions
+        config.mountOptions = mountOptions
+        config.fstab = fstab
+        config.commandTimeoutSeconds = commandTimeoutSeconds
+        return config
     }
 }

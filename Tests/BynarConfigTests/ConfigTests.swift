@@ -159,6 +159,10 @@ struct ConfigTests {
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"filesystem": {"mount_rot": "/data"}}}"#) }
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"filesystem": {"filesystem": "btrfs"}}}"#) }
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"deploy_backend": "ceph", "filesystem": {}}}"#) }
+        let gluster = try ConfigLoader.parse(#"{"disk_manager": {"gluster": {"heal_poll_seconds": 2}, "filesystem": {}}}"#).diskManager.gluster
+        #expect(gluster?.mountRoot == "/srv/gluster" && gluster?.brickDirectory == "brick" && gluster?.healPollSeconds == 2)
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"gluster": {"mount_root": "/srv/bynar/g"}, "filesystem": {}}}"#) }
+        #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"gluster": {"brick_directory": "a/b"}}}"#) }
         #expect(throws: (any Error).self) { try ConfigLoader.parse(#"{"disk_manager": {"ceph": {"config_file": "/nonexistent/ceph.conf"}}}"#) }
     }
 

@@ -86,9 +86,10 @@ struct FilesystemManager {
     let mountRoot: String
     let fstab: String
 
-    /// Starts it on `broker` as host h1 (`settings`: more fields of `disk_manager`) and
-    /// waits for its birth message.
-    static func start(broker: TestBroker, directory: String, settings: String = "") async throws -> FilesystemManager {
+    /// Starts it on `broker` as host h1 (`settings`: more fields of `disk_manager`;
+    /// `backend`: the backend section instead of the filesystem one) and waits for its
+    /// birth message.
+    static func start(broker: TestBroker, directory: String, settings: String = "", backend: String? = nil) async throws -> FilesystemManager {
         let mountRoot = directory + "/srv"
         let fstab = directory + "/fstab"
         try "# test fstab\n".write(toFile: fstab, atomically: true, encoding: .utf8)
@@ -99,7 +100,7 @@ struct FilesystemManager {
         let statuses = Collector(try await bus.subscribe(Topics.serviceStatus(host: "h1", service: "disk-manager"), as: Bynar_V1_ServiceStatus.self))
         let process = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, directory: directory, extraConfig: """
             "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys"\(settings.isEmpty ? "" : ", " + settings),
-                             "filesystem": {"mount_root": "\(mountRoot)", "fstab": "\(fstab)", "filesystem": "xfs"}}
+                             \(backend ?? "\"filesystem\": {\"mount_root\": \"\(mountRoot)\", \"fstab\": \"\(fstab)\", \"filesystem\": \"xfs\"}")}
             """)
         guard await statuses.wait(timeout: .seconds(15), until: { $0.contains { $0.payload.state == .birth } }) else {
             process.signal(SIGTERM)

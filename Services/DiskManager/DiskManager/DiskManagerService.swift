@@ -55,11 +55,14 @@ public struct DiskManagerService: BynarService {
         if let ceph = config.ceph {
             backends.append(try CephDiskBackend(config: ceph, machineHostname: localHostName()))
         }
+        if let gluster = config.gluster {
+            backends.append(GlusterBackend(config: gluster))
+        }
         if let filesystem = config.filesystem {
             backends.append(FilesystemBackend(config: filesystem))
         }
         if backends.isEmpty {
-            context.logger.warning("no disk_manager.ceph or disk_manager.filesystem section: List works, every change is refused")
+            context.logger.warning("no disk_manager.ceph, .gluster or .filesystem section: List works, every change is refused")
         }
         return backends
     }
@@ -706,9 +709,11 @@ actor RequestHandler {
         }
     }
 
-    /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the filesystem's.
+    /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the
+    /// filesystem's, `VOLUME:HOST:BRICK` Gluster's.
     private func backend(reusing id: String) -> (any StorageBackend)? {
         backends.first { $0.name == "ceph" && Int(id) != nil } ?? backends.first { $0.name == "filesystem" && id.hasPrefix("/") }
+            ?? backends.first { $0.name == "gluster" && !id.hasPrefix("/") && id.contains(":/") }
     }
 
     /// The backend Deploy uses (`disk_manager.deploy_backend`).
