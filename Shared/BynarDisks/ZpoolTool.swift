@@ -1,5 +1,5 @@
-public import BynarProcess
-public import BynarProto
+import BynarProcess
+import BynarProto
 #if canImport(Glibc)
 import Glibc
 #endif
