@@ -157,6 +157,8 @@ public enum ConfigLoader {
     static let optionalSections: [([String], any Encodable & Sendable)] = [
         (["disk_manager", "ceph"], CephBackendConfig()),
         (["disk_manager", "filesystem"], FilesystemBackendConfig()),
+        (["disk_manager", "zfs"], ZFSBackendConfig()),
+        (["detector", "zfs"], DetectorZFSConfig()),
         (["detector", "ceph"], DetectorCephConfig()),
     ]
 

@@ -20,6 +20,8 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var ceph: CephBackendConfig?
     /// Plain data disks (one filesystem per disk, mounted by UUID); on when present.
     public var filesystem: FilesystemBackendConfig?
+    /// Disks that are vdevs of this host's imported ZFS pools; on when present.
+    public var zfs: ZFSBackendConfig?
     /// Backend a Deploy on a blank disk uses: "ceph" or "filesystem"; default the only one
     /// configured, or "ceph" when both are.
     public var deployBackend: String?
@@ -52,6 +54,7 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         }
         if let ceph { problems += ceph.validate() }
         if let filesystem { problems += filesystem.validate() }
+        if let zfs { problems += zfs.validate() }
         return problems
     }
 }
@@ -141,6 +144,31 @@ public struct FilesystemBackendConfig: Codable, Sendable, Equatable {
         if mountOptions.isEmpty || mountOptions.contains(where: \.isWhitespace) { problem("mount_options", "must be a comma-separated list without spaces, got \"\(mountOptions)\"") }
         if !fstab.hasPrefix("/") { problem("fstab", "must be an absolute path, got \"\(fstab)\"") }
         if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
+        return problems
+    }
+}
+
+/// ZFS pools (`"disk_manager": {"zfs": {...}}`): a disk that is a vdev of an imported pool is
+/// taken out with `zpool offline` and its replacement put in with `zpool replace`.
+public struct ZFSBackendConfig: Codable, Sendable, Equatable {
+    /// `zpool`: a path, or a name looked up on PATH.
+    public var zpoolPath = "zpool"
+    /// Longest `zpool status` / `zpool offline` may run.
+    public var commandTimeoutSeconds = 60
+    /// Longest a replacement's resilver may run before the Add fails (the resilver goes on).
+    public var resilverTimeoutSeconds = 86_400
+    /// How often a running resilver's progress is read.
+    public var progressIntervalSeconds = 5
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager.zfs." + field, problem: text)) }
+        if zpoolPath.isEmpty { problem("zpool_path", "must not be empty") }
+        if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
+        if resilverTimeoutSeconds < 1 { problem("resilver_timeout_seconds", "must be at least 1, got \(resilverTimeoutSeconds)") }
+        if progressIntervalSeconds < 1 { problem("progress_interval_seconds", "must be at least 1, got \(progressIntervalSeconds)") }
         return problems
     }
 }
