@@ -58,8 +58,11 @@ public struct DiskManagerService: BynarService {
         if let filesystem = config.filesystem {
             backends.append(FilesystemBackend(config: filesystem))
         }
+        if let zfs = config.zfs {
+            backends.append(ZFSBackend(config: zfs))
+        }
         if backends.isEmpty {
-            context.logger.warning("no disk_manager.ceph or disk_manager.filesystem section: List works, every change is refused")
+            context.logger.warning("no disk_manager.ceph, disk_manager.filesystem or disk_manager.zfs section: List works, every change is refused")
         }
         return backends
     }
@@ -706,9 +709,11 @@ actor RequestHandler {
         }
     }
 
-    /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the filesystem's.
+    /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the filesystem's,
+    /// `zfs:POOL/VDEV` ZFS's.
     private func backend(reusing id: String) -> (any StorageBackend)? {
         backends.first { $0.name == "ceph" && Int(id) != nil } ?? backends.first { $0.name == "filesystem" && id.hasPrefix("/") }
+            ?? backends.first { $0.name == "zfs" && id.hasPrefix("zfs:") }
     }
 
     /// The backend Deploy uses (`disk_manager.deploy_backend`).

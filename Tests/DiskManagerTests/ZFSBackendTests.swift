@@ -1,0 +1,139 @@
+import BynarConfig
+import BynarDisks
+import BynarProto
+import BynarTestSupport
+@testable import DiskManager
+import Foundation
+import Synchronization
+import Testing
+
+/// The ZFS backend on a real zfs-fuse: a raidz1 of three loop devices behind faultfs, one
+/// member made to fail with real I/O errors, then SafeToRemove, Remove (`zpool offline`),
+/// Add (`zpool replace` onto a fourth loop device, resilver followed), each run twice and
+/// simulated; the data written before read back identical. ``ZFSSafety`` on its own is
+/// judged on pools built in the test.
+@Suite(.serialized) struct ZFSBackendTests {
+    static func device(_ path: String) -> BlockDevice {
+        var identity = Bynar_V1_DiskIdentity()
+        identity.devPath = path
+        identity.key = "test-" + (path.split(separator: "/").last.map(String.init) ?? path)
+        return BlockDevice(identity: identity, sysPath: "/sys/block/" + (path.split(separator: "/").last.map(String.init) ?? ""))
+    }
+
+    static func raidz(_ states: [String], level: Int = 1) -> ZFSPool {
+        var pool = ZFSPool()
+        pool.name = "tank"
+        pool.state = states.allSatisfy { $0 == "ONLINE" } ? "ONLINE" : "DEGRADED"
+        pool.root = ZFSVdev(name: "tank", state: pool.state, children: [
+            ZFSVdev(name: "raidz\(level)-0", state: pool.state, children: states.enumerated().map { ZFSVdev(name: "d\($0.offset)", state: $0.element) }),
+        ])
+        return pool
+    }
+
+    @Test func safetyCountsTheOtherMembersOfTheSameTopLevelVdev() {
+        #expect(ZFSSafety.judge(Self.raidz(["ONLINE", "ONLINE", "ONLINE"]), vdev: "d0").safe)
+        #expect(!ZFSSafety.judge(Self.raidz(["ONLINE", "OFFLINE", "ONLINE"]), vdev: "d0").safe)
+        // The member already out is safe to take out: nothing more is lost.
+        #expect(ZFSSafety.judge(Self.raidz(["ONLINE", "OFFLINE", "ONLINE"]), vdev: "d1").safe)
+        #expect(ZFSSafety.judge(Self.raidz(["ONLINE", "FAULTED", "ONLINE", "ONLINE"], level: 2), vdev: "d0").safe)
+        #expect(!ZFSSafety.judge(Self.raidz(["UNAVAIL", "FAULTED", "ONLINE", "ONLINE"], level: 2), vdev: "d2").safe)
+        #expect(!ZFSSafety.judge(Self.raidz(["ONLINE", "ONLINE", "ONLINE"]), vdev: "nope").safe)
+        var resilvering = Self.raidz(["ONLINE", "ONLINE", "ONLINE"])
+        resilvering.scan = .resilverRunning(percent: 10)
+        #expect(!ZFSSafety.judge(resilvering, vdev: "d0").safe)
+        var single = ZFSPool()
+        single.name = "solo"
+        single.root = ZFSVdev(name: "solo", state: "ONLINE", children: [ZFSVdev(name: "sdb", state: "ONLINE")])
+        #expect(!ZFSSafety.judge(single, vdev: "sdb").safe)
+    }
+
+    @Test func ids() {
+        #expect(ZFSBackend.parse("zfs:tank/ata-X-part1")! == ("tank", "ata-X-part1"))
+        #expect(ZFSBackend.parse("zfs:tank//dev/loop3")! == ("tank", "/dev/loop3"))
+        #expect(ZFSBackend.parse("/srv/bynar/x") == nil)
+        #expect(ZFSBackend.parse("zfs:tank") == nil)
+    }
+
+    @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"))
+    func failRemoveReplaceResilverOnZFSFuse() throws {
+        let pool = try ZFSFusePool(name: "bynartest\(getpid())")
+        defer { pool.teardown() }
+        let directory = try makeTemporaryDirectory(prefix: "bynar-zfs-new")
+        let replacement = try LoopDisk(directory: directory, name: "new", sizeMB: 128)
+        defer {
+            replacement.teardown()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=40"])
+        let before = try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"])
+
+        let backend = ZFSBackend(config: ZFSBackendConfig())
+        let devices = pool.members.map { Self.device($0.device) }
+        let (healthy, failing, other) = (devices[0], devices[1], devices[2])
+        let claims = try backend.claims(devices + [Self.device(replacement.device)])
+        #expect(claims.count == 3)
+        let claim = try #require(claims[failing.identity.key])
+        #expect(claim.id == "zfs:\(pool.name)/\(failing.identity.devPath.dropFirst("/dev/".count))")
+        #expect(claim.status == .inService)
+        let healthyClaim = try #require(claims[healthy.identity.key])
+        #expect(try backend.safeToRemove(healthy, claim: healthyClaim).safe)
+
+        // Every sector of the second member fails with EIO; writes and a scrub meet it.
+        try pool.members[1].control("fail 0 262144")
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
+        try pool.zpool(["scrub", pool.name])
+        let failed = pool.status { text in
+            ZpoolStatus(parsing: text).pool(pool.name)?.leaf(failing.identity.devPath.replacingOccurrences(of: "/dev/", with: ""))?.vdev.state != "ONLINE"
+        }
+        let failedLeaf = try #require(ZpoolStatus(parsing: failed).pool(pool.name)?.leaf(String(failing.identity.devPath.dropFirst(5)))?.vdev)
+        #expect(["UNAVAIL", "FAULTED", "DEGRADED"].contains(failedLeaf.state), "\(failed)")
+
+        // With one member down, the raidz1 cannot lose another; the failed one it can.
+        #expect(try !backend.safeToRemove(healthy, claim: healthyClaim).safe)
+        #expect(try !backend.safeToRemove(other, claim: try #require(claims[other.identity.key])).safe)
+        #expect(try backend.safeToRemove(failing, claim: claim).safe)
+        #expect(throws: BackendRefusal.self) { try backend.remove(healthy, claim: healthyClaim, simulate: false, job: .direct) }
+
+        // Simulated: says the step, changes nothing.
+        let simulated = try backend.remove(failing, claim: claim, simulate: true, job: .direct)
+        #expect(simulated.steps.last == "zpool offline \(pool.name) \(failing.identity.devPath)")
+        #expect(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name)?.leaf(String(failing.identity.devPath.dropFirst(5)))?.vdev.state == failedLeaf.state)
+
+        let removed = try backend.remove(failing, claim: claim, simulate: false, job: .direct)
+        #expect(!removed.skipped)
+        #expect(try backend.isOut(claim.id))
+        let again = try backend.remove(failing, claim: claim, simulate: false, job: .direct)
+        #expect(again.skipped, "\(again.steps)")
+
+        let new = Self.device(replacement.device)
+        let simulatedAdd = try backend.add(new, reuseID: claim.id, simulate: true, job: .direct)
+        #expect(simulatedAdd.steps.contains("zpool replace \(pool.name) \(failing.identity.devPath) \(replacement.device)"))
+        #expect(try backend.claims([new]).isEmpty)
+
+        let steps = Mutex<[String]>([])
+        let job = JobRun(id: "zfs-job", progress: ProgressReporter { step, index, count in steps.withLock { $0.append("\(index)/\(count) \(step)") } })
+        let added = try backend.add(new, reuseID: claim.id, simulate: false, job: job)
+        #expect(added.backendID == "zfs:\(pool.name)/\(replacement.device.dropFirst(5))")
+        let reported = steps.withLock { $0 }
+        #expect(reported.first == "1/2 zpool replace \(pool.name) \(failing.identity.devPath) \(replacement.device)", "\(reported)")
+        let after = try #require(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name))
+        #expect(after.state == "ONLINE", "\(after)")
+        #expect(!after.resilvering)
+        #expect(after.leaves.map(\.vdev.name).sorted() == [healthy, new, other].map { String($0.identity.devPath.dropFirst(5)) }.sorted())
+        #expect(try !backend.isOut(claim.id))
+
+        // Run twice / resumed: nothing more happens.
+        #expect(try backend.add(new, reuseID: claim.id, simulate: false, job: job).skipped)
+        #expect(try backend.remove(failing, claim: claim, simulate: false, job: .direct).skipped)
+
+        #expect(try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"]) == before)
+        // And from the disks, not the cache: a scrub over the new layout finds nothing.
+        try pool.zpool(["scrub", pool.name])
+        let scrubbed = pool.status { ZpoolStatus(parsing: $0).pool(pool.name)?.scan.running == false }
+        guard case .scrubFinished(let errors, _) = ZpoolStatus(parsing: scrubbed).pool(pool.name)?.scan else {
+            Issue.record("no finished scrub: \(scrubbed)")
+            return
+        }
+        #expect(errors == 0)
+    }
+}
