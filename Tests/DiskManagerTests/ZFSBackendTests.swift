@@ -136,4 +136,47 @@ import Testing
         }
         #expect(errors == 0)
     }
+
+    /// The same repair through the running bynar-disk-manager (`disk_manager.zfs`), signed
+    /// commands over a real broker: List, SafeToRemove, Remove, Add with its progress.
+    @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"), .timeLimit(.minutes(3)))
+    func repairThroughTheRunningDiskManager() async throws {
+        let pool = try ZFSFusePool(name: "bynarsvc\(getpid())")
+        defer { pool.teardown() }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30"])
+        let before = try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"])
+        try await withFilesystemManager("bynar-dm-zfs", loops: [("new", 128)], settings: "\"zfs\": {\"zpool_path\": \"/usr/sbin/zpool\"}") { manager, loops in
+            let line = manager.line
+            let member = pool.members[0]
+            let listed = try #require(try await line.disks().first { $0.disk.devPath == member.device }, "\(manager.process.log)")
+            #expect(listed.backend == "zfs" && listed.backendID == "zfs:\(pool.name)/\(member.name)" && listed.status == .inService, "\(listed)")
+            let key = listed.disk.key
+
+            try member.control("fail 0 262144")
+            try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
+            try pool.zpool(["scrub", pool.name])
+            _ = pool.status { ZpoolStatus(parsing: $0).pool(pool.name)?.leaf(member.name)?.vdev.state != "ONLINE" }
+
+            let safe = try await line.send("zfs-safe", .safeToRemove(.with { $0.disk = .key(key) }))
+            #expect(safe.outcome == .success && safe.safeToRemove.safe, "\(safe)")
+            let remove = try await line.send("zfs-remove", .remove(.with { $0.disk = .key(key) }))
+            #expect(remove.outcome == .accepted, "\(remove)\n\(manager.process.log)")
+            let removed = try #require(await line.finished(remove.jobID, timeout: .seconds(60)))
+            #expect(removed.outcome == .success && removed.backendID == listed.backendID, "\(removed)")
+            #expect(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name)?.leaf(member.name)?.vdev.state == "OFFLINE")
+
+            let new = loops[0]
+            let newKey = try #require(try await line.disks().first { $0.disk.devPath == new.device }).disk.key
+            let add = try await line.send("zfs-add", .add(.with { $0.disk = .key(newKey); $0.reuseOsdID = listed.backendID }))
+            #expect(add.outcome == .accepted, "\(add)\n\(manager.process.log)")
+            let added = try #require(await line.finished(add.jobID, timeout: .seconds(120)))
+            #expect(added.outcome == .success && added.backendID == "zfs:\(pool.name)/\(new.device.dropFirst(5))", "\(added)\n\(manager.process.log)")
+            let steps = line.progress.all.filter { $0.payload.jobID == add.jobID }.map(\.payload.step)
+            #expect(steps.contains { $0.hasPrefix("zpool replace \(pool.name) \(member.device) \(new.device)") }, "\(steps)")
+            let after = try #require(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name))
+            #expect(after.state == "ONLINE" && after.leaf(String(new.device.dropFirst(5)))?.vdev.state == "ONLINE", "\(after)")
+            #expect(try await line.disks().contains { $0.disk.key == newKey && $0.backend == "zfs" && $0.status == .inService })
+            #expect(try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"]) == before)
+        }
+    }
 }
