@@ -1,3 +1,4 @@
+import BynarBus
 import BynarConfig
 import BynarDisks
 import BynarProto
@@ -83,5 +84,38 @@ import Testing
         #expect(machine.reasons.contains { $0.rule == "zfs.vdev_failed" && $0.detail.contains("ZFS pool \(pool.name)") }, "\(machine.reasons)")
         #expect(actions.contains { if case .announce(_, .failed, _, _) = $0 { true } else { false } })
         #expect(verdict.pools[pool.name]?.contains("pool \(pool.name) is DEGRADED") == true)
+    }
+
+    /// The running bynar-detector with `detector.zfs`: the failing member's DiskHealthEvent
+    /// to FAILED carries the ZFS reason naming the pool. The read probe is off, so that
+    /// reason, not the detector's own unreadable-disk rule, is what makes it FAILED.
+    @Test(.enabled(if: ZFSFusePool.available && TestBroker.available, "\(ZFSFusePool.unavailableReason ?? "mosquitto is not installed")"), .timeLimit(.minutes(3)))
+    func theRunningDetectorFailsAVdevsDiskNamingThePool() async throws {
+        let pool = try ZFSFusePool(name: "bynardsvc\(getpid())")
+        defer { pool.teardown() }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30"])
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector-zfs")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let member = pool.members[2]
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 2, "probe": false, "read_probe": false, "fsck_interval_seconds": 0,
+                         "watch_only": [\(pool.members.map { "\"\($0.device)\"" }.joined(separator: ", "))],
+                         "zfs": {"zpool_path": "/usr/sbin/zpool", "poll_seconds": 2}}
+            """)
+        defer { detector.signal(SIGTERM) }
+        #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == member.device && $0.payload.toState == .healthy } }, "\(detector.log)")
+
+        try member.control("fail 0 262144")
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
+        try pool.zpool(["scrub", pool.name])
+        #expect(await events.wait(timeout: .seconds(60)) { $0.contains { $0.payload.disk.devPath == member.device && $0.payload.toState == .failed } },
+                "\((try? pool.zpool(["status", pool.name])) ?? "")\n\(detector.log.suffix(3000))")
+        let failed = try #require(events.all.first { $0.payload.disk.devPath == member.device && $0.payload.toState == .failed }?.payload)
+        #expect(failed.reasons.contains { $0.rule == "zfs.vdev_failed" && $0.detail.hasPrefix("ZFS pool \(pool.name): vdev \(member.name) is ") }, "\(failed.reasons)")
+        #expect(detector.log.contains("ZFS pool needs attention"), "\(detector.log.suffix(2000))")
+        await watcher.shutdown()
     }
 }
