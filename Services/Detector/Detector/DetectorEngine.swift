@@ -477,7 +477,8 @@ actor DetectorEngine {
             if let match, let osd = osds.first(where: { $0.id == match.osd }), osd.exists, !osd.destroyed {
                 wanted = .init(osd: osd.id, up: osd.up, inconsistentPGs: inconsistent.filter { $0.acting.contains(osd.id) }.map(\.pg).sorted())
                 slot.inUseBy = "ceph osd.\(osd.id) (cluster \(clusterName))"
-            } else {
+            } else if slot.inUseBy.hasPrefix("ceph ") {
+                // Only its own label: a ZFS vdev's ("zfs pool ...") is the ZFS watcher's.
                 slot.inUseBy = ""
             }
             let changed = wanted != slot.ceph
