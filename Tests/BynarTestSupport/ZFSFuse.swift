@@ -13,9 +13,16 @@ public final class ZFSFusePool: @unchecked Sendable {
         if let reason = FaultyDisk.unavailableReason { return reason }
         for tool in ["/usr/sbin/zfs-fuse", "/usr/sbin/zpool"] where access(tool, X_OK) != 0 { return "\(tool) is missing (scripts/install-deps installs zfs-fuse)" }
         if access("/var/run/zfs/zfs_socket", F_OK) == 0 || daemonRunning() { return "a zfs-fuse daemon is already running on this machine" }
+        // A started zfs-fuse imports every pool in its cache, on whatever devices now have
+        // those names; the tests' pools are made with cachefile=none and never go there.
+        if let size = try? FileManager.default.attributesOfItem(atPath: cacheFile)[.size] as? Int, size > 0 {
+            return "\(cacheFile) lists pools; starting zfs-fuse would import them"
+        }
         return nil
     }()
     public static var available: Bool { unavailableReason == nil }
+
+    static let cacheFile = "/var/lib/zfs/zpool.cache"
 
     public let directory: String
     public let name: String
@@ -41,7 +48,7 @@ public final class ZFSFusePool: @unchecked Sendable {
                 usleep(100_000)
             }
             for _ in 0..<memberCount { made.append(try FaultyDisk(sizeMB: sizeMB)) }
-            _ = try FaultyDisk.run("/usr/sbin/zpool", ["create", "-f", "-m", mountpoint, name, "raidz"] + made.map(\.device))
+            _ = try FaultyDisk.run("/usr/sbin/zpool", ["create", "-f", "-o", "cachefile=none", "-m", mountpoint, name, "raidz"] + made.map(\.device))
         } catch {
             members = made
             teardown()
@@ -73,7 +80,14 @@ public final class ZFSFusePool: @unchecked Sendable {
             return !tornDown
         }
         guard first else { return }
-        _ = try? zpool(["destroy", "-f", name])
+        // Faults off first: a pool whose member still fails every write may refuse to go.
+        for member in members { try? member.control("clear") }
+        var destroyed = false
+        for _ in 0..<10 where !destroyed {
+            destroyed = (try? zpool(["destroy", "-f", name])) != nil || (try? zpool(["list", name])) == nil
+            if !destroyed { usleep(500_000) }
+        }
+        if !destroyed { FileHandle.standardError.write("ZFSFusePool: could not destroy \(name)\n".data(using: .utf8)!) }
         for member in members { member.teardown() }
         stopDaemon()
         try? FileManager.default.removeItem(atPath: directory)
@@ -94,8 +108,9 @@ public final class ZFSFusePool: @unchecked Sendable {
     static func daemonRunning() -> Bool {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return entries.contains { entry in
-            guard Int32(entry) != nil, let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8) else { return false }
-            return comm.trimmingCharacters(in: .whitespacesAndNewlines) == "zfs-fuse"
+            guard Int32(entry) != nil, let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8) else { return false }
+            // "PID (comm) STATE ...": a zombie is no daemon.
+            return stat.contains("(zfs-fuse) ") && !stat.contains("(zfs-fuse) Z")
         }
     }
 
