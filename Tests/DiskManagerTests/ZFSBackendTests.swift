@@ -137,6 +137,50 @@ import Testing
         #expect(errors == 0)
     }
 
+    /// An Add resumed while the replace it started is still resilvering (the disk-manager
+    /// restarted mid-job): the new disk is already in the pool, so nothing is replaced
+    /// again; the running resilver is followed to its end with its percentage reported.
+    /// faultfs delays the other members' I/O so the resilver lasts seconds, not a blink.
+    @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"))
+    func aResumedAddFollowsTheRunningResilver() throws {
+        let pool = try ZFSFusePool(name: "bynarres\(getpid())")
+        defer { pool.teardown() }
+        let directory = try makeTemporaryDirectory(prefix: "bynar-zfs-resume")
+        let replacement = try LoopDisk(directory: directory, name: "new", sizeMB: 128)
+        defer {
+            replacement.teardown()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=60"])
+        var config = ZFSBackendConfig()
+        config.progressIntervalSeconds = 1
+        let backend = ZFSBackend(config: config)
+        let old = Self.device(pool.members[1].device)
+        let claim = try #require(try backend.claims([old])[old.identity.key])
+        _ = try backend.remove(old, claim: claim, simulate: false, job: .direct)
+        for member in [pool.members[0], pool.members[2]] { try member.control("delay 60") }
+
+        // The first run of the job: its replace, in the background, as if the service died after it.
+        let replaced = Thread {
+            _ = try? FaultyDisk.run("/usr/sbin/zpool", ["replace", pool.name, old.identity.devPath, replacement.device], timeout: .seconds(120))
+        }
+        replaced.start()
+        let running = pool.status(until: { ZpoolStatus(parsing: $0).pool(pool.name)?.resilvering == true }, timeout: .seconds(20))
+        #expect(ZpoolStatus(parsing: running).pool(pool.name)?.resilvering == true, "\(running)")
+
+        let steps = Mutex<[String]>([])
+        let job = JobRun(id: "zfs-resume", progress: ProgressReporter { step, _, _ in steps.withLock { $0.append(step) } })
+        let resumed = try backend.add(Self.device(replacement.device), reuseID: claim.id, simulate: false, job: job)
+        for member in [pool.members[0], pool.members[2]] { try member.control("clear") }
+        #expect(!resumed.skipped)
+        #expect(resumed.steps.first?.hasSuffix("is already in \(pool.name); a resilver is running") == true, "\(resumed.steps)")
+        #expect(!resumed.steps.contains { $0.hasPrefix("zpool replace") }, "not replaced twice: \(resumed.steps)")
+        #expect(steps.withLock { $0 }.contains { $0.hasSuffix("% done") }, "\(steps.withLock { $0 })")
+        let after = try #require(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name))
+        #expect(!after.resilvering && after.state == "ONLINE", "\(after)")
+        _ = pool.status(until: { _ in replaced.isFinished }, timeout: .seconds(60))
+    }
+
     /// The same repair through the running bynar-disk-manager (`disk_manager.zfs`), signed
     /// commands over a real broker: List, SafeToRemove, Remove, Add with its progress.
     @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"), .timeLimit(.minutes(3)))
