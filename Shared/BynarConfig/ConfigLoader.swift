@@ -158,6 +158,8 @@ public enum ConfigLoader {
         (["disk_manager", "ceph"], CephBackendConfig()),
         (["disk_manager", "filesystem"], FilesystemBackendConfig()),
         (["disk_manager", "gluster"], GlusterBackendConfig()),
+        (["disk_manager", "zfs"], ZFSBackendConfig()),
+        (["detector", "zfs"], DetectorZFSConfig()),
         (["detector", "ceph"], DetectorCephConfig()),
     ]
 

@@ -34,6 +34,9 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Watch a Ceph cluster's view of this host's OSDs (down OSDs, scrub errors) as
     /// evidence about their disks; off when absent.
     public var ceph: DetectorCephConfig?
+    /// Watch this host's ZFS pools (vdev states and errors, capacity, scrubs, resilvers);
+    /// off when absent.
+    public var zfs: DetectorZFSConfig?
 
     public init() {}
 
@@ -54,8 +57,30 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
             if ceph.clientName.isEmpty { problem("ceph.client_name", "must not be empty") }
             if ceph.pollSeconds < 1 { problem("ceph.poll_seconds", "must be at least 1, got \(ceph.pollSeconds)") }
         }
+        if let zfs {
+            if zfs.zpoolPath.isEmpty { problem("zfs.zpool_path", "must not be empty") }
+            if zfs.pollSeconds < 1 { problem("zfs.poll_seconds", "must be at least 1, got \(zfs.pollSeconds)") }
+            if !(1...100).contains(zfs.capacityAlarmPercent) { problem("zfs.capacity_alarm_percent", "must be 1 to 100, got \(zfs.capacityAlarmPercent)") }
+            if zfs.scrubMaxAgeDays < 0 { problem("zfs.scrub_max_age_days", "must be 0 (off) or more, got \(zfs.scrubMaxAgeDays)") }
+        }
         return problems
     }
+}
+
+/// How the detector watches ZFS pools (`"detector": {"zfs": {...}}`): `zpool status` and
+/// `zpool list`, read-only.
+public struct DetectorZFSConfig: Codable, Sendable, Equatable {
+    /// `zpool`: a path, or a name looked up on PATH.
+    public var zpoolPath = "zpool"
+    /// Ask zpool this often.
+    public var pollSeconds = 60
+    /// A pool this full or fuller (percent used) is reported (bzman's rule: 75).
+    public var capacityAlarmPercent = 75
+    /// A pool whose last finished scrub is older than this (or that was never scrubbed) is
+    /// reported; 0 turns the check off.
+    public var scrubMaxAgeDays = 35
+
+    public init() {}
 }
 
 /// How the detector reads a Ceph cluster's view (`"detector": {"ceph": {...}}`): read-only

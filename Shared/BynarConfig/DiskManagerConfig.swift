@@ -22,6 +22,8 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
     public var filesystem: FilesystemBackendConfig?
     /// Gluster bricks, one per disk (mounted like the filesystem backend's); on when present.
     public var gluster: GlusterBackendConfig?
+    /// Disks that are vdevs of this host's imported ZFS pools; on when present.
+    public var zfs: ZFSBackendConfig?
     /// Backend a Deploy on a blank disk uses: "ceph" or "filesystem"; default the only one
     /// configured, or "ceph" when both are.
     public var deployBackend: String?
@@ -58,6 +60,7 @@ public struct DiskManagerConfig: Codable, Sendable, Equatable {
         if let gluster, let filesystem, [(gluster.mountRoot, filesystem.mountRoot), (filesystem.mountRoot, gluster.mountRoot)].contains(where: { $0 == $1 || $0.hasPrefix($1 + "/") }) {
             problem("gluster.mount_root", "must not be or lie under disk_manager.filesystem.mount_root (or it under this), got \"\(gluster.mountRoot)\" and \"\(filesystem.mountRoot)\": a disk there would be both backends'")
         }
+        if let zfs { problems += zfs.validate() }
         return problems
     }
 }
@@ -202,5 +205,30 @@ public struct GlusterBackendConfig: Codable, Sendable, Equatable {
         config.fstab = fstab
         config.commandTimeoutSeconds = commandTimeoutSeconds
         return config
+    }
+}
+
+/// ZFS pools (`"disk_manager": {"zfs": {...}}`): a disk that is a vdev of an imported pool is
+/// taken out with `zpool offline` and its replacement put in with `zpool replace`.
+public struct ZFSBackendConfig: Codable, Sendable, Equatable {
+    /// `zpool`: a path, or a name looked up on PATH.
+    public var zpoolPath = "zpool"
+    /// Longest `zpool status` / `zpool offline` may run.
+    public var commandTimeoutSeconds = 60
+    /// Longest a replacement's resilver may run before the Add fails (the resilver goes on).
+    public var resilverTimeoutSeconds = 86_400
+    /// How often a running resilver's progress is read.
+    public var progressIntervalSeconds = 5
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "disk_manager.zfs." + field, problem: text)) }
+        if zpoolPath.isEmpty { problem("zpool_path", "must not be empty") }
+        if commandTimeoutSeconds < 1 { problem("command_timeout_seconds", "must be at least 1, got \(commandTimeoutSeconds)") }
+        if resilverTimeoutSeconds < 1 { problem("resilver_timeout_seconds", "must be at least 1, got \(resilverTimeoutSeconds)") }
+        if progressIntervalSeconds < 1 { problem("progress_interval_seconds", "must be at least 1, got \(progressIntervalSeconds)") }
+        return problems
     }
 }

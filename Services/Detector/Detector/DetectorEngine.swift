@@ -37,7 +37,10 @@ actor DetectorEngine {
         /// The disk's BlueStore label as last read while it could be read: a dying disk's
         /// OSD is still known by its label.
         var cephLabel: BluestoreLabel?
-        /// "ceph osd.4 (cluster east)", for tickets.
+        /// What the host's ZFS pools say about this disk (``ZFSRules``): durable evidence,
+        /// the pool named in each reason; empty when it is no vdev or a healthy one.
+        var zfs: [DiskHealthMachine.Reason] = []
+        /// "ceph osd.4 (cluster east)", "zfs pool tank (vdev sdc)", for tickets.
         var inUseBy = ""
         /// When (kernel log clock) this device first showed under its kernel name: an error
         /// the kernel logged before then was about whatever had the name before (a lazily
@@ -56,6 +59,8 @@ actor DetectorEngine {
     private var pendingChecks: Set<String> = []
     /// Poked on every kernel disk error, so the Ceph watcher asks the cluster at once.
     let cephPoke = WakeSignal()
+    /// The same for the ZFS watcher.
+    let zfsPoke = WakeSignal()
     private var logger: Logger { context.logger }
 
     init(context: ServiceContext) {
@@ -204,6 +209,7 @@ actor DetectorEngine {
         }
         logger.warning("kernel reports a disk error", metadata: ["device": "\(error.device)", "line": "\(error.line)"])
         cephPoke.signal()
+        zfsPoke.signal()
         await perform(id) { $0.handle(.kernelIOError(detail: error.line, atMs: nowMs)) }
     }
 
@@ -306,6 +312,7 @@ actor DetectorEngine {
         }
         slots[id]?.filesystems = findings
         slots[id]?.checkedAtMs = nowMs
+        durable += slots[id]?.zfs ?? []
         let ceph = slots[id]?.ceph
         await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, ceph: ceph, atMs: nowMs))) }
     }
@@ -470,7 +477,8 @@ actor DetectorEngine {
             if let match, let osd = osds.first(where: { $0.id == match.osd }), osd.exists, !osd.destroyed {
                 wanted = .init(osd: osd.id, up: osd.up, inconsistentPGs: inconsistent.filter { $0.acting.contains(osd.id) }.map(\.pg).sorted())
                 slot.inUseBy = "ceph osd.\(osd.id) (cluster \(clusterName))"
-            } else {
+            } else if slot.inUseBy.hasPrefix("ceph ") {
+                // Only its own label: a ZFS vdev's ("zfs pool ...") is the ZFS watcher's.
                 slot.inUseBy = ""
             }
             let changed = wanted != slot.ceph
@@ -482,6 +490,31 @@ actor DetectorEngine {
                     "disk": "\(slot.identity.key)", "osd": "\(wanted.map { "osd.\($0.osd)" } ?? "none")",
                     "up": "\(wanted?.up ?? false)", "inconsistent_pgs": "\(wanted?.inconsistentPGs ?? [])",
                     "evidence": "\(match?.evidence ?? "")"])
+                Task { await self.check(id) }
+            }
+        }
+    }
+
+    // MARK: ZFS
+
+    /// What the pools said: each present disk that is a vdev gets its reasons (``ZFSRules``)
+    /// as evidence, and is re-checked when they changed.
+    func zfsView(_ status: ZpoolStatus, verdict: ZFSRules.Verdict) async {
+        for (id, slot) in slots {
+            guard let device = slot.device else { continue }
+            var reasons: [DiskHealthMachine.Reason] = []
+            var usedBy = slot.inUseBy.hasPrefix("zfs ") ? "" : slot.inUseBy
+            if let (pool, leaf) = ZpoolStatus.find(device, in: status) {
+                reasons = verdict.disks[pool.name]?[leaf.name] ?? []
+                if usedBy.isEmpty { usedBy = "zfs pool \(pool.name) (vdev \(leaf.name))" }
+            }
+            let changed = reasons != slot.zfs
+            let usedChanged = usedBy != slot.inUseBy
+            slots[id]?.zfs = reasons
+            slots[id]?.inUseBy = usedBy
+            if usedChanged { await publishHealth(id) }
+            if changed {
+                logger.notice("ZFS view of disk changed", metadata: ["disk": "\(slot.identity.key)", "reasons": "\(reasons.map(\.detail))"])
                 Task { await self.check(id) }
             }
         }

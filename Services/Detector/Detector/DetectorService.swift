@@ -64,6 +64,11 @@ public struct DetectorService: BynarService {
                         await CephWatcher(config: ceph, engine: engine, logger: context.logger).run()
                     }
                 }
+                if let zfs = config.zfs {
+                    group.addTask {
+                        await ZFSWatcher(config: zfs, engine: engine, logger: context.logger).run()
+                    }
+                }
                 if let blockEvents {
                     group.addTask {
                         for await event in blockEvents.events where event.deviceType == .disk {

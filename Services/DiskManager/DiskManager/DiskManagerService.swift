@@ -61,8 +61,11 @@ public struct DiskManagerService: BynarService {
         if let filesystem = config.filesystem {
             backends.append(FilesystemBackend(config: filesystem))
         }
+        if let zfs = config.zfs {
+            backends.append(ZFSBackend(config: zfs))
+        }
         if backends.isEmpty {
-            context.logger.warning("no disk_manager.ceph, .gluster or .filesystem section: List works, every change is refused")
+            context.logger.warning("no disk_manager.ceph, .gluster, .zfs or .filesystem section: List works, every change is refused")
         }
         return backends
     }
@@ -710,10 +713,11 @@ actor RequestHandler {
     }
 
     /// The backend an Add re-using `id` goes to: an OSD id is Ceph's, a path the
-    /// filesystem's, `VOLUME:HOST:BRICK` Gluster's.
+    /// filesystem's, `zfs:POOL/VDEV` ZFS's, `VOLUME:HOST:BRICK` Gluster's.
     private func backend(reusing id: String) -> (any StorageBackend)? {
         backends.first { $0.name == "ceph" && Int(id) != nil } ?? backends.first { $0.name == "filesystem" && id.hasPrefix("/") }
-            ?? backends.first { $0.name == "gluster" && !id.hasPrefix("/") && id.contains(":/") }
+            ?? backends.first { $0.name == "zfs" && id.hasPrefix("zfs:") }
+            ?? backends.first { $0.name == "gluster" && !id.hasPrefix("/") && !id.hasPrefix("zfs:") && id.contains(":/") }
     }
 
     /// The backend Deploy uses (`disk_manager.deploy_backend`).

@@ -1,0 +1,121 @@
+import BynarBus
+import BynarConfig
+import BynarDisks
+import BynarProto
+import BynarTestSupport
+@testable import Detector
+import Foundation
+import Testing
+
+/// The detector's ZFS rules: on captured zfs-fuse output, and on a real zfs-fuse pool whose
+/// member fails with real I/O errors (faultfs), through ``DiskHealthMachine`` to FAILED with
+/// the pool named.
+@Suite(.serialized) struct ZFSDetectorTests {
+    static let config = DetectorZFSConfig()
+
+    static func status(_ fixture: String) throws -> ZpoolStatus {
+        ZpoolStatus(parsing: try ZFSStatusTests.fixture(fixture))
+    }
+
+    @Test func vdevRules() throws {
+        let unavailable = ZFSRules.judge(try Self.status("zfs-fuse-status-x-io-errors.txt"), list: [], config: Self.config, nowSeconds: 0)
+        let reasons = try #require(unavailable.disks["bzcap"]?["loop3"])
+        #expect(reasons.map(\.rule) == ["zfs.vdev_failed"])
+        #expect(reasons.first?.severity == .failed)
+        #expect(reasons.first?.detail == "ZFS pool bzcap: vdev loop3 is UNAVAIL (0 read, 122 write, 0 checksum errors; experienced I/O failures)")
+        #expect(unavailable.disks["bzcap"]?["loop5"] == nil)
+
+        let checksum = ZFSRules.judge(try Self.status("zfs-fuse-status-checksum.txt"), list: [], config: Self.config, nowSeconds: 0)
+        #expect(checksum.disks["bzcap"]?["loop3"]?.map(\.severity) == [.suspect])
+
+        // Taken offline (the disk-manager's Remove) is no evidence.
+        let offline = ZFSRules.judge(try Self.status("zfs-fuse-status-offline.txt"), list: [], config: Self.config, nowSeconds: 0)
+        #expect(offline.disks["bzcap"]?.isEmpty == true)
+        #expect(offline.pools["bzcap"]?.first == "pool bzcap is DEGRADED")
+
+        let openZFS = ZFSRules.judge(try Self.status("openzfs-status-resilvering.txt"), list: [], config: Self.config, nowSeconds: 0)
+        #expect(openZFS.disks["tank"]?["ata-BYNAR_DISK_A2"]?.map(\.rule) == ["zfs.vdev_failed"])
+        #expect(openZFS.pools["tank"]?.contains("pool tank is resilvering (14.97% done)") == true)
+    }
+
+    @Test func poolAlarms() throws {
+        let status = try Self.status("zfs-fuse-status-offline.txt")
+        let scrubbed = ZFSStatusTests.localTime(2026, 12, 5, 3, 22, 35)
+        let list = [ZpoolListEntry(name: "bzcap", size: "370M", allocated: "278M", free: "92M", capacityPercent: 75, health: "DEGRADED")]
+        let fresh = ZFSRules.judge(status, list: list, config: Self.config, nowSeconds: scrubbed + 86_400)
+        #expect(fresh.pools["bzcap"] == ["pool bzcap is DEGRADED", "pool bzcap is 75% full (alarm at 75%)"])
+        var config = Self.config
+        config.capacityAlarmPercent = 80
+        let old = ZFSRules.judge(status, list: list, config: config, nowSeconds: scrubbed + 36 * 86_400)
+        #expect(old.pools["bzcap"] == ["pool bzcap is DEGRADED", "pool bzcap was last scrubbed 36 days ago (alarm after 35)"])
+        let healthy = ZFSRules.judge(try Self.status("zfs-fuse-status-mirror-offline.txt"), list: [], config: Self.config, nowSeconds: scrubbed)
+        #expect(healthy.pools["bzmirror"]?.contains("pool bzmirror has no finished scrub on record") == true)
+    }
+
+    @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"))
+    func aFailingVdevMakesItsDiskFailedNamingThePool() throws {
+        let pool = try ZFSFusePool(name: "bynardet\(getpid())")
+        defer { pool.teardown() }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30"])
+        let zpool = ZpoolTool(path: "/usr/sbin/zpool")
+        let member = pool.members[1]
+        var identity = Bynar_V1_DiskIdentity()
+        identity.devPath = member.device
+        identity.key = "test-\(member.name)"
+        let device = BlockDevice(identity: identity, sysPath: "/sys/block/\(member.name)")
+
+        var machine = DiskHealthMachine()
+        let healthy = ZFSRules.judge(try zpool.status(), list: try zpool.list(), config: Self.config, nowSeconds: 0)
+        #expect(try #require(ZpoolStatus.find(device, in: try zpool.status())).leaf.name == member.name)
+        _ = machine.handle(.appeared(key: identity.key, atMs: 1))
+        _ = machine.handle(.checked(.init(durable: healthy.disks[pool.name]?[member.name] ?? [], atMs: 2)))
+        #expect(machine.state == .healthy)
+
+        try member.control("fail 0 262144")
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
+        try pool.zpool(["scrub", pool.name])
+        _ = pool.status { ZpoolStatus(parsing: $0).pool(pool.name)?.leaf(member.name)?.vdev.state != "ONLINE" }
+        let status = try zpool.status()
+        let verdict = ZFSRules.judge(status, list: try zpool.list(), config: Self.config, nowSeconds: 0)
+        let found = try #require(ZpoolStatus.find(device, in: status))
+        let reasons = verdict.disks[found.pool.name]?[found.leaf.name] ?? []
+        let actions = machine.handle(.checked(.init(durable: reasons, atMs: 3)))
+        #expect(machine.state == .failed, "\(status)")
+        #expect(machine.reasons.contains { $0.rule == "zfs.vdev_failed" && $0.detail.contains("ZFS pool \(pool.name)") }, "\(machine.reasons)")
+        #expect(actions.contains { if case .announce(_, .failed, _, _) = $0 { true } else { false } })
+        #expect(verdict.pools[pool.name]?.contains("pool \(pool.name) is DEGRADED") == true)
+    }
+
+    /// The running bynar-detector with `detector.zfs`: the failing member's DiskHealthEvent
+    /// to FAILED carries the ZFS reason naming the pool. The read probe is off, so that
+    /// reason, not the detector's own unreadable-disk rule, is what makes it FAILED.
+    @Test(.enabled(if: ZFSFusePool.available && TestBroker.available, "\(ZFSFusePool.unavailableReason ?? "mosquitto is not installed")"), .timeLimit(.minutes(3)))
+    func theRunningDetectorFailsAVdevsDiskNamingThePool() async throws {
+        let pool = try ZFSFusePool(name: "bynardsvc\(getpid())")
+        defer { pool.teardown() }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30"])
+        let broker = try TestBroker()
+        let watcher = try await connectedBus(broker, service: "watcher")
+        let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let directory = try makeTemporaryDirectory(prefix: "bynar-detector-zfs")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let member = pool.members[2]
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
+            "detector": {"check_interval_seconds": 2, "probe": false, "read_probe": false, "fsck_interval_seconds": 0,
+                         "watch_only": [\(pool.members.map { "\"\($0.device)\"" }.joined(separator: ", "))],
+                         "zfs": {"zpool_path": "/usr/sbin/zpool", "poll_seconds": 2}}
+            """)
+        defer { detector.signal(SIGTERM) }
+        #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == member.device && $0.payload.toState == .healthy } }, "\(detector.log)")
+
+        try member.control("fail 0 262144")
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
+        try pool.zpool(["scrub", pool.name])
+        #expect(await events.wait(timeout: .seconds(60)) { $0.contains { $0.payload.disk.devPath == member.device && $0.payload.toState == .failed } },
+                "\((try? pool.zpool(["status", pool.name])) ?? "")\n\(detector.log.suffix(3000))")
+        let failed = try #require(events.all.first { $0.payload.disk.devPath == member.device && $0.payload.toState == .failed }?.payload)
+        #expect(failed.reasons.contains { $0.rule == "zfs.vdev_failed" && $0.detail.hasPrefix("ZFS pool \(pool.name): vdev \(member.name) is ") }, "\(failed.reasons)")
+        #expect(detector.log.contains("ZFS pool needs attention"), "\(detector.log.suffix(2000))")
+        await watcher.shutdown()
+    }
+}

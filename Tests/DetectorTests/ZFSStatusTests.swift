@@ -1,0 +1,137 @@
+import BynarDisks
+import BynarTestSupport
+import Foundation
+import Testing
+
+/// `zpool status` / `zpool list` as zfs-fuse 0.7 printed them on this machine (captured,
+/// Tests/Fixtures/zfs/zfs-fuse-*) and as OpenZFS lays them out (written by hand from
+/// zpool-status(8), openzfs-*: no OpenZFS runs here).
+@Suite struct ZFSStatusTests {
+    static func fixture(_ name: String) throws -> String {
+        let text = try String(contentsOfFile: "\(packageRoot)/Tests/Fixtures/zfs/\(name)", encoding: .utf8)
+        // The header says where the text came from; the command's output follows it.
+        return text.split(separator: "\n", omittingEmptySubsequences: false).drop { $0.hasPrefix("#") }.joined(separator: "\n")
+    }
+
+    @Test func offlinedMemberOfARaidz() throws {
+        let status = ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-offline.txt"))
+        let pool = try #require(status.pool("bzcap"))
+        #expect(pool.state == "DEGRADED")
+        #expect(pool.status.hasPrefix("One or more devices has been taken offline"))
+        #expect(pool.root.children.map(\.name) == ["raidz1-0"])
+        #expect(pool.leaves.map(\.vdev.name) == ["loop3", "loop4", "loop5"])
+        #expect(pool.leaf("loop4")?.vdev.state == "OFFLINE")
+        #expect(pool.leaf("loop4")?.topLevel.redundancy == 1)
+        #expect(pool.leaf("loop4")?.topLevel.children.filter(\.working).count == 2)
+        #expect(!pool.resilvering)
+        guard case .scrubFinished(let errors, let finished) = pool.scan else {
+            Issue.record("scan: \(pool.scan)")
+            return
+        }
+        #expect(errors == 0)
+        #expect(finished == Self.localTime(2026, 12, 5, 3, 22, 35))
+        #expect(pool.errors == "No known data errors")
+    }
+
+    @Test func checksumErrorsAreCountedWithTheirSuffix() throws {
+        let pool = try #require(ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-checksum.txt")).pool("bzcap"))
+        let loop3 = try #require(pool.leaf("loop3")?.vdev)
+        #expect(loop3.state == "ONLINE")
+        #expect(loop3.checksumErrors == 1020)
+        #expect(loop3.readErrors == 0 && loop3.writeErrors == 0)
+        #expect(loop3.note == "54.2M repaired")
+        #expect(pool.state == "ONLINE")
+    }
+
+    @Test func realIOErrorsMakeAMemberUnavailable() throws {
+        let status = ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-x-io-errors.txt"))
+        let pool = try #require(status.pool("bzcap"))
+        let loop3 = try #require(pool.leaf("loop3")?.vdev)
+        #expect(loop3.state == "UNAVAIL")
+        #expect(loop3.writeErrors == 122)
+        #expect(loop3.note == "experienced I/O failures")
+        #expect(pool.state == "DEGRADED")
+    }
+
+    @Test func zfsFuseResilverInProgress() throws {
+        let pool = try #require(ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-resilvering.txt")).pool("bzcap"))
+        #expect(pool.scan == .resilverRunning(percent: 24.92))
+        #expect(pool.resilvering)
+        let raidz = try #require(pool.root.children.first)
+        #expect(raidz.children.map(\.name) == ["loop3", "replacing-1", "loop5"])
+        #expect(raidz.children[1].children.map(\.name) == ["loop4", "loop6"])
+        #expect(raidz.children[1].working)
+        #expect(pool.leaf("loop6")?.topLevel.name == "raidz1-0")
+        #expect(pool.leaf("loop6")?.vdev.note == "16.6M resilvered")
+    }
+
+    @Test func zfsFuseResilverFinished() throws {
+        let pool = try #require(ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-replaced.txt")).pool("bzcap"))
+        #expect(pool.scan == .resilverFinished(errors: 0, finished: Self.localTime(2026, 12, 5, 3, 24, 0)))
+        #expect(!pool.resilvering)
+        #expect(pool.leaves.map(\.vdev.name) == ["loop4", "loop6", "loop5"])
+        #expect(pool.leaves.allSatisfy { $0.vdev.state == "ONLINE" })
+    }
+
+    @Test func mirrorRedundancyIsItsMembersLessOne() throws {
+        let pool = try #require(ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-mirror-offline.txt")).pool("bzmirror"))
+        #expect(pool.scan == .none)
+        let mirror = try #require(pool.leaf("loop4")?.topLevel)
+        #expect(mirror.name == "mirror-0")
+        #expect(mirror.redundancy == 1)
+        #expect(mirror.children.map(\.state) == ["OFFLINE", "ONLINE"])
+    }
+
+    @Test func healthyMeansNoPoolBlocks() throws {
+        #expect(ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-x-healthy.txt")).pools.isEmpty)
+        #expect(ZpoolStatus(parsing: "no pools available\n").pools.isEmpty)
+    }
+
+    @Test func openZFSScanLinesAndSections() throws {
+        let status = ZpoolStatus(parsing: try Self.fixture("openzfs-status-resilvering.txt"))
+        #expect(status.pools.map(\.name) == ["tank", "backup"])
+        let tank = try #require(status.pool("tank"))
+        #expect(tank.scan == .resilverRunning(percent: 14.97))
+        #expect(tank.root.children.map(\.name) == ["raidz2-0", "raidz2-1", "nvme-BYNAR_LOG_1"])
+        #expect(tank.root.children.map(\.section) == ["", "", "logs"])
+        let failed = try #require(tank.leaf("ata-BYNAR_DISK_A2"))
+        #expect(failed.vdev.state == "FAULTED")
+        #expect(failed.vdev.readErrors == 14 && failed.vdev.writeErrors == 203)
+        #expect(failed.vdev.note == "too many errors")
+        #expect(failed.topLevel.redundancy == 2)
+        #expect(tank.leaf("ata-BYNAR_DISK_A3")?.vdev.checksumErrors == 2)
+        #expect(tank.leaf("ata-BYNAR_DISK_B7")?.vdev.note == "(resilvering)")
+        let backup = try #require(status.pool("backup"))
+        #expect(backup.scan == .scrubFinished(errors: 0, finished: Self.localTime(2026, 11, 8, 3, 36, 45)))
+        #expect(backup.leaf("wwn-0x5000c500a1b2c3d4")?.topLevel.redundancy == 1)
+    }
+
+    @Test func listWithAndWithoutExactNumbers() throws {
+        #expect(ZpoolListEntry.parse(try Self.fixture("zfs-fuse-list.txt")) == [
+            ZpoolListEntry(name: "bzcap", size: "370M", allocated: "261M", free: "109M", capacityPercent: 70, health: "ONLINE"),
+        ])
+        let openZFS = ZpoolListEntry.parse(try Self.fixture("openzfs-list.txt"))
+        #expect(openZFS.map(\.capacityPercent) == [77, 33])
+        #expect(openZFS.map(\.health) == ["DEGRADED", "ONLINE"])
+        #expect(ZpoolListEntry.parse("garbage\nno\ttabs\n").isEmpty)
+    }
+
+    @Test func scanLines() {
+        #expect(ZFSScan(parsing: "scrub in progress for 0h1m, 40.00% done, 0h2m to go") == .scrubRunning(percent: 40))
+        #expect(ZFSScan(parsing: "scrub completed after 0h0m with 3 errors on Sat Dec  5 03:22:35 2026") == .scrubFinished(errors: 3, finished: Self.localTime(2026, 12, 5, 3, 22, 35)))
+        #expect(ZFSScan(parsing: "scrub canceled on Sat Dec  5 03:22:35 2026") == .other("scrub canceled on Sat Dec  5 03:22:35 2026"))
+        #expect(ZFSScan(parsing: "resilvered 2.40G in 00:01:02 with 0 errors on Sat Dec  5 03:22:35 2026") == .resilverFinished(errors: 0, finished: Self.localTime(2026, 12, 5, 3, 22, 35)))
+    }
+
+    static func localTime(_ year: Int32, _ month: Int32, _ day: Int32, _ hour: Int32, _ minute: Int32, _ second: Int32) -> Int64 {
+        var parts = tm()
+        parts.tm_year = year - 1900
+        parts.tm_mon = month - 1
+        parts.tm_mday = day
+        parts.tm_hour = hour
+        parts.tm_min = minute
+        parts.tm_sec = second
+        parts.tm_isdst = -1
+        return Int64(mktime(&parts))
+    }
+}
