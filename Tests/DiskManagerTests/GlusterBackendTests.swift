@@ -60,6 +60,15 @@ struct GlusterBackendTests {
             try node.awaitClientWrites(to: mountpoints[1])
             try node.awaitHealed(bricks)
             try node.killBrick(mountpoints[0])
+            // Written while the first brick is dead: the others list these entries waiting for
+            // it, the same on each. Taking the dead brick out loses nothing: still safe.
+            for index in 12..<16 {
+                let data = Data((0..<8_192).map { _ in UInt8.random(in: 0...255) })
+                try data.write(to: URL(fileURLWithPath: "\(node.clientMount)/file\(index)"))
+                written["file\(index)"] = SHA256.hash(data: data)
+            }
+            let writtenSince = try backend.safeToRemove(failing, claim: claim)
+            #expect(writtenSince.safe && writtenSince.detail.contains("the same on each, waiting for \(bricks[0]) (down)"), "\(writtenSince)")
 
             // Remove, simulated: the steps, and nothing changes.
             let fstabBefore = try String(contentsOfFile: node.fstab, encoding: .utf8)

@@ -33,6 +33,7 @@ import Testing
         let oneDown = try GlusterHealInfo.parse(GlusterFixtures.healInfoOneDown)
         #expect(oneDown.brick(b1) == .init(name: b1, status: "Transport endpoint is not connected", pending: nil))
         #expect(oneDown.brick(b2)?.pending == 3 && oneDown.brick(b3)?.pending == 3)
+        #expect(oneDown.brick(b2)?.entries == ["67c26be4-3d44-4647-82a8-b2b47995f19b", "00000000-0000-0000-0000-000000000001", "cdd50d37-fd12-44f2-a5dd-cb56c8b9b8f9"])
         #expect(GlusterSafety.pending(in: [b1, b2, b3], heal: oneDown) == 6)
         #expect(GlusterSafety.pending(in: [b1], heal: oneDown) == nil)
     }
@@ -51,6 +52,23 @@ import Testing
         let heal = try GlusterHealInfo.parse(GlusterFixtures.healInfoClean)
         let answer = GlusterSafety.decide(brick: b1, volume: volume, online: try GlusterStatus.parseOnline(GlusterFixtures.volumeStatusOneDown), heal: heal)
         #expect(answer.safe && answer.detail.contains("2 other bricks"), "\(answer)")
+    }
+
+    /// The normal case of a disk that died under a volume in use: the volume was written to
+    /// after brick 1 went down, so bricks 2 and 3 list the same entries waiting for it
+    /// (captured from glusterd 10.3). Taking brick 1 out loses nothing.
+    @Test func safeWhenTheOthersListTheSameEntriesWaitingForTheDeadBrick() throws {
+        let volume = try #require(try GlusterVolume.parseInfo(GlusterFixtures.volumeInfoReplica3).first)
+        let online = try GlusterStatus.parseOnline(GlusterFixtures.volumeStatusOneDown)
+        let heal = try GlusterHealInfo.parse(GlusterFixtures.healInfoOneDown)
+        let answer = GlusterSafety.decide(brick: b1, volume: volume, online: online, heal: heal)
+        #expect(answer.safe && answer.detail.contains("the 3 entries they list pending heal are the same on each, waiting for \(b1) (down)"), "\(answer)")
+        // Brick 3 lacks one of brick 2's entries: brick 3 may be behind on it; not safe.
+        var disagreeing = heal
+        disagreeing.bricks[2].entries.remove("cdd50d37-fd12-44f2-a5dd-cb56c8b9b8f9")
+        disagreeing.bricks[2].pending = 2
+        let split = GlusterSafety.decide(brick: b1, volume: volume, online: online, heal: disagreeing)
+        #expect(!split.safe && split.detail.contains("do not list the same entries"), "\(split)")
     }
 
     @Test func notSafeWithASecondBrickDownOrEntriesPending() throws {

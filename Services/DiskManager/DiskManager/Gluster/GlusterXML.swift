@@ -158,6 +158,8 @@ public struct GlusterHealInfo: Sendable, Equatable {
         public var status: String
         /// Nil when the brick could not be asked ("-").
         public var pending: Int?
+        /// The pending entries' gfids (or paths when gluster gave no gfid).
+        public var entries: Set<String> = []
     }
 
     public var bricks: [Brick]
@@ -169,7 +171,8 @@ public struct GlusterHealInfo: Sendable, Equatable {
         try checkOpRet(root)
         guard let bricks = root.child("healInfo")?.child("bricks") else { throw GlusterParseError("heal info: no <healInfo><bricks>") }
         return GlusterHealInfo(bricks: bricks.children("brick").map { brick in
-            Brick(name: brick.value("name"), status: brick.value("status"), pending: Int(brick.value("numberOfEntries")))
+            Brick(name: brick.value("name"), status: brick.value("status"), pending: Int(brick.value("numberOfEntries")),
+                  entries: Set(brick.children("file").map { $0.attributes["gfid"] ?? $0.text.trimmingWhitespace() }))
         })
     }
 }
@@ -195,16 +198,35 @@ public enum GlusterSafety {
         }
         guard let heal else { return SafetyAnswer(safe: false, detail: "\(volume.name): heal info not known") }
         var behind: [String] = []
+        var reached: [GlusterHealInfo.Brick] = []
         for other in others where online[other] == true {
-            guard let entry = heal.brick(other), let pending = entry.pending else {
+            guard let entry = heal.brick(other), entry.pending != nil else {
                 behind.append("\(other) not reached by heal info (\(heal.brick(other)?.status ?? "not listed"))")
                 continue
             }
-            if pending > 0 { behind.append("\(other) has \(pending) entr\(pending == 1 ? "y" : "ies") pending heal") }
+            reached.append(entry)
         }
         if !behind.isEmpty { return SafetyAnswer(safe: false, detail: "\(volume.name): " + behind.joined(separator: "; ")) }
         let up = others.count - offline.count
-        return SafetyAnswer(safe: true, detail: "\(volume.name): \(up) other brick\(up == 1 ? "" : "s") of \(brick)'s set online with nothing pending heal")
+        let pending = reached.filter { ($0.pending ?? 0) > 0 }
+        if pending.isEmpty {
+            return SafetyAnswer(safe: true, detail: "\(volume.name): \(up) other brick\(up == 1 ? "" : "s") of \(brick)'s set online with nothing pending heal")
+        }
+        // Entries the other bricks hold for a brick that is down: every other brick of the
+        // set lists the very same entries, so each has a good copy of each and they blame
+        // only the missing brick (a brick is listed for what it holds and others lack). Taking
+        // that brick out loses nothing; it is the normal case for a disk that died while the
+        // volume was written to. Anything else (the brick itself reachable with entries of
+        // its own, or the others disagreeing) may be a copy only some bricks hold: not safe.
+        let own = heal.brick(brick)
+        let brickIsDown = online[brick] != true && (own?.pending == nil)
+        let lists = Set(reached.map(\.entries))
+        if brickIsDown, lists.count == 1, let agreed = lists.first, agreed.count == reached[0].pending {
+            return SafetyAnswer(safe: true, detail: "\(volume.name): \(up) other brick\(up == 1 ? "" : "s") of \(brick)'s set online; the \(agreed.count) entr\(agreed.count == 1 ? "y" : "ies") they list pending heal \(agreed.count == 1 ? "is" : "are") the same on each, waiting for \(brick) (down)")
+        }
+        let counts = pending.map { "\($0.name) has \($0.pending ?? 0) entr\($0.pending == 1 ? "y" : "ies") pending heal" }.joined(separator: "; ")
+        let why = brickIsDown ? "the other bricks do not list the same entries" : "\(brick) is up, so they may be waiting for another brick"
+        return SafetyAnswer(safe: false, detail: "\(volume.name): \(counts) (\(why))")
     }
 
     /// Entries still to heal on the bricks of `set` that heal info reached (nil: none reached).
