@@ -52,6 +52,26 @@ import Testing
         #expect(healthy.pools["bzmirror"]?.contains("pool bzmirror has no finished scrub on record") == true)
     }
 
+    /// Pool alarms as gauges, for a fleet's alerting (docs/metrics.md, deploy/prometheus).
+    @Test func poolFiguresForPrometheus() throws {
+        let failing = try Self.status("zfs-fuse-status-x-io-errors.txt")
+        let list = ZpoolListEntry.parse("bzcap\t1.2G\t900M\t300M\t76%\tDEGRADED\n")
+        let verdict = ZFSRules.judge(failing, list: list, config: Self.config, nowSeconds: 0)
+        let figures = Dictionary(uniqueKeysWithValues: ZFSRules.figures(failing, list: list, verdict: verdict).map { ("\($0.pool) \($0.name)", $0.value) })
+        #expect(figures["bzcap bynar_zfs_pool_healthy"] == 0)
+        #expect(figures["bzcap bynar_zfs_pool_capacity_percent"] == 76)
+        #expect(figures["bzcap bynar_zfs_pool_vdev_errors"] == 122)
+        #expect(figures["bzcap bynar_zfs_pool_alarms"] == Double(verdict.pools["bzcap"]?.count ?? -1) && (figures["bzcap bynar_zfs_pool_alarms"] ?? 0) >= 2)
+        #expect(figures["bzcap bynar_zfs_pool_resilvering"] == 0)
+        let resilvering = try Self.status("openzfs-status-resilvering.txt")
+        let openZFS = Dictionary(uniqueKeysWithValues: ZFSRules.figures(resilvering, list: [], verdict: ZFSRules.judge(resilvering, list: [], config: Self.config, nowSeconds: 0))
+            .map { ("\($0.pool) \($0.name)", $0.value) })
+        #expect(openZFS["tank bynar_zfs_pool_resilvering"] == 1 && openZFS["tank bynar_zfs_pool_capacity_percent"] == nil)
+        let scrubbed = try Self.status("zfs-fuse-status-offline.txt")
+        let last = ZFSRules.figures(scrubbed, list: [], verdict: ZFSRules.judge(scrubbed, list: [], config: Self.config, nowSeconds: 0))
+        #expect(last.contains { $0.name == "bynar_zfs_pool_last_scrub_timestamp_seconds" && $0.value == Double(ZFSStatusTests.localTime(2026, 12, 5, 3, 22, 35)) }, "\(last)")
+    }
+
     @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"))
     func aFailingVdevMakesItsDiskFailedNamingThePool() throws {
         let pool = try ZFSFusePool(name: "bynardet\(getpid())")
@@ -100,13 +120,23 @@ import Testing
         let directory = try makeTemporaryDirectory(prefix: "bynar-detector-zfs")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let member = pool.members[2]
+        let metricsPort = try freeLoopbackPort()
         let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: directory, extraConfig: """
             "detector": {"check_interval_seconds": 2, "probe": false, "read_probe": false, "fsck_interval_seconds": 0,
                          "watch_only": [\(pool.members.map { "\"\($0.device)\"" }.joined(separator: ", "))],
-                         "zfs": {"zpool_path": "/usr/sbin/zpool", "poll_seconds": 2}}
+                         "zfs": {"zpool_path": "/usr/sbin/zpool", "poll_seconds": 2}},
+            "metrics": {"detector_port": \(metricsPort)}
             """)
+        /// The value of `name` for this pool on the detector's /metrics, if it is there.
+        func gauge(_ name: String) -> Double? {
+            guard let (status, body) = try? plainHTTP(port: metricsPort, method: "GET", path: "/metrics"), status == 200 else { return nil }
+            let line = String(decoding: body, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix(name + "{") && $0.contains("pool=\"\(pool.name)\"") }
+            return line.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
         defer { detector.signal(SIGTERM) }
         #expect(await events.wait(timeout: .seconds(20)) { $0.contains { $0.payload.disk.devPath == member.device && $0.payload.toState == .healthy } }, "\(detector.log)")
+        #expect(await Collector<Int>.poll(timeout: .seconds(20)) { gauge("bynar_zfs_pool_healthy") == 1 }, "the pool's gauges on /metrics")
+        #expect(gauge("bynar_zfs_pool_capacity_percent").map { $0 >= 0 && $0 <= 100 } == true && gauge("bynar_zfs_pool_vdev_errors") == 0)
 
         try member.control("fail 0 262144")
         try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
@@ -116,6 +146,9 @@ import Testing
         let failed = try #require(events.all.first { $0.payload.disk.devPath == member.device && $0.payload.toState == .failed }?.payload)
         #expect(failed.reasons.contains { $0.rule == "zfs.vdev_failed" && $0.detail.hasPrefix("ZFS pool \(pool.name): vdev \(member.name) is ") }, "\(failed.reasons)")
         #expect(detector.log.contains("ZFS pool needs attention"), "\(detector.log.suffix(2000))")
+        // ...and where a fleet's alerting sees it (deploy/prometheus: BynarZFSPoolDegraded).
+        #expect(await Collector<Int>.poll(timeout: .seconds(20)) { gauge("bynar_zfs_pool_healthy") == 0 && (gauge("bynar_zfs_pool_alarms") ?? 0) >= 1 && (gauge("bynar_zfs_pool_vdev_errors") ?? 0) > 0 },
+                "healthy \(String(describing: gauge("bynar_zfs_pool_healthy"))), alarms \(String(describing: gauge("bynar_zfs_pool_alarms"))), errors \(String(describing: gauge("bynar_zfs_pool_vdev_errors")))")
         await watcher.shutdown()
     }
 }

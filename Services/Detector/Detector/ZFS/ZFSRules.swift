@@ -60,6 +60,27 @@ enum ZFSRules {
         return verdict
     }
 
+    /// What a reading says about each pool as Prometheus gauges (docs/metrics.md), so that
+    /// pool alarms reach a fleet's alerting and not only this host's log:
+    /// `bynar_zfs_pool_healthy` (1 when ONLINE), `bynar_zfs_pool_capacity_percent` (when
+    /// `zpool list` named it), `bynar_zfs_pool_alarms` (rules 5-8), `bynar_zfs_pool_vdev_errors`
+    /// (read + write + checksum over its disks), `bynar_zfs_pool_resilvering` (1 while one
+    /// runs) and `bynar_zfs_pool_last_scrub_timestamp_seconds` (when a finished scrub is on
+    /// record).
+    static func figures(_ status: ZpoolStatus, list: [ZpoolListEntry], verdict: Verdict) -> [(name: String, pool: String, value: Double)] {
+        var figures: [(name: String, pool: String, value: Double)] = []
+        for pool in status.pools {
+            func add(_ name: String, _ value: Double) { figures.append((name, pool.name, value)) }
+            add("bynar_zfs_pool_healthy", pool.state == "ONLINE" ? 1 : 0)
+            if let entry = list.first(where: { $0.name == pool.name }) { add("bynar_zfs_pool_capacity_percent", Double(entry.capacityPercent)) }
+            add("bynar_zfs_pool_alarms", Double(verdict.pools[pool.name]?.count ?? 0))
+            add("bynar_zfs_pool_vdev_errors", Double(pool.leaves.reduce(UInt64(0)) { $0 + $1.vdev.errorCount }))
+            if case .resilverRunning = pool.scan { add("bynar_zfs_pool_resilvering", 1) } else { add("bynar_zfs_pool_resilvering", 0) }
+            if case .scrubFinished(_, let finished?) = pool.scan { add("bynar_zfs_pool_last_scrub_timestamp_seconds", Double(finished)) }
+        }
+        return figures
+    }
+
     /// Rules 1-4 for one disk of `pool`.
     static func reason(_ vdev: ZFSVdev, pool: String) -> DiskHealthMachine.Reason? {
         let counts = "\(vdev.readErrors) read, \(vdev.writeErrors) write, \(vdev.checksumErrors) checksum errors" + (vdev.note.isEmpty ? "" : "; \(vdev.note)")

@@ -4,6 +4,7 @@ import BynarProcess
 import BynarBus
 import BynarRuntime
 import Logging
+import Metrics
 
 /// The detector's window on this host's ZFS pools: every poll, and at once after a kernel
 /// disk error, it reads `zpool status` and `zpool list` (read-only), judges them with
@@ -13,6 +14,7 @@ import Logging
 struct ZFSWatcher {
     let config: DetectorZFSConfig
     let engine: DetectorEngine
+    let host: String
     let logger: Logger
 
     func run() async {
@@ -24,6 +26,9 @@ struct ZFSWatcher {
                 let reading = try await offThread { (status: try zpool.status(), list: try zpool.list()) }
                 let verdict = ZFSRules.judge(reading.status, list: reading.list, config: config, nowSeconds: Bus.nowUnixMs() / 1000)
                 await engine.zfsView(reading.status, verdict: verdict)
+                for figure in ZFSRules.figures(reading.status, list: reading.list, verdict: verdict) {
+                    Gauge(label: figure.name, dimensions: [("host", host), ("pool", figure.pool)]).record(figure.value)
+                }
                 for (pool, alarms) in verdict.pools.sorted(by: { $0.key < $1.key }) where alarms != lastAlarms[pool] {
                     if alarms.isEmpty {
                         logger.notice("ZFS pool is healthy again", metadata: ["pool": "\(pool)"])
