@@ -60,7 +60,12 @@ public struct ZpoolFailure: Error, Sendable, Equatable, CustomStringConvertible 
 extension ZpoolStatus {
     /// The pool and leaf that are `disk`, by its names (/dev path, partitions, by-id, by-path)
     /// and, for a present disk, by where the vdev's path leads.
-    public static func find(_ disk: BlockDevice, in status: ZpoolStatus) -> (pool: ZFSPool, leaf: ZFSVdev)? {
+    ///
+    /// A leaf that is not ONLINE is not `disk` when `disk` carries no ZFS label that could be
+    /// read (``ZFSLabel``): a blank disk put in a failed vdev's slot has that vdev's name, but
+    /// is not it (it is its replacement). A disk whose labels cannot be read (a failing one)
+    /// proves nothing and still matches; an ONLINE leaf is the device ZFS has open.
+    public static func find(_ disk: BlockDevice, in status: ZpoolStatus, labelled: (BlockDevice) -> Bool? = ZFSLabel.present(on:)) -> (pool: ZFSPool, leaf: ZFSVdev)? {
         let identity = disk.identity
         var names = Set([identity.devPath] + identity.partitions.map(\.devPath))
         for link in identity.byID { names.insert(link.hasPrefix("/") ? link : "/dev/disk/by-id/\(link)") }
@@ -69,8 +74,10 @@ extension ZpoolStatus {
         for pool in status.pools {
             for (leaf, _) in pool.leaves {
                 let candidates = candidatePaths(leaf.name)
-                if candidates.contains(where: names.contains) { return (pool, leaf) }
-                if !disk.absent, candidates.contains(where: { resolve($0).map(names.contains) ?? false }) { return (pool, leaf) }
+                let named = candidates.contains(where: names.contains) || (!disk.absent && candidates.contains { resolve($0).map(names.contains) ?? false })
+                guard named else { continue }
+                if leaf.state != "ONLINE", !disk.absent, labelled(disk) == false { continue }
+                return (pool, leaf)
             }
         }
         return nil
@@ -92,5 +99,61 @@ extension ZpoolStatus {
         guard let resolved = realpath(path, nil) else { return nil }
         defer { free(resolved) }
         return String(cString: resolved)
+    }
+}
+
+/// Whether a disk carries a ZFS label: an uberblock (magic 0x00bab10c, either byte order) in
+/// the uberblock ring of label L0 or L1 (the first 512 KiB; each label is 256 KiB, its ring
+/// the second half), on the disk itself or one of its partitions (OpenZFS labels the first
+/// partition of a whole disk it was given). Read with O_DIRECT, so a disk swapped under the
+/// same name is read, not the page cache.
+public enum ZFSLabel {
+    /// true: a label found; false: every place read and none there; nil: none found and some
+    /// place could not be read (a failing disk proves nothing).
+    public static func present(on disk: BlockDevice) -> Bool? {
+        var unreadable = false
+        for path in [disk.identity.devPath] + disk.identity.partitions.map(\.devPath) where !path.isEmpty {
+            switch present(atPath: path) {
+            case true?: return true
+            case nil: unreadable = true
+            case false?: continue
+            }
+        }
+        return unreadable ? nil : false
+    }
+
+    static let labelBytes = 256 * 1024
+    static let magic: [UInt8] = [0x0c, 0xb1, 0xba, 0x00, 0x00, 0x00, 0x00, 0x00]
+
+    /// The same for one device or file; nil when it cannot be opened or read.
+    public static func present(atPath path: String) -> Bool? {
+        switch DeviceReader.read(path, offset: 0, length: 2 * labelBytes) {
+        case .bytes(let bytes):
+            return bytes.withUnsafeBytes(found)
+        case .failed(errno: EINVAL):
+            // A file on a filesystem without O_DIRECT (the tests' images): read it plainly.
+            guard let file = fopen(path, "rb") else { return nil }
+            defer { fclose(file) }
+            var bytes = [UInt8](repeating: 0, count: 2 * labelBytes)
+            let count = fread(&bytes, 1, bytes.count, file)
+            guard ferror(file) == 0 else { return nil }
+            return bytes.prefix(count).withUnsafeBytes(found)
+        case .failed:
+            return nil
+        }
+    }
+
+    /// Whether `bytes` (a disk's first 512 KiB, or less of a small one) hold an uberblock. Pure.
+    static func found(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let reversed = Array(magic.reversed())
+        for label in [0, labelBytes] {
+            var offset = label + labelBytes / 2
+            while offset + 8 <= min(bytes.count, label + labelBytes) {
+                let word = Array(bytes[offset..<(offset + 8)])
+                if word == magic || word == reversed { return true }
+                offset += 1024
+            }
+        }
+        return false
     }
 }

@@ -1,4 +1,5 @@
 import BynarDisks
+import BynarProto
 import BynarTestSupport
 import Foundation
 import Testing
@@ -31,6 +32,42 @@ import Testing
         #expect(errors == 0)
         #expect(finished == Self.localTime(2026, 12, 5, 3, 22, 35))
         #expect(pool.errors == "No known data errors")
+    }
+
+    /// A blank disk in an OFFLINE vdev's slot (the same /dev name) is not that vdev; a disk
+    /// whose labels cannot be read (a failing one) still is; an ONLINE leaf always is.
+    @Test func aBlankDiskInAFailedVdevsSlotIsNotThatVdev() throws {
+        let status = ZpoolStatus(parsing: try Self.fixture("zfs-fuse-status-offline.txt"))
+        var identity = Bynar_V1_DiskIdentity()
+        identity.devPath = "/dev/loop4"
+        let slot = BlockDevice(identity: identity, sysPath: "/sys/block/loop4")
+        #expect(ZpoolStatus.find(slot, in: status, labelled: { _ in false }) == nil)
+        #expect(ZpoolStatus.find(slot, in: status, labelled: { _ in nil })?.leaf.name == "loop4")
+        #expect(ZpoolStatus.find(slot, in: status, labelled: { _ in true })?.leaf.name == "loop4")
+        identity.devPath = "/dev/loop3"
+        #expect(ZpoolStatus.find(BlockDevice(identity: identity, sysPath: "/sys/block/loop3"), in: status, labelled: { _ in false })?.leaf.name == "loop3")
+    }
+
+    /// ``ZFSLabel`` on files: an uberblock's magic in label L0's or L1's ring (either byte
+    /// order) is a label; zeros, or the magic outside the rings, are not; a missing file
+    /// proves nothing.
+    @Test func zfsLabelIsAnUberblockInLabelZeroOrOne() throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-zfslabel")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func file(_ name: String, magicAt offset: Int?, bigEndian: Bool = false) throws -> String {
+            var bytes = [UInt8](repeating: 0, count: 1024 * 1024)
+            if let offset { bytes.replaceSubrange(offset..<(offset + 8), with: bigEndian ? [0, 0, 0, 0, 0, 0xba, 0xb1, 0x0c] : [0x0c, 0xb1, 0xba, 0, 0, 0, 0, 0]) }
+            try Data(bytes).write(to: URL(fileURLWithPath: "\(directory)/\(name)"))
+            return "\(directory)/\(name)"
+        }
+        #expect(ZFSLabel.present(atPath: try file("blank", magicAt: nil)) == false)
+        #expect(ZFSLabel.present(atPath: try file("l0", magicAt: 128 * 1024)) == true)
+        #expect(ZFSLabel.present(atPath: try file("l0-late", magicAt: 128 * 1024 + 37 * 1024, bigEndian: true)) == true)
+        #expect(ZFSLabel.present(atPath: try file("l1", magicAt: 256 * 1024 + 200 * 1024)) == true)
+        #expect(ZFSLabel.present(atPath: try file("nvlist", magicAt: 16 * 1024)) == false)
+        #expect(ZFSLabel.present(atPath: try file("unaligned", magicAt: 128 * 1024 + 3)) == false)
+        #expect(ZFSLabel.present(atPath: try file("beyond", magicAt: 600 * 1024)) == false)
+        #expect(ZFSLabel.present(atPath: "\(directory)/missing") == nil)
     }
 
     @Test func checksumErrorsAreCountedWithTheirSuffix() throws {

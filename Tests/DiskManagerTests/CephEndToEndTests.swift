@@ -42,11 +42,11 @@ final class CephRepairRig: @unchecked Sendable {
     let jira: JiraStandIn
     let slack: SlackStandIn
     let tap: Bus
-    let statuses: Collector<Received<Bynar_V1_ServiceStatus>>
-    let incidents: Collector<Received<Bynar_V1_IncidentEvent>>
-    let tickets: Collector<Received<Bynar_V1_TicketEvent>>
-    let diskEvents: Collector<Received<Bynar_V1_DiskHealthEvent>>
-    let progress: Collector<Received<Bynar_V1_JobProgress>>
+    let window: RepairTap
+    var incidents: Collector<Received<Bynar_V1_IncidentEvent>> { window.incidents }
+    var tickets: Collector<Received<Bynar_V1_TicketEvent>> { window.tickets }
+    var diskEvents: Collector<Received<Bynar_V1_DiskHealthEvent>> { window.diskEvents }
+    var progress: Collector<Received<Bynar_V1_JobProgress>> { window.progress }
     let healths: Collector<Received<Bynar_V1_DiskHealth>>
     private(set) var processes: [(String, ServiceProcess)] = []
     private(set) var objects: TestObjects!
@@ -72,11 +72,7 @@ final class CephRepairRig: @unchecked Sendable {
         jira = try JiraStandIn()
         slack = try SlackStandIn()
         tap = try await connectedBus(broker, service: "tap", host: "t")
-        statuses = Collector(try await tap.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self))
-        incidents = Collector(try await tap.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self))
-        tickets = Collector(try await tap.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self))
-        diskEvents = Collector(try await tap.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
-        progress = Collector(try await tap.subscribe(Topics.diskManagerProgress(host: "h1"), as: Bynar_V1_JobProgress.self))
+        window = try await RepairTap(tap, host: "h1")
         healths = Collector(try await tap.subscribe(Topics.diskHealth(host: "h1", disk: "+"), as: Bynar_V1_DiskHealth.self))
         mark("cluster of 4 bluestore OSDs healthy")
         print("ceph-e2e: watch the bus: BYNAR_BROKER__PORT=\(broker.port) \(packageRoot)/.build/debug/bynar tap")
@@ -84,7 +80,7 @@ final class CephRepairRig: @unchecked Sendable {
     }
 
     private func born(_ service: String) async -> Bool {
-        await statuses.wait(timeout: .seconds(20)) { $0.contains { $0.payload.service == service && $0.payload.state == .birth } }
+        await window.born(service)
     }
 
     private func startServices(missingGraceSeconds: Int) async throws {

@@ -15,9 +15,10 @@ import Glibc
 ///   redundancy without it, and no resilver is running in the pool.
 /// - Remove: `zpool offline POOL /dev/...` (zfs-fuse wants the full path). A vdev already
 ///   OFFLINE, or no longer in the pool, is left as it is.
-/// - Add: `zpool replace POOL OLD NEW` onto a blank disk, then the resilver followed to its
-///   end, its percentage reported as progress. A new disk already in the pool (a resumed job)
-///   is not replaced again; its resilver is followed.
+/// - Add: `zpool replace POOL OLD NEW` onto a blank disk, or `zpool replace POOL OLD` when
+///   the new disk sits in the old one's slot under the same name, then the resilver followed
+///   to its end, its percentage reported as progress. A new disk already in the pool (a
+///   resumed job) is not replaced again; its resilver is followed.
 /// - Deploy: refused (growing a pool is a decision about its layout, not a repair).
 /// Each step reads `zpool status` first, so running it twice changes nothing the second time.
 public struct ZFSBackend: StorageBackend {
@@ -93,6 +94,9 @@ public struct ZFSBackend: StorageBackend {
         guard let pool = status.pool(poolName) else { throw BackendRefusal("pool \(poolName) is not imported") }
         let newPath = disk.identity.devPath
         let resilverStep = "resilver \(poolName) onto \(newPath)"
+        // A new disk in the old one's slot has the name the pool still lists the old vdev
+        // under (the same /dev node, by-path or by-vdev name): `zpool replace POOL VDEV`.
+        let sameSlot = ZpoolStatus.find(disk, in: ZpoolStatus(pools: [pool]), labelled: { _ in nil })?.leaf.name == old
         if let (_, already) = ZpoolStatus.find(disk, in: ZpoolStatus(pools: [pool])) {
             // Already in the pool: this job's replace ran before a restart, or the disk was
             // put in by hand. Follow a running resilver; otherwise nothing to do.
@@ -108,7 +112,7 @@ public struct ZFSBackend: StorageBackend {
         guard oldLeaf.state != "ONLINE" else { throw BackendRefusal("\(old) is ONLINE in \(poolName); take it out (Remove) before replacing it") }
         if pool.resilvering { throw BackendRefusal("a resilver is running in \(poolName); replacing \(old) must wait for it") }
         if let why = DiskChecks.whyNotBlank(disk) { throw BackendRefusal(why) }
-        let replace = ["replace", poolName, ZpoolStatus.fullPath(old), newPath]
+        let replace = ["replace", poolName, ZpoolStatus.fullPath(old)] + (sameSlot ? [] : [newPath])
         let replaceStep = "zpool " + replace.joined(separator: " ")
         if simulate { return OperationResult(steps: ["\(newPath) is blank", "\(old) is \(oldLeaf.state) in \(poolName)", replaceStep, resilverStep], backendID: Self.id(pool: poolName, vdev: newPath)) }
         var done = ["\(newPath) is blank"]
