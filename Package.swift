@@ -161,7 +161,7 @@ let package = Package(
         // Tests. BynarTestSupport starts real brokers and processes for the others.
         .target(
             name: "BynarTestSupport",
-            dependencies: ["BynarBus", "BynarConfig", "BynarProcess", log],
+            dependencies: ["BynarAuth", "BynarBus", "BynarConfig", "BynarProcess", log],
             path: "Tests/BynarTestSupport",
             swiftSettings: strict
         ),

@@ -332,22 +332,33 @@ func withGlusterVolume(_ body: (GlusterNode, [LoopDisk]) async throws -> Void) a
     defer { for disk in disks { disk.teardown() } }
     for index in 1...4 { disks.append(try LoopDisk(directory: directory, name: "d\(index)", sizeMB: 300)) }
     let node = GlusterNode(directory: directory)
-    try "# test fstab\n".write(toFile: node.fstab, atomically: true, encoding: .utf8)
-    for (index, disk) in disks.prefix(3).enumerated() {
-        let mountpoint = "\(node.mountRoot)/b\(index + 1)"
-        try FaultyDisk.run("/sbin/mkfs.xfs", ["-q", disk.device])
-        let uuid = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", disk.device]).trimmingCharacters(in: .whitespacesAndNewlines)
-        try Fstab.edit(path: node.fstab) { fstab throws(BackendRefusal) in try fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: "xfs", options: "defaults,noatime,nofail")) }
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        try FaultyDisk.run("/bin/mount", ["--fstab", node.fstab, mountpoint])
-        try FileManager.default.createDirectory(atPath: mountpoint + "/brick", withIntermediateDirectories: true)
-    }
     defer { node.stop() }
-    try node.start()
-    try node.gluster(["volume", "create", node.volume, "replica", "3"] + (1...3).map { "\(node.backend.host):\(node.mountRoot)/b\($0)/brick" } + ["force"])
-    try node.gluster(["volume", "start", node.volume])
-    try FileManager.default.createDirectory(atPath: node.clientMount, withIntermediateDirectories: true)
-    try FaultyDisk.run("/usr/sbin/glusterfs", ["--volfile-server=\(node.backend.host)", "--volfile-id=\(node.volume)", "--log-file=\(directory)/client.log", node.clientMount])
-    for _ in 0..<50 where FilesystemBackend.mount(at: node.clientMount) == nil { usleep(100_000) }
+    try node.createVolume(on: disks.prefix(3).map(\.device))
     try await body(node, disks)
+}
+
+extension GlusterNode {
+    /// XFS on each of `devices`, mounted by UUID through the test's own fstab at
+    /// `<srv>/b1...`, a `brick` directory in each; glusterd started; a replica volume of
+    /// those bricks created (`force`: one host) with `options` set, started, and mounted with
+    /// the FUSE client. ``stop()`` undoes it.
+    func createVolume(on devices: [String], options: [(String, String)] = []) throws {
+        try "# test fstab\n".write(toFile: fstab, atomically: true, encoding: .utf8)
+        for (index, device) in devices.enumerated() {
+            let mountpoint = "\(mountRoot)/b\(index + 1)"
+            try FaultyDisk.run("/sbin/mkfs.xfs", ["-q", "-f", device])
+            let uuid = try FaultyDisk.run("/sbin/blkid", ["-p", "-o", "value", "-s", "UUID", device]).trimmingCharacters(in: .whitespacesAndNewlines)
+            try Fstab.edit(path: fstab) { fstab throws(BackendRefusal) in try fstab.set(.init(source: "UUID=\(uuid)", mountpoint: mountpoint, type: "xfs", options: "defaults,noatime,nofail")) }
+            try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            try FaultyDisk.run("/bin/mount", ["--fstab", fstab, mountpoint])
+            try FileManager.default.createDirectory(atPath: mountpoint + "/brick", withIntermediateDirectories: true)
+        }
+        try start()
+        try gluster(["volume", "create", volume, "replica", "\(devices.count)"] + (1...devices.count).map { "\(backend.host):\(mountRoot)/b\($0)/brick" } + ["force"])
+        for (name, value) in options { try gluster(["volume", "set", volume, name, value]) }
+        try gluster(["volume", "start", volume])
+        try FileManager.default.createDirectory(atPath: clientMount, withIntermediateDirectories: true)
+        try FaultyDisk.run("/usr/sbin/glusterfs", ["--volfile-server=\(backend.host)", "--volfile-id=\(volume)", "--log-file=\(directory)/client.log", clientMount])
+        for _ in 0..<50 where FilesystemBackend.mount(at: clientMount) == nil { usleep(100_000) }
+    }
 }

@@ -351,11 +351,3 @@ struct DetectorVoice {
     }
 }
 
-/// A signing key for the orchestrator and the trusted-keys line for the stand-in.
-func makeSigningKey(in directory: String) throws -> (path: String, trustedLine: String) {
-    let files = try KeyFiles.generate(keyID: "orchestrator-test")
-    let path = directory + "/orchestrator.key"
-    try files.privateKeyFileText.write(toFile: path, atomically: true, encoding: .utf8)
-    chmod(path, 0o600)
-    return (path, files.trustedKeysLine)
-}

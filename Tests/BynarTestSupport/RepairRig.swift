@@ -1,7 +1,6 @@
 import BynarAuth
-import BynarBus
-import BynarProto
-import BynarTestSupport
+public import BynarBus
+public import BynarProto
 import Foundation
 import Testing
 #if canImport(Glibc)
@@ -13,17 +12,17 @@ import Glibc
 /// JIRA, `JiraStandIn`: no real JIRA can run here; it follows Atlassian's REST v2) and
 /// bynar-orchestrator, on host `h1`; a tap on the bus that collects what the repair says.
 /// The caller gives each service's backend settings; the test plays the technician.
-final class RepairRig: @unchecked Sendable {
-    let broker: TestBroker
-    let jira: JiraStandIn
-    let directory: String
-    let tap: Bus
-    let key: (path: String, trustedLine: String)
-    let window: RepairTap
-    let notifications: Collector<Received<Bynar_V1_Notification>>
+public final class RepairRig: @unchecked Sendable {
+    public let broker: TestBroker
+    public let jira: JiraStandIn
+    public let directory: String
+    public let tap: Bus
+    public let key: (path: String, trustedLine: String)
+    public let window: RepairTap
+    public let notifications: Collector<Received<Bynar_V1_Notification>>
     private(set) var services: [String: ServiceProcess] = [:]
 
-    init(prefix: String) async throws {
+    public init(prefix: String) async throws {
         broker = try TestBroker()
         jira = try JiraStandIn()
         directory = try makeTemporaryDirectory(prefix: prefix)
@@ -36,7 +35,7 @@ final class RepairRig: @unchecked Sendable {
 
     /// Starts the four services; `detector` and `diskManager` are the JSON members of their
     /// sections after the rig's own.
-    func start(detector: String, diskManager: String) async throws {
+    public func start(detector: String, diskManager: String) async throws {
         for name in ["det", "dm", "tic", "orc"] {
             try FileManager.default.createDirectory(atPath: "\(directory)/\(name)", withIntermediateDirectories: true)
         }
@@ -61,19 +60,19 @@ final class RepairRig: @unchecked Sendable {
     }
 
     /// The tail of every service's log, for a failed expectation.
-    func logs(_ tail: Int = 4000) -> String {
+    public func logs(_ tail: Int = 4000) -> String {
         services.sorted { $0.key < $1.key }.map { "---- \($0.key)\n\($0.value.log.suffix(tail))" }.joined(separator: "\n")
     }
 
     /// The incident's path so far, for a failed expectation.
-    var incidentPath: String {
+    public var incidentPath: String {
         window.incidents.all.map { "\($0.payload.incident.state) \($0.payload.step) \($0.payload.message)" }.joined(separator: "\n")
     }
 
     /// The technician's part once the disk is out: the one ticket the repair opened, after
     /// `swap` put a new disk in the failed one's slot and the detector saw it replace `oldKey`,
     /// is resolved; then the incident must end RESOLVED and the ticket closed. Returns the ticket.
-    func technicianSwaps(oldKey: String, swap: () throws -> Void) async throws -> Bynar_V1_TicketEvent {
+    public func technicianSwaps(oldKey: String, swap: () throws -> Void) async throws -> Bynar_V1_TicketEvent {
         #expect(await window.tickets.wait(timeout: .seconds(60)) { $0.contains { $0.payload.state == .opened } }, "\(incidentPath)\n\(logs())")
         let ticket = try #require(window.tickets.all.first { $0.payload.state == .opened }?.payload)
         try swap()
@@ -86,7 +85,7 @@ final class RepairRig: @unchecked Sendable {
     }
 
     /// One incident, one ticket, each disk-changing job once (no Deploy here), people told.
-    func expectOneOfEach(_ ticket: Bynar_V1_TicketEvent) throws {
+    public func expectOneOfEach(_ ticket: Bynar_V1_TicketEvent) throws {
         #expect(Set(window.incidents.all.map(\.payload.incident.id)).count == 1, "\(incidentPath)")
         #expect(try jira.liveIssues().count == 1, "exactly one ticket")
         let jobs = Dictionary(grouping: window.progress.all.filter { $0.payload.state != .running }, by: \.payload.operation).mapValues(\.count)
@@ -96,10 +95,20 @@ final class RepairRig: @unchecked Sendable {
     }
 
     /// Stops every service and the stand-in; removes the directory.
-    func stop() async {
+    public func stop() async {
         for service in services.values { service.signal(SIGTERM) }
         jira.stop()
         await tap.shutdown()
         try? FileManager.default.removeItem(atPath: directory)
     }
+}
+
+/// A signing key for the orchestrator (`orchestrator.key` in `directory`, mode 0600) and the
+/// trusted-keys line a disk-manager needs to accept it.
+public func makeSigningKey(in directory: String) throws -> (path: String, trustedLine: String) {
+    let files = try KeyFiles.generate(keyID: "orchestrator-test")
+    let path = directory + "/orchestrator.key"
+    try files.privateKeyFileText.write(toFile: path, atomically: true, encoding: .utf8)
+    chmod(path, 0o600)
+    return (path, files.trustedKeysLine)
 }
