@@ -30,6 +30,8 @@ public import BynarProto
 ///    operator command anywhere else was not sent by an operator.
 /// 9. `ticket/operator/cmd` carries only `TicketOperatorCommand`s, and one is taken only from
 ///    there, for the same reason as rule 8.
+/// 10. `pool/{host}/{pool}`: a `PoolState`'s `pool` is `{pool}` (it names no host: the
+///     topic's is the host's).
 /// Other topics name no host and are not checked here.
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
@@ -79,6 +81,8 @@ public enum TopicClaims {
             if case .diskManagerRequest(let request)? = envelope.payload { return differs("disk_manager_request.host", request.host, host) }
         case ("reply", 6):
             return differs("source_host", envelope.sourceHost, String(levels[4])) ?? differs("source_service", envelope.sourceService, String(levels[5]))
+        case ("pool", 5):
+            if case .poolState(let state)? = envelope.payload { return differs("pool_state.pool", state.pool, String(levels[4])) }
         case ("host", 5) where levels[4] == "state":
             if case .hostState(let state)? = envelope.payload { return differs("host_state.host", state.host, host) }
         default:

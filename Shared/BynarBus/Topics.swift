@@ -74,6 +74,9 @@ public enum Topics {
     public static let ticketOperatorCommands = "\(root)/ticket/operator/cmd"
     public static let notifications = "\(root)/notify"
     public static func hostState(host: String) -> String { "\(root)/host/\(level(host))/state" }
+    /// A host's storage pool (``Bynar_V1_PoolState``), retained; the host is the topic's.
+    public static func poolState(host: String, pool: String) -> String { "\(root)/pool/\(level(host))/\(level(pool))" }
+    public static let allPoolStates = "\(root)/pool/+/+"
     public static let hookEvents = "\(root)/hook/events"
     /// Operator commands to the orchestrator (`bynar incidents retry|cancel|resolve|show`,
     /// `bynar maintenance`): only operator identities may publish here (the broker's ACL),

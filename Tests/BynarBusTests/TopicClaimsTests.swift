@@ -63,6 +63,15 @@ struct TopicClaimsTests {
         #expect(TopicClaims.mismatch(topic: Topics.hostState(host: "h2"), envelope: Self.envelope(.hostState(state))) != nil)
     }
 
+    /// Rule 10: a pool's state names its pool as the topic does; the host is only the topic's.
+    @Test func poolStateMustNameTheTopicsPool() {
+        var state = Bynar_V1_PoolState()
+        state.pool = "tank"
+        #expect(TopicClaims.mismatch(topic: Topics.poolState(host: "h1", pool: "tank"), envelope: Self.envelope(.poolState(state))) == nil)
+        #expect(TopicClaims.mismatch(topic: Topics.poolState(host: "h1", pool: "backup"), envelope: Self.envelope(.poolState(state)))?.contains("pool_state.pool \"tank\"") == true)
+        #expect(Topics.poolState(host: "h1", pool: "tank") == "bynar/v1/pool/h1/tank")
+    }
+
     @Test func topicsThatNameNoHostAreNotChecked() {
         var note = Bynar_V1_Notification()
         note.host = "anything"

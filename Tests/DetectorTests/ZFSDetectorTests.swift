@@ -117,6 +117,7 @@ import Testing
         let broker = try TestBroker()
         let watcher = try await connectedBus(broker, service: "watcher")
         let events = Collector(try await watcher.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
+        let poolStates = Collector(try await watcher.subscribe(Topics.poolState(host: "h1", pool: pool.name), as: Bynar_V1_PoolState.self))
         let directory = try makeTemporaryDirectory(prefix: "bynar-detector-zfs")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let member = pool.members[2]
@@ -138,6 +139,12 @@ import Testing
         #expect(await Collector<Int>.poll(timeout: .seconds(20)) { gauge("bynar_zfs_pool_healthy") == 1 }, "the pool's gauges on /metrics")
         #expect(gauge("bynar_zfs_pool_capacity_percent").map { $0 >= 0 && $0 <= 100 } == true && gauge("bynar_zfs_pool_vdev_errors") == 0)
 
+        // The pool on the bus for the notifier's report (retained, bynar/v1/pool/h1/POOL).
+        #expect(await poolStates.wait(timeout: .seconds(20)) { $0.contains { $0.payload.health == "ONLINE" } }, "\(detector.log.suffix(2000))")
+        let online = try #require(poolStates.all.last?.payload)
+        #expect(online.kind == "zfs" && online.members.count == 3 && online.capacityPercent >= 0 && online.alarms.isEmpty == false,
+                "no scrub yet is an alarm (scrub_max_age_days): \(online)")
+
         try member.control("fail 0 262144")
         try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/more", "bs=1M", "count=20", "conv=fsync"])
         try pool.zpool(["scrub", pool.name])
@@ -149,6 +156,10 @@ import Testing
         // ...and where a fleet's alerting sees it (deploy/prometheus: BynarZFSPoolDegraded).
         #expect(await Collector<Int>.poll(timeout: .seconds(20)) { gauge("bynar_zfs_pool_healthy") == 0 && (gauge("bynar_zfs_pool_alarms") ?? 0) >= 1 && (gauge("bynar_zfs_pool_vdev_errors") ?? 0) > 0 },
                 "healthy \(String(describing: gauge("bynar_zfs_pool_healthy"))), alarms \(String(describing: gauge("bynar_zfs_pool_alarms"))), errors \(String(describing: gauge("bynar_zfs_pool_vdev_errors")))")
+        #expect(await poolStates.wait(timeout: .seconds(20)) { $0.contains { $0.payload.health == "DEGRADED" } })
+        let degraded = try #require(poolStates.all.last { $0.payload.health == "DEGRADED" }?.payload)
+        #expect(degraded.members.first { $0.name == member.name }.map { $0.state != "ONLINE" && $0.readErrors + $0.writeErrors + $0.checksumErrors > 0 } == true, "\(degraded)")
+        #expect(degraded.alarms.contains("pool \(pool.name) is DEGRADED"), "\(degraded.alarms)")
         await watcher.shutdown()
     }
 }

@@ -52,6 +52,20 @@ struct DigestTests {
         ticket.state = .opened
         ticket.changedUnixMs = Bus.nowUnixMs()
         try await harness.bus.publish(ticket, to: Topics.ticketEvents)
+        // A ZFS pool h1's detector reports (retained), and one whose payload names another
+        // pool than its topic (refused: TopicClaims rule 10).
+        var pool = Bynar_V1_PoolState()
+        pool.pool = "tank"
+        pool.kind = "zfs"
+        pool.health = "DEGRADED"
+        pool.capacityPercent = 41
+        pool.writeErrors = 186
+        pool.lastScrubErrors = -1
+        pool.alarms = ["pool tank is DEGRADED"]
+        pool.observedUnixMs = Bus.nowUnixMs()
+        try await harness.bus.publish(pool, to: Topics.poolState(host: "h1", pool: "tank"), retain: true)
+        pool.pool = "forged"
+        try await harness.bus.publish(pool, to: Topics.poolState(host: "h2", pool: "tank"), retain: true)
         // inc-0: ended two days ago: not in a 24 h report.
         try await harness.bus.publish(Self.event("inc-0", .resolved, serial: "OLD", host: "h1", openedAgoMs: 50 * hour, updatedAgoMs: 49 * hour), to: Topics.incidentEvents)
 
@@ -69,6 +83,9 @@ struct DigestTests {
         #expect(text.contains("Failures: 3") && text.contains("Repairs done: 2") && text.contains("Open tickets: 1"))
         #expect(text.contains("Median time to repair: 2 h"), "\(text)")
         #expect(!text.contains("inc-0"))
+        #expect(text.contains("Storage pools: 1 pool on 1 host, 1 not ONLINE"), "\(text)")
+        #expect(text.split(separator: "\n").contains { $0.hasPrefix("h1") && $0.contains("tank") && $0.contains("DEGRADED") && $0.contains("41%") && $0.contains("0/186/0") }, "\(text)")
+        #expect(!text.contains("forged"))
         // A longer look back includes the old one.
         #expect(try harness.command(["digest", "--hours", "72", "--config", config]).1.contains("inc-0"))
 

@@ -149,6 +149,63 @@ import Testing
         #expect(html.contains("<td>4 h</td>"))
     }
 
+    /// bzman's nightly report as a section of the digest: every pool with health, capacity,
+    /// errors, last scrub, and what Bynar did about it (the incidents whose reasons name the
+    /// pool, on its host); a pool its host stopped reporting is marked.
+    @Test func digestListsEveryPoolAndWhatBynarDidAboutIt() {
+        let hour: Int64 = 3_600_000
+        let now: Int64 = 1_765_000_000_000
+        func pool(_ host: String, _ name: String, _ health: String, used: Int32, errors: (UInt64, UInt64, UInt64) = (0, 0, 0),
+                  scrub: Int64 = 0, alarms: [String] = [], observed: Int64 = 0) -> PoolRecord {
+            var state = Bynar_V1_PoolState()
+            state.pool = name
+            state.kind = "zfs"
+            state.health = health
+            state.capacityPercent = used
+            state.size = "15.9G"
+            (state.readErrors, state.writeErrors, state.checksumErrors) = errors
+            state.lastScrubUnix = scrub
+            state.lastScrubErrors = scrub > 0 ? 0 : -1
+            state.scan = scrub > 0 ? "last scrub found 0 errors" : "no scrub or resilver yet"
+            state.alarms = alarms
+            state.observedUnixMs = now - observed
+            return PoolRecord(host: host, state: state)
+        }
+        var replaced = IncidentRecord(id: "inc-7")
+        replaced.host = "h1"
+        replaced.state = .resolved
+        replaced.openedUnixMs = now - 5 * hour
+        replaced.reasons = "ZFS pool tank: vdev sdc is UNAVAIL (0 read, 186 write, 0 checksum errors)"
+        replaced.ticketKey = "OPS-9"
+        replaced.ticketState = .closed
+        var elsewhere = replaced
+        elsewhere.id = "inc-8"
+        elsewhere.host = "h2"
+        elsewhere.reasons = "ZFS pool backup: vdev sdd is FAULTED (0 read, 0 write, 9 checksum errors)"
+        let pools = [
+            pool("h1", "tank", "ONLINE", used: 41, errors: (0, 186, 0), scrub: (now - 30 * hour) / 1000),
+            pool("h1", "full", "ONLINE", used: 80, alarms: ["pool full is 80% full (alarm at 75%)"]),
+            pool("h2", "tank", "DEGRADED", used: 10, alarms: ["pool tank is DEGRADED"], observed: 3 * hour),
+        ]
+        let report = DigestReport(fromUnixMs: now - 24 * hour, toUnixMs: now, incidents: [replaced, elsewhere], pools: pools)
+        #expect(report.incidents(of: pools[0]).map(\.id) == ["inc-7"], "only h1's incident about tank")
+        #expect(report.action(pools[0]) == "inc-7 resolved, ticket OPS-9 closed")
+        #expect(report.action(pools[1]) == "nothing a disk swap fixes: for a person")
+        #expect(report.action(pools[2]) == "no disk incident: a person must look", "h2's incident is about its pool backup, not tank")
+        let text = report.text
+        #expect(text.contains("Storage pools: 3 pools on 2 hosts, 1 not ONLINE"), "\(text)")
+        let rows = text.split(separator: "\n").filter { $0.hasPrefix("h1 ") || $0.hasPrefix("h2 ") }
+        #expect(rows.count == 3, "\(text)")
+        #expect(rows[0].contains("tank") && rows[0].contains("41% of 15.9G") && rows[0].contains("0/186/0") && rows[0].contains("(0 errors)")
+                && rows[0].hasSuffix("inc-7 resolved, ticket OPS-9 closed"), "\(rows[0])")
+        #expect(rows[1].contains("never"))
+        #expect(rows[2].contains("DEGRADED (not reported since"), "\(rows[2])")
+        #expect(text.contains("Pool alarms:\n  h1 full: pool full is 80% full (alarm at 75%)\n  h2 tank: pool tank is DEGRADED"), "\(text)")
+        let html = report.html
+        #expect(html.contains("<h3>Storage pools</h3>") && html.components(separatedBy: "<tr><td>h").count - 1 == 3)
+        #expect(!DigestReport(fromUnixMs: 0, toUnixMs: now, incidents: []).text.contains("Storage pools"), "no pools, no section")
+    }
+
     @Test func digestScheduleSendsOncePerSlot() {
         let day: Int64 = 86_400_000
         let schedule = DigestSchedule(minuteOfDay: 7 * 60, intervalMs: nil)

@@ -66,7 +66,7 @@ public struct DetectorService: BynarService {
                 }
                 if let zfs = config.zfs {
                     group.addTask {
-                        await ZFSWatcher(config: zfs, engine: engine, host: context.host, logger: context.logger).run()
+                        await ZFSWatcher(config: zfs, engine: engine, outbox: context.outbox, host: context.host, logger: context.logger).run()
                     }
                 }
                 if let blockEvents {

@@ -100,6 +100,7 @@ public struct NotifierService: BynarService {
         let tickets = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
         let hosts = try await bus.subscribe(Topics.shared(group: "notifier", Topics.hostState(host: "+")), as: Bynar_V1_HostState.self)
         let notifiers = try await bus.subscribe(Topics.serviceStatus(host: "+", service: Self.serviceName), as: Bynar_V1_ServiceStatus.self)
+        let pools = try await bus.subscribe(Topics.allPoolStates, as: Bynar_V1_PoolState.self)
         await bus.markReady()
         context.logger.info("notifier ready", metadata: ["channels": "\(routes.map(\.pump.channel.name).joined(separator: ","))"])
 
@@ -122,6 +123,15 @@ public struct NotifierService: BynarService {
                 }
                 group.addTask {
                     for await message in notifiers { leadership.observe(message.payload) }
+                }
+                group.addTask {
+                    for await message in pools {
+                        // The host is the topic's (bynar/v1/pool/{host}/{pool}), which the broker checked.
+                        let levels = message.topic.split(separator: "/")
+                        guard levels.count == 5 else { continue }
+                        let host = String(levels[3])
+                        self.remember { try store.record(pool: message.payload, host: host) }
+                    }
                 }
                 group.addTask { await self.sendDigests() }
             }
@@ -230,7 +240,8 @@ public struct NotifierService: BynarService {
                 if last == nil || schedule.isDue(now: now, lastSentSlot: last) {
                     if last != nil && leadership.isLeader {
                         let report = DigestReport(fromUnixMs: now - Int64(config.digest.hours * 3_600_000), toUnixMs: now,
-                                                  incidents: try store.incidents(sinceUnixMs: now - Int64(config.digest.hours * 3_600_000)))
+                                                  incidents: try store.incidents(sinceUnixMs: now - Int64(config.digest.hours * 3_600_000)),
+                                                  pools: try store.pools(sinceUnixMs: now - DigestReport.poolsKeptMs))
                         try email.enqueue(message: OutgoingMessage(channel: "email", kind: "digest", subject: report.subject, text: report.text,
                                                                    html: report.html, recipients: config.email.digestTo,
                                                                    items: report.incidents.count, createdUnixMs: now))

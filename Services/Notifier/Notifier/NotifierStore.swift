@@ -16,6 +16,12 @@ struct Notice: Sendable, Equatable {
 }
 
 /// What the notifier remembers of one incident, for messages and the digest.
+/// A storage pool as its host last reported it.
+struct PoolRecord: Sendable, Equatable {
+    var host: String
+    var state: Bynar_V1_PoolState
+}
+
 struct IncidentRecord: Sendable, Equatable {
     var id: String
     var host = ""
@@ -112,6 +118,15 @@ struct NotifierStore: Sendable {
                 table.column("seen_unix_ms", .integer).notNull()
             }
             try db.create(index: "notifier_seen_time", on: "notifier_seen", columns: ["seen_unix_ms"])
+        },
+        LocalStore.Migration("notifier-v3: storage pools as their hosts last reported them") { db in
+            try db.create(table: "notifier_pool") { table in
+                table.column("host", .text).notNull()
+                table.column("pool", .text).notNull()
+                table.column("state", .blob).notNull()
+                table.column("observed_unix_ms", .integer).notNull()
+                table.primaryKey(["host", "pool"])
+            }
         },
     ]
 
@@ -381,6 +396,33 @@ struct NotifierStore: Sendable {
             """, arguments: [record.id, record.host, Data(disk), record.state.rawValue, record.reasons, record.detail, record.openedUnixMs,
                              record.removedUnixMs, record.resolvedUnixMs, record.endedUnixMs, record.ticketKey, record.ticketURL,
                              record.ticketState.rawValue, record.updatedUnixMs])
+    }
+
+    // MARK: Storage pools
+
+    /// A pool's state from `host` (the topic's host); an older reading than the one kept is
+    /// ignored (retained copies and reconnects may bring one).
+    func record(pool state: Bynar_V1_PoolState, host: String) throws {
+        guard !state.pool.isEmpty else { return }
+        let bytes = try state.serializedBytes() as [UInt8]
+        try store.database.write { db in
+            try db.execute(sql: """
+                INSERT INTO notifier_pool(host, pool, state, observed_unix_ms) VALUES(?, ?, ?, ?)
+                ON CONFLICT(host, pool) DO UPDATE SET state = excluded.state, observed_unix_ms = excluded.observed_unix_ms
+                WHERE excluded.observed_unix_ms >= notifier_pool.observed_unix_ms
+                """, arguments: [host, state.pool, Data(bytes), state.observedUnixMs])
+        }
+    }
+
+    /// Every pool reported since `sinceUnixMs`, by host and name.
+    func pools(sinceUnixMs: Int64) throws -> [PoolRecord] {
+        try store.database.read { db in
+            try Row.fetchAll(db, sql: "SELECT host, state FROM notifier_pool WHERE observed_unix_ms >= ? ORDER BY host, pool", arguments: [sinceUnixMs]).compactMap { row in
+                let bytes: Data = row["state"]
+                guard let state = try? Bynar_V1_PoolState(serializedBytes: [UInt8](bytes)) else { return nil }
+                return PoolRecord(host: row["host"], state: state)
+            }
+        }
     }
 
     // MARK: Hosts and settings

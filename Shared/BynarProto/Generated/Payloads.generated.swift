@@ -23,6 +23,7 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_Receipt.self,
     Bynar_V1_TicketOperatorCommand.self,
     Bynar_V1_TicketOperatorResponse.self,
+    Bynar_V1_PoolState.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -50,6 +51,7 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .receipt: "receipt"
         case .ticketOperatorCommand: "ticket_operator_command"
         case .ticketOperatorResponse: "ticket_operator_response"
+        case .poolState: "pool_state"
         }
     }
 }
@@ -262,4 +264,14 @@ extension Bynar_V1_TicketOperatorResponse: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .ticketOperatorResponse(self) }
+}
+
+extension Bynar_V1_PoolState: BusPayload {
+    public static let payloadName = "pool_state"
+    public static let payloadFieldNumber = 50
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .poolState(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .poolState(self) }
 }

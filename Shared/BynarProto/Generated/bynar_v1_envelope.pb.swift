@@ -255,6 +255,14 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .ticketOperatorResponse(newValue)}
   }
 
+  public var poolState: Bynar_V1_PoolState {
+    get {
+      if case .poolState(let v)? = _storage._payload {return v}
+      return Bynar_V1_PoolState()
+    }
+    set {_uniqueStorage()._payload = .poolState(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -279,6 +287,7 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case receipt(Bynar_V1_Receipt)
     case ticketOperatorCommand(Bynar_V1_TicketOperatorCommand)
     case ticketOperatorResponse(Bynar_V1_TicketOperatorResponse)
+    case poolState(Bynar_V1_PoolState)
 
   }
 
@@ -412,7 +421,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -739,6 +748,19 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .ticketOperatorResponse(v)
           }
         }()
+        case 50: try {
+          var v: Bynar_V1_PoolState?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .poolState(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .poolState(v)
+          }
+        }()
         default: break
         }
       }
@@ -856,6 +878,10 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .ticketOperatorResponse?: try {
         guard case .ticketOperatorResponse(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 40)
+      }()
+      case .poolState?: try {
+        guard case .poolState(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
       }()
       case nil: break
       }

@@ -1,3 +1,4 @@
+import BynarProto
 import BynarConfig
 import BynarDisks
 
@@ -79,6 +80,47 @@ enum ZFSRules {
             if case .scrubFinished(_, let finished?) = pool.scan { add("bynar_zfs_pool_last_scrub_timestamp_seconds", Double(finished)) }
         }
         return figures
+    }
+
+    /// Each pool as the bus carries it (``Bynar_V1_PoolState``, retained per pool): health,
+    /// capacity, errors, scrub, resilver, the verdict's alarms, every leaf member.
+    static func poolStates(_ status: ZpoolStatus, list: [ZpoolListEntry], verdict: Verdict, nowMs: Int64) -> [Bynar_V1_PoolState] {
+        status.pools.map { pool in
+            var state = Bynar_V1_PoolState()
+            state.pool = pool.name
+            state.kind = "zfs"
+            state.health = pool.state
+            state.capacityPercent = -1
+            if let entry = list.first(where: { $0.name == pool.name }) {
+                state.capacityPercent = Int32(entry.capacityPercent)
+                state.size = entry.size
+                state.allocated = entry.allocated
+                state.free = entry.free
+            }
+            let leaves = pool.leaves.map(\.vdev)
+            state.readErrors = leaves.reduce(0) { $0 + $1.readErrors }
+            state.writeErrors = leaves.reduce(0) { $0 + $1.writeErrors }
+            state.checksumErrors = leaves.reduce(0) { $0 + $1.checksumErrors }
+            state.scan = pool.scan.summary
+            state.lastScrubErrors = -1
+            if case .scrubFinished(let errors, let finished) = pool.scan {
+                state.lastScrubErrors = Int32(clamping: errors)
+                state.lastScrubUnix = finished ?? 0
+            }
+            state.resilvering = pool.resilvering
+            state.alarms = verdict.pools[pool.name] ?? []
+            state.members = leaves.map { leaf in
+                var member = Bynar_V1_PoolMember()
+                member.name = leaf.name
+                member.state = leaf.state
+                member.readErrors = leaf.readErrors
+                member.writeErrors = leaf.writeErrors
+                member.checksumErrors = leaf.checksumErrors
+                return member
+            }
+            state.observedUnixMs = nowMs
+            return state
+        }
     }
 
     /// Rules 1-4 for one disk of `pool`.

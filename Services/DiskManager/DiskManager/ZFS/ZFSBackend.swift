@@ -211,16 +211,3 @@ public enum ZFSSafety {
     }
 }
 
-extension ZFSScan {
-    /// One line for steps and logs.
-    var summary: String {
-        switch self {
-        case .none: "no scrub or resilver yet"
-        case .scrubRunning(let percent): "scrub running\(percent.map { ", \($0)% done" } ?? "")"
-        case .resilverRunning(let percent): "resilver running\(percent.map { ", \($0)% done" } ?? "")"
-        case .scrubFinished(let errors, _): "last scrub found \(errors) error\(errors == 1 ? "" : "s")"
-        case .resilverFinished(let errors, _): "resilver finished with \(errors) error\(errors == 1 ? "" : "s")"
-        case .other(let text): text
-        }
-    }
-}

@@ -67,7 +67,7 @@ public enum NotifierCommands {
         do {
             let now = NotifierClock.nowUnixMs()
             let since = now - Int64(hours * 3_600_000)
-            let report = DigestReport(fromUnixMs: since, toUnixMs: now, incidents: try store.incidents(sinceUnixMs: since))
+            let report = DigestReport(fromUnixMs: since, toUnixMs: now, incidents: try store.incidents(sinceUnixMs: since), pools: try store.pools(sinceUnixMs: now - DigestReport.poolsKeptMs))
             print(html ? report.html : report.text, terminator: "")
             return 0
         } catch {

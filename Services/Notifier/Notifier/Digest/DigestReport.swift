@@ -1,17 +1,28 @@
 import BynarProto
 
-/// The digest: what happened to disks over a period, one row per incident, as plain text
-/// and as HTML. Built from the notifier's incident history.
+/// The digest: what happened to disks over a period, one row per incident, and every
+/// storage pool its host reports (bzman's nightly report: health, capacity, errors, last
+/// scrub, and what Bynar did about each), as plain text and as HTML. Built from the
+/// notifier's incident history and the pools' retained states.
 struct DigestReport: Sendable {
     var fromUnixMs: Int64
     var toUnixMs: Int64
     var incidents: [IncidentRecord]
+    var pools: [PoolRecord]
 
-    init(fromUnixMs: Int64, toUnixMs: Int64, incidents: [IncidentRecord]) {
+    init(fromUnixMs: Int64, toUnixMs: Int64, incidents: [IncidentRecord], pools: [PoolRecord] = []) {
         self.fromUnixMs = fromUnixMs
         self.toUnixMs = toUnixMs
         self.incidents = incidents
+        self.pools = pools
     }
+
+    /// Pools not reported for this long are left out (exported, destroyed, or their host
+    /// gone for a week).
+    static let poolsKeptMs: Int64 = 7 * 86_400_000
+    /// A host reports an unchanged pool every hour (the detector's ZFS watcher); one not
+    /// reported for two hours is marked stale.
+    static let poolStaleMs: Int64 = 2 * 3_600_000
 
     /// Incidents opened in the period.
     var failures: [IncidentRecord] { incidents.filter { $0.openedUnixMs >= fromUnixMs && $0.openedUnixMs <= toUnixMs } }
@@ -62,6 +73,63 @@ struct DigestReport: Sendable {
         ]
     }
 
+    /// The columns of the pools' table, in order.
+    static let poolColumns = ["Host", "Pool", "Health", "Used", "Errors r/w/c", "Last scrub", "Scan", "Bynar"]
+
+    /// Incidents of the period about a disk of `pool`: the detector names the pool in its
+    /// reasons ("ZFS pool tank: vdev sdc is FAULTED").
+    func incidents(of pool: PoolRecord) -> [IncidentRecord] {
+        incidents.filter { $0.host == pool.host && $0.reasons.contains("ZFS pool \(pool.state.pool):") }
+    }
+
+    /// What Bynar did about `pool` in the period, in words.
+    func action(_ pool: PoolRecord) -> String {
+        let related = incidents(of: pool)
+        if !related.isEmpty {
+            return related.map { record in
+                "\(record.id) \(Self.stateName(record.state))" + (record.ticketKey.isEmpty ? "" : ", ticket \(record.ticketKey) \(Self.ticketStateName(record.ticketState))")
+            }.joined(separator: "; ")
+        }
+        if pool.state.alarms.isEmpty { return "nothing needed" }
+        if pool.state.health != "ONLINE" { return "no disk incident: a person must look" }
+        return "nothing a disk swap fixes: for a person"
+    }
+
+    /// One row per pool, as strings.
+    var poolRows: [[String]] {
+        pools.map { pool in
+            let state = pool.state
+            let scrub: String = state.lastScrubUnix > 0
+                ? "\(MessageText.timestamp(state.lastScrubUnix * 1000)) (\(state.lastScrubErrors) error\(state.lastScrubErrors == 1 ? "" : "s"))"
+                : "never"
+            let stale = toUnixMs - state.observedUnixMs > Self.poolStaleMs ? " (not reported since \(MessageText.timestamp(state.observedUnixMs)))" : ""
+            return [
+                pool.host, state.pool, state.health + stale,
+                state.capacityPercent >= 0 ? "\(state.capacityPercent)%" + (state.size.isEmpty ? "" : " of \(state.size)") : "-",
+                "\(state.readErrors)/\(state.writeErrors)/\(state.checksumErrors)", scrub, state.scan.isEmpty ? "-" : state.scan, action(pool),
+            ]
+        }
+    }
+
+    /// The pools' section in plain text: a table, then each pool's alarms.
+    var poolLines: [String] {
+        guard !pools.isEmpty else { return [] }
+        let notOnline = pools.filter { $0.state.health != "ONLINE" }.count
+        var lines = ["", "Storage pools: \(pools.count) pool\(pools.count == 1 ? "" : "s") on \(Set(pools.map(\.host)).count) host\(Set(pools.map(\.host)).count == 1 ? "" : "s"), \(notOnline) not ONLINE", ""]
+        let table = [Self.poolColumns] + poolRows
+        let widths = Self.poolColumns.indices.map { column in table.map { $0[column].count }.max() ?? 0 }
+        for (index, row) in table.enumerated() {
+            lines.append(row.enumerated().map { $1.padding(to: widths[$0]) }.joined(separator: "  ").trimmedTrailing)
+            if index == 0 { lines.append(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")) }
+        }
+        let alarmed = pools.filter { !$0.state.alarms.isEmpty }
+        if !alarmed.isEmpty {
+            lines += ["", "Pool alarms:"]
+            for pool in alarmed { lines.append("  \(pool.host) \(pool.state.pool): \(pool.state.alarms.joined(separator: "; "))") }
+        }
+        return lines
+    }
+
     var text: String {
         var lines = [
             "Bynar digest, \(MessageText.timestamp(fromUnixMs)) to \(MessageText.timestamp(toUnixMs))",
@@ -85,6 +153,7 @@ struct DigestReport: Sendable {
                 }
             }
         }
+        lines += poolLines
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -114,6 +183,14 @@ struct DigestReport: Sendable {
                 }
                 let why = [record.reasons, record.state == .stuck ? "stuck: \(record.detail)" : ""].filter { !$0.isEmpty }.joined(separator: "; ")
                 out += "<tr>" + cells.map { "<td>\($0)</td>" }.joined() + "<td>\(e(why))</td></tr>\n"
+            }
+            out += "</tbody>\n</table>\n"
+        }
+        if !pools.isEmpty {
+            out += "<h3>Storage pools</h3>\n<table border=\"1\" cellpadding=\"4\" cellspacing=\"0\" style=\"border-collapse: collapse\">\n<thead><tr>"
+            out += Self.poolColumns.map { "<th>\(e($0))</th>" }.joined() + "<th>Alarms</th></tr></thead>\n<tbody>\n"
+            for (pool, row) in zip(pools, poolRows) {
+                out += "<tr>" + row.map { "<td>\(e($0))</td>" }.joined() + "<td>\(e(pool.state.alarms.joined(separator: "; ")))</td></tr>\n"
             }
             out += "</tbody>\n</table>\n"
         }
