@@ -20,7 +20,13 @@ public final class RepairRig: @unchecked Sendable {
     public let key: (path: String, trustedLine: String)
     public let window: RepairTap
     public let notifications: Collector<Received<Bynar_V1_Notification>>
-    private(set) var services: [String: ServiceProcess] = [:]
+    private let lock = NSLock()
+    private var running: [String: ServiceProcess] = [:]
+    private var services: [String: ServiceProcess] { lock.withLock { running } }
+    private var killer: Task<Void, Never>?
+    /// How many times the disk-manager was killed at its pause point and started again.
+    public var diskManagerRestarts: Int { lock.withLock { restarts } }
+    private var restarts = 0
 
     public init(prefix: String) async throws {
         broker = try TestBroker()
@@ -34,14 +40,41 @@ public final class RepairRig: @unchecked Sendable {
     }
 
     /// Starts the four services; `detector` and `diskManager` are the JSON members of their
-    /// sections after the rig's own.
-    public func start(detector: String, diskManager: String) async throws {
+    /// sections after the rig's own. With `killingTheDiskManagerAt`, the disk-manager stops
+    /// dead at that pause point (`TEST_DISK_MANAGER_PAUSE_AT`, e.g. `Remove:done`) once, is
+    /// killed there with SIGKILL and started again without it.
+    public func start(detector: String, diskManager: String, killingTheDiskManagerAt pausePoint: String? = nil) async throws {
         for name in ["det", "dm", "tic", "orc"] {
             try FileManager.default.createDirectory(atPath: "\(directory)/\(name)", withIntermediateDirectories: true)
         }
-        services["disk-manager"] = try ServiceProcess("bynar-disk-manager", brokerPort: broker.port, host: "h1", directory: "\(directory)/dm", extraConfig: """
-            "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1, \(diskManager)}
-            """)
+        let port = broker.port, directory = directory
+        let startManager: @Sendable ([String: String]) throws -> ServiceProcess = { environment in
+            try ServiceProcess("bynar-disk-manager", brokerPort: port, host: "h1", directory: "\(directory)/dm", extraConfig: """
+                "disk_manager": {"trusted_keys_file": "\(directory)/trusted-keys", "max_disks_out": 1, \(diskManager)}
+                """, environment: environment)
+        }
+        let manager = try startManager(pausePoint.map { ["TEST_DISK_MANAGER_PAUSE_AT": $0] } ?? [:])
+        lock.withLock { running["disk-manager"] = manager }
+        if let pausePoint {
+            killer = Task { [weak self] in
+                let marker = "bynar-pause-point \(pausePoint) reached"
+                while !Task.isCancelled {
+                    guard let self else { return }
+                    if let current = self.services["disk-manager"], current.log.contains(marker) {
+                        print("\(directory): disk-manager paused at \(pausePoint); kill -9 and start again")
+                        current.signal(SIGKILL)
+                        guard let next = try? startManager([:]) else { return }
+                        self.lock.withLock {
+                            self.running["disk-manager"] = next
+                            self.restarts += 1
+                        }
+                        return
+                    }
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+            }
+        }
+        var services: [String: ServiceProcess] = [:]
         services["detector"] = try ServiceProcess("bynar-detector", brokerPort: broker.port, host: "h1", directory: "\(directory)/det", extraConfig: """
             "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5, \(detector)}
             """)
@@ -54,7 +87,8 @@ public final class RepairRig: @unchecked Sendable {
         services["orchestrator"] = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: "\(directory)/orc", extraConfig: """
             "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1}
             """)
-        for service in services.keys.sorted() {
+        lock.withLock { running.merge(services) { $1 } }
+        for service in self.services.keys.sorted() {
             #expect(await window.born(service, timeout: .seconds(30)), "\(service) was not born\n\(logs())")
         }
     }
@@ -96,6 +130,7 @@ public final class RepairRig: @unchecked Sendable {
 
     /// Stops every service and the stand-in; removes the directory.
     public func stop() async {
+        killer?.cancel()
         for service in services.values { service.signal(SIGTERM) }
         jira.stop()
         await tap.shutdown()

@@ -33,8 +33,9 @@ public final class ZFSFusePool: @unchecked Sendable {
     private let lock = NSLock()
     private var tornDown = false
 
-    /// Starts zfs-fuse and creates `name` as a raidz1 of `memberCount` disks of `sizeMB`.
-    public init(name: String, memberCount: Int = 3, sizeMB: Int = 128) throws {
+    /// Starts zfs-fuse and creates `name` as one top-level vdev of `memberCount` disks of
+    /// `sizeMB`: a raidz1, or with `layout` "mirror" a mirror.
+    public init(name: String, memberCount: Int = 3, sizeMB: Int = 128, layout: String = "raidz") throws {
         directory = try makeTemporaryDirectory(prefix: "bynar-zfs")
         self.name = name
         pidFile = "\(directory)/zfs-fuse.pid"
@@ -48,7 +49,7 @@ public final class ZFSFusePool: @unchecked Sendable {
                 usleep(100_000)
             }
             for _ in 0..<memberCount { made.append(try FaultyDisk(sizeMB: sizeMB)) }
-            _ = try FaultyDisk.run("/usr/sbin/zpool", ["create", "-f", "-o", "cachefile=none", "-m", mountpoint, name, "raidz"] + made.map(\.device))
+            _ = try FaultyDisk.run("/usr/sbin/zpool", ["create", "-f", "-o", "cachefile=none", "-m", mountpoint, name, layout] + made.map(\.device))
         } catch {
             members = made
             teardown()

@@ -17,12 +17,15 @@ import Glibc
 /// as the technician, puts a blank disk in the same slot and resolves the ticket; the
 /// disk-manager makes and mounts the new filesystem at the brick's path, commits the
 /// reset-brick and heals. Files written before read back identical from the new brick and
-/// through the volume; one incident, one ticket, one Remove, one Add.
+/// through the volume; one incident, one ticket, one Remove, one Add. Again with the
+/// disk-manager killed (SIGKILL) and started again between reset-brick start and the
+/// unmount, between the new filesystem's mount and reset-brick commit, and between the
+/// commit and the heal: the same one incident, one ticket, each job once.
 @Suite(.serialized, .enabled(if: getuid() == 0 && access("/usr/sbin/glusterd", X_OK) == 0 && access("/sbin/mkfs.xfs", X_OK) == 0
     && FaultyDisk.available && TestBroker.available, "needs root, glusterd, mkfs.xfs, faultfs (FUSE), loop devices and mosquitto"))
 struct GlusterEndToEndTests {
-    @Test(.timeLimit(.minutes(8)))
-    func aBricksFailedDiskIsTakenOutTicketedReplacedAndHealed() async throws {
+    @Test(.timeLimit(.minutes(8)), arguments: [nil, "Remove:2", "Add:2", "Add:3"] as [String?])
+    func aBricksFailedDiskIsTakenOutTicketedReplacedAndHealed(killingTheDiskManagerAt pausePoint: String?) async throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-gluster-e2e")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         var disks: [FaultyDisk] = []
@@ -50,7 +53,7 @@ struct GlusterEndToEndTests {
                 "watch_only": [\(disks.map { "\"\($0.device)\"" }.joined(separator: ", "))]
                 """, diskManager: """
                 "gluster": {"mount_root": "\(node.mountRoot)", "fstab": "\(node.fstab)", "heal_poll_seconds": 1, "heal_timeout_seconds": 120}
-                """)
+                """, killingTheDiskManagerAt: pausePoint)
             let failing = disks[0]
             #expect(await rig.window.diskEvents.wait(timeout: .seconds(30)) { $0.contains { $0.payload.disk.devPath == failing.device && $0.payload.toState == .healthy } }, "\(rig.logs())")
             let oldKey = try #require(rig.window.diskEvents.all.first { $0.payload.disk.devPath == failing.device }?.payload.disk.key)
@@ -81,6 +84,7 @@ struct GlusterEndToEndTests {
             }
             #expect(FileManager.default.fileExists(atPath: "\(mountpoint)/brick/late0"), "what was written while the brick was dead was healed onto the new one")
             try rig.expectOneOfEach(ticket)
+            #expect(rig.diskManagerRestarts == (pausePoint == nil ? 0 : 1), "killed once at \(pausePoint ?? "-")")
         } catch {
             await rig.stop()
             throw error

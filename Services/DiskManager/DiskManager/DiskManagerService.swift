@@ -411,8 +411,13 @@ actor RequestHandler {
             if let claimed, !device.isSystemDisk, !device.excluded { plan.outKey = "\(claimed.backend.name):\(claimed.claim.id)" }
         case .add(let add):
             guard !add.reuseOsdID.isEmpty else { return .failure(BackendRefusal("Add needs reuse_osd_id (the id the Remove answered); use Deploy for a new member")) }
-            if let claimed { return .failure(BackendRefusal("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id)")) }
             guard let backend = reusing(add.reuseOsdID) else { return .failure(BackendRefusal("no configured backend re-uses the id \"\(add.reuseOsdID)\"")) }
+            // A disk that already is the member this Add makes (an earlier Add of it ran, and
+            // its answer or its end was lost) goes to the backend, which checks the world and
+            // finishes what is left or does nothing; a disk that is any other member is refused.
+            if let claimed, !(claimed.backend.name == backend.name && claimed.claim.id == add.reuseOsdID) {
+                return .failure(BackendRefusal("\(device.identity.key) is already \(claimed.backend.name) \(claimed.claim.id)"))
+            }
             plan.backend = backend
             plan.outKey = "\(backend.name):\(add.reuseOsdID)"
         case .deploy:

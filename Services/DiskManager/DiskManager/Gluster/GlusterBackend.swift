@@ -156,13 +156,29 @@ public struct GlusterBackend: StorageBackend {
             }
             done.append("make \(brickPath)")
             job.progress.step(commitStep, 2, of: count)
-            try gluster(["volume", "reset-brick", volume.name, brick.brick, brick.brick, "commit", "force"], step: commitStep, done: done)
-            done.append(commitStep)
+            do {
+                try gluster(["volume", "reset-brick", volume.name, brick.brick, brick.brick, "commit", "force"], step: commitStep, done: done)
+                done.append(commitStep)
+            } catch let failure as BackendStepFailure where fromThisDisk && failure.underlying.contains("must be stopped") {
+                // glusterd runs the brick already: the commit was made (a job resumed after
+                // a restart read the brick before its process had registered as online).
+                guard awaitOnline(volume.name, brick.brick) else { throw failure }
+                done.append("\(commitStep): done before (the brick runs from \(disk.identity.devPath))")
+            }
         }
         job.progress.step(healStep, 3, of: count)
         done.append(launchHeal(volume.name).map { "\(healStep): not launched (\($0)); the self-heal daemon heals from its index on its own" } ?? healStep)
         done.append(try awaitHeal(volume: volume, brick: brick, done: done, progress: job.progress, index: 4, of: count))
         return OperationResult(steps: done, backendID: brick.id)
+    }
+
+    /// Whether `brick` shows online in `volume status` within 30 s.
+    func awaitOnline(_ volume: String, _ brick: String) -> Bool {
+        for _ in 0..<60 {
+            if (try? brickStatus(volume))?[brick] == true { return true }
+            usleep(500_000)
+        }
+        return false
     }
 
     /// Polls heal info until nothing is pending on the bricks of `brick`'s set, reporting
