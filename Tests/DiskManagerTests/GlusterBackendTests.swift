@@ -179,6 +179,28 @@ struct GlusterBackendTests {
         }
         #expect(throws: BackendRefusal.self) { try backend.deploy(BlockDevice(identity: .init(), sysPath: ""), simulate: true, job: .direct) }
     }
+
+    /// A vanished disk's brick (a disk pulled, or dead on its controller, before Bynar took
+    /// it out): whatever the filesystem backend's vanished-disk rules say of its last
+    /// mountpoint is what the brick is: in service (its dead mount or fstab line still
+    /// there), out (neither), or not this disk's (its replacement is there: no claim). Only
+    /// mountpoints that are bricks of a volume are claimed.
+    @Test func aVanishedDisksBrickIsWhatItsMountpointSays() {
+        var config = GlusterBackendConfig()
+        config.mountRoot = "/srv/gluster"
+        config.brickHost = "h1"
+        let backend = GlusterBackend(config: config)
+        var volume = GlusterVolume(name: "gv0", status: "Started", type: "Replicate", replicaCount: 3, disperseCount: 0, redundancyCount: 0, bricks: [])
+        volume.bricks = ["h1:/srv/gluster/d1/brick", "h2:/srv/gluster/d1/brick", "h3:/srv/gluster/d1/brick"]
+        let places: [(key: String, place: BackendClaim)] = [
+            ("gone-in-service", BackendClaim(backend: "filesystem", id: "/srv/gluster/d1", status: .inService)),
+            ("not-a-brick", BackendClaim(backend: "filesystem", id: "/srv/gluster/d9", status: .inService)),
+        ]
+        #expect(backend.bricks(of: places, volumes: [volume]) == ["gone-in-service": BackendClaim(backend: "gluster", id: "gv0:h1:/srv/gluster/d1/brick", status: .inService)])
+        let out: [(key: String, place: BackendClaim)] = [("gone-out", BackendClaim(backend: "filesystem", id: "/srv/gluster/d1", status: .removed))]
+        #expect(backend.bricks(of: out, volumes: [volume])["gone-out"]?.status == .removed)
+        #expect(backend.bricks(of: [], volumes: [volume]).isEmpty, "a replacement at the mountpoint leaves the vanished disk no place")
+    }
 }
 
 /// Steps a ``ProgressReporter`` received, in order.

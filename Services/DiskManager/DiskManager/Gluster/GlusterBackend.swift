@@ -65,16 +65,36 @@ public struct GlusterBackend: StorageBackend {
         return BrickID(volume: parts[0], brick: "\(host):\(parts[2])", mountpoint: mountpoint)
     }
 
+    /// A present disk is a brick's while it is mounted at that brick's mountpoint. A vanished
+    /// one (``BlockDevice/absent``) by the filesystem backend's rules for a vanished disk:
+    /// its dead mount or its fstab line still at the mountpoint, in service; neither, out;
+    /// another disk there now (its replacement), not this disk's, so nothing of the other is
+    /// touched.
     public func claims(_ devices: [BlockDevice]) throws -> [String: BackendClaim] {
-        let mounted = devices.compactMap { device in filesystem.managedMountpoint(of: device).map { (device.identity.key, $0) } }
-        guard !mounted.isEmpty else { return [:] }
-        let volumes = try volumeInfo()
+        let fstab = devices.contains(where: \.absent) ? try Fstab(path: filesystem.config.fstab) : nil
+        var places: [(key: String, place: BackendClaim)] = []
+        for device in devices {
+            if device.absent {
+                if let fstab, let place = filesystem.vanishedClaim(device, mount: FilesystemBackend.mount(at:), fstab: fstab, devicePresent: FilesystemBackend.devicePresent) {
+                    places.append((device.identity.key, place))
+                }
+            } else if let mountpoint = filesystem.managedMountpoint(of: device) {
+                places.append((device.identity.key, BackendClaim(backend: filesystem.name, id: mountpoint, status: .inService)))
+            }
+        }
+        guard !places.isEmpty else { return [:] }
+        return bricks(of: places, volumes: try volumeInfo())
+    }
+
+    /// The brick claims of disks at filesystem places (a mountpoint and whether the disk is in
+    /// service there): a place that is a brick of a volume of this host. Pure.
+    func bricks(of places: [(key: String, place: BackendClaim)], volumes: [GlusterVolume]) -> [String: BackendClaim] {
         var claims: [String: BackendClaim] = [:]
-        for (key, mountpoint) in mounted {
+        for (key, place) in places {
             for volume in volumes {
-                let brick = brickID(volume: volume.name, mountpoint: mountpoint)
+                let brick = brickID(volume: volume.name, mountpoint: place.id)
                 if volume.bricks.contains(brick.brick) {
-                    claims[key] = BackendClaim(backend: name, id: brick.id, status: .inService)
+                    claims[key] = BackendClaim(backend: name, id: brick.id, status: place.status)
                 }
             }
         }
@@ -99,12 +119,14 @@ public struct GlusterBackend: StorageBackend {
         let unmount = BackendClaim(backend: filesystem.name, id: brick.mountpoint, status: .inService)
         if simulate {
             let rest = try filesystem.remove(disk, claim: unmount, simulate: true, job: .direct)
-            return OperationResult(steps: (mounted ? [resetStep] : ["\(brick.mountpoint) is not mounted: the brick was reset already"]) + rest.steps, backendID: brick.id, skipped: rest.skipped)
+            return OperationResult(steps: (mounted || disk.absent ? [resetStep] : ["\(brick.mountpoint) is not mounted: the brick was reset already"]) + rest.steps, backendID: brick.id, skipped: rest.skipped)
         }
         var done: [String] = []
         job.progress.step(resetStep, 1, of: 2)
-        // Unmounted only after the reset: a brick whose mount is gone was reset already.
-        if mounted {
+        // Unmounted only after the reset: a brick whose mount is gone was reset already. A
+        // vanished disk's brick is reset whatever is left of its mount (reset-brick start
+        // on a brick reset before succeeds again and changes nothing).
+        if mounted || disk.absent {
             try gluster(["volume", "reset-brick", volume.name, brick.brick, "start"], step: resetStep, done: done)
             done.append(resetStep)
         } else {
