@@ -19,7 +19,7 @@ struct Bynar: AsyncParsableCommand {
         could not be reached; 78 bad config or key file.
         """,
         version: bynarVersion,
-        subcommands: [Disks.self, Incidents.self, Maintenance.self, Tickets.self, Cluster.self, Deploy.self, Tap.self, Services.self, Keys.self, Hosts.self, Demo.self]
+        subcommands: [Disks.self, Incidents.self, Maintenance.self, Tickets.self, Cluster.self, Apps.self, Deploy.self, Tap.self, Services.self, Keys.self, Hosts.self, Demo.self]
     )
 }
 

@@ -73,8 +73,9 @@ struct Cluster: AsyncParsableCommand {
             discussion: """
             From the retained births and deaths (\(Topics.allServiceStatus)), the orchestrator's host
             membership (\(Topics.hostState(host: "+"))) when it publishes it, the detectors' disk
-            health (\(Topics.diskHealth(host: "+", disk: "+"))), and the orchestrator's maintenance
-            windows (\(Topics.maintenance)).
+            health (\(Topics.diskHealth(host: "+", disk: "+"))), the orchestrator's maintenance
+            windows (\(Topics.maintenance)), and the applications the hosts' detectors check
+            (\(Topics.allAppStates)).
             """
         )
 
@@ -92,9 +93,11 @@ struct Cluster: AsyncParsableCommand {
             /// The maintenance windows on this host: "host until 2026-12-05T08:00:00Z (alice: reason)",
             /// "disk serial-X until off (...)".
             var maintenance: [String] = []
+            /// Each application the host's detector checks: "web up", "db DOWN".
+            var apps: [String] = []
 
             enum CodingKeys: String, CodingKey {
-                case host, up, source, servicesUp = "services_up", servicesDown = "services_down", disks, maintenance
+                case host, up, source, servicesUp = "services_up", servicesDown = "services_down", disks, maintenance, apps
             }
         }
 
@@ -102,14 +105,15 @@ struct Cluster: AsyncParsableCommand {
             try await reportingFailures {
                 try await brokerOptions.withBus(purpose: "cluster status") { bus in
                     let messages = try await collectRetained(
-                        bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+"), Topics.maintenance],
+                        bus, filters: [Topics.allServiceStatus, Topics.hostState(host: "+"), Topics.diskHealth(host: "+", disk: "+"), Topics.maintenance, Topics.allAppStates],
                         cap: retained.capDuration
                     )
                     let lines = Self.summarize(
                         statuses: payloads(messages, as: Bynar_V1_ServiceStatus.self).map(\.payload),
                         hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
                         health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload),
-                        maintenance: payloads(messages, as: Bynar_V1_MaintenanceState.self).first?.payload.windows ?? []
+                        maintenance: payloads(messages, as: Bynar_V1_MaintenanceState.self).first?.payload.windows ?? [],
+                        apps: payloads(messages, as: Bynar_V1_AppState.self).map { (Apps.host(ofTopic: $0.topic), $0.payload) }
                     )
                     if retained.json {
                         let encoder = JSONEncoder()
@@ -121,16 +125,17 @@ struct Cluster: AsyncParsableCommand {
                         let disks = line.disks.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key.lowercased())" }.joined(separator: ", ")
                         return [line.host, line.up ? "up" : "DOWN", line.servicesUp.isEmpty ? "-" : line.servicesUp.joined(separator: ","),
                                 line.servicesDown.isEmpty ? "-" : line.servicesDown.joined(separator: ","), disks.isEmpty ? "-" : disks,
-                                line.maintenance.isEmpty ? "-" : line.maintenance.joined(separator: "; ")]
+                                line.maintenance.isEmpty ? "-" : line.maintenance.joined(separator: "; "), line.apps.isEmpty ? "-" : line.apps.joined(separator: ", ")]
                     }
-                    emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS", "MAINTENANCE"], rows: rows))
+                    emit(TextTable.render(header: ["HOST", "STATE", "SERVICES UP", "SERVICES DOWN", "DISKS", "MAINTENANCE", "APPS"], rows: rows))
                     if rows.isEmpty { emit("(no host has announced itself)") }
                 }
             }
         }
 
         static func summarize(statuses: [Bynar_V1_ServiceStatus], hosts: [Bynar_V1_HostState], health: [Bynar_V1_DiskHealth],
-                              maintenance: [Bynar_V1_Maintenance] = [], nowMs: Int64 = Bus.nowUnixMs()) -> [HostLine] {
+                              maintenance: [Bynar_V1_Maintenance] = [], apps: [(host: String, state: Bynar_V1_AppState)] = [],
+                              nowMs: Int64 = Bus.nowUnixMs()) -> [HostLine] {
             var lines: [String: HostLine] = [:]
             func line(_ host: String) -> HostLine {
                 lines[host] ?? HostLine(host: host, up: false, source: "services", servicesUp: [], servicesDown: [], disks: [:])
@@ -161,6 +166,12 @@ struct Cluster: AsyncParsableCommand {
                 let until = window.untilUnixMs > 0 ? "until \(utcTimestamp(window.untilUnixMs))" : "until off"
                 entry.maintenance.append("\(window.disk.isEmpty ? "host" : "disk \(window.disk)") \(until) (\(window.by): \(window.reason))")
                 lines[window.host] = entry
+            }
+            for (host, state) in apps.sorted(by: { $0.state.app < $1.state.app }) where !host.isEmpty {
+                var entry = line(host)
+                let health = state.health == .up ? "up" : state.health == .stopped ? "stopped" : protoName(state.health)
+                entry.apps.append("\(state.app) \(health)")
+                lines[host] = entry
             }
             return lines.values.map { entry in
                 var sorted = entry

@@ -32,6 +32,8 @@ public import BynarProto
 ///    there, for the same reason as rule 8.
 /// 10. `pool/{host}/{pool}`: a `PoolState`'s `pool` is `{pool}` (it names no host: the
 ///     topic's is the host's).
+/// 11. `app/{host}/{app}`: an `AppState`'s `app` is `{app}`; `app/{host}/{app}/override`: an
+///     `AppOverride`'s `app` is `{app}` (the broker lets only operators publish overrides).
 /// Other topics name no host and are not checked here.
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
@@ -81,6 +83,10 @@ public enum TopicClaims {
             if case .diskManagerRequest(let request)? = envelope.payload { return differs("disk_manager_request.host", request.host, host) }
         case ("reply", 6):
             return differs("source_host", envelope.sourceHost, String(levels[4])) ?? differs("source_service", envelope.sourceService, String(levels[5]))
+        case ("app", 5):
+            if case .appState(let state)? = envelope.payload { return differs("app_state.app", state.app, String(levels[4])) }
+        case ("app", 6) where levels[5] == "override":
+            if case .appOverride(let override)? = envelope.payload { return differs("app_override.app", override.app, String(levels[4])) }
         case ("pool", 5):
             if case .poolState(let state)? = envelope.payload { return differs("pool_state.pool", state.pool, String(levels[4])) }
         case ("host", 5) where levels[4] == "state":

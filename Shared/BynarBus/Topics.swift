@@ -77,6 +77,17 @@ public enum Topics {
     /// A host's storage pool (``Bynar_V1_PoolState``), retained; the host is the topic's.
     public static func poolState(host: String, pool: String) -> String { "\(root)/pool/\(level(host))/\(level(pool))" }
     public static let allPoolStates = "\(root)/pool/+/+"
+    /// An application's state on a host (``Bynar_V1_AppState``), retained; the host is the topic's.
+    public static func appState(host: String, app: String) -> String { "\(root)/app/\(level(host))/\(level(app))" }
+    public static let allAppStates = "\(root)/app/+/+"
+    /// An operator's override of an application (``Bynar_V1_AppOverride``), retained; only
+    /// operators may publish it (ACL).
+    public static func appOverride(host: String, app: String) -> String { "\(root)/app/\(level(host))/\(level(app))/override" }
+    /// The host level of a per-host topic (`bynar/v1/KIND/{host}/...`), as the topic has it.
+    public static func hostLevel(ofTopic topic: String) -> String {
+        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        return levels.count >= 4 ? String(levels[3]) : ""
+    }
     public static let hookEvents = "\(root)/hook/events"
     /// Operator commands to the orchestrator (`bynar incidents retry|cancel|resolve|show`,
     /// `bynar maintenance`): only operator identities may publish here (the broker's ACL),

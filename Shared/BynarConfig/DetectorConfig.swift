@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The detector's section of the host config (`"detector": {...}`).
 public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Full check of every disk (filesystems, write probe) this often. Kernel I/O errors and
@@ -37,6 +41,12 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Watch this host's ZFS pools (vdev states and errors, capacity, scrubs, resilvers);
     /// off when absent.
     public var zfs: DetectorZFSConfig?
+    /// Applications this host serves, checked PicoRed's way (``AppCheckConfig``); their
+    /// states go on the bus retained per app.
+    public var apps: [AppCheckConfig] = []
+    /// Peers ("host:port", TCP) this host tries when it cannot reach the broker: reaching
+    /// neither, it is isolated and does not declare its apps up (PicoRed's rule).
+    public var appPeers: [String] = []
 
     public init() {}
 
@@ -63,7 +73,99 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
             if !(1...100).contains(zfs.capacityAlarmPercent) { problem("zfs.capacity_alarm_percent", "must be 1 to 100, got \(zfs.capacityAlarmPercent)") }
             if zfs.scrubMaxAgeDays < 0 { problem("zfs.scrub_max_age_days", "must be 0 (off) or more, got \(zfs.scrubMaxAgeDays)") }
         }
+        var names: Set<String> = []
+        for (index, app) in apps.enumerated() {
+            let field = "apps.\(index)"
+            if let why = app.problem(field: field) { problems.append(why) }
+            if !names.insert(app.name).inserted { problem("\(field).name", "\"\(app.name)\" is checked twice") }
+        }
+        for (index, peer) in appPeers.enumerated() where AppCheckConfig.hostPort(peer) == nil {
+            problem("app_peers.\(index)", "must be host:port, got \"\(peer)\"")
+        }
         return problems
+    }
+}
+
+/// One application a host serves and how to check it (PicoRed's fields): exactly one of
+/// `http` (a plain-HTTP GET answering `expect_status`, and containing `expect_body` when
+/// set), `tcp` ("host:port" accepting a connection) or `command` (an absolute path and its
+/// arguments, exiting 0), every `interval_seconds`, each within `timeout_seconds`; DOWN after
+/// `tolerance` failures in a row, UP again after `recover` successes in a row.
+public struct AppCheckConfig: Codable, Sendable, Equatable {
+    public var name: String
+    public var http: String?
+    public var expectStatus = 200
+    public var expectBody: String?
+    public var tcp: String?
+    public var command: [String]?
+    public var intervalSeconds = 10
+    public var timeoutSeconds = 5
+    public var tolerance = 3
+    public var recover = 1
+
+    public init(name: String) { self.name = name }
+
+    private enum CodingKeys: String, CodingKey {
+        case name, http, expectStatus, expectBody, tcp, command, intervalSeconds, timeoutSeconds, tolerance, recover
+    }
+
+    /// Array items are not laid over defaults, so only `name` and the check are required.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(String.self, forKey: .name)
+        http = try container.decodeIfPresent(String.self, forKey: .http)
+        expectStatus = try container.decodeIfPresent(Int.self, forKey: .expectStatus) ?? 200
+        expectBody = try container.decodeIfPresent(String.self, forKey: .expectBody)
+        tcp = try container.decodeIfPresent(String.self, forKey: .tcp)
+        command = try container.decodeIfPresent([String].self, forKey: .command)
+        intervalSeconds = try container.decodeIfPresent(Int.self, forKey: .intervalSeconds) ?? 10
+        timeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .timeoutSeconds) ?? 5
+        tolerance = try container.decodeIfPresent(Int.self, forKey: .tolerance) ?? 3
+        recover = try container.decodeIfPresent(Int.self, forKey: .recover) ?? 1
+    }
+
+    /// "host:port" split, or nil.
+    public static func hostPort(_ text: String) -> (host: String, port: Int)? {
+        guard let colon = text.lastIndex(of: ":") else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        return (host, port)
+    }
+
+    /// An `http://host[:port]/path` URL split, or nil.
+    public static func httpURL(_ text: String) -> (host: String, port: Int, path: String)? {
+        guard text.hasPrefix("http://") else { return nil }
+        let rest = text.dropFirst("http://".count)
+        let authority = rest.prefix { $0 != "/" }
+        let path = rest.dropFirst(authority.count)
+        guard !authority.isEmpty else { return nil }
+        if let parsed = hostPort(String(authority)) { return (parsed.host, parsed.port, path.isEmpty ? "/" : String(path)) }
+        guard !authority.contains(":") else { return nil }
+        return (String(authority), 80, path.isEmpty ? "/" : String(path))
+    }
+
+    func problem(field: String) -> FieldError? {
+        func bad(_ name: String, _ text: String) -> FieldError { FieldError(field: "detector.\(field).\(name)", problem: text) }
+        let unfit = name.utf8.contains { $0 < 0x20 || $0 == 0x7F || "/+#%".utf8.contains($0) }
+        if name.isEmpty || name.utf8.count > 100 || unfit { return bad("name", "must be 1 to 100 bytes without / + # % or control characters, got \"\(name)\"") }
+        let checks = [http != nil, tcp != nil, command != nil].filter { $0 }.count
+        if checks != 1 { return bad("http", "give exactly one of http, tcp and command (\(checks) given)") }
+        if let http {
+            if http.hasPrefix("https://") { return bad("http", "https is not checked by the agent itself; use a command check (curl --fail ...), got \"\(http)\"") }
+            if Self.httpURL(http) == nil { return bad("http", "must be http://host[:port]/path, got \"\(http)\"") }
+            if !(100...599).contains(expectStatus) { return bad("expect_status", "must be an HTTP status 100 to 599, got \(expectStatus)") }
+        }
+        if let tcp, Self.hostPort(tcp) == nil { return bad("tcp", "must be host:port, got \"\(tcp)\"") }
+        if let command {
+            guard let executable = command.first, executable.hasPrefix("/") else { return bad("command", "must start with an absolute path, got \(command)") }
+            if access(executable, X_OK) != 0 { return bad("command", "\(executable) is not executable") }
+        }
+        if intervalSeconds < 1 { return bad("interval_seconds", "must be at least 1, got \(intervalSeconds)") }
+        if timeoutSeconds < 1 || timeoutSeconds > intervalSeconds { return bad("timeout_seconds", "must be 1 to interval_seconds (\(intervalSeconds)), got \(timeoutSeconds)") }
+        if tolerance < 1 { return bad("tolerance", "must be at least 1, got \(tolerance)") }
+        if recover < 1 { return bad("recover", "must be at least 1, got \(recover)") }
+        return nil
     }
 }
 

@@ -72,6 +72,19 @@ struct TopicClaimsTests {
         #expect(Topics.poolState(host: "h1", pool: "tank") == "bynar/v1/pool/h1/tank")
     }
 
+    /// Rule 11: an application's state and an operator's override name the topic's app.
+    @Test func appStateAndOverrideMustNameTheTopicsApp() {
+        var state = Bynar_V1_AppState()
+        state.app = "web"
+        #expect(TopicClaims.mismatch(topic: Topics.appState(host: "h1", app: "web"), envelope: Self.envelope(.appState(state))) == nil)
+        #expect(TopicClaims.mismatch(topic: Topics.appState(host: "h1", app: "db"), envelope: Self.envelope(.appState(state)))?.contains("app_state.app \"web\"") == true)
+        var override = Bynar_V1_AppOverride()
+        override.app = "web"
+        #expect(TopicClaims.mismatch(topic: Topics.appOverride(host: "h1", app: "web"), envelope: Self.envelope(.appOverride(override))) == nil)
+        #expect(TopicClaims.mismatch(topic: Topics.appOverride(host: "h1", app: "db"), envelope: Self.envelope(.appOverride(override)))?.contains("app_override.app") == true)
+        #expect(Topics.appOverride(host: "h1", app: "web") == "bynar/v1/app/h1/web/override")
+    }
+
     @Test func topicsThatNameNoHostAreNotChecked() {
         var note = Bynar_V1_Notification()
         note.host = "anything"

@@ -49,6 +49,8 @@ public struct DetectorService: BynarService {
         await rescan.now()
         await engine.refreshAll()
         await context.bus.markReady()
+        let appWatcher = config.apps.isEmpty ? nil
+            : AppWatcher(apps: config.apps, peers: config.appPeers, bus: context.bus, outbox: context.outbox, host: context.host, logger: context.logger)
 
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
@@ -68,6 +70,9 @@ public struct DetectorService: BynarService {
                     group.addTask {
                         await ZFSWatcher(config: zfs, engine: engine, outbox: context.outbox, host: context.host, logger: context.logger).run()
                     }
+                }
+                if let appWatcher {
+                    group.addTask { await appWatcher.run() }
                 }
                 if let blockEvents {
                     group.addTask {
@@ -89,6 +94,7 @@ public struct DetectorService: BynarService {
                 await group.waitForAll()
             }
         }
+        await appWatcher?.shutDown()
         kernelLog?.stop()
         blockEvents?.stop()
     }

@@ -127,9 +127,7 @@ public struct NotifierService: BynarService {
                 group.addTask {
                     for await message in pools {
                         // The host is the topic's (bynar/v1/pool/{host}/{pool}), which the broker checked.
-                        let levels = message.topic.split(separator: "/")
-                        guard levels.count == 5 else { continue }
-                        let host = String(levels[3])
+                        let host = Topics.hostLevel(ofTopic: message.topic)
                         self.remember { try store.record(pool: message.payload, host: host) }
                     }
                 }

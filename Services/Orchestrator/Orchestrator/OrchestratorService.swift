@@ -79,6 +79,7 @@ public struct OrchestratorService: CoordinatedService {
         let ticketEvents = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
         let ticketStates = try await bus.subscribe(Topics.allTicketStates, as: Bynar_V1_TicketEvent.self)
         let statuses = try await bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
+        let appStates = try await bus.subscribe(Topics.allAppStates, as: Bynar_V1_AppState.self)
         let operatorCommands = try await bus.subscribe(Topics.operatorCommands, as: Bynar_V1_OperatorCommand.self)
         let keeper = MembershipKeeper()
         let hostStates = Mailbox<String>()
@@ -109,6 +110,11 @@ public struct OrchestratorService: CoordinatedService {
                     for await status in statuses {
                         let changed = await keeper.observe(status.payload, messageID: status.envelope.messageID, nowMs: Bus.nowUnixMs())
                         hostStates.post(contentsOf: Array(changed))
+                    }
+                }
+                group.addTask {
+                    for await state in appStates {
+                        await keeper.observe(app: state.payload, host: Topics.hostLevel(ofTopic: state.topic), messageID: state.envelope.messageID, nowMs: Bus.nowUnixMs())
                     }
                 }
                 group.addTask { await Self.publishHostStates(hostStates, keeper: keeper, bus: bus, board: board, gate: context.term?.mayPublish, logger: context.logger) }
@@ -169,8 +175,9 @@ public struct OrchestratorService: CoordinatedService {
     }
 }
 
-/// Hooks on host and service up/down: a second connection with a shared subscription on the
-/// service statuses, so each live birth or death goes to one orchestrator of the group
+/// Hooks on host, service and application up/down: a second connection with shared
+/// subscriptions on the service statuses and the applications' states (`bynar/v1/app/+/+`),
+/// so each live birth, death or application change goes to one orchestrator of the group
 /// (MQTT 5 sends no retained messages to shared subscriptions: start-up is not an event);
 /// the journal of handled event ids keeps a redelivery from running a hook twice.
 final class HookDispatcher: Sendable {
@@ -181,12 +188,13 @@ final class HookDispatcher: Sendable {
     let board: StatusBoard
     let bus: Bus
     let subscription: Subscription<Bynar_V1_ServiceStatus>
+    let apps: Subscription<Bynar_V1_AppState>
     let addresses: [String: String]
     /// Hook events per minute (``HookRateLimit``), across this orchestrator's handlers.
     let limit: Mutex<HookRateLimit>
 
     private init(context: ServiceContext, journal: IncidentJournal, keeper: MembershipKeeper, hostStates: Mailbox<String>, board: StatusBoard, bus: Bus,
-                 subscription: Subscription<Bynar_V1_ServiceStatus>) {
+                 subscription: Subscription<Bynar_V1_ServiceStatus>, apps: Subscription<Bynar_V1_AppState>) {
         self.context = context
         self.journal = journal
         self.keeper = keeper
@@ -194,6 +202,7 @@ final class HookDispatcher: Sendable {
         self.board = board
         self.bus = bus
         self.subscription = subscription
+        self.apps = apps
         var addresses: [String: String] = [:]
         for placement in context.config.orchestrator.hosts { if let address = placement.address { addresses[placement.host] = address } }
         self.addresses = addresses
@@ -216,13 +225,23 @@ final class HookDispatcher: Sendable {
         let bus = try Bus(config: broker, identity: context.bus.identity, logger: context.logger, announce: false)
         bus.start()
         let subscription = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allServiceStatus), as: Bynar_V1_ServiceStatus.self)
-        return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board, bus: bus, subscription: subscription)
+        let apps = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allAppStates), as: Bynar_V1_AppState.self)
+        return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board, bus: bus, subscription: subscription, apps: apps)
     }
 
     func run() async {
         _ = try? journal.pruneHookEvents(beforeMs: Bus.nowUnixMs() - 7 * 86_400_000)
         await withDiscardingTaskGroup { group in
             group.addTask { await self.reportSuppressed() }
+            group.addTask {
+                for await state in self.apps where !state.retained {
+                    let now = Bus.nowUnixMs()
+                    let transitions = await self.keeper.claim(app: state.payload, host: Topics.hostLevel(ofTopic: state.topic), messageID: state.envelope.messageID, nowMs: now)
+                    for transition in transitions {
+                        await self.handle(transition, session: 0, messageID: state.envelope.messageID, nowMs: now)
+                    }
+                }
+            }
             for await status in subscription {
                 // Retained statuses are the past (the spec sends none to shared subscriptions;
                 // this holds even for a broker that would).
@@ -231,7 +250,7 @@ final class HookDispatcher: Sendable {
                 let (transitions, changed) = await keeper.claim(status.payload, messageID: status.envelope.messageID, nowMs: now)
                 if changed { hostStates.post(status.payload.host) }
                 for transition in transitions {
-                    group.addTask { await self.handle(transition, status: status.payload, messageID: status.envelope.messageID, nowMs: now) }
+                    group.addTask { await self.handle(transition, session: status.payload.session, messageID: status.envelope.messageID, nowMs: now) }
                 }
             }
             group.cancelAll()
@@ -260,12 +279,15 @@ final class HookDispatcher: Sendable {
 
     func shutdown() async { await bus.shutdown() }
 
-    private func handle(_ transition: Membership.Transition, status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64) async {
+    private func handle(_ transition: Membership.Transition, session: UInt64, messageID: String, nowMs: Int64) async {
         let host: String, app: String, up: Bool, eventID: String
         switch transition {
         case .service(let name, let service, let isUp):
             (host, app, up) = (name, service, isUp)
-            eventID = "\(name)/\(service)/s\(status.session)/\(isUp ? "up" : "down")/\(messageID)"
+            eventID = "\(name)/\(service)/s\(session)/\(isUp ? "up" : "down")/\(messageID)"
+        case .app(let name, let application, let isUp):
+            (host, app, up) = (name, application, isUp)
+            eventID = "\(name)/app/\(application)/\(isUp ? "up" : "down")/\(messageID)"
         case .host(let name, let isUp):
             (host, app, up) = (name, "host", isUp)
             eventID = "\(name)/host/\(isUp ? "up" : "down")/\(messageID)"

@@ -24,6 +24,8 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_TicketOperatorCommand.self,
     Bynar_V1_TicketOperatorResponse.self,
     Bynar_V1_PoolState.self,
+    Bynar_V1_AppState.self,
+    Bynar_V1_AppOverride.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -52,6 +54,8 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .ticketOperatorCommand: "ticket_operator_command"
         case .ticketOperatorResponse: "ticket_operator_response"
         case .poolState: "pool_state"
+        case .appState: "app_state"
+        case .appOverride: "app_override"
         }
     }
 }
@@ -274,4 +278,24 @@ extension Bynar_V1_PoolState: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .poolState(self) }
+}
+
+extension Bynar_V1_AppState: BusPayload {
+    public static let payloadName = "app_state"
+    public static let payloadFieldNumber = 51
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .appState(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .appState(self) }
+}
+
+extension Bynar_V1_AppOverride: BusPayload {
+    public static let payloadName = "app_override"
+    public static let payloadFieldNumber = 52
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .appOverride(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .appOverride(self) }
 }

@@ -263,6 +263,22 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .poolState(newValue)}
   }
 
+  public var appState: Bynar_V1_AppState {
+    get {
+      if case .appState(let v)? = _storage._payload {return v}
+      return Bynar_V1_AppState()
+    }
+    set {_uniqueStorage()._payload = .appState(newValue)}
+  }
+
+  public var appOverride: Bynar_V1_AppOverride {
+    get {
+      if case .appOverride(let v)? = _storage._payload {return v}
+      return Bynar_V1_AppOverride()
+    }
+    set {_uniqueStorage()._payload = .appOverride(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -288,6 +304,8 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case ticketOperatorCommand(Bynar_V1_TicketOperatorCommand)
     case ticketOperatorResponse(Bynar_V1_TicketOperatorResponse)
     case poolState(Bynar_V1_PoolState)
+    case appState(Bynar_V1_AppState)
+    case appOverride(Bynar_V1_AppOverride)
 
   }
 
@@ -421,7 +439,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0\u{3}app_state\0\u{3}app_override\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -761,6 +779,32 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .poolState(v)
           }
         }()
+        case 51: try {
+          var v: Bynar_V1_AppState?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .appState(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .appState(v)
+          }
+        }()
+        case 52: try {
+          var v: Bynar_V1_AppOverride?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .appOverride(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .appOverride(v)
+          }
+        }()
         default: break
         }
       }
@@ -882,6 +926,14 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .poolState?: try {
         guard case .poolState(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 50)
+      }()
+      case .appState?: try {
+        guard case .appState(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 51)
+      }()
+      case .appOverride?: try {
+        guard case .appOverride(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
       }()
       case nil: break
       }

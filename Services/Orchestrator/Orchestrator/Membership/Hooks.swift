@@ -18,6 +18,30 @@ actor MembershipKeeper {
     private var applied: [String: (transitions: [Membership.Transition], atMs: Int64, claimed: Bool)] = [:]
     private var lastPrune: Int64 = 0
 
+    /// From the full subscription: applies an application's state (`host` from its topic).
+    func observe(app state: Bynar_V1_AppState, host: String, messageID: String, nowMs: Int64) {
+        guard applied[messageID] == nil else { return }
+        _ = record(messageID, nowMs: nowMs, claimed: false) { $0.apply(host: host, app: state.app, up: Self.up(state.health), atMs: nowMs) }
+    }
+
+    /// From the shared subscription: the application transitions this orchestrator must run hooks for.
+    func claim(app state: Bynar_V1_AppState, host: String, messageID: String, nowMs: Int64) -> [Membership.Transition] {
+        if let entry = applied[messageID] {
+            guard !entry.claimed else { return [] }
+            applied[messageID]?.claimed = true
+            return entry.transitions
+        }
+        return record(messageID, nowMs: nowMs, claimed: true) { $0.apply(host: host, app: state.app, up: Self.up(state.health), atMs: nowMs) }
+    }
+
+    static func up(_ health: Bynar_V1_AppHealth) -> Bool? {
+        switch health {
+        case .up: true
+        case .down: false
+        default: nil
+        }
+    }
+
     /// From the full subscription: applies the status; returns the hosts whose state changed.
     func observe(_ status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64) -> Set<String> {
         guard applied[messageID] == nil else { return [] }
@@ -39,7 +63,8 @@ actor MembershipKeeper {
     private func apply(_ status: Bynar_V1_ServiceStatus, messageID: String, nowMs: Int64, claimed: Bool) -> [Membership.Transition] {
         let birth = status.state == .birth
         guard birth || status.state == .death else { return [] }
-        let transitions = membership.apply(host: status.host, service: status.service, birth: birth, session: status.session, atMs: nowMs)
+        let transitions = membership.apply(host: status.host, service: status.service, birth: birth, session: status.session, atMs: nowMs,
+                                           clean: status.deathCause == .cleanShutdown)
         if birth {
             // A service's will repeats its message id on every lost connection of one run:
             // once it is back, its next death is a new event.
@@ -47,6 +72,12 @@ actor MembershipKeeper {
                 !entry.transitions.contains(.service(host: status.host, service: status.service, up: false))
             }
         }
+        return record(messageID, nowMs: nowMs, claimed: claimed) { _ in transitions }
+    }
+
+    /// Remembers the transitions `change` made for `messageID`, claimed or not.
+    private func record(_ messageID: String, nowMs: Int64, claimed: Bool, _ change: (inout Membership) -> [Membership.Transition]) -> [Membership.Transition] {
+        let transitions = change(&membership)
         applied[messageID] = (transitions, nowMs, claimed)
         if nowMs - lastPrune > 30_000 {
             lastPrune = nowMs
