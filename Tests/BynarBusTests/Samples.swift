@@ -177,8 +177,32 @@ enum Samples {
         ticketOperatorResponse.reason = "BYNAR-3 resolved by alice: disk swapped in slot 4"
         ticketOperatorResponse.ticket = ticketEvent
 
+        var pool = Bynar_V1_PoolState()
+        pool.pool = "tank"
+        pool.kind = "zfs"
+        pool.health = "DEGRADED"
+        pool.capacityPercent = 41
+        pool.writeErrors = 186
+        pool.lastScrubErrors = -1
+        pool.alarms = ["pool tank is DEGRADED"]
+        pool.members = [.with { $0.name = "sdc"; $0.state = "UNAVAIL"; $0.writeErrors = 186 }]
+
+        var app = Bynar_V1_AppState()
+        app.app = "web"
+        app.health = .down
+        app.checked = .down
+        app.check = "http GET http://127.0.0.1:8080/health expecting 200"
+        app.reason = "http://127.0.0.1:8080/health: Connection refused"
+        app.consecutiveFailures = 3
+        app.tolerance = 3
+
+        var appOverride = Bynar_V1_AppOverride()
+        appOverride.app = "web"
+        appOverride.mode = .appOverrideNg
+        appOverride.reason = "draining for a kernel update"
+
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
                 notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt,
-                ticketOperatorCommand, ticketOperatorResponse]
+                ticketOperatorCommand, ticketOperatorResponse, pool, app, appOverride]
     }
 }
