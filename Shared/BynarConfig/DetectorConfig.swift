@@ -37,6 +37,9 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Watch this host's ZFS pools (vdev states and errors, capacity, scrubs, resilvers);
     /// off when absent.
     public var zfs: DetectorZFSConfig?
+    /// Read this server's BMC over Redfish (power supplies, fans, temperatures, memory,
+    /// storage controllers and drives); off when absent.
+    public var redfish: DetectorRedfishConfig?
 
     public init() {}
 
@@ -63,6 +66,61 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
             if !(1...100).contains(zfs.capacityAlarmPercent) { problem("zfs.capacity_alarm_percent", "must be 1 to 100, got \(zfs.capacityAlarmPercent)") }
             if zfs.scrubMaxAgeDays < 0 { problem("zfs.scrub_max_age_days", "must be 0 (off) or more, got \(zfs.scrubMaxAgeDays)") }
         }
+        if let redfish { problems += redfish.validate() }
+        return problems
+    }
+}
+
+/// How the detector reads this server's BMC over Redfish (`"detector": {"redfish": {...}}`):
+/// read-only GETs under `/redfish/v1`, every `poll_seconds`.
+public struct DetectorRedfishConfig: Codable, Sendable, Equatable {
+    /// The BMC's base URL, without `/redfish/v1`: `https://10.0.0.5` or `https://bmc1:8443`.
+    public var url = ""
+    /// PEM file of the CA (or the BMC's own self-signed certificate) the BMC's certificate
+    /// must chain to; the system's trust store when absent.
+    public var caFile: String?
+    /// Accept any certificate (and plain `http://`): for a lab only; logged loudly at start.
+    public var insecure = false
+    /// File whose first line is `user:password` (the password may contain `:`).
+    public var credentialsFile = ""
+    /// `session` (log in at `/redfish/v1/SessionService/Sessions`, send `X-Auth-Token`,
+    /// log in again when it expires: what real BMCs want) or `basic` (HTTP basic on every
+    /// request).
+    public var auth = "session"
+    /// Read the BMC this often.
+    public var pollSeconds = 60
+    /// Deadline of one request (connect and answer).
+    public var timeoutSeconds = 10
+    /// A drive with this much predicted media life left or less (percent) is a warning.
+    public var lifeLeftWarningPercent = 10
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "detector.redfish." + field, problem: text)) }
+        if url.isEmpty {
+            problem("url", "is required (the BMC's base URL, https://HOST[:PORT])")
+        } else if url.hasPrefix("http://") {
+            if !insecure { problem("url", "must be https:// (plain http:// only with insecure: true), got \(url)") }
+        } else if !url.hasPrefix("https://") {
+            problem("url", "must start with https://, got \(url)")
+        } else if url.dropFirst("https://".count).isEmpty || url.contains("/redfish/") {
+            problem("url", "must be the BMC's base URL without /redfish/v1, got \(url)")
+        }
+        if let caFile {
+            if insecure { problem("ca_file", "set either ca_file or insecure, not both") }
+            if let reason = unreadable(caFile) { problem("ca_file", reason) }
+        }
+        if credentialsFile.isEmpty {
+            problem("credentials_file", "is required (a file whose first line is user:password)")
+        } else if let reason = unreadable(credentialsFile) {
+            problem("credentials_file", reason)
+        }
+        if auth != "session" && auth != "basic" { problem("auth", "must be session or basic, got \(auth)") }
+        if pollSeconds < 1 { problem("poll_seconds", "must be at least 1, got \(pollSeconds)") }
+        if timeoutSeconds < 1 { problem("timeout_seconds", "must be at least 1, got \(timeoutSeconds)") }
+        if !(0...100).contains(lifeLeftWarningPercent) { problem("life_left_warning_percent", "must be 0 to 100, got \(lifeLeftWarningPercent)") }
         return problems
     }
 }
