@@ -69,6 +69,11 @@ public struct DetectorService: BynarService {
                         await ZFSWatcher(config: zfs, engine: engine, host: context.host, logger: context.logger).run()
                     }
                 }
+                if let redfish = config.redfish {
+                    group.addTask {
+                        await RedfishWatcher(config: redfish, engine: engine, context: context).run()
+                    }
+                }
                 if let blockEvents {
                     group.addTask {
                         for await event in blockEvents.events where event.deviceType == .disk {

@@ -23,6 +23,8 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_Receipt.self,
     Bynar_V1_TicketOperatorCommand.self,
     Bynar_V1_TicketOperatorResponse.self,
+    Bynar_V1_HardwareState.self,
+    Bynar_V1_HardwareEvent.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -50,6 +52,8 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .receipt: "receipt"
         case .ticketOperatorCommand: "ticket_operator_command"
         case .ticketOperatorResponse: "ticket_operator_response"
+        case .hardwareState: "hardware_state"
+        case .hardwareEvent: "hardware_event"
         }
     }
 }
@@ -262,4 +266,24 @@ extension Bynar_V1_TicketOperatorResponse: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .ticketOperatorResponse(self) }
+}
+
+extension Bynar_V1_HardwareState: BusPayload {
+    public static let payloadName = "hardware_state"
+    public static let payloadFieldNumber = 50
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .hardwareState(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .hardwareState(self) }
+}
+
+extension Bynar_V1_HardwareEvent: BusPayload {
+    public static let payloadName = "hardware_event"
+    public static let payloadFieldNumber = 51
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .hardwareEvent(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .hardwareEvent(self) }
 }
