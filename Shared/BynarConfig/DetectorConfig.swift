@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The detector's section of the host config (`"detector": {...}`).
 public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Full check of every disk (filesystems, write probe) this often. Kernel I/O errors and
@@ -116,12 +120,25 @@ public struct DetectorRedfishConfig: Codable, Sendable, Equatable {
             problem("credentials_file", "is required (a file whose first line is user:password)")
         } else if let reason = unreadable(credentialsFile) {
             problem("credentials_file", reason)
+        } else if !Self.firstLineIsUserColonPassword(credentialsFile) {
+            problem("credentials_file", "the first line of \(credentialsFile) must be user:password")
         }
         if auth != "session" && auth != "basic" { problem("auth", "must be session or basic, got \(auth)") }
         if pollSeconds < 1 { problem("poll_seconds", "must be at least 1, got \(pollSeconds)") }
         if timeoutSeconds < 1 { problem("timeout_seconds", "must be at least 1, got \(timeoutSeconds)") }
         if !(0...100).contains(lifeLeftWarningPercent) { problem("life_left_warning_percent", "must be 0 to 100, got \(lifeLeftWarningPercent)") }
         return problems
+    }
+
+    /// Whether the file's first line has a user before a `:` (the secret itself is not kept).
+    static func firstLineIsUserColonPassword(_ path: String) -> Bool {
+        guard let file = fopen(path, "r") else { return false }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 4096)
+        guard fgets(&line, Int32(line.count), file) != nil else { return false }
+        let first = line.prefix { $0 != 0 }
+        guard let colon = first.firstIndex(of: CChar(UInt8(ascii: ":"))) else { return false }
+        return colon > 0
     }
 }
 

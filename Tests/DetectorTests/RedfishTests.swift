@@ -139,12 +139,20 @@ import Testing
         #expect(fields["detector.redfish.ca_file"]?.contains("No such file or directory") == true)
         #expect(fields["detector.redfish.credentials_file"]?.hasPrefix("is required") == true)
         #expect(fields["detector.redfish.life_left_warning_percent"] == "must be 0 to 100, got 101")
+        let directory = try makeTemporaryDirectory(prefix: "bynar-redfish-config")
+        try "bmc-user:pass:word\n".write(toFile: directory + "/good", atomically: true, encoding: .utf8)
+        try "no colon\n".write(toFile: directory + "/bad", atomically: true, encoding: .utf8)
         let plain = try #require(throws: ConfigError.self) {
-            try ConfigLoader.parse(#"{"detector": {"redfish": {"url": "http://bmc", "credentials_file": "/etc/hostname"}}}"#)
+            try ConfigLoader.parse(#"{"detector": {"redfish": {"url": "http://bmc", "credentials_file": "\#(directory)/good"}}}"#)
         }
         #expect(plain.problems.map(\.field) == ["detector.redfish.url"])
+        let badLine = try #require(throws: ConfigError.self) {
+            try ConfigLoader.parse(#"{"detector": {"redfish": {"url": "https://bmc", "credentials_file": "\#(directory)/bad"}}}"#)
+        }
+        #expect(badLine.problems.map(\.field) == ["detector.redfish.credentials_file"])
+        #expect(badLine.problems.map(\.problem) == ["the first line of \(directory)/bad must be user:password"])
         #expect(try ConfigLoader.parse("{}").detector.redfish == nil)
-        let defaults = try #require(try ConfigLoader.parse(#"{"detector": {"redfish": {"url": "https://bmc", "credentials_file": "/etc/hostname"}}}"#).detector.redfish)
+        let defaults = try #require(try ConfigLoader.parse(#"{"detector": {"redfish": {"url": "https://bmc", "credentials_file": "\#(directory)/good"}}}"#).detector.redfish)
         #expect(defaults.pollSeconds == 60 && defaults.auth == "session" && defaults.timeoutSeconds == 10 && !defaults.insecure)
     }
 }
