@@ -57,6 +57,9 @@ actor RedfishClient {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(config.timeoutSeconds)), read: .seconds(Int64(config.timeoutSeconds)))
         configuration.redirectConfiguration = .disallow
+        // One read a minute: no connection is kept open between reads (its timers and TLS
+        // state would keep code resident for nothing); the session token is kept.
+        configuration.connectionPool = .init(idleTimeout: .seconds(1))
         var tls = TLSConfiguration.makeClientConfiguration()
         if config.insecure {
             tls.certificateVerification = .none

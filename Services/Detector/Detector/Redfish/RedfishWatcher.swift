@@ -64,10 +64,13 @@ struct RedfishWatcher {
                     logger.error("cannot queue the hardware messages", metadata: ["error": "\(error)"])
                 }
             }
-            // The read touched HTTP and TLS code nothing else runs: give its pages back now,
-            // not at the next periodic trim (docs/performance.md, "Redfish poller").
+            // The read touched HTTP and TLS code nothing else runs: once its connection has
+            // closed (idle timeout 1 s), give those pages back now, not at the next periodic
+            // trim (docs/performance.md, "Redfish poller").
+            let settle = min(2, config.pollSeconds)
+            try? await Task.sleep(for: .seconds(settle))
             ResidentCode.release()
-            try? await Task.sleep(for: .seconds(config.pollSeconds))
+            try? await Task.sleep(for: .seconds(config.pollSeconds - settle))
         }
         await client.shutdown()
     }
