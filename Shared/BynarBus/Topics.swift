@@ -12,6 +12,12 @@ public enum Topics {
     public static func diskHealth(host: String, disk: String) -> String { "\(root)/disk/\(level(host))/\(level(disk))/health" }
     /// Disk state transitions on one host.
     public static func diskEvents(host: String) -> String { "\(root)/disk/\(level(host))/events" }
+    /// Retained hardware health of one host as its BMC reports it (Redfish, docs/hardware.md).
+    public static func hardwareState(host: String) -> String { "\(root)/hw/\(level(host))/state" }
+    /// Hardware part severity changes on one host.
+    public static func hardwareEvents(host: String) -> String { "\(root)/hw/\(level(host))/events" }
+    /// Every host's hardware events.
+    public static let allHardwareEvents = "\(root)/hw/+/events"
     /// Disk-manager commands for one host.
     public static func diskManagerCommands(host: String) -> String { "\(root)/dm/\(level(host))/cmd" }
     /// Disk-manager job progress on one host.

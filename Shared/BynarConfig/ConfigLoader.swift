@@ -161,6 +161,7 @@ public enum ConfigLoader {
         (["disk_manager", "zfs"], ZFSBackendConfig()),
         (["detector", "zfs"], DetectorZFSConfig()),
         (["detector", "ceph"], DetectorCephConfig()),
+        (["detector", "redfish"], DetectorRedfishConfig()),
     ]
 
     static func defaultTree() throws -> JSONValue {

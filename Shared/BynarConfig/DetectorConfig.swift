@@ -47,6 +47,9 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Peers ("host:port", TCP) this host tries when it cannot reach the broker: reaching
     /// neither, it is isolated and does not declare its apps up (PicoRed's rule).
     public var appPeers: [String] = []
+    /// Read this server's BMC over Redfish (power supplies, fans, temperatures, memory,
+    /// storage controllers and drives); off when absent.
+    public var redfish: DetectorRedfishConfig?
 
     public init() {}
 
@@ -82,6 +85,7 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
         for (index, peer) in appPeers.enumerated() where AppCheckConfig.hostPort(peer) == nil {
             problem("app_peers.\(index)", "must be host:port, got \"\(peer)\"")
         }
+        if let redfish { problems += redfish.validate() }
         return problems
     }
 }
@@ -166,6 +170,73 @@ public struct AppCheckConfig: Codable, Sendable, Equatable {
         if tolerance < 1 { return bad("tolerance", "must be at least 1, got \(tolerance)") }
         if recover < 1 { return bad("recover", "must be at least 1, got \(recover)") }
         return nil
+    }
+}
+
+/// How the detector reads this server's BMC over Redfish (`"detector": {"redfish": {...}}`):
+/// read-only GETs under `/redfish/v1`, every `poll_seconds`.
+public struct DetectorRedfishConfig: Codable, Sendable, Equatable {
+    /// The BMC's base URL, without `/redfish/v1`: `https://10.0.0.5` or `https://bmc1:8443`.
+    public var url = ""
+    /// PEM file of the CA (or the BMC's own self-signed certificate) the BMC's certificate
+    /// must chain to; the system's trust store when absent.
+    public var caFile: String?
+    /// Accept any certificate (and plain `http://`): for a lab only; logged loudly at start.
+    public var insecure = false
+    /// File whose first line is `user:password` (the password may contain `:`).
+    public var credentialsFile = ""
+    /// `session` (log in at `/redfish/v1/SessionService/Sessions`, send `X-Auth-Token`,
+    /// log in again when it expires: what real BMCs want) or `basic` (HTTP basic on every
+    /// request).
+    public var auth = "session"
+    /// Read the BMC this often.
+    public var pollSeconds = 60
+    /// Deadline of one request (connect and answer).
+    public var timeoutSeconds = 10
+    /// A drive with this much predicted media life left or less (percent) is a warning.
+    public var lifeLeftWarningPercent = 10
+
+    public init() {}
+
+    func validate() -> [FieldError] {
+        var problems: [FieldError] = []
+        func problem(_ field: String, _ text: String) { problems.append(FieldError(field: "detector.redfish." + field, problem: text)) }
+        if url.isEmpty {
+            problem("url", "is required (the BMC's base URL, https://HOST[:PORT])")
+        } else if url.hasPrefix("http://") {
+            if !insecure { problem("url", "must be https:// (plain http:// only with insecure: true), got \(url)") }
+        } else if !url.hasPrefix("https://") {
+            problem("url", "must start with https://, got \(url)")
+        } else if url.dropFirst("https://".count).isEmpty || url.contains("/redfish/") {
+            problem("url", "must be the BMC's base URL without /redfish/v1, got \(url)")
+        }
+        if let caFile {
+            if insecure { problem("ca_file", "set either ca_file or insecure, not both") }
+            if let reason = unreadable(caFile) { problem("ca_file", reason) }
+        }
+        if credentialsFile.isEmpty {
+            problem("credentials_file", "is required (a file whose first line is user:password)")
+        } else if let reason = unreadable(credentialsFile) {
+            problem("credentials_file", reason)
+        } else if !Self.firstLineIsUserColonPassword(credentialsFile) {
+            problem("credentials_file", "the first line of \(credentialsFile) must be user:password")
+        }
+        if auth != "session" && auth != "basic" { problem("auth", "must be session or basic, got \(auth)") }
+        if pollSeconds < 1 { problem("poll_seconds", "must be at least 1, got \(pollSeconds)") }
+        if timeoutSeconds < 1 { problem("timeout_seconds", "must be at least 1, got \(timeoutSeconds)") }
+        if !(0...100).contains(lifeLeftWarningPercent) { problem("life_left_warning_percent", "must be 0 to 100, got \(lifeLeftWarningPercent)") }
+        return problems
+    }
+
+    /// Whether the file's first line has a user before a `:` (the secret itself is not kept).
+    static func firstLineIsUserColonPassword(_ path: String) -> Bool {
+        guard let file = fopen(path, "r") else { return false }
+        defer { fclose(file) }
+        var line = [CChar](repeating: 0, count: 4096)
+        guard fgets(&line, Int32(line.count), file) != nil else { return false }
+        let first = line.prefix { $0 != 0 }
+        guard let colon = first.firstIndex(of: CChar(UInt8(ascii: ":"))) else { return false }
+        return colon > 0
     }
 }
 

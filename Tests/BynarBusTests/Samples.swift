@@ -201,8 +201,24 @@ enum Samples {
         appOverride.mode = .appOverrideNg
         appOverride.reason = "draining for a kernel update"
 
+        var psu = Bynar_V1_HardwarePartFinding()
+        psu.part = .with { $0.kind = "PowerSupply"; $0.id = "1"; $0.name = "PSU 2"; $0.location = "Power Supply Bay 2"; $0.serial = "1Z00002"; $0.model = "PWS-1K62A" }
+        psu.severity = .failed
+        psu.rule = "R2"
+        psu.reason = "Status.Health is Critical"
+        var hardware = Bynar_V1_HardwareState()
+        hardware.readUnixMs = 1_765_000_000_000
+        hardware.bmcReachable = true
+        hardware.partsRead = 14
+        hardware.findings = [psu]
+        var hardwareEvent = Bynar_V1_HardwareEvent()
+        hardwareEvent.finding = psu
+        hardwareEvent.from = .ok
+        hardwareEvent.to = .failed
+        hardwareEvent.atUnixMs = 1_765_000_000_000
+
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
                 notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt,
-                ticketOperatorCommand, ticketOperatorResponse, pool, app, appOverride]
+                ticketOperatorCommand, ticketOperatorResponse, pool, app, appOverride, hardware, hardwareEvent]
     }
 }

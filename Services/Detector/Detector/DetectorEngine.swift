@@ -40,6 +40,9 @@ actor DetectorEngine {
         /// What the host's ZFS pools say about this disk (``ZFSRules``): durable evidence,
         /// the pool named in each reason; empty when it is no vdev or a healthy one.
         var zfs: [DiskHealthMachine.Reason] = []
+        /// What the BMC says about this disk's drive (Redfish, matched by serial): durable
+        /// evidence; empty when the BMC does not list it or finds nothing wrong.
+        var redfish: [DiskHealthMachine.Reason] = []
         /// "ceph osd.4 (cluster east)", "zfs pool tank (vdev sdc)", for tickets.
         var inUseBy = ""
         /// When (kernel log clock) this device first showed under its kernel name: an error
@@ -320,6 +323,7 @@ actor DetectorEngine {
         slots[id]?.filesystems = findings
         slots[id]?.checkedAtMs = nowMs
         durable += slots[id]?.zfs ?? []
+        durable += slots[id]?.redfish ?? []
         let ceph = slots[id]?.ceph
         await perform(id) { $0.handle(.checked(.init(durable: durable, probeFailed: probeFailure, ceph: ceph, atMs: nowMs))) }
     }
@@ -525,6 +529,42 @@ actor DetectorEngine {
                 Task { await self.check(id) }
             }
         }
+    }
+
+    // MARK: Redfish
+
+    /// What the BMC said about its drives: a drive whose serial is a present disk's gives
+    /// that disk its findings as evidence (re-checked when they changed). Returns the disk
+    /// key of each matched drive finding, by part id: those go through the disk workflow.
+    func redfishView(_ findings: [HardwareFinding]) async -> [String: String] {
+        var matched: [String: String] = [:]
+        for (id, slot) in slots {
+            guard slot.device != nil, let serial = Self.normalizedSerial(slot.identity.serial) else { continue }
+            let mine = findings.filter { $0.part.kind == .drive && Self.normalizedSerial($0.part.serial) == serial }
+            for finding in mine { matched[finding.part.id] = slot.identity.key }
+            let reasons = mine.map { DiskHealthMachine.Reason(rule: $0.reason, severity: Self.diskSeverity($0), detail: "BMC: " + $0.detail) }
+            guard reasons != slot.redfish else { continue }
+            slots[id]?.redfish = reasons
+            logger.notice("BMC view of disk changed", metadata: ["disk": "\(slot.identity.key)", "reasons": "\(reasons.map(\.detail))"])
+            Task { await self.check(id) }
+        }
+        return matched
+    }
+
+    /// A drive the BMC calls Critical is FAILED, one predicting its failure FAILING
+    /// (replaced before it dies), a warning SUSPECT.
+    static func diskSeverity(_ finding: HardwareFinding) -> DiskHealthMachine.State {
+        switch finding.rule {
+        case "R2", "R3": .failed
+        case "R4": .failing
+        default: .suspect
+        }
+    }
+
+    /// Serials compared as BMCs and the kernel print them: trimmed, upper case.
+    static func normalizedSerial(_ serial: String?) -> String? {
+        guard let text = serial?.trimmingCharacters(in: .whitespaces).uppercased(), !text.isEmpty else { return nil }
+        return text
     }
 
     // MARK: SMART samples

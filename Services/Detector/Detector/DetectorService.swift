@@ -74,6 +74,11 @@ public struct DetectorService: BynarService {
                 if let appWatcher {
                     group.addTask { await appWatcher.run() }
                 }
+                if let redfish = config.redfish {
+                    group.addTask {
+                        await RedfishWatcher(config: redfish, engine: engine, context: context).run()
+                    }
+                }
                 if let blockEvents {
                     group.addTask {
                         for await event in blockEvents.events where event.deviceType == .disk {

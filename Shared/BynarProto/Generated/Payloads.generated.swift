@@ -26,6 +26,8 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_PoolState.self,
     Bynar_V1_AppState.self,
     Bynar_V1_AppOverride.self,
+    Bynar_V1_HardwareState.self,
+    Bynar_V1_HardwareEvent.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -56,6 +58,8 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .poolState: "pool_state"
         case .appState: "app_state"
         case .appOverride: "app_override"
+        case .hardwareState: "hardware_state"
+        case .hardwareEvent: "hardware_event"
         }
     }
 }
@@ -298,4 +302,24 @@ extension Bynar_V1_AppOverride: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .appOverride(self) }
+}
+
+extension Bynar_V1_HardwareState: BusPayload {
+    public static let payloadName = "hardware_state"
+    public static let payloadFieldNumber = 53
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .hardwareState(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .hardwareState(self) }
+}
+
+extension Bynar_V1_HardwareEvent: BusPayload {
+    public static let payloadName = "hardware_event"
+    public static let payloadFieldNumber = 54
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .hardwareEvent(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .hardwareEvent(self) }
 }

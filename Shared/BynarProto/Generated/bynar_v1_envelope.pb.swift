@@ -279,6 +279,23 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .appOverride(newValue)}
   }
 
+  /// Server hardware over Redfish (hardware.proto).
+  public var hardwareState: Bynar_V1_HardwareState {
+    get {
+      if case .hardwareState(let v)? = _storage._payload {return v}
+      return Bynar_V1_HardwareState()
+    }
+    set {_uniqueStorage()._payload = .hardwareState(newValue)}
+  }
+
+  public var hardwareEvent: Bynar_V1_HardwareEvent {
+    get {
+      if case .hardwareEvent(let v)? = _storage._payload {return v}
+      return Bynar_V1_HardwareEvent()
+    }
+    set {_uniqueStorage()._payload = .hardwareEvent(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -306,6 +323,9 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     case poolState(Bynar_V1_PoolState)
     case appState(Bynar_V1_AppState)
     case appOverride(Bynar_V1_AppOverride)
+    /// Server hardware over Redfish (hardware.proto).
+    case hardwareState(Bynar_V1_HardwareState)
+    case hardwareEvent(Bynar_V1_HardwareEvent)
 
   }
 
@@ -439,7 +459,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0\u{3}app_state\0\u{3}app_override\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0\u{3}app_state\0\u{3}app_override\0\u{3}hardware_state\0\u{3}hardware_event\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -805,6 +825,32 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .appOverride(v)
           }
         }()
+        case 53: try {
+          var v: Bynar_V1_HardwareState?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .hardwareState(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .hardwareState(v)
+          }
+        }()
+        case 54: try {
+          var v: Bynar_V1_HardwareEvent?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .hardwareEvent(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .hardwareEvent(v)
+          }
+        }()
         default: break
         }
       }
@@ -934,6 +980,14 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .appOverride?: try {
         guard case .appOverride(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 52)
+      }()
+      case .hardwareState?: try {
+        guard case .hardwareState(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 53)
+      }()
+      case .hardwareEvent?: try {
+        guard case .hardwareEvent(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
       }()
       case nil: break
       }
