@@ -14,9 +14,6 @@ struct Apps: AsyncParsableCommand {
         defaultSubcommand: List.self
     )
 
-    /// The host of an `bynar/v1/app/{host}/{app}` topic.
-    static func host(ofTopic topic: String) -> String { Topics.hostLevel(ofTopic: topic) }
-
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "One line per host and application: health, what the checks say, the override, since when, why.",
@@ -30,7 +27,7 @@ struct Apps: AsyncParsableCommand {
             try await reportingFailures {
                 try await brokerOptions.withBus(purpose: "apps") { bus in
                     let messages = try await collectRetained(bus, filters: [Topics.allAppStates], cap: retained.capDuration)
-                    let states = payloads(messages, as: Bynar_V1_AppState.self).map { (host: Apps.host(ofTopic: $0.topic), state: $0.payload) }
+                    let states = payloads(messages, as: Bynar_V1_AppState.self).map { (host: Topics.hostLevel(ofTopic: $0.topic), state: $0.payload) }
                         .sorted { ($0.host, $0.state.app) < ($1.host, $1.state.app) }
                     if retained.json {
                         for (host, state) in states {

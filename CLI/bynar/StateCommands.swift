@@ -113,7 +113,7 @@ struct Cluster: AsyncParsableCommand {
                         hosts: payloads(messages, as: Bynar_V1_HostState.self).map(\.payload),
                         health: payloads(messages, as: Bynar_V1_DiskHealth.self).map(\.payload),
                         maintenance: payloads(messages, as: Bynar_V1_MaintenanceState.self).first?.payload.windows ?? [],
-                        apps: payloads(messages, as: Bynar_V1_AppState.self).map { (Apps.host(ofTopic: $0.topic), $0.payload) }
+                        apps: payloads(messages, as: Bynar_V1_AppState.self).map { (Topics.hostLevel(ofTopic: $0.topic), $0.payload) }
                     )
                     if retained.json {
                         let encoder = JSONEncoder()

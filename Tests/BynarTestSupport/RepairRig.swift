@@ -39,6 +39,19 @@ public final class RepairRig: @unchecked Sendable {
         notifications = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
     }
 
+    /// A rig for `body`, stopped afterwards (services, stand-in, tap, directory), also when
+    /// `body` throws.
+    public static func with(prefix: String, _ body: (RepairRig) async throws -> Void) async throws {
+        let rig = try await RepairRig(prefix: prefix)
+        do {
+            try await body(rig)
+        } catch {
+            await rig.stop()
+            throw error
+        }
+        await rig.stop()
+    }
+
     /// Starts the four services; `detector` and `diskManager` are the JSON members of their
     /// sections after the rig's own. With `killingTheDiskManagerAt`, the disk-manager stops
     /// dead at that pause point (`TEST_DISK_MANAGER_PAUSE_AT`, e.g. `Remove:done`) once, is
@@ -74,21 +87,21 @@ public final class RepairRig: @unchecked Sendable {
                 }
             }
         }
-        var services: [String: ServiceProcess] = [:]
-        services["detector"] = try ServiceProcess("bynar-detector", brokerPort: broker.port, host: "h1", directory: "\(directory)/det", extraConfig: """
+        var others: [String: ServiceProcess] = [:]
+        others["detector"] = try ServiceProcess("bynar-detector", brokerPort: broker.port, host: "h1", directory: "\(directory)/det", extraConfig: """
             "detector": {"check_interval_seconds": 2, "probe_timeout_seconds": 5, \(detector)}
             """)
-        services["ticketing"] = try ServiceProcess("bynar-ticketing", brokerPort: broker.port, host: "t1", directory: "\(directory)/tic", extraConfig: """
+        others["ticketing"] = try ServiceProcess("bynar-ticketing", brokerPort: broker.port, host: "t1", directory: "\(directory)/tic", extraConfig: """
             "ticketing": {"jira": {"base_url": "\(jira.baseURL)", "project_key": "BYN", "issue_type_id": "3", "priority_id": "2",
                                    "user": "bynar-bot", "api_token": "api-token-1"},
                           "request_timeout_seconds": 5, "retry_min_seconds": 1, "retry_max_seconds": 2,
                           "follow": {"first_check_seconds": 1, "backoff_factor": 1.0, "max_interval_seconds": 1}}
             """)
-        services["orchestrator"] = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: "\(directory)/orc", extraConfig: """
+        others["orchestrator"] = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: "\(directory)/orc", extraConfig: """
             "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1}
             """)
-        lock.withLock { running.merge(services) { $1 } }
-        for service in self.services.keys.sorted() {
+        lock.withLock { running.merge(others) { $1 } }
+        for service in services.keys.sorted() {
             #expect(await window.born(service, timeout: .seconds(30)), "\(service) was not born\n\(logs())")
         }
     }

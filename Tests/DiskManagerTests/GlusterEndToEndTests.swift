@@ -47,8 +47,7 @@ struct GlusterEndToEndTests {
             written["file\(index)"] = SHA256.hash(data: data)
         }
 
-        let rig = try await RepairRig(prefix: "bynar-gluster-e2e-services")
-        do {
+        try await RepairRig.with(prefix: "bynar-gluster-e2e-services") { rig in
             try await rig.start(detector: """
                 "watch_only": [\(disks.map { "\"\($0.device)\"" }.joined(separator: ", "))]
                 """, diskManager: """
@@ -85,10 +84,6 @@ struct GlusterEndToEndTests {
             #expect(FileManager.default.fileExists(atPath: "\(mountpoint)/brick/late0"), "what was written while the brick was dead was healed onto the new one")
             try rig.expectOneOfEach(ticket)
             #expect(rig.diskManagerRestarts == (pausePoint == nil ? 0 : 1), "killed once at \(pausePoint ?? "-")")
-        } catch {
-            await rig.stop()
-            throw error
         }
-        await rig.stop()
     }
 }

@@ -34,8 +34,7 @@ struct ZFSEndToEndTests {
         try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30"])
         let before = try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"])
         let member = pool.members[1]
-        let rig = try await RepairRig(prefix: "bynar-zfs-e2e")
-        do {
+        try await RepairRig.with(prefix: "bynar-zfs-e2e") { rig in
             try await rig.start(detector: """
                 "probe": false, "read_probe": false, "fsck_interval_seconds": 0,
                 "watch_only": [\(pool.members.map { "\"\($0.device)\"" }.joined(separator: ", "))],
@@ -83,10 +82,6 @@ struct ZFSEndToEndTests {
             }
             try rig.expectOneOfEach(ticket)
             #expect(rig.diskManagerRestarts == (pausePoint == nil ? 0 : 1), "killed once at \(pausePoint ?? "-")")
-        } catch {
-            await rig.stop()
-            throw error
         }
-        await rig.stop()
     }
 }

@@ -177,12 +177,14 @@ actor DetectorEngine {
             slot.device = device
             slot.wasSystemDisk = device.isSystemDisk
             slot.identity = device.identity  // the slot holds this disk now (a replacement names the new one)
-            if !previousKey.isEmpty, previousKey != device.identity.key, !slot.zfs.isEmpty || slot.inUseBy.hasPrefix("zfs ") {
-                // What the pools said was about the disk that had this slot (a new disk in a
-                // failed vdev's slot has its name, not its state); the pools are asked again.
+            if !previousKey.isEmpty, previousKey != device.identity.key {
+                // What the pools and the BMC said was about the disk that had this slot (a new
+                // disk in a failed vdev's slot has its name, not its state): dropped, and the
+                // pools asked again; the BMC's next read matches drives by serial anew.
+                if !slot.zfs.isEmpty || slot.inUseBy.hasPrefix("zfs ") { zfsPoke.signal() }
                 slot.zfs = []
+                slot.redfish = []
                 if slot.inUseBy.hasPrefix("zfs ") { slot.inUseBy = "" }
-                zfsPoke.signal()
             }
             slots[id] = slot
             if isNew || slot.machine.state == .unknown {
