@@ -18,6 +18,8 @@ public enum Topics {
     public static func hardwareEvents(host: String) -> String { "\(root)/hw/\(level(host))/events" }
     /// Every host's hardware events.
     public static let allHardwareEvents = "\(root)/hw/+/events"
+    /// Every host's retained hardware state.
+    public static let allHardwareStates = "\(root)/hw/+/state"
     /// Disk-manager commands for one host.
     public static func diskManagerCommands(host: String) -> String { "\(root)/dm/\(level(host))/cmd" }
     /// Disk-manager job progress on one host.
@@ -127,8 +129,7 @@ public enum Topics {
         }
         if out.count > maxLevelBytes {
             // FNV-1a over the whole value: two long values that share a prefix stay apart.
-            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-            for unit in utf8 { hash = (hash ^ UInt64(unit)) &* 0x0000_0100_0000_01B3 }
+            let hash = StableHash.fnv1a(utf8)
             var cut = Array(out.prefix(maxLevelBytes - 17))
             // Never end inside a UTF-8 sequence or a %XX escape.
             while let last = cut.last, last & 0xC0 == 0x80 || last & 0xC0 == 0xC0 { cut.removeLast() }

@@ -52,6 +52,10 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
     /// A disk the detector reports MISSING (gone from its slot: the commonest death) for this
     /// long is repaired like a failed one; back within it, nothing happens. 0: at once.
     public var missingGraceSeconds = 300
+    /// A failed server part (a hardware incident, from the hosts' BMCs) that its BMC reports
+    /// healthy for this long closes its incident and its ticket; one that fails again within
+    /// it keeps the same incident and ticket (a flapping part files one ticket). 0: at once.
+    public var hardwareHealthySeconds = 300
     /// Scripts run on a host or service going up or down: `COMMAND <app> <ip> <up|down>`.
     public var hooks: [HookConfig] = []
     /// Shared-subscription group the orchestrators share hook events through (each live
@@ -236,6 +240,7 @@ public struct OrchestratorConfig: Codable, Sendable, Equatable {
         if reannounceStuckSeconds < 0 { problem("reannounce_stuck_seconds", "must be 0 (off) or more, got \(reannounceStuckSeconds)") }
         if reannounceWaitingSeconds < 0 { problem("reannounce_waiting_seconds", "must be 0 (off) or more, got \(reannounceWaitingSeconds)") }
         if missingGraceSeconds < 0 { problem("missing_grace_seconds", "must be 0 or more, got \(missingGraceSeconds)") }
+        if hardwareHealthySeconds < 0 { problem("hardware_healthy_seconds", "must be 0 or more, got \(hardwareHealthySeconds)") }
         if brake.maxOutPerCluster < 1 { problem("brake.max_out_per_cluster", "must be at least 1, got \(brake.maxOutPerCluster)") }
         if brake.maxOutPerRack < 1 { problem("brake.max_out_per_rack", "must be at least 1, got \(brake.maxOutPerRack)") }
         if maxDisksPerHost < 1 { problem("max_disks_per_host", "must be at least 1, got \(maxDisksPerHost)") }

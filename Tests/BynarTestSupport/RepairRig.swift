@@ -27,6 +27,7 @@ public final class RepairRig: @unchecked Sendable {
     /// How many times the disk-manager was killed at its pause point and started again.
     public var diskManagerRestarts: Int { lock.withLock { restarts } }
     private var restarts = 0
+    private var restartOrchestrator: (@Sendable () throws -> ServiceProcess)?
 
     public init(prefix: String) async throws {
         broker = try TestBroker()
@@ -56,7 +57,8 @@ public final class RepairRig: @unchecked Sendable {
     /// sections after the rig's own. With `killingTheDiskManagerAt`, the disk-manager stops
     /// dead at that pause point (`TEST_DISK_MANAGER_PAUSE_AT`, e.g. `Remove:done`) once, is
     /// killed there with SIGKILL and started again without it.
-    public func start(detector: String, diskManager: String, killingTheDiskManagerAt pausePoint: String? = nil) async throws {
+    /// `orchestrator`: JSON members of its section after the rig's own (empty: none).
+    public func start(detector: String, diskManager: String, orchestrator: String = "", killingTheDiskManagerAt pausePoint: String? = nil) async throws {
         for name in ["det", "dm", "tic", "orc"] {
             try FileManager.default.createDirectory(atPath: "\(directory)/\(name)", withIntermediateDirectories: true)
         }
@@ -97,13 +99,31 @@ public final class RepairRig: @unchecked Sendable {
                           "request_timeout_seconds": 5, "retry_min_seconds": 1, "retry_max_seconds": 2,
                           "follow": {"first_check_seconds": 1, "backoff_factor": 1.0, "max_interval_seconds": 1}}
             """)
-        others["orchestrator"] = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: "\(directory)/orc", extraConfig: """
-            "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1}
-            """)
+        let key = key
+        let startOrchestrator: @Sendable () throws -> ServiceProcess = {
+            try ServiceProcess("bynar-orchestrator", brokerPort: port, host: "orch", directory: "\(directory)/orc", extraConfig: """
+                "orchestrator": {"signing_key_file": "\(key.path)", "request_timeout_seconds": 10, "queue_recheck_seconds": 1\(orchestrator.isEmpty ? "" : ", " + orchestrator)}
+                """)
+        }
+        lock.withLock { restartOrchestrator = startOrchestrator }
+        others["orchestrator"] = try startOrchestrator()
         lock.withLock { running.merge(others) { $1 } }
         for service in services.keys.sorted() {
             #expect(await window.born(service, timeout: .seconds(30)), "\(service) was not born\n\(logs())")
         }
+    }
+
+    /// Kills the orchestrator with SIGKILL (a crash) and starts it again on the same journal;
+    /// returns once its new session is born.
+    public func crashOrchestrator() async throws {
+        let (old, start) = lock.withLock { (running["orchestrator"], restartOrchestrator) }
+        guard let old, let start else { throw TestSupportError("the rig's orchestrator was never started") }
+        let births = window.statuses.all.filter { $0.payload.service == "orchestrator" && $0.payload.state == .birth }.count
+        old.signal(SIGKILL)
+        let next = try start()
+        lock.withLock { running["orchestrator"] = next }
+        #expect(await window.statuses.wait(timeout: .seconds(30)) { $0.filter { $0.payload.service == "orchestrator" && $0.payload.state == .birth }.count > births },
+                "the orchestrator was not born again\n\(next.log)")
     }
 
     /// The tail of every service's log, for a failed expectation.

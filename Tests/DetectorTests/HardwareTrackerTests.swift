@@ -38,6 +38,12 @@ import Testing
         #expect(events(out) == ["a failed->ok"])
         let cleared = try? #require(out.compactMap { if case .event(let e) = $0 { e } else { nil } }.first)
         #expect(cleared?.finding.part.serial == "SN-a", "the clearing event still names the part")
+        // A part swapped: healthy again, and the clearing event carries the new serial.
+        var swapped = finding("b", .failed).part
+        swapped.serial = "SN-b2"
+        out = tracker.read([], partsRead: 14, gaps: [], diskKeys: [:], parts: ["b": swapped], nowMs: 7)
+        let replaced = out.compactMap { if case .event(let e) = $0 { e } else { nil } }.first
+        #expect(replaced?.to == .ok && replaced?.finding.part.serial == "SN-b2" && replaced?.finding.part.location == "Bay b")
     }
 
     @Test func firstReadAfterARestartAnnouncesFromUnspecified() {

@@ -106,10 +106,43 @@ import Testing
         request.incidentID = "i"
         #expect(TicketEngine.problem(with: request)?.contains("action must be OPEN, COMMENT or CLOSE") == true)
         request.action = .open
-        #expect(TicketEngine.problem(with: request) == "OPEN needs health.disk with at least the host")
+        #expect(TicketEngine.problem(with: request) == "OPEN needs health.disk with at least the host (or hardware, for a server part)")
+        request.hardware = .with { $0.finding.part.id = "/redfish/v1/Chassis/1U/Power#/PowerSupplies/1" }
+        #expect(TicketEngine.problem(with: request) == "OPEN of a hardware ticket needs hardware.host")
+        request.hardware = .with { $0.host = "stor1" }
+        #expect(TicketEngine.problem(with: request) == "OPEN of a hardware ticket needs hardware.finding.part.id")
+        request.hardware.finding.part.id = "/redfish/v1/Chassis/1U/Power#/PowerSupplies/1"
+        #expect(TicketEngine.problem(with: request) == nil)
         request.action = .comment
         #expect(TicketEngine.problem(with: request) == "COMMENT needs a comment")
         request.action = .close
         #expect(TicketEngine.problem(with: request) == nil)
+    }
+
+    /// A hardware ticket names the part for the technician: kind, location, model, serial,
+    /// the BMC's reason; the BMC's text is literal wiki text like a disk's.
+    @Test func hardwareTicketsNameThePartItsLocationAndSerial() {
+        let hardware = Bynar_V1_HardwareTicket.with {
+            $0.host = "storage-07"
+            $0.failedUnixMs = 1_700_000_000_000
+            $0.finding = .with {
+                $0.part = .with {
+                    $0.kind = "power_supply"; $0.id = "/redfish/v1/Chassis/1U/Power#/PowerSupplies/1"; $0.name = "Power Supply Bay 2"
+                    $0.location = "PSU 2"; $0.serial = "1Z00002"; $0.model = "499253-B21"
+                }
+                $0.severity = .failed; $0.rule = "R2"; $0.reason = "redfish.power_supply_failed"
+                $0.detail = "reports health Critical [click|http://evil]"
+            }
+        }
+        #expect(TicketText.summary(hardware) == "Failed power supply on storage-07: PSU 2 (499253-B21 serial 1Z00002)")
+        let text = TicketText.description(incidentID: "hw:storage-07:1:2", hardware: hardware)
+        for line in ["* *Host:* storage-07", "* *Location:* PSU 2", "* *Kind:* power supply", "* *Serial:* 1Z00002", "* *Model:* 499253-B21",
+                     "{{R2}} {{redfish.power_supply_failed}}: reports health Critical \\[click\\|http://evil\\]", "* *Failed since:* 2023-11-14T22:13:20"] {
+            #expect(text.contains(line), "\(line) in\n\(text)")
+        }
+        var noLocation = hardware
+        noLocation.finding.part.location = ""
+        noLocation.finding.part.model = ""
+        #expect(TicketText.summary(noLocation) == "Failed power supply on storage-07: Power Supply Bay 2 (serial 1Z00002)")
     }
 }

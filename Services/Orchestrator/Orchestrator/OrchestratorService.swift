@@ -72,6 +72,9 @@ public struct OrchestratorService: CoordinatedService {
         let engine = try await RepairEngine(config: config, journal: journal, bus: bus, outbox: context.outbox, client: client, operatorVerifier: operatorVerifier,
                                             board: board, logger: context.logger)
         let inputs = engine.inputs
+        let hardware = try HardwareEngine(journal: journal, outbox: context.outbox, healthySeconds: config.hardwareHealthySeconds,
+                                          ticketReceiptSeconds: config.ticketReceiptSeconds, logger: context.logger)
+        let hardwareInputs = hardware.inputs
 
         let diskEvents = try await bus.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self)
         let diskHealth = try await bus.subscribe(Topics.diskHealth(host: "+", disk: "+"), as: Bynar_V1_DiskHealth.self)
@@ -80,6 +83,8 @@ public struct OrchestratorService: CoordinatedService {
         let ticketStates = try await bus.subscribe(Topics.allTicketStates, as: Bynar_V1_TicketEvent.self)
         let statuses = try await bus.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self)
         let appStates = try await bus.subscribe(Topics.allAppStates, as: Bynar_V1_AppState.self)
+        let hardwareStates = try await bus.subscribe(Topics.allHardwareStates, as: Bynar_V1_HardwareState.self)
+        let hardwareEvents = try await bus.subscribe(Topics.allHardwareEvents, as: Bynar_V1_HardwareEvent.self)
         let operatorCommands = try await bus.subscribe(Topics.operatorCommands, as: Bynar_V1_OperatorCommand.self)
         let keeper = MembershipKeeper()
         let hostStates = Mailbox<String>()
@@ -94,17 +99,25 @@ public struct OrchestratorService: CoordinatedService {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await engine.run() }
+                group.addTask { await hardware.run() }
                 group.addTask {
+                    var ticks = 0
                     while !Task.isCancelled {
                         try? await Task.sleep(for: .milliseconds(250))
                         inputs.post(.tick)
+                        ticks += 1
+                        if ticks % 4 == 0 { hardwareInputs.post(.tick) }
                     }
                 }
+                // The host of a hardware report is the topic's (the broker checked it).
+                group.addTask { for await state in hardwareStates { hardwareInputs.post(.state(host: Topics.hostLevel(ofTopic: state.topic), state.payload)) } }
+                group.addTask { for await event in hardwareEvents { hardwareInputs.post(.event(host: Topics.hostLevel(ofTopic: event.topic), event.payload)) } }
                 group.addTask { for await event in diskEvents { inputs.post(.diskEvent(event.payload)) } }
                 group.addTask { for await health in diskHealth { inputs.post(.diskHealth(health.payload, retained: health.retained)) } }
                 group.addTask { for await job in progress { inputs.post(.jobProgress(job.payload)) } }
-                group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)) } }
-                group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)) } }
+                // Each workflow takes the ticket events of its own incidents and ignores the rest.
+                group.addTask { for await ticket in ticketEvents { inputs.post(.ticket(ticket.payload)); hardwareInputs.post(.ticket(ticket.payload)) } }
+                group.addTask { for await ticket in ticketStates { inputs.post(.ticket(ticket.payload)); hardwareInputs.post(.ticket(ticket.payload)) } }
                 group.addTask { for await command in operatorCommands { inputs.post(.operatorCommand(command)) } }
                 group.addTask {
                     for await status in statuses {

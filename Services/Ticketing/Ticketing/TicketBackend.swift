@@ -32,8 +32,10 @@ public struct NewTicket: Sendable, Equatable {
     public var description: String
     /// The configured labels plus the incident's own (``TicketText/incidentLabel(_:)``).
     public var labels: [String]
-    /// What the ticket is about, as the orchestrator sent it.
+    /// What the ticket is about, as the orchestrator sent it: a disk's health, or (a
+    /// hardware incident) a failed server part.
     public var health: Bynar_V1_DiskHealth
+    public var hardware: Bynar_V1_HardwareTicket?
 }
 
 /// A filed ticket.

@@ -93,7 +93,12 @@ final class TicketEngine: Sendable {
         if request.incidentID.utf8.count > 200 { return "incident_id is longer than 200 bytes" }
         switch request.action {
         case .open:
-            if !request.hasHealth || request.health.disk.host.isEmpty { return "OPEN needs health.disk with at least the host" }
+            if request.hasHardware {
+                if request.hardware.host.isEmpty { return "OPEN of a hardware ticket needs hardware.host" }
+                if request.hardware.finding.part.id.isEmpty { return "OPEN of a hardware ticket needs hardware.finding.part.id" }
+            } else if !request.hasHealth || request.health.disk.host.isEmpty {
+                return "OPEN needs health.disk with at least the host (or hardware, for a server part)"
+            }
         case .comment:
             if request.comment.trimmedWhitespace.isEmpty { return "COMMENT needs a comment" }
         case .close:
@@ -302,9 +307,12 @@ final class TicketEngine: Sendable {
         var labels = (backend.name == "jira" ? jiraLabels : [])
         labels.append(TicketText.incidentLabel(incident))
         let ticket = NewTicket(
-            incidentID: incident, summary: TicketText.summary(request.health),
-            description: TicketText.description(incidentID: incident, health: request.health),
-            labels: labels, health: request.health
+            incidentID: incident,
+            summary: request.hasHardware ? TicketText.summary(request.hardware) : TicketText.summary(request.health),
+            description: request.hasHardware
+                ? TicketText.description(incidentID: incident, hardware: request.hardware)
+                : TicketText.description(incidentID: incident, health: request.health),
+            labels: labels, health: request.health, hardware: request.hasHardware ? request.hardware : nil
         )
         let created = try await backend.create(ticket)
         // Recorded at once: the window in which a crash loses the key is this one write.
@@ -540,6 +548,8 @@ final class TicketEngine: Sendable {
         if request.hasHealth {
             note.host = request.health.disk.host
             note.disk = request.health.disk
+        } else if request.hasHardware {
+            note.host = request.hardware.host
         }
         return note
     }

@@ -1,3 +1,4 @@
+import BynarConfig
 public import BynarProto
 
 /// What a ticket says: written for the technician who walks to the rack.
@@ -29,41 +30,87 @@ public enum TicketText {
     /// Everything a technician needs, in JIRA wiki markup (plain enough for any backend).
     public static func description(incidentID: String, health: Bynar_V1_DiskHealth) -> String {
         let disk = health.disk
-        var lines: [String] = []
-        lines.append("Bynar found a disk that needs replacing. Bynar takes it out of service before a technician is needed, and puts the new disk into service once it is in the slot.")
-        lines.append("")
-        lines.append("h3. Where")
-        func row(_ name: String, _ value: String) { lines.append("* *\(name):* \(value.isEmpty ? "unknown" : wiki(value))") }
-        row("Host", disk.host)
-        row("Location", disk.location)
-        row("Slot (by-path)", disk.byPath)
-        row("Device", disk.devPath)
-        lines.append("")
-        lines.append("h3. Which disk")
-        row("Model", [disk.vendor, disk.model].filter { !$0.isEmpty }.joined(separator: " "))
-        row("Serial", disk.serial)
-        row("WWN", disk.wwn)
-        row("Size", disk.sizeBytes == 0 ? "" : sizeText(disk.sizeBytes))
-        row("Firmware", disk.firmware)
-        if !health.inUseBy.isEmpty { row("In use by", health.inUseBy) }
-        lines.append("")
-        lines.append("h3. Why")
-        row("Verdict", health.state.readableName)
-        if health.reasons.isEmpty { lines.append("* (the detector gave no reasons)") }
+        var text = Lines("Bynar found a disk that needs replacing. Bynar takes it out of service before a technician is needed, and puts the new disk into service once it is in the slot.")
+        text.section("Where")
+        text.row("Host", disk.host)
+        text.row("Location", disk.location)
+        text.row("Slot (by-path)", disk.byPath)
+        text.row("Device", disk.devPath)
+        text.section("Which disk")
+        text.row("Model", [disk.vendor, disk.model].filter { !$0.isEmpty }.joined(separator: " "))
+        text.row("Serial", disk.serial)
+        text.row("WWN", disk.wwn)
+        text.row("Size", disk.sizeBytes == 0 ? "" : sizeText(disk.sizeBytes))
+        text.row("Firmware", disk.firmware)
+        if !health.inUseBy.isEmpty { text.row("In use by", health.inUseBy) }
+        text.section("Why")
+        text.row("Verdict", health.state.readableName)
+        if health.reasons.isEmpty { text.add("* (the detector gave no reasons)") }
         for reason in health.reasons {
-            lines.append("* {{\(wiki(reason.rule))}} (\(reason.severity.readableName)): \(wiki(reason.detail))")
+            text.add("* {{\(wiki(reason.rule))}} (\(reason.severity.readableName)): \(wiki(reason.detail))")
         }
         for finding in health.filesystems {
-            lines.append("* filesystem \(wiki(finding.mountpoint)) (\(wiki(finding.filesystem))): \(wiki(finding.detail))")
+            text.add("* filesystem \(wiki(finding.mountpoint)) (\(wiki(finding.filesystem))): \(wiki(finding.detail))")
         }
         if health.hasSmart, health.smart.available {
-            lines.append("")
-            lines.append("h3. SMART")
-            lines.append(wiki(smartSummary(health.smart)))
+            text.section("SMART")
+            text.add(wiki(smartSummary(health.smart)))
         }
-        lines.append("")
-        lines.append("Bynar incident {{\(wiki(incidentID))}}. Bynar follows this ticket and closes it once the new disk is in service.")
-        return lines.joined(separator: "\n")
+        text.add("")
+        text.add("Bynar incident {{\(wiki(incidentID))}}. Bynar follows this ticket and closes it once the new disk is in service.")
+        return text.joined
+    }
+
+    /// A ticket's description as it is written: an introduction, then sections of rows.
+    struct Lines {
+        private var lines: [String]
+        init(_ introduction: String) { lines = [introduction] }
+        mutating func section(_ heading: String) { lines += ["", "h3. \(heading)"] }
+        /// "* *Name:* value", the value literal text ("unknown" when empty).
+        mutating func row(_ name: String, _ value: String) { lines.append("* *\(name):* \(value.isEmpty ? "unknown" : TicketText.wiki(value))") }
+        mutating func add(_ line: String) { lines.append(line) }
+        var joined: String { lines.joined(separator: "\n") }
+    }
+
+    /// One line naming host and part: "Failed power supply on storage-07: PSU 2 (PWS-1K22A-1R serial P1K2)".
+    public static func summary(_ hardware: Bynar_V1_HardwareTicket) -> String {
+        let part = hardware.finding.part
+        let host = hardware.host.isEmpty ? "unknown host" : hardware.host
+        var what: [String] = []
+        if !part.model.isEmpty { what.append(part.model) }
+        if !part.serial.isEmpty { what.append("serial \(part.serial)") }
+        let place = !part.location.isEmpty ? part.location : (!part.name.isEmpty ? part.name : part.id)
+        let verb = hardware.finding.severity == .failed ? "Failed" : "Failing"
+        let line = oneLine("\(verb) \(partKind(part.kind)) on \(host): \(place)" + (what.isEmpty ? "" : " (\(what.joined(separator: " ")))"))
+        return line.count <= 255 ? line : String(line.prefix(254)) + "…"
+    }
+
+    /// What a technician needs to find and replace a failed server part.
+    public static func description(incidentID: String, hardware: Bynar_V1_HardwareTicket) -> String {
+        let finding = hardware.finding
+        let part = finding.part
+        var text = Lines("The server's BMC reports a failed part. Bynar takes no action on the server for it: a technician replaces the part. Bynar closes this ticket once the BMC reports the part healthy again.")
+        text.section("Where")
+        text.row("Host", hardware.host)
+        text.row("Location", part.location)
+        text.section("Which part")
+        text.row("Kind", partKind(part.kind))
+        text.row("Name", part.name)
+        text.row("Model", part.model)
+        text.row("Serial", part.serial)
+        text.row("Redfish resource", part.id)
+        text.section("Why")
+        text.row("Verdict", finding.severity == .failed ? "failed" : finding.severity == .warning ? "warning" : "unknown")
+        text.add("* {{\(wiki(finding.rule))}} {{\(wiki(finding.reason))}}: \(wiki(finding.detail))")
+        if hardware.failedUnixMs > 0 { text.row("Failed since", UTCTime.iso8601(unixMs: hardware.failedUnixMs)) }
+        text.add("")
+        text.add("Bynar incident {{\(wiki(incidentID))}}.")
+        return text.joined
+    }
+
+    /// "power_supply" as a person says it ("power supply").
+    static func partKind(_ kind: String) -> String {
+        kind.isEmpty ? "part" : kind.split(separator: "_").joined(separator: " ")
     }
 
     /// `text` as literal text in JIRA wiki markup: on one line (a value from a disk or a

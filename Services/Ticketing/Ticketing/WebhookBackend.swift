@@ -10,7 +10,8 @@ import Foundation
 /// systems Bynar has no backend for (a small adapter on the other side files the ticket).
 ///
 /// Body: `{"action": "open"|"comment"|"close", "incident_id", "ticket_key", "summary",
-/// "description", "labels", "host", "disk": {...}, "text"}`, with the header
+/// "description", "labels", "host", "disk": {...}, "part": {...}, "text"}` (`part`, for a
+/// failed server part: kind, id, name, location, serial, model, rule, reason, detail), with the header
 /// `Idempotency-Key: <label>-<action>` so a receiver can drop repeats.
 /// The answer to "open" may be JSON `{"key": "...", "url": "..."}`; otherwise the ticket is
 /// known as `webhook-<incident>`.
@@ -43,7 +44,12 @@ public struct WebhookBackend: TicketBackend {
         var labels: [String]?
         var host: String?
         var disk: Disk?
+        var part: Part?
         var text: String?
+    }
+
+    struct Part: Encodable {
+        var kind, id, name, location, serial, model, rule, reason, detail: String
     }
 
     struct Answer: Decodable {
@@ -60,12 +66,18 @@ public struct WebhookBackend: TicketBackend {
 
     public func create(_ ticket: NewTicket) async throws(TicketBackendError) -> TicketRef {
         let disk = ticket.health.disk
-        let reply = try await post(Body(
-            action: "open", incidentId: ticket.incidentID, summary: ticket.summary, description: ticket.description,
-            labels: ticket.labels, host: disk.host,
-            disk: .init(host: disk.host, serial: disk.serial, model: disk.model, wwn: disk.wwn, byPath: disk.byPath,
-                        location: disk.location, devPath: disk.devPath, sizeBytes: disk.sizeBytes)
-        ), key: TicketText.incidentLabel(ticket.incidentID) + "-open")
+        var body = Body(action: "open", incidentId: ticket.incidentID, summary: ticket.summary, description: ticket.description, labels: ticket.labels)
+        if let hardware = ticket.hardware {
+            let finding = hardware.finding, part = finding.part
+            body.host = hardware.host
+            body.part = Part(kind: part.kind, id: part.id, name: part.name, location: part.location, serial: part.serial, model: part.model,
+                             rule: finding.rule, reason: finding.reason, detail: finding.detail)
+        } else {
+            body.host = disk.host
+            body.disk = .init(host: disk.host, serial: disk.serial, model: disk.model, wwn: disk.wwn, byPath: disk.byPath,
+                              location: disk.location, devPath: disk.devPath, sizeBytes: disk.sizeBytes)
+        }
+        let reply = try await post(body, key: TicketText.incidentLabel(ticket.incidentID) + "-open")
         let answer = try? JSONDecoder().decode(Answer.self, from: Data(reply.body))
         let key = answer?.key.flatMap { $0.isEmpty ? nil : $0 } ?? "webhook-\(ticket.incidentID)"
         return TicketRef(key: key, number: 0, url: answer?.url ?? "")
@@ -74,17 +86,7 @@ public struct WebhookBackend: TicketBackend {
     public func find(incidentID: String) async throws(TicketBackendError) -> [TicketRef] { [] }
 
     public func comment(key: String, text: String) async throws(TicketBackendError) {
-        _ = try await post(Body(action: "comment", incidentId: "", ticketKey: key, text: text), key: "\(key)-comment-\(Self.fnv1a(text))")
-    }
-
-    /// A hash that is the same in every process (Swift's `hashValue` is seeded per run).
-    static func fnv1a(_ text: String) -> String {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 {
-            hash ^= UInt64(byte)
-            hash &*= 0x100_0000_01b3
-        }
-        return String(hash, radix: 16)
+        _ = try await post(Body(action: "comment", incidentId: "", ticketKey: key, text: text), key: "\(key)-comment-\(StableHash.hex(text))")
     }
 
     public func close(key: String) async throws(TicketBackendError) {

@@ -69,28 +69,51 @@ public nonisolated enum Bynar_V1_TicketState: SwiftProtobuf.Enum, Swift.CaseIter
 }
 
 /// Orchestrator -> ticketing, on bynar/v1/ticket/cmd (shared subscription).
-public nonisolated struct Bynar_V1_TicketRequest: Sendable {
+public nonisolated struct Bynar_V1_TicketRequest: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var incidentID: String = String()
+  public var incidentID: String {
+    get {_storage._incidentID}
+    set {_uniqueStorage()._incidentID = newValue}
+  }
 
-  public var action: Bynar_V1_TicketRequest.Action = .unspecified
+  public var action: Bynar_V1_TicketRequest.Action {
+    get {_storage._action}
+    set {_uniqueStorage()._action = newValue}
+  }
 
   public var health: Bynar_V1_DiskHealth {
-    get {_health ?? Bynar_V1_DiskHealth()}
-    set {_health = newValue}
+    get {_storage._health ?? Bynar_V1_DiskHealth()}
+    set {_uniqueStorage()._health = newValue}
   }
   /// Returns true if `health` has been explicitly set.
-  public var hasHealth: Bool {self._health != nil}
+  public var hasHealth: Bool {_storage._health != nil}
   /// Clears the value of `health`. Subsequent reads from it will return its default value.
-  public mutating func clearHealth() {self._health = nil}
+  public mutating func clearHealth() {_uniqueStorage()._health = nil}
 
   /// For COMMENT and CLOSE.
-  public var comment: String = String()
+  public var comment: String {
+    get {_storage._comment}
+    set {_uniqueStorage()._comment = newValue}
+  }
 
-  public var ticketKey: String = String()
+  public var ticketKey: String {
+    get {_storage._ticketKey}
+    set {_uniqueStorage()._ticketKey = newValue}
+  }
+
+  /// Set instead of `health` when the ticket is for a server part that is not a disk Bynar
+  /// manages (a hardware incident, docs/hardware.md): the technician replaces the part.
+  public var hardware: Bynar_V1_HardwareTicket {
+    get {_storage._hardware ?? Bynar_V1_HardwareTicket()}
+    set {_uniqueStorage()._hardware = newValue}
+  }
+  /// Returns true if `hardware` has been explicitly set.
+  public var hasHardware: Bool {_storage._hardware != nil}
+  /// Clears the value of `hardware`. Subsequent reads from it will return its default value.
+  public mutating func clearHardware() {_uniqueStorage()._hardware = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -138,7 +161,35 @@ public nonisolated struct Bynar_V1_TicketRequest: Sendable {
 
   public init() {}
 
-  fileprivate var _health: Bynar_V1_DiskHealth? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A failed server part, as the host's BMC reported it, for a technician.
+public nonisolated struct Bynar_V1_HardwareTicket: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The host whose BMC reported it: the topic's (bynar/v1/hw/{host}/...), never a field's.
+  public var host: String = String()
+
+  public var finding: Bynar_V1_HardwarePartFinding {
+    get {_finding ?? Bynar_V1_HardwarePartFinding()}
+    set {_finding = newValue}
+  }
+  /// Returns true if `finding` has been explicitly set.
+  public var hasFinding: Bool {self._finding != nil}
+  /// Clears the value of `finding`. Subsequent reads from it will return its default value.
+  public mutating func clearFinding() {self._finding = nil}
+
+  /// When the orchestrator first saw the part failed (unix ms).
+  public var failedUnixMs: Int64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _finding: Bynar_V1_HardwarePartFinding? = nil
 }
 
 /// Reply to a TicketRequest sent with a response topic.
@@ -291,7 +342,116 @@ nonisolated extension Bynar_V1_TicketState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension Bynar_V1_TicketRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TicketRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}incident_id\0\u{1}action\0\u{1}health\0\u{1}comment\0\u{3}ticket_key\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}incident_id\0\u{1}action\0\u{1}health\0\u{1}comment\0\u{3}ticket_key\0\u{1}hardware\0")
+
+  fileprivate class _StorageClass {
+    var _incidentID: String = String()
+    var _action: Bynar_V1_TicketRequest.Action = .unspecified
+    var _health: Bynar_V1_DiskHealth? = nil
+    var _comment: String = String()
+    var _ticketKey: String = String()
+    var _hardware: Bynar_V1_HardwareTicket? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _incidentID = source._incidentID
+      _action = source._action
+      _health = source._health
+      _comment = source._comment
+      _ticketKey = source._ticketKey
+      _hardware = source._hardware
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._incidentID) }()
+        case 2: try { try decoder.decodeSingularEnumField(value: &_storage._action) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._health) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._comment) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._ticketKey) }()
+        case 6: try { try decoder.decodeSingularMessageField(value: &_storage._hardware) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._incidentID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._incidentID, fieldNumber: 1)
+      }
+      if _storage._action != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._action, fieldNumber: 2)
+      }
+      try { if let v = _storage._health {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      if !_storage._comment.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._comment, fieldNumber: 4)
+      }
+      if !_storage._ticketKey.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._ticketKey, fieldNumber: 5)
+      }
+      try { if let v = _storage._hardware {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Bynar_V1_TicketRequest, rhs: Bynar_V1_TicketRequest) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._incidentID != rhs_storage._incidentID {return false}
+        if _storage._action != rhs_storage._action {return false}
+        if _storage._health != rhs_storage._health {return false}
+        if _storage._comment != rhs_storage._comment {return false}
+        if _storage._ticketKey != rhs_storage._ticketKey {return false}
+        if _storage._hardware != rhs_storage._hardware {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Bynar_V1_TicketRequest.Action: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ACTION_UNSPECIFIED\0\u{1}ACTION_OPEN\0\u{1}ACTION_COMMENT\0\u{1}ACTION_CLOSE\0")
+}
+
+nonisolated extension Bynar_V1_HardwareTicket: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HardwareTicket"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}host\0\u{1}finding\0\u{3}failed_unix_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -299,11 +459,9 @@ nonisolated extension Bynar_V1_TicketRequest: SwiftProtobuf.Message, SwiftProtob
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.incidentID) }()
-      case 2: try { try decoder.decodeSingularEnumField(value: &self.action) }()
-      case 3: try { try decoder.decodeSingularMessageField(value: &self._health) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.comment) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.ticketKey) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.host) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._finding) }()
+      case 3: try { try decoder.decodeSingularInt64Field(value: &self.failedUnixMs) }()
       default: break
       }
     }
@@ -314,37 +472,25 @@ nonisolated extension Bynar_V1_TicketRequest: SwiftProtobuf.Message, SwiftProtob
     // allocates stack space for every if/case branch local when no optimizations
     // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
     // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.incidentID.isEmpty {
-      try visitor.visitSingularStringField(value: self.incidentID, fieldNumber: 1)
+    if !self.host.isEmpty {
+      try visitor.visitSingularStringField(value: self.host, fieldNumber: 1)
     }
-    if self.action != .unspecified {
-      try visitor.visitSingularEnumField(value: self.action, fieldNumber: 2)
-    }
-    try { if let v = self._health {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    try { if let v = self._finding {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
     } }()
-    if !self.comment.isEmpty {
-      try visitor.visitSingularStringField(value: self.comment, fieldNumber: 4)
-    }
-    if !self.ticketKey.isEmpty {
-      try visitor.visitSingularStringField(value: self.ticketKey, fieldNumber: 5)
+    if self.failedUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.failedUnixMs, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Bynar_V1_TicketRequest, rhs: Bynar_V1_TicketRequest) -> Bool {
-    if lhs.incidentID != rhs.incidentID {return false}
-    if lhs.action != rhs.action {return false}
-    if lhs._health != rhs._health {return false}
-    if lhs.comment != rhs.comment {return false}
-    if lhs.ticketKey != rhs.ticketKey {return false}
+  public static func ==(lhs: Bynar_V1_HardwareTicket, rhs: Bynar_V1_HardwareTicket) -> Bool {
+    if lhs.host != rhs.host {return false}
+    if lhs._finding != rhs._finding {return false}
+    if lhs.failedUnixMs != rhs.failedUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
-}
-
-nonisolated extension Bynar_V1_TicketRequest.Action: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ACTION_UNSPECIFIED\0\u{1}ACTION_OPEN\0\u{1}ACTION_COMMENT\0\u{1}ACTION_CLOSE\0")
 }
 
 nonisolated extension Bynar_V1_TicketResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {

@@ -4,7 +4,8 @@ import BynarProto
 /// failure), says what to publish. Rules:
 ///
 /// - T1 A part whose severity changed since the last good read (a new finding, a changed
-///   one, or one gone: `to` OK) gives one ``HardwareEvent``; an unchanged part gives none.
+///   one, or one gone: `to` OK, with the part's serial and model as read now) gives one
+///   ``HardwareEvent``; an unchanged part gives none.
 /// - T2 The retained ``HardwareState`` is published when the findings, the drive matches,
 ///   the reachability or the error changed, not on every read.
 /// - T3 A failed read keeps the last good findings (a BMC that does not answer is no
@@ -24,8 +25,11 @@ struct HardwareTracker: Sendable {
         case state(Bynar_V1_HardwareState)
     }
 
-    /// A good read: its findings, each drive's disk key (by part id) when it is a managed disk.
-    mutating func read(_ found: [HardwareFinding], partsRead: Int, gaps: [String], diskKeys: [String: String], nowMs: Int64) -> [Output] {
+    /// A good read: its findings, each drive's disk key (by part id) when it is a managed disk,
+    /// and every part read (by id): a part whose finding is gone is reported back to OK as it
+    /// reads now (a swapped part's new serial tells the technician's work from a recovery).
+    mutating func read(_ found: [HardwareFinding], partsRead: Int, gaps: [String], diskKeys: [String: String], parts: [String: HardwarePart] = [:],
+                       nowMs: Int64) -> [Output] {
         var next: [String: Bynar_V1_HardwarePartFinding] = [:]
         for finding in found {
             next[finding.part.id] = Self.message(finding, diskKey: diskKeys[finding.part.id] ?? "")
@@ -37,6 +41,10 @@ struct HardwareTracker: Sendable {
             if before == after { continue }
             var event = Bynar_V1_HardwareEvent()
             event.finding = after ?? before!
+            if after == nil, let now = parts[id] {
+                event.finding.part.serial = now.serial ?? ""
+                event.finding.part.model = now.model ?? ""
+            }
             event.from = before?.severity ?? (published ? .ok : .unspecified)
             event.to = after?.severity ?? .ok
             event.atUnixMs = nowMs

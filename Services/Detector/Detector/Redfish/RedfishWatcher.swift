@@ -37,7 +37,8 @@ struct RedfishWatcher {
                 let reading = try await reader.read()
                 let findings = judge.judge(reading.parts)
                 let diskKeys = await engine.redfishView(findings)
-                outputs = tracker.read(findings, partsRead: reading.parts.count, gaps: reading.gaps, diskKeys: diskKeys, nowMs: nowMs)
+                let parts = Dictionary(reading.parts.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+                outputs = tracker.read(findings, partsRead: reading.parts.count, gaps: reading.gaps, diskKeys: diskKeys, parts: parts, nowMs: nowMs)
                 if failing { logger.notice("the BMC answers again", metadata: ["url": "\(config.url)"]) }
                 failing = false
             } catch {

@@ -97,7 +97,52 @@ public struct IncidentJournal: Sendable {
             }
             try db.create(index: "orchestrator_incident_step_incident", on: "orchestrator_incident_step", columns: ["incident_id"])
         },
+        LocalStore.Migration("orchestrator-v5: hardware incidents") { db in
+            try db.create(table: "orchestrator_hardware_incident") { table in
+                table.primaryKey("id", .text)
+                table.column("host", .text).notNull()
+                table.column("part_id", .text).notNull()
+                table.column("open", .boolean).notNull()
+                table.column("record", .blob).notNull()
+                table.column("opened_unix_ms", .integer).notNull()
+                table.column("updated_unix_ms", .integer).notNull()
+            }
+            try db.create(index: "orchestrator_hardware_incident_open", on: "orchestrator_hardware_incident", columns: ["open"])
+        },
     ]
+
+    /// Hardware incidents not closed (``HardwareIncidents``).
+    func openHardwareIncidents() throws -> [HardwareIncidents.Incident] {
+        try store.database.read(Self.openHardwareIncidents)
+    }
+
+    static func openHardwareIncidents(_ db: Database) throws -> [HardwareIncidents.Incident] {
+        try hardwareIncidents(db, sql: "SELECT record FROM orchestrator_hardware_incident WHERE open ORDER BY opened_unix_ms")
+    }
+
+    /// Every hardware incident opened since `sinceMs` (open or closed), newest first.
+    static func hardwareIncidents(_ db: Database, sinceMs: Int64, limit: Int = 500) throws -> [HardwareIncidents.Incident] {
+        try hardwareIncidents(db, sql: "SELECT record FROM orchestrator_hardware_incident WHERE opened_unix_ms >= ? ORDER BY opened_unix_ms DESC LIMIT ?",
+                              arguments: [sinceMs, limit])
+    }
+
+    private static func hardwareIncidents(_ db: Database, sql: String, arguments: StatementArguments = []) throws -> [HardwareIncidents.Incident] {
+        try Data.fetchAll(db, sql: sql, arguments: arguments).map { try JSONDecoder().decode(HardwareIncidents.Incident.self, from: $0) }
+    }
+
+    /// Writes hardware incidents as they are now, inside `Outbox.commit` with their messages.
+    func hardwareChanges(_ incidents: [HardwareIncidents.Incident]) throws -> @Sendable (Database) throws -> Void {
+        let rows = try incidents.map { ($0, try JSONEncoder().encode($0)) }
+        return { db in
+            for (incident, record) in rows {
+                try db.execute(sql: """
+                    INSERT INTO orchestrator_hardware_incident(id, host, part_id, open, record, opened_unix_ms, updated_unix_ms)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(id) DO UPDATE SET open = excluded.open, record = excluded.record, updated_unix_ms = excluded.updated_unix_ms
+                    """, arguments: [incident.id, incident.host, incident.partID, incident.isOpen, record, incident.openedMs, incident.updatedMs])
+            }
+        }
+    }
 
     /// One entry of an incident's timeline: a state it entered, or a new detail in it.
     public struct TimelineEntry: Sendable, Equatable, Codable {
