@@ -1,4 +1,5 @@
 import BynarBus
+import BynarConfig
 import BynarProto
 @testable import Orchestrator
 import Testing
@@ -148,5 +149,30 @@ import Testing
         #expect(core.handle(.tick, nowMs: 600_999).messages.isEmpty)
         #expect(Self.tickets(core.handle(.tick, nowMs: 601_000)).map(\.action) == [.open])
         #expect(core.handle(.ticket(.with { $0.incidentID = "stor1.sdc.5"; $0.state = .opened }), nowMs: 602_000).isEmpty, "a disk incident's ticket is not this core's")
+    }
+}
+
+/// The status page's hardware section, from the journal's open hardware incidents: the part
+/// as text (markup from a BMC is escaped), its ticket, and whether it reads healthy yet.
+@Suite struct HardwareStatusTests {
+    @Test func theStatusPageListsOpenHardwareIncidents() throws {
+        var core = HardwareIncidents(open: [], healthySeconds: 300, ticketReceiptSeconds: 300)
+        var finding = HardwareIncidentsTests.finding(.failed)
+        finding.part.location = "PSU <b>2</b>"
+        let opened = core.handle(.event(host: "stor1", .with { $0.finding = finding; $0.to = .failed }), nowMs: 1_000)
+        let id = try #require(opened.changed.first?.id)
+        _ = core.handle(HardwareIncidentsTests.ticketEvent(id, .opened), nowMs: 2_000)
+        let snapshot = StatusSnapshot.make(board: .init(), incidents: [], timelines: [:], bucket: nil, config: OrchestratorConfig(), host: "orch",
+                                           version: "test", nowMs: 3_000, hardware: Array(core.open.values))
+        #expect(snapshot.hardware.map(\.kind) == ["power supply"] && snapshot.hardware.first?.healthySinceUnixMs == nil)
+        #expect(snapshot.tickets.map(\.key) == ["OPS-7"], "its ticket is among the page's tickets")
+        let html = StatusPage.html(snapshot)
+        #expect(html.contains("Hardware incidents (1)") && html.contains("PSU &lt;b&gt;2&lt;/b&gt;") && !html.contains("<b>2</b>"))
+        #expect(html.contains("https://jira.example/browse/OPS-7"))
+        let json = String(decoding: try StatusPage.json(snapshot), as: UTF8.self)
+        #expect(json.contains("\"hardware\":[{") && json.contains("\"serial\":\"PSU-SN-2\""), "\(json)")
+        let empty = StatusPage.html(StatusSnapshot.make(board: .init(), incidents: [], timelines: [:], bucket: nil, config: OrchestratorConfig(), host: "orch",
+                                                        version: "test", nowMs: 3_000))
+        #expect(empty.contains("Hardware incidents (0)") && empty.contains("No server part reported failed."))
     }
 }

@@ -26,12 +26,13 @@ enum StatusPage {
     /// Serves the page and its API on `routes`.
     static func serve(on routes: HTTPRoutes, board: StatusBoard, database: DatabaseQueue, config: OrchestratorConfig, host: String, logger: Logger) {
         let snapshot: @Sendable () throws -> StatusSnapshot = {
-            let (incidents, timelines, bucket) = try database.read { db in
+            let (incidents, timelines, bucket, hardware) = try database.read { db in
                 let incidents = try IncidentJournal.openIncidents(db)
-                return (incidents, try IncidentJournal.timelines(db, of: incidents.map(\.id)), try IncidentJournal.bucket(db))
+                return (incidents, try IncidentJournal.timelines(db, of: incidents.map(\.id)), try IncidentJournal.bucket(db),
+                        try IncidentJournal.openHardwareIncidents(db))
             }
             return StatusSnapshot.make(board: board.copy, incidents: incidents, timelines: timelines, bucket: bucket, config: config,
-                                       host: host, version: bynarVersion, nowMs: Bus.nowUnixMs())
+                                       host: host, version: bynarVersion, nowMs: Bus.nowUnixMs(), hardware: hardware)
         }
         let failed: @Sendable (any Error) -> HTTPRoutes.Reply = { error in
             logger.warning("cannot read the journal for the status page", metadata: ["error": "\(error)"])
@@ -141,6 +142,14 @@ enum StatusPage {
         }
         html += "</section>"
 
+        html += "<section id=\"hardware\"><h2>Hardware incidents (\(status.hardware.count))</h2>"
+        html += status.hardware.isEmpty ? "<p class=\"none\">No server part reported failed.</p>"
+            : table(["Host", "Part", "Location", "Serial", "Why", "Ticket", "Opened", "Healthy since"], status.hardware.map { part in
+                [escape(part.host), escape("\(part.kind) \(part.part)"), escape(part.location), escape(part.serial), escape(part.reason),
+                 part.ticket.map(ticketLink) ?? "none yet", time(part.openedUnixMs), part.healthySinceUnixMs.map(time) ?? "failed"]
+            })
+        html += "</section>"
+
         html += "<section id=\"tickets\"><h2>Tickets (\(status.tickets.count))</h2>"
         html += status.tickets.isEmpty ? "<p class=\"none\">No tickets.</p>"
             : table(["Ticket", "Incident", "Technician"], status.tickets.map { [ticketLink($0), escape($0.incidentId), $0.resolved ? "resolved" : "open"] })
@@ -245,6 +254,12 @@ enum StatusPage {
                 timeline));
             });
             main.appendChild(incidents);
+
+            main.appendChild(el("section", {id: "hardware"}, el("h2", {}, "Hardware incidents (" + s.hardware.length + ")"),
+              s.hardware.length === 0 ? none("No server part reported failed.") : table(["Host", "Part", "Location", "Serial", "Why", "Ticket", "Opened", "Healthy since"], s.hardware.map(function (p) {
+                return [p.host, p.kind + " " + p.part, p.location, p.serial, p.reason, p.ticket ? ticketLink(p.ticket) : "none yet", time(p.opened_unix_ms),
+                  p.healthy_since_unix_ms === null || p.healthy_since_unix_ms === undefined ? "failed" : time(p.healthy_since_unix_ms)];
+              }))));
 
             main.appendChild(el("section", {id: "tickets"}, el("h2", {}, "Tickets (" + s.tickets.length + ")"),
               s.tickets.length === 0 ? none("No tickets.") : table(["Ticket", "Incident", "Technician"], s.tickets.map(function (t) {

@@ -88,6 +88,23 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         public var use: [BrakeUse]
     }
 
+    /// An open hardware incident: a server part its BMC reports failed ([hardware.md](hardware.md)).
+    public struct Hardware: Codable, Sendable, Equatable {
+        public var id: String
+        public var host: String
+        /// "power supply", "fan", ...
+        public var kind: String
+        public var part: String
+        public var location: String
+        public var serial: String
+        public var reason: String
+        public var openedUnixMs: Int64
+        /// Since when the BMC reports it healthy (the incident closes after
+        /// `hardware_healthy_seconds`); nil while failed.
+        public var healthySinceUnixMs: Int64?
+        public var ticket: Ticket?
+    }
+
     public struct HookRun: Codable, Sendable, Equatable {
         public var eventId: String
         public var hook: String
@@ -108,6 +125,7 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     public var diskStates: [StateCount]
     public var disks: [Disk]
     public var incidents: [Incident]
+    public var hardware: [Hardware]
     public var tickets: [Ticket]
     public var brake: Brake
     /// Newest first.
@@ -117,7 +135,8 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
     static let diskStateOrder = ["failed", "missing", "failing", "suspect", "replaced", "healthy", "unknown"]
 
     static func make(board: StatusBoard.Contents, incidents: [IncidentMachine], timelines: [String: [IncidentJournal.TimelineEntry]],
-                     bucket: ClusterBrake.Bucket?, config: OrchestratorConfig, host: String, version: String, nowMs: Int64) -> StatusSnapshot {
+                     bucket: ClusterBrake.Bucket?, config: OrchestratorConfig, host: String, version: String, nowMs: Int64,
+                     hardware: [HardwareIncidents.Incident] = []) -> StatusSnapshot {
         let hosts = board.hosts.values.sorted { $0.host < $1.host }.map { state in
             Host(host: state.host, up: state.up, sinceUnixMs: state.sinceUnixMs,
                  services: state.services.map { Service(service: $0.service, up: $0.up, session: $0.session, sinceUnixMs: $0.sinceUnixMs) })
@@ -137,6 +156,15 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
                      updatedUnixMs: machine.updatedMs, countsAsOut: machine.countsAsOut,
                      ticket: machine.ticketKey.isEmpty ? nil : Ticket(incidentId: machine.id, key: machine.ticketKey, url: machine.ticketURL, resolved: machine.ticketResolved),
                      timeline: timelines[machine.id] ?? [])
+        }
+
+        let parts = hardware.sorted { $0.openedMs < $1.openedMs }.map { incident in
+            let finding = incident.finding
+            return Hardware(id: incident.id, host: incident.host, kind: finding.part.kind.split(separator: "_").joined(separator: " "),
+                            part: finding.part.name, location: finding.part.location, serial: finding.part.serial,
+                            reason: "\(finding.reason): \(finding.detail)", openedUnixMs: incident.openedMs, healthySinceUnixMs: incident.healthySinceMs,
+                            ticket: incident.ticketKey.isEmpty ? nil : Ticket(incidentId: incident.id, key: incident.ticketKey, url: incident.ticketURL,
+                                                                              resolved: incident.ticket == .resolvedByPerson))
         }
 
         let out = incidents.filter(\.countsAsOut)
@@ -159,7 +187,7 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
         return StatusSnapshot(
             generatedUnixMs: nowMs, orchestratorHost: host, version: version, dryRun: config.dryRun, hosts: hosts,
             diskStates: diskStateOrder.map { StateCount(state: $0, count: counts[$0] ?? 0) }, disks: disks, incidents: shown,
-            tickets: shown.compactMap(\.ticket), brake: brake,
+            hardware: parts, tickets: shown.compactMap(\.ticket) + parts.compactMap(\.ticket), brake: brake,
             hooks: board.hooks.reversed().map {
                 HookRun(eventId: $0.eventID, hook: $0.hook, arguments: $0.arguments, exitStatus: $0.exitStatus, timedOut: $0.timedOut,
                         startedUnixMs: $0.startedUnixMs, durationMs: $0.durationMs)
