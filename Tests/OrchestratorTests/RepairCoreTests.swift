@@ -49,6 +49,41 @@ import Testing
         #expect(core.handle(Self.event(disk, to: .failed), nowMs: 4_000).isEmpty)
     }
 
+    @Test("the brake first: a failure the brake's limits would hold is queued without a SafeToRemove, and asks once capacity comes free")
+    func aFailureTheBrakeWouldHoldAsksNothing() throws {
+        var config = OrchestratorConfig()
+        config.brake.maxOutPerCluster = 1
+        var core = RepairCore(config: config, openIncidents: [], bucket: nil, latestOpenings: [:], maintenance: MaintenanceBook(), nowMs: 1_000)
+        func asks(_ effects: RepairCore.Effects) -> Bool { effects.commands.contains { if case .checkSafety = $0.action { true } else { false } } }
+        let first = Self.identity("serial-1", dev: "/dev/sdb"), second = Self.identity("serial-2", dev: "/dev/sdc")
+        core.handle(Self.health(first, .healthy), nowMs: 1_100)
+        core.handle(Self.health(second, .healthy), nowMs: 1_100)
+        let one = core.handle(Self.event(first, to: .failed), nowMs: 2_000)
+        let firstID = try #require(one.dirty.first)
+        #expect(asks(one))
+        core.handle(.event(incident: firstID, .safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK")), nowMs: 2_100)
+        #expect(core.machines[firstID]?.state == .removing)
+
+        let two = core.handle(Self.event(second, to: .failed), nowMs: 3_000)
+        let secondID = try #require(two.dirty.first)
+        #expect(!asks(two), "the cluster's one disk out is out: no SafeToRemove")
+        #expect(core.machines[secondID]?.state == .queued)
+        #expect(core.machines[secondID]?.detail.contains("already out in cluster default (limit 1)") == true, "\(core.machines[secondID]?.detail ?? "")")
+        // Its regular recheck asks nothing either while the first is out.
+        #expect(!asks(core.handle(.tick, nowMs: 3_000 + Int64(config.queueRecheckSeconds) * 1000 + 1)))
+        #expect(core.machines[secondID]?.state == .queued)
+
+        // The first is repaired (its new disk added): capacity comes free and the second asks.
+        core.handle(.event(incident: firstID, .answered(.remove, .init(outcome: .success, backendID: "osd.7"))), nowMs: 40_000)
+        core.handle(.ticket(.with { $0.incidentID = firstID; $0.ticketKey = "BYN-1"; $0.state = .opened }), nowMs: 40_100)
+        core.handle(.ticket(.with { $0.incidentID = firstID; $0.ticketKey = "BYN-1"; $0.state = .resolved }), nowMs: 40_200)
+        core.handle(Self.event(Self.identity("serial-1b", dev: "/dev/sdb"), to: .replaced, previous: first), nowMs: 40_300)
+        #expect(core.machines[firstID]?.state == .adding)
+        let freed = core.handle(.event(incident: firstID, .answered(.add, .init(outcome: .success, backendID: "osd.7"))), nowMs: 40_400)
+        #expect(asks(freed) && freed.commands.contains { $0.incident == secondID }, "\(core.machines[firstID]?.state.rawValue ?? "closed"), \(core.machines[secondID]?.detail ?? "")")
+        #expect(core.machines[secondID]?.state == .checkingSafety)
+    }
+
     @Test("the same inputs at the same times give the same effects")
     func deterministic() {
         func run() -> [String] {

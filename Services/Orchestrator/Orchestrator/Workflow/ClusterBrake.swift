@@ -59,6 +59,17 @@ public struct ClusterBrake: Sendable, Equatable {
         if clusterHealth == "HEALTH_ERR" && !limits.allowHealthErr {
             return .hold(reason: "cluster \(candidate.cluster) is HEALTH_ERR (health gate; brake.allow_removal_when_health_err is off)", retryAtMs: nil)
         }
+        if let hold = holds(candidate, out: out, nowMs: nowMs) { return hold }
+        refill(nowMs: nowMs)
+        bucket.tokens = max(0, bucket.tokens - 1)
+        return .admit
+    }
+
+    /// The hold that limits or the rate put on `candidate` whatever the cluster's health; nil
+    /// when they would let it go (the health gate and the token are ``decide(_:clusterHealth:out:nowMs:)``'s).
+    /// Asked before the disk-manager is: an incident the brake would hold anyway waits
+    /// without a SafeToRemove, whose answer would be stale by the time it may go.
+    public func holds(_ candidate: Placement, out: [Placement], nowMs: Int64) -> IncidentMachine.Admission? {
         let inCluster = out.filter { $0.cluster == candidate.cluster }
         if inCluster.count >= limits.maxOutPerCluster {
             return .hold(reason: "\(inCluster.count) disk(s) already out in cluster \(candidate.cluster) (limit \(limits.maxOutPerCluster))", retryAtMs: nil)
@@ -73,14 +84,14 @@ public struct ClusterBrake: Sendable, Equatable {
         if onHost >= limits.maxOutPerHost {
             return .hold(reason: "\(onHost) disk(s) already out on host \(candidate.host) (limit \(limits.maxOutPerHost))", retryAtMs: nil)
         }
-        refill(nowMs: nowMs)
+        var refilled = self
+        refilled.refill(nowMs: nowMs)
         // (A hair of tolerance: refills in steps must add up to the whole token they make.)
-        guard bucket.tokens >= 1 - 1e-9 else {
-            let waitMs = Int64(((1 - bucket.tokens) / perMs).rounded(.up))
+        guard refilled.bucket.tokens >= 1 - 1e-9 else {
+            let waitMs = Int64(((1 - refilled.bucket.tokens) / perMs).rounded(.up))
             return .hold(reason: "removal rate limit (\(limits.removalsPerHour) per hour, burst \(limits.burst)) reached", retryAtMs: nowMs + max(1, waitMs))
         }
-        bucket.tokens = max(0, bucket.tokens - 1)
-        return .admit
+        return nil
     }
 
     private var perMs: Double { limits.removalsPerHour / 3_600_000 }

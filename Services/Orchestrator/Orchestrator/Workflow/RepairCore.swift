@@ -509,7 +509,16 @@ struct RepairCore: Sendable {
             effects.messages.append(.clearRetained(Topics.incidentState(id: id)))
         case .answerOperator(let done, let message):
             answerOperator(machine, done: done, message: message)
-        case .checkSafety, .remove, .add, .queryJob:
+        case .checkSafety:
+            // The brake first: an incident its limits or rate would hold anyway is queued
+            // without asking the disk-manager (a flood of failures is not a flood of
+            // SafeToRemoves, and a queued incident asks again only when it may go).
+            if let hold = brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: id), nowMs: now) {
+                apply(.brakeDecided(hold), to: id)
+            } else {
+                effects.commands.append((id, action))
+            }
+        case .remove, .add, .queryJob:
             effects.commands.append((id, action))
         }
     }
