@@ -215,7 +215,7 @@ let package = Package(
         ),
         .testTarget(
             name: "OrchestratorTests",
-            dependencies: ["Orchestrator", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarDisks", "BynarStore", "BynarTestSupport", "bynar-orchestrator", "bynar", protobuf, crypto],
+            dependencies: ["Orchestrator", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarDisks", "BynarStore", "BynarRuntime", "BynarTestSupport", "bynar-orchestrator", "bynar", protobuf, crypto],
             path: "Tests/OrchestratorTests",
             swiftSettings: strict
         ),
