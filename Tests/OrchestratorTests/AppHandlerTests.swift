@@ -22,12 +22,9 @@ struct AppHandlerTests {
         let recorder = directory + "/record-hook"
         try "#!/bin/sh\necho \"$1 $2 $3 service=$BYNAR_SERVICE state=$BYNAR_STATE\" >> \(log)\n".write(toFile: recorder, atomically: true, encoding: .utf8)
         chmod(recorder, 0o755)
-        try FileManager.default.createDirectory(atPath: "\(directory)/www", withIntermediateDirectories: true)
-        try "ok\n".write(toFile: "\(directory)/www/health", atomically: true, encoding: .utf8)
-        let webPort = try freeLoopbackPort()
-        func startWeb() throws -> ChildProcess { try startPythonHTTPServer(directory: "\(directory)/www", port: webPort, log: "\(directory)/web.log") }
-        var web = try startWeb()
-        defer { _ = web.stop(SIGKILL) }
+        let web = try WebApp(directory: directory)
+        defer { web.crash() }
+        let webPort = web.port
         let broker = try TestBroker()
         for name in ["orc", "det"] { try FileManager.default.createDirectory(atPath: "\(directory)/\(name)", withIntermediateDirectories: true) }
         let orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orc", directory: "\(directory)/orc", extraConfig: """
@@ -55,9 +52,9 @@ struct AppHandlerTests {
             #expect(seen && webLines().count == count && webLines().last == last, "\(what): \(webLines())\n\(orchestrator.log.suffix(2000))")
         }
         await expectWeb(1, "web 10.9.9.9 up service=web state=up", "the app came up")
-        _ = web.stop(SIGKILL)
+        web.crash()
         await expectWeb(2, "web 10.9.9.9 down service=web state=down", "its server died")
-        web = try startWeb()
+        try web.restart()
         await expectWeb(3, "web 10.9.9.9 up service=web state=up", "its server is back")
 
         // The host agent crashes: nobody checks the app; it is down.
