@@ -35,7 +35,7 @@ let services: [(name: String, executable: String)] = [
 
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
-    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph", httpClient, nioCore, nioSSL],
+    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph", httpClient, nioCore, nioPosix, nioSSL],
     "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess", "BynarCeph"],
     "Ticketing": [httpClient, nioCore, crypto, "BynarAuth"],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],

@@ -71,7 +71,18 @@ actor AppWatcher {
             logger.error("cannot take operators' app overrides", metadata: ["error": "\(error)"])
             overrides = nil
         }
+        // A round of checks touches code that idle time does not need; the kernel maps it in
+        // large blocks (fault-around, large folios: 5-6 MB of clean file pages for one round
+        // on Linux 6.18). Given back a second after the checks, not at the runtime's next
+        // 30-second trim (docs/performance.md, "The host agent checking applications").
+        let (checked, checkDone) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in checked {
+                    try? await Task.sleep(for: .seconds(1))
+                    ResidentCode.release()
+                }
+            }
             for app in apps {
                 group.addTask {
                     while !Task.isCancelled {
@@ -80,6 +91,7 @@ actor AppWatcher {
                         let took = ContinuousClock.now - started
                         await self.take(app.name, outcome.passed ? .checkPassed(detail: outcome.detail) : .checkFailed(detail: outcome.detail),
                                         tookMs: Double(took.components.seconds) * 1000 + Double(took.components.attoseconds) / 1e15)
+                        checkDone.yield()
                         try? await Task.sleep(for: .seconds(app.intervalSeconds))
                     }
                 }
