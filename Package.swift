@@ -35,7 +35,7 @@ let services: [(name: String, executable: String)] = [
 
 /// C libraries a service wraps, once each, in `Shared/C*` modules.
 let serviceCLibraries: [String: [Target.Dependency]] = [
-    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph", httpClient, nioCore, nioSSL],
+    "Detector": ["CAtaSmart", "BynarDisks", "BynarProcess", "BynarCeph", httpClient, nioCore, nioPosix, nioSSL],
     "DiskManager": [crypto, "BynarAuth", "BynarDisks", "BynarProcess", "BynarCeph"],
     "Ticketing": [httpClient, nioCore, crypto, "BynarAuth"],
     "Notifier": [httpClient, nioCore, nioPosix, nioSSL],
@@ -215,7 +215,7 @@ let package = Package(
         ),
         .testTarget(
             name: "OrchestratorTests",
-            dependencies: ["Orchestrator", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarDisks", "BynarStore", "BynarTestSupport", "bynar-orchestrator", "bynar", protobuf, crypto],
+            dependencies: ["Orchestrator", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarDisks", "BynarStore", "BynarRuntime", "BynarTestSupport", "bynar-orchestrator", "bynar", protobuf, crypto],
             path: "Tests/OrchestratorTests",
             swiftSettings: strict
         ),

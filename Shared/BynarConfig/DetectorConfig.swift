@@ -47,6 +47,9 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
     /// Peers ("host:port", TCP) this host tries when it cannot reach the broker: reaching
     /// neither, it is isolated and does not declare its apps up (PicoRed's rule).
     public var appPeers: [String] = []
+    /// This host's address, handed to its apps' local handlers as `<ip>`; default: the host
+    /// name resolved, else the name (as the orchestrator's hooks do without `address`).
+    public var appAddress: String?
     /// Read this server's BMC over Redfish (power supplies, fans, temperatures, memory,
     /// storage controllers and drives); off when absent.
     public var redfish: DetectorRedfishConfig?
@@ -94,7 +97,9 @@ public struct DetectorConfig: Codable, Sendable, Equatable {
 /// `http` (a plain-HTTP GET answering `expect_status`, and containing `expect_body` when
 /// set), `tcp` ("host:port" accepting a connection) or `command` (an absolute path and its
 /// arguments, exiting 0), every `interval_seconds`, each within `timeout_seconds`; DOWN after
-/// `tolerance` failures in a row, UP again after `recover` successes in a row.
+/// `tolerance` failures in a row, UP again after `recover` successes in a row. `handler` (an
+/// absolute path) runs on this host as `HANDLER <app> <ip> <up|down>` when the app goes up or
+/// down (PicoRed's local handler, for the app's own recovery), within `handler_timeout_seconds`.
 public struct AppCheckConfig: Codable, Sendable, Equatable {
     public var name: String
     public var http: String?
@@ -106,11 +111,13 @@ public struct AppCheckConfig: Codable, Sendable, Equatable {
     public var timeoutSeconds = 5
     public var tolerance = 3
     public var recover = 1
+    public var handler: String?
+    public var handlerTimeoutSeconds = 30
 
     public init(name: String) { self.name = name }
 
     private enum CodingKeys: String, CodingKey {
-        case name, http, expectStatus, expectBody, tcp, command, intervalSeconds, timeoutSeconds, tolerance, recover
+        case name, http, expectStatus, expectBody, tcp, command, intervalSeconds, timeoutSeconds, tolerance, recover, handler, handlerTimeoutSeconds
     }
 
     /// Array items are not laid over defaults, so only `name` and the check are required.
@@ -126,6 +133,8 @@ public struct AppCheckConfig: Codable, Sendable, Equatable {
         timeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .timeoutSeconds) ?? 5
         tolerance = try container.decodeIfPresent(Int.self, forKey: .tolerance) ?? 3
         recover = try container.decodeIfPresent(Int.self, forKey: .recover) ?? 1
+        handler = try container.decodeIfPresent(String.self, forKey: .handler)
+        handlerTimeoutSeconds = try container.decodeIfPresent(Int.self, forKey: .handlerTimeoutSeconds) ?? 30
     }
 
     /// "host:port" split, or nil.
@@ -169,6 +178,13 @@ public struct AppCheckConfig: Codable, Sendable, Equatable {
         if timeoutSeconds < 1 || timeoutSeconds > intervalSeconds { return bad("timeout_seconds", "must be 1 to interval_seconds (\(intervalSeconds)), got \(timeoutSeconds)") }
         if tolerance < 1 { return bad("tolerance", "must be at least 1, got \(tolerance)") }
         if recover < 1 { return bad("recover", "must be at least 1, got \(recover)") }
+        if let handler {
+            if !handler.hasPrefix("/") { return bad("handler", "must be an absolute path, got \"\(handler)\"") }
+            var info = stat()
+            let file = stat(handler, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
+            if !file || access(handler, X_OK) != 0 { return bad("handler", "\(handler) is not an executable file") }
+        }
+        if handlerTimeoutSeconds < 1 { return bad("handler_timeout_seconds", "must be at least 1, got \(handlerTimeoutSeconds)") }
         return nil
     }
 }

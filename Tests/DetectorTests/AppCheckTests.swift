@@ -14,7 +14,8 @@ import Glibc
 /// real HTTP server (Python's http.server), a TCP port and a command, on a real broker: an
 /// app goes DOWN after `tolerance` failures and UP again, an operator's override wins until
 /// `auto`, `bynar apps` and `bynar cluster status` show them, and a clean shutdown reads
-/// STOPPED.
+/// STOPPED. The app's local handler (PicoRed's, run by the host itself): due once per change
+/// to UP or DOWN (rule 7), and run by the real detector with PicoRed's contract.
 @Suite(.serialized) struct AppCheckTests {
     @Test func theMachineFollowsPicoRedsRules() {
         var machine = AppHealthMachine(tolerance: 3, recover: 2, nowMs: 0)
@@ -47,6 +48,42 @@ import Glibc
         var once = AppHealthMachine(tolerance: 1, recover: 1, nowMs: 0)
         let changed = once.handle(.checkFailed(detail: "x"), nowMs: 1)
         #expect(changed && once.health == .down)
+    }
+
+    @Test func aLocalHandlerIsDueOncePerChangeToUpOrDown() {
+        var machine = AppHealthMachine(tolerance: 2, recover: 1, nowMs: 0)
+        var runs: [String] = []
+        func step(_ facts: AppHealthMachine.Fact...) -> [String] {
+            runs = []
+            for fact in facts {
+                _ = machine.handle(fact, nowMs: 0)
+                if let up = machine.takeDueHandler() { runs.append(up ? "up" : "down") }
+            }
+            return runs
+        }
+        let pass = AppHealthMachine.Fact.checkPassed(detail: "ok"), fail = AppHealthMachine.Fact.checkFailed(detail: "refused")
+        #expect(step(fail) == [], "UNKNOWN, a blip: none")
+        #expect(step(pass, pass, pass) == ["up"], "up once, not again while it stays up")
+        #expect(machine.handled == .up)
+        #expect(step(fail) == [], "one failure of two is no change")
+        #expect(step(fail, fail, fail) == ["down"])
+        #expect(step(pass) == ["up"])
+        // Isolated: UNKNOWN runs none, and back UP is no change for the handler.
+        #expect(step(.reachability(isolated: true), pass, .reachability(isolated: false)) == [])
+        #expect(step(.reachability(isolated: true), fail, fail) == ["down"], "DOWN while isolated is DOWN")
+        #expect(step(.reachability(isolated: false), pass) == ["up"])
+        // An operator's override is a change like any other; back to auto where the checks agree is none.
+        #expect(step(.overridden(.appOverrideNg), pass) == ["down"])
+        #expect(step(.overridden(.appOverrideAuto)) == ["up"])
+        #expect(step(.overridden(.appOverrideOk), .overridden(.appOverrideAuto)) == [])
+        #expect(step(.overridden(.appOverrideNg), .overridden(.appOverrideOk)) == ["down", "up"])
+        // A nice quit: STOPPED runs no down handler.
+        #expect(step(.overridden(.appOverrideAuto), .shutDown, fail, fail) == [])
+        #expect(machine.health == .stopped && machine.handled == .up)
+        // What is due is taken once: asking again without a change gives none.
+        var fresh = AppHealthMachine(tolerance: 1, recover: 1, nowMs: 0)
+        _ = fresh.handle(fail, nowMs: 1)
+        #expect(fresh.takeDueHandler() == false && fresh.takeDueHandler() == nil)
     }
 
     @Test func anHTTPAnswerIsJudgedByStatusAndBody() {
@@ -83,18 +120,25 @@ import Glibc
         #expect(problem(#"[{"name": "job", "command": ["relative"]}]"#)?.contains("absolute path") == true)
         #expect(problem(#"[{"name": "db", "tcp": "x:1"}, {"name": "db", "tcp": "y:2"}]"#)?.contains("detector.apps.1.name: \"db\" is checked twice") == true)
         #expect((try? ConfigLoader.parse(#"{"detector": {"app_peers": ["nope"]}}"#)) == nil)
+        #expect(problem(#"[{"name": "web", "tcp": "x:1", "handler": "/bin/true", "handler_timeout_seconds": 5}]"#) == nil)
+        #expect(problem(#"[{"name": "web", "tcp": "x:1", "handler": "restart-web"}]"#)?.contains("detector.apps.0.handler: must be an absolute path") == true)
+        #expect(problem(#"[{"name": "db", "tcp": "x:1"}, {"name": "web", "tcp": "x:1", "handler": "/nonexistent/restart"}]"#)?.contains("detector.apps.1.handler: /nonexistent/restart is not an executable file") == true)
+        #expect(problem(#"[{"name": "web", "tcp": "x:1", "handler": "/tmp"}]"#)?.contains("detector.apps.0.handler: /tmp is not an executable file") == true, "a directory")
+        let plain = try makeTemporaryDirectory(prefix: "bynar-handler") + "/restart-web"
+        defer { try? FileManager.default.removeItem(atPath: (plain as NSString).deletingLastPathComponent) }
+        try "#!/bin/sh\n".write(toFile: plain, atomically: true, encoding: .utf8)
+        chmod(plain, 0o644)
+        #expect(problem(#"[{"name": "web", "tcp": "x:1", "handler": "\#(plain)"}]"#)?.contains("detector.apps.0.handler: \(plain) is not an executable file") == true, "mode 644")
+        #expect(problem(#"[{"name": "web", "tcp": "x:1", "handler": "/bin/true", "handler_timeout_seconds": 0}]"#)?.contains("detector.apps.0.handler_timeout_seconds") == true)
     }
 
     @Test(.enabled(if: TestBroker.available, "mosquitto is not installed"), .timeLimit(.minutes(3)))
     func theRunningDetectorChecksAppsAndPublishesTheirStates() async throws {
         let directory = try makeTemporaryDirectory(prefix: "bynar-apps")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        try FileManager.default.createDirectory(atPath: "\(directory)/www", withIntermediateDirectories: true)
-        try "all good\n".write(toFile: "\(directory)/www/health", atomically: true, encoding: .utf8)
-        let webPort = try freeLoopbackPort()
-        func startWeb() throws -> ChildProcess { try startPythonHTTPServer(directory: "\(directory)/www", port: webPort, log: "\(directory)/web.log") }
-        var web = try startWeb()
-        defer { _ = web.stop(SIGKILL) }
+        let web = try WebApp(directory: directory, body: "all good\n")
+        defer { web.crash() }
+        let webPort = web.port
         let closedPort = try freeLoopbackPort()
         let broker = try TestBroker()
         let tap = try await connectedBus(broker, service: "tap", host: "t")
@@ -120,14 +164,14 @@ import Glibc
         #expect(await reads("job", .up), "the command exits 0 now")
 
         // The web server dies: DOWN after 2 failures (tolerance), naming why; back UP when it returns.
-        _ = web.stop(SIGKILL)
+        web.crash()
         let killedAt = ContinuousClock.now
         #expect(await reads("web", .down), "\(String(describing: latest("web")))")
         let toDown = ContinuousClock.now - killedAt
         #expect(latest("web")?.consecutiveFailures == 2 && latest("web")?.tolerance == 2)
         #expect(latest("web")?.reason.contains("Connection refused") == true, "\(String(describing: latest("web")))")
         print("apps: web DOWN \(toDown) after its server was killed (interval 1 s, tolerance 2)")
-        web = try startWeb()
+        try web.restart()
         #expect(await reads("web", .up))
 
         // An operator's override (retained; the broker's ACL lets only operators publish it).
@@ -157,6 +201,75 @@ import Glibc
         // A clean shutdown: every app reads STOPPED, retained.
         detector.signal(SIGTERM)
         #expect(await states.wait(timeout: .seconds(15)) { _ in ["web", "db", "job"].allSatisfy { latest($0)?.health == .stopped } }, "\(detector.log.suffix(2000))")
+        await tap.shutdown()
+    }
+
+    /// PicoRed's local handler, run by the host for its own app: `HANDLER web <ip> up|down`
+    /// once per change with the BYNAR_* event environment (the server dies, comes back, an
+    /// operator sets ng, then auto); a failing handler (here every `down` exits 3) changes
+    /// nothing the app reads; a clean shutdown runs no down handler.
+    @Test(.enabled(if: TestBroker.available, "mosquitto is not installed"), .timeLimit(.minutes(3)))
+    func theLocalHandlerRunsOncePerChangeAndNotOnANiceQuit() async throws {
+        let directory = try makeTemporaryDirectory(prefix: "bynar-app-handler")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/handler.log"
+        let handler = directory + "/restart-web"
+        try """
+            #!/bin/sh
+            echo "$* id=$BYNAR_EVENT_ID time=$BYNAR_EVENT_TIME ms=$BYNAR_EVENT_TIME_UNIX_MS host=$BYNAR_HOST service=$BYNAR_SERVICE state=$BYNAR_STATE" >> \(log)
+            [ "$3" = down ] && exit 3
+            exit 0
+
+            """.write(toFile: handler, atomically: true, encoding: .utf8)
+        chmod(handler, 0o755)
+        let web = try WebApp(directory: directory)
+        defer { web.crash() }
+        let webPort = web.port
+        let broker = try TestBroker()
+        let tap = try await connectedBus(broker, service: "tap", host: "t")
+        let states = Collector(try await tap.subscribe(Topics.allAppStates, as: Bynar_V1_AppState.self))
+        try FileManager.default.createDirectory(atPath: "\(directory)/det", withIntermediateDirectories: true)
+        let detector = try ServiceProcess("bynar-detector", brokerPort: broker.port, directory: "\(directory)/det", extraConfig: """
+            "detector": {"check_interval_seconds": 60, "probe": false, "read_probe": false, "fsck_interval_seconds": 0, "watch_only": ["/dev/nonexistent"],
+                         "app_address": "10.9.9.8",
+                         "apps": [{"name": "web", "http": "http://127.0.0.1:\(webPort)/health", "interval_seconds": 1, "timeout_seconds": 1, "tolerance": 1,
+                                   "handler": "\(handler)", "handler_timeout_seconds": 5}]}
+            """)
+        defer { detector.signal(SIGKILL) }
+        func runs() -> [String] { ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init) }
+        func expectRuns(_ count: Int, _ prefix: String, _ what: String) async {
+            let seen = await Collector<Int>.poll(timeout: .seconds(20)) { runs().count >= count }
+            // Checks go on every second: a handler run twice would show by now.
+            try? await Task.sleep(for: .seconds(2))
+            #expect(seen && runs().count == count && runs().last?.hasPrefix(prefix) == true, "\(what): \(runs())\n\(detector.log.suffix(2000))")
+        }
+        await expectRuns(1, "web 10.9.9.8 up id=h1/app/web/local/up/", "the app came up")
+        let first = runs().first ?? ""
+        #expect(first.contains(" host=h1 service=web state=up"), "\(first)")
+        let ms = first.split(separator: " ").first { $0.hasPrefix("ms=") }.flatMap { Int64($0.dropFirst(3)) } ?? 0
+        #expect(abs(ms - Bus.nowUnixMs()) < 60_000 && first.contains("time=\(UTCTime.iso8601(unixMs: ms))"), "\(first)")
+
+        web.crash()
+        await expectRuns(2, "web 10.9.9.8 down id=h1/app/web/local/down/", "its server died")
+        #expect(detector.log.contains("local handler failed") && detector.log.contains("exit_status=3"), "\(detector.log.suffix(2000))")
+        #expect(states.all.last { $0.payload.app == "web" }?.payload.health == .down, "a failing handler changes nothing")
+        try web.restart()
+        await expectRuns(3, "web 10.9.9.8 up ", "its server is back")
+
+        var override = Bynar_V1_AppOverride()
+        override.app = "web"
+        override.mode = .appOverrideNg
+        _ = try await tap.publish(override, to: Topics.appOverride(host: "h1", app: "web"), retain: true)
+        await expectRuns(4, "web 10.9.9.8 down ", "an operator set it ng")
+        override.mode = .appOverrideAuto
+        _ = try await tap.publish(override, to: Topics.appOverride(host: "h1", app: "web"), retain: true)
+        await expectRuns(5, "web 10.9.9.8 up ", "back to its checks")
+
+        // A nice quit: the app reads STOPPED; no down handler runs.
+        detector.signal(SIGTERM)
+        #expect(await states.wait(timeout: .seconds(15)) { _ in states.all.last { $0.payload.app == "web" }?.payload.health == .stopped }, "\(detector.log.suffix(2000))")
+        try await Task.sleep(for: .seconds(1))
+        #expect(runs().count == 5, "no handler for a nice quit: \(runs())")
         await tap.shutdown()
     }
 }

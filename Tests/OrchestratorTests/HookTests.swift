@@ -1,5 +1,6 @@
 import BynarBus
 import BynarProto
+import BynarRuntime
 import BynarTestSupport
 import Orchestrator
 import Foundation

@@ -50,7 +50,7 @@ public struct DetectorService: BynarService {
         await engine.refreshAll()
         await context.bus.markReady()
         let appWatcher = config.apps.isEmpty ? nil
-            : AppWatcher(apps: config.apps, peers: config.appPeers, bus: context.bus, outbox: context.outbox, host: context.host, logger: context.logger)
+            : AppWatcher(apps: config.apps, peers: config.appPeers, address: config.appAddress, bus: context.bus, outbox: context.outbox, host: context.host, logger: context.logger)
 
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in

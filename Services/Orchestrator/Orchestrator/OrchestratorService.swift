@@ -325,16 +325,13 @@ final class HookDispatcher: Sendable {
             try? journal.finishHookEvent(eventID)
             return
         }
-        let environment = [
-            "BYNAR_EVENT_ID": eventID, "BYNAR_EVENT_TIME": UTCTime.iso8601(unixMs: nowMs), "BYNAR_EVENT_TIME_UNIX_MS": "\(nowMs)",
-            "BYNAR_HOST": host, "BYNAR_SERVICE": app == "host" ? "" : app, "BYNAR_STATE": up ? "up" : "down",
-        ]
+        let environment = HookRunner.environment(eventID: eventID, nowMs: nowMs, host: host, service: app == "host" ? "" : app, up: up)
         for hook in context.config.orchestrator.hooks {
-            let result = await HookRunner.run(.init(eventID: eventID, command: hook.command, arguments: [app, ip, up ? "up" : "down"],
+            let result = await HookRunner.run(.init(eventID: eventID, command: hook.command, arguments: HookRunner.arguments(app: app, ip: ip, up: up),
                                                     environment: environment, timeout: .seconds(hook.timeoutSeconds)))
             context.logger.notice("hook ran", metadata: [
                 "event_id": "\(eventID)", "hook": "\(hook.command)", "exit_status": "\(result.exitStatus)", "timed_out": "\(result.timedOut)"])
-            Counter(label: "bynar_orchestrator_hook_runs_total", dimensions: [("exit_status", result.timedOut ? "timeout" : "\(result.exitStatus)")]).increment()
+            Counter(label: "bynar_orchestrator_hook_runs_total", dimensions: [("exit_status", HookRunner.outcome(result))]).increment()
             board.noteHook(result)
             // The result and, for a failure, the notification: one transaction.
             var events = [Outbox.Event(result, to: Topics.hookEvents, correlationId: eventID)]

@@ -15,6 +15,9 @@ import BynarProto
 ///    the checks say (and isolation), until `auto`.
 /// 6. A clean shutdown of the agent reads STOPPED ("nice quit"): not a failure, and no
 ///    handler treats it as one.
+/// 7. The app's local handler is due when it reads UP or DOWN and the last handler run was
+///    told otherwise (or none ran yet): once per change, never for UNKNOWN or STOPPED, and
+///    not again after UP, UNKNOWN (isolated), UP.
 struct AppHealthMachine: Equatable {
     let tolerance: Int
     let recover: Int
@@ -29,6 +32,8 @@ struct AppHealthMachine: Equatable {
     private(set) var lastDetail = ""
     /// Since when ``health`` reads as it does.
     private(set) var sinceMs: Int64
+    /// What the last local handler run was told (UP or DOWN), nil before the first.
+    private(set) var handled: Bynar_V1_AppHealth?
 
     init(tolerance: Int, recover: Int, nowMs: Int64) {
         self.tolerance = max(1, tolerance)
@@ -93,6 +98,15 @@ struct AppHealthMachine: Equatable {
         guard health != before else { return false }
         sinceMs = nowMs
         return true
+    }
+
+    /// Rule 7: the handler run now due, `true` for up and `false` for down, taken as run;
+    /// nil when none is.
+    mutating func takeDueHandler() -> Bool? {
+        let now = health
+        guard now == .up || now == .down, now != handled else { return nil }
+        handled = now
+        return now == .up
     }
 
     static func name(_ health: Bynar_V1_AppHealth) -> String {

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import BynarConfig
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -40,6 +41,7 @@ enum RedfishError: Error, Equatable, CustomStringConvertible {
 actor RedfishClient {
     let baseURL: String
     private let client: HTTPClient
+    private let loops: MultiThreadedEventLoopGroup
     private let timeout: TimeAmount
     private let user: String
     private let password: String
@@ -67,7 +69,10 @@ actor RedfishClient {
             tls.trustRoots = .file(ca)
         }
         configuration.tlsConfiguration = tls
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+        // One event-loop thread of its own: a read a minute needs no more, and NIO's shared
+        // group starts a thread per core (dozens on a storage server, each with its stack).
+        loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        client = HTTPClient(eventLoopGroupProvider: .shared(loops), configuration: configuration)
     }
 
     /// `user:password` from the file's first line.
@@ -113,6 +118,7 @@ actor RedfishClient {
         token = nil
         sessionURL = nil
         try? await client.shutdown()
+        try? await loops.shutdownGracefully()
     }
 
     private func login() async throws(RedfishError) -> String {

@@ -1,11 +1,5 @@
-import BynarBus
-import BynarConfig
-import BynarProcess
 import BynarProto
-import Logging
-#if canImport(Glibc)
-import Glibc
-#endif
+import BynarRuntime
 
 /// Membership as this orchestrator sees it, fed by two streams of the same statuses: the
 /// full subscription (every orchestrator sees everything, retained ones included) and the
@@ -109,21 +103,7 @@ actor MembershipKeeper {
     }
 }
 
-/// Runs operator hooks the PicoRed way: `COMMAND <app> <ip> <up|down>`, `app` being the
-/// service name or "host", with BYNAR_EVENT_ID, BYNAR_EVENT_TIME (RFC 3339, UTC),
-/// BYNAR_EVENT_TIME_UNIX_MS, BYNAR_HOST, BYNAR_SERVICE (empty for a host) and BYNAR_STATE in
-/// its environment. The hook runs in its own process group (as every tool: `Tool.spawn`), so a
-/// timeout kills everything it started.
-package enum HookRunner {
-    struct Run: Sendable {
-        var eventID: String
-        var command: String
-        var arguments: [String]
-        var environment: [String: String]
-        var timeout: Duration
-    }
-
-
+extension HookRunner {
     /// What people are told about a hook that failed (non-zero exit or timeout); nil when
     /// it succeeded. The orchestrator sends it itself, until a notifier answers
     /// (``Outbox/notification(_:correlationId:)``): a hook result on `bynar/v1/hook/events`
@@ -141,125 +121,5 @@ package enum HookRunner {
         note.host = host
         note.nextAction = "nothing automatic: the hook is not retried; check the script"
         return note
-    }
-
-    /// Runs off the cooperative pool (hooks block while they run).
-    static func run(_ run: Run) async -> Bynar_V1_HookResult {
-        do {
-            return try await offThread { runBlocking(run) }
-        } catch {
-            var result = Bynar_V1_HookResult()
-            result.eventID = run.eventID
-            result.hook = run.command
-            result.arguments = run.arguments
-            result.exitStatus = -1
-            result.stderrTail = "\(error)"
-            return result
-        }
-    }
-
-    static func runBlocking(_ run: Run) -> Bynar_V1_HookResult {
-        var result = Bynar_V1_HookResult()
-        result.eventID = run.eventID
-        result.hook = run.command
-        result.arguments = run.arguments
-        result.startedUnixMs = Bus.nowUnixMs()
-        let started = ContinuousClock.now
-        func finished() -> Bynar_V1_HookResult {
-            result.durationMs = milliseconds(ContinuousClock.now - started)
-            return result
-        }
-        var environment = inheritedEnvironment()
-        for (key, value) in run.environment { environment[key] = value }
-        let spawned: (pid: pid_t, output: Int32?)
-        do {
-            spawned = try Tool.spawn([run.command] + run.arguments, output: .pipe, mergeStderr: true,
-                                     environment: environment.map { "\($0.key)=\($0.value)" }.sorted())
-        } catch {
-            result.exitStatus = -1
-            result.stderrTail = "\(error)"
-            return finished()
-        }
-        guard let fd = spawned.output else {
-            Tool.reap(spawned.pid, kill: true)
-            result.exitStatus = -1
-            return finished()
-        }
-        defer { close(fd) }
-        let deadline = started + run.timeout
-        var tail: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16 << 10)
-        var timedOut = false
-        reading: while true {
-            let remaining = deadline - .now
-            if remaining <= .zero { timedOut = true; break }
-            var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&descriptor, 1, Int32(clamping: max(1, milliseconds(remaining))))
-            if ready <= 0 { continue }
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-            if count <= 0 { break reading }
-            tail += chunk[0..<count]
-            if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
-        }
-        var status: Int32 = 0
-        while !timedOut {
-            let reaped = waitpid(spawned.pid, &status, WNOHANG)
-            if reaped == spawned.pid { break }
-            if reaped < 0 && errno != EINTR { break }
-            if ContinuousClock.now >= deadline { timedOut = true; break }
-            usleep(2_000)
-        }
-        if timedOut {
-            // The whole group: the hook and whatever it started.
-            kill(-spawned.pid, SIGKILL)
-            Tool.reap(spawned.pid, kill: true)
-            result.timedOut = true
-            result.exitStatus = -1
-        } else {
-            result.exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : -1
-        }
-        result.stderrTail = String(decoding: tail, as: UTF8.self)
-        return finished()
-    }
-
-    /// The hook's `<ip>`: the configured address, else the host name resolved, else the name.
-    static func address(of host: String, configured: String?) -> String {
-        if let configured, !configured.isEmpty { return configured }
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &list) == 0, let first = list else { return host }
-        defer { freeaddrinfo(list) }
-        var buffer = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        guard getnameinfo(first.pointee.ai_addr, first.pointee.ai_addrlen, &buffer, socklen_t(buffer.count), nil, 0, NI_NUMERICHOST) == 0 else { return host }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    /// Why `value` may not be a hook argument (it becomes argv of an operator's script:
-    /// `-oProxyCommand=...` must never get there), or nil. Host names, IPv4/IPv6 addresses
-    /// and service names only: letters, digits, `.`, `-`, `_`, `:`, at most 253 characters,
-    /// not starting with `-`.
-    package static func unsafeArgument(_ value: String, _ what: String) -> String? {
-        if value.isEmpty { return "\(what) is empty" }
-        if value.count > 253 { return "\(what) is \(value.count) characters long" }
-        if value.hasPrefix("-") { return "\(what) \"\(value.prefix(64))\" starts with \"-\"" }
-        let allowed = value.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || ".-_:".unicodeScalars.contains($0)) }
-        return allowed ? nil : "\(what) \"\(value.prefix(64))\" holds characters a host name, address or service name does not"
-    }
-
-    /// A hook's environment starts minimal: PATH, HOME, LANG, LC_ALL and TZ from the
-    /// orchestrator's (never its BYNAR_* settings, which may carry secrets), then the event's.
-    static func inheritedEnvironment() -> [String: String] {
-        var result: [String: String] = ["PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-        for name in ["PATH", "HOME", "LANG", "LC_ALL", "TZ"] {
-            if let value = getenv(name) { result[name] = String(cString: value) }
-        }
-        return result
-    }
-
-    static func milliseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 }
