@@ -32,3 +32,12 @@ extension Bynar_V1_DiskState {
         }
     }
 }
+
+extension Bynar_V1_HardwarePart {
+    /// The kind as people say it: "power supply" for `power_supply`; "part" when none is given.
+    /// Tickets, notifications and the status page print it.
+    public var spokenKind: String { kind.isEmpty ? "part" : kind.split(separator: "_").joined(separator: " ") }
+
+    /// Where a technician finds it: its location label, else its name, else its Redfish id.
+    public var place: String { !location.isEmpty ? location : (!name.isEmpty ? name : id) }
+}

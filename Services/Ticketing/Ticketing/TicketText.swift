@@ -79,9 +79,8 @@ public enum TicketText {
         var what: [String] = []
         if !part.model.isEmpty { what.append(part.model) }
         if !part.serial.isEmpty { what.append("serial \(part.serial)") }
-        let place = !part.location.isEmpty ? part.location : (!part.name.isEmpty ? part.name : part.id)
         let verb = hardware.finding.severity == .failed ? "Failed" : "Failing"
-        let line = oneLine("\(verb) \(partKind(part.kind)) on \(host): \(place)" + (what.isEmpty ? "" : " (\(what.joined(separator: " ")))"))
+        let line = oneLine("\(verb) \(part.spokenKind) on \(host): \(part.place)" + (what.isEmpty ? "" : " (\(what.joined(separator: " ")))"))
         return line.count <= 255 ? line : String(line.prefix(254)) + "…"
     }
 
@@ -94,7 +93,7 @@ public enum TicketText {
         text.row("Host", hardware.host)
         text.row("Location", part.location)
         text.section("Which part")
-        text.row("Kind", partKind(part.kind))
+        text.row("Kind", part.spokenKind)
         text.row("Name", part.name)
         text.row("Model", part.model)
         text.row("Serial", part.serial)
@@ -106,11 +105,6 @@ public enum TicketText {
         text.add("")
         text.add("Bynar incident {{\(wiki(incidentID))}}.")
         return text.joined
-    }
-
-    /// "power_supply" as a person says it ("power supply").
-    static func partKind(_ kind: String) -> String {
-        kind.isEmpty ? "part" : kind.split(separator: "_").joined(separator: " ")
     }
 
     /// `text` as literal text in JIRA wiki markup: on one line (a value from a disk or a

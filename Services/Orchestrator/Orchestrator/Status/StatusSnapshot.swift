@@ -160,7 +160,7 @@ public struct StatusSnapshot: Codable, Sendable, Equatable {
 
         let parts = hardware.sorted { $0.openedMs < $1.openedMs }.map { incident in
             let finding = incident.finding
-            return Hardware(id: incident.id, host: incident.host, kind: finding.part.kind.split(separator: "_").joined(separator: " "),
+            return Hardware(id: incident.id, host: incident.host, kind: finding.part.spokenKind,
                             part: finding.part.name, location: finding.part.location, serial: finding.part.serial,
                             reason: "\(finding.reason): \(finding.detail)", openedUnixMs: incident.openedMs, healthySinceUnixMs: incident.healthySinceMs,
                             ticket: incident.ticketKey.isEmpty ? nil : Ticket(incidentId: incident.id, key: incident.ticketKey, url: incident.ticketURL,

@@ -315,12 +315,8 @@ struct HardwareIncidents: Sendable {
         effects.logs.append(.init(level: level, message: message, metadata: metadata))
     }
 
-    /// "power supply PSU 2 (Redfish .../PowerSupplies/1)".
-    static func partName(_ part: Bynar_V1_HardwarePart) -> String {
-        let kind = part.kind.isEmpty ? "part" : part.kind.split(separator: "_").joined(separator: " ")
-        let place = !part.location.isEmpty ? part.location : (!part.name.isEmpty ? part.name : part.id)
-        return "\(kind) \(place)"
-    }
+    /// "power supply PSU 2".
+    static func partName(_ part: Bynar_V1_HardwarePart) -> String { "\(part.spokenKind) \(part.place)" }
 
     static func serialText(_ part: Bynar_V1_HardwarePart) -> String {
         let bits = [part.model.isEmpty ? nil : "model \(part.model)", part.serial.isEmpty ? nil : "serial \(part.serial)"].compactMap { $0 }

@@ -117,17 +117,8 @@ public struct IncidentJournal: Sendable {
     }
 
     static func openHardwareIncidents(_ db: Database) throws -> [HardwareIncidents.Incident] {
-        try hardwareIncidents(db, sql: "SELECT record FROM orchestrator_hardware_incident WHERE open ORDER BY opened_unix_ms")
-    }
-
-    /// Every hardware incident opened since `sinceMs` (open or closed), newest first.
-    static func hardwareIncidents(_ db: Database, sinceMs: Int64, limit: Int = 500) throws -> [HardwareIncidents.Incident] {
-        try hardwareIncidents(db, sql: "SELECT record FROM orchestrator_hardware_incident WHERE opened_unix_ms >= ? ORDER BY opened_unix_ms DESC LIMIT ?",
-                              arguments: [sinceMs, limit])
-    }
-
-    private static func hardwareIncidents(_ db: Database, sql: String, arguments: StatementArguments = []) throws -> [HardwareIncidents.Incident] {
-        try Data.fetchAll(db, sql: sql, arguments: arguments).map { try JSONDecoder().decode(HardwareIncidents.Incident.self, from: $0) }
+        try Data.fetchAll(db, sql: "SELECT record FROM orchestrator_hardware_incident WHERE open ORDER BY opened_unix_ms")
+            .map { try JSONDecoder().decode(HardwareIncidents.Incident.self, from: $0) }
     }
 
     /// Writes hardware incidents as they are now, inside `Outbox.commit` with their messages.
