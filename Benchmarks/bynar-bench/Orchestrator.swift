@@ -13,8 +13,11 @@
 //    the rate at which a plain subscriber of the same topics receives them (what the broker
 //    moves raw in the same run).
 //
-// SafeToRemove requests are answered "not safe" at once by this process (it plays every
-// host's disk-manager, without checking signatures), so each incident also goes on to QUEUED.
+// SafeToRemove requests are answered at once by this process (it plays every host's
+// disk-manager, without checking signatures): "not safe" by default, so each incident goes
+// on to QUEUED after asking; with `--safe`, "safe" (a HEALTH_OK cluster) and each Remove
+// "done", so the cluster brake (max_out_per_cluster, default 2) fills with the first
+// incidents and holds the others, which then go on to QUEUED without asking.
 import BynarBus
 import BynarProto
 import Synchronization
@@ -24,7 +27,7 @@ final class DecisionLog: Sendable {
     private struct State {
         var published: [String: ContinuousClock.Instant] = [:]
         var decided: [String: ContinuousClock.Instant] = [:]
-        /// Disks whose incident said QUEUED (SafeToRemove answered "not safe").
+        /// Disks whose incident said QUEUED (or, with `--safe`, went on to be removed).
         var queued: Set<String> = []
         var rawArrivals: [ContinuousClock.Instant] = []
         var hostStates: Set<String> = []
@@ -81,26 +84,33 @@ final class DecisionLog: Sendable {
     }
 }
 
-func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int, flood: Int) async throws {
+func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int, flood: Int, safe: Bool) async throws {
     let log = DecisionLog(hosts: hosts)
     let observer = try await makeBus("observer", port: port)
     let raw = try await makeBus("raw", port: port)
     let detector = try await makeBus("detector", port: port)
     let hostName = { (index: Int) in "host-\(index % hosts)" }
 
-    // Play every disk-manager: note the request, answer "not safe".
+    // Play every disk-manager: note the request, answer "not safe" (with `--safe`: "safe",
+    // and a Remove "done").
     let commands = try await observer.subscribe(Topics.diskManagerCommands(host: "+"), as: Bynar_V1_DiskManagerRequest.self, buffer: 1 << 20)
     let responder = Task {
         for await command in commands {
-            guard case .safeToRemove(let ask)? = command.payload.operation else { continue }
-            log.decided(ask.disk.key)
             var response = Bynar_V1_DiskManagerResponse()
             response.requestID = command.payload.requestID
             response.host = command.payload.host
             response.outcome = .success
-            response.safeToRemove.safe = false
-            response.safeToRemove.detail = "bench: not safe"
-            response.safeToRemove.clusterHealth = "HEALTH_OK"
+            switch command.payload.operation {
+            case .safeToRemove(let ask)?:
+                log.decided(ask.disk.key)
+                response.safeToRemove.safe = safe
+                response.safeToRemove.detail = safe ? "bench: safe" : "bench: not safe"
+                response.safeToRemove.clusterHealth = "HEALTH_OK"
+            case .remove? where safe:
+                response.reason = "bench: removed"
+            default:
+                continue
+            }
             // As the host's disk-manager: the orchestrator takes a reply only from the
             // responder it asked (the topic names it; this broker has no ACL to refuse it).
             Task { try? await observer.reply(to: command, with: response, asHost: command.payload.host, service: "disk-manager") }
@@ -110,7 +120,7 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     let incidentWatcher = Task {
         for await event in incidents {
             log.decided(event.payload.incident.disk.key)
-            if event.payload.incident.state == .queued { log.queued(event.payload.incident.disk.key) }
+            if [.queued, .removing, .removed].contains(event.payload.incident.state) { log.queued(event.payload.incident.disk.key) }
         }
     }
     let hostStates = try await observer.subscribe(Topics.hostState(host: "+"), as: Bynar_V1_HostState.self, buffer: 1 << 20)
@@ -199,11 +209,13 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
         _ = try await detector.publish(batch: messages)
         index += keys.count
     }
+    let floodPublished = ContinuousClock.now
     let floodDeadline = ContinuousClock.now + .seconds(120)
     while log.decidedCount(floodKeys) < floodKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
     let floodResult = log.latencies(floodKeys)
     let floodRaw = log.rawWindow(from: floodStart)
-    // Every incident of the run on to QUEUED (its SafeToRemove answered "not safe").
+    // Every incident of the run on to QUEUED (its SafeToRemove answered "not safe", or the
+    // brake holding it), or with `--safe` removed.
     let allKeys = steadyKeys + floodKeys
     while log.queuedCount(allKeys) < allKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
     let allQueued = ContinuousClock.now
@@ -212,7 +224,7 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
         guard let first, let last, last > first else { return 0 }
         return Double(count) / seconds(last - first)
     }
-    print("orchestrator_bench hosts=\(hosts)")
+    print("orchestrator_bench hosts=\(hosts) safe_to_remove_answer=\(safe ? "safe" : "not-safe")")
     print("membership births_published_s=\(format3(seconds(birthsPublished - birthsStarted))) all_host_states_s=\(membership.map(format3) ?? "timeout")")
     if steady.ms.isEmpty {
         print("steady rate=\(rate)/s seconds=\(runSeconds) decided=0")
@@ -226,10 +238,10 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     if !floodResult.ms.isEmpty {
         let floodRate = perSecond(floodResult.ms.count, floodResult.first, floodResult.last)
         let rawRate = perSecond(floodRaw.count, floodRaw.first, floodRaw.last)
-        print("flood incidents=\(flood) decided=\(floodResult.ms.count) orchestrator_per_s=\(Int(floodRate)) raw_per_s=\(Int(rawRate)) "
-              + "fraction=\(format3(rawRate > 0 ? floodRate / rawRate : 0)) latency_ms p50=\(format3(percentile(floodResult.ms, 0.5))) p99=\(format3(percentile(floodResult.ms, 0.99)))")
+        print("flood incidents=\(flood) published_s=\(format3(seconds(floodPublished - floodStart))) decided=\(floodResult.ms.count) orchestrator_per_s=\(Int(floodRate)) raw_per_s=\(Int(rawRate)) "
+              + "fraction=\(format3(rawRate > 0 ? floodRate / rawRate : 0)) latency_ms p10=\(format3(percentile(floodResult.ms, 0.1))) p50=\(format3(percentile(floodResult.ms, 0.5))) p99=\(format3(percentile(floodResult.ms, 0.99)))")
     }
-    print("queued \(log.queuedCount(allKeys))/\(allKeys.count) incidents QUEUED (SafeToRemove answered) \(format3(seconds(allQueued - floodStart))) s after the flood began")
+    print("queued \(log.queuedCount(allKeys))/\(allKeys.count) incidents QUEUED (or removed) \(format3(seconds(allQueued - floodStart))) s after the flood began")
     for task in [responder, incidentWatcher, hostWatcher, rawWatcher] { task.cancel() }
     await observer.shutdown()
     await raw.shutdown()

@@ -208,7 +208,8 @@ case "fuzz":
     try await benchFuzz(port: port, payloads: option("payloads", 28_000), maxBytes: option("max-bytes", 256 * 1024),
                         seed: UInt64(option("seed", 1)), topics: topics)
 case "orchestrator":
-    try await benchOrchestrator(port: port, hosts: option("hosts", 10_000), rate: option("rate", 1000), seconds: option("seconds", 10), flood: option("flood", 20_000))
+    try await benchOrchestrator(port: port, hosts: option("hosts", 10_000), rate: option("rate", 1000), seconds: option("seconds", 10), flood: option("flood", 20_000),
+                                safe: CommandLine.arguments.contains("--safe"))
 default:
     writeToStandardError("usage: bynar-bench publish|stream|rtt|kernel-latency --port P [--messages N] [--samples N]")
     exit(64)

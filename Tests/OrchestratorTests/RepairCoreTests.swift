@@ -69,8 +69,16 @@ import Testing
         #expect(!asks(two), "the cluster's one disk out is out: no SafeToRemove")
         #expect(core.machines[secondID]?.state == .queued)
         #expect(core.machines[secondID]?.detail.contains("already out in cluster default (limit 1)") == true, "\(core.machines[secondID]?.detail ?? "")")
-        // Its regular recheck asks nothing either while the first is out.
-        #expect(!asks(core.handle(.tick, nowMs: 3_000 + Int64(config.queueRecheckSeconds) * 1000 + 1)))
+        // Said once, OPENED -> QUEUED, and never that the disk-manager is being asked.
+        let reports = two.messages.compactMap { $0.topic == Topics.incidentEvents ? $0.payload as? Bynar_V1_IncidentEvent : nil }
+        #expect(reports.map(\.fromState) == [.opened] && reports.map(\.incident.state) == [.queued], "\(reports.map(\.message))")
+        #expect(!reports.contains { $0.message.contains("asking") }, "\(reports.map(\.message))")
+        let failedNote = two.messages.compactMap { $0.payload as? Bynar_V1_Notification }.first
+        #expect(failedNote?.nextAction.contains("waiting for the cluster brake") == true, "\(failedNote?.nextAction ?? "no notification")")
+        // Its regular recheck asks nothing either while the first is out, and says nothing.
+        let recheck = core.handle(.tick, nowMs: 3_000 + Int64(config.queueRecheckSeconds) * 1000 + 1)
+        #expect(!asks(recheck))
+        #expect(!recheck.messages.contains { $0.topic == Topics.incidentEvents || $0.topic == Topics.incidentState(id: secondID) }, "\(recheck.messages.map(\.topic))")
         #expect(core.machines[secondID]?.state == .queued)
 
         // The first is repaired (its new disk added): capacity comes free and the second asks.

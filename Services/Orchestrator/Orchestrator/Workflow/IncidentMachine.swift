@@ -369,12 +369,18 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     /// Applies `event` at `nowMs` and returns what to do, in order. A terminal incident
     /// takes only operator commands (answered, mostly refused) and, when STUCK, time for
     /// its re-announcements.
-    public mutating func handle(_ event: Event, nowMs: Int64) -> [Action] {
+    ///
+    /// `brake`: what the cluster brake's limits and rate would say of this disk going out
+    /// now (``ClusterBrake/holds(_:out:nowMs:)``; nil: they would let it go). A step that
+    /// would ask the disk-manager whether the disk is safe to remove asks nothing while the
+    /// brake would hold it anyway: the incident goes (or stays) QUEUED, said once.
+    public mutating func handle(_ event: Event, nowMs: Int64, brake: Admission? = nil) -> [Action] {
         let before = self
         var actions: [Action]
+        let hold: (reason: String, retryAtMs: Int64?)? = if case .hold(let reason, let at)? = brake { (reason, at) } else { nil }
         switch event {
         case .operatorRetry(let who):
-            actions = operatorRetry(who, nowMs: nowMs)
+            actions = operatorRetry(who, nowMs: nowMs, hold: hold)
         case .operatorCancel(let who, let facts):
             actions = operatorCancel(who, facts, nowMs: nowMs)
         case .operatorResolve(let who, let facts):
@@ -385,7 +391,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             actions = reannounce(nowMs: nowMs)
         default:
             if state.isTerminal { return [] }
-            actions = transition(event, nowMs: nowMs)
+            actions = transition(event, nowMs: nowMs, hold: hold)
             if event == .timePassed && state == before.state { actions += reannounce(nowMs: nowMs) }
         }
         if state != before.state {
@@ -396,7 +402,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         return actions
     }
 
-    private mutating func transition(_ event: Event, nowMs: Int64) -> [Action] {
+    private mutating func transition(_ event: Event, nowMs: Int64, hold: (reason: String, retryAtMs: Int64?)?) -> [Action] {
         switch (state, event) {
         // Healthy before anything was removed: nothing to do.
         case (.opened, .diskHealthy), (.checkingSafety, .diskHealthy), (.queued, .diskHealthy):
@@ -408,7 +414,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             return stick("a new disk (\(new.key)) replaced \(disk.key) before Bynar removed it; check the storage backend by hand", nowMs: nowMs)
 
         case (.opened, .started), (.opened, .resumed):
-            return checkSafety(from: .opened, message: "disk failed (\(reasons.joined(separator: ", "))); asking the disk-manager whether it is safe to remove", nowMs: nowMs, notify: true)
+            return checkSafety(from: .opened, message: "disk failed (\(reasons.joined(separator: ", "))); asking the disk-manager whether it is safe to remove", nowMs: nowMs, notify: true, hold: hold)
 
         // CHECKING_SAFETY
         case (.checkingSafety, .resumed):
@@ -431,10 +437,10 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
 
         // QUEUED
         case (.queued, .capacityFreed):
-            return checkSafety(from: .queued, message: "capacity came free; asking again whether it is safe to remove", nowMs: nowMs, notify: false)
+            return checkSafety(from: .queued, message: "capacity came free; asking again whether it is safe to remove", nowMs: nowMs, notify: false, hold: hold)
         case (.queued, .timePassed):
             guard let at = retryAtMs, nowMs >= at else { return [] }
-            return checkSafety(from: .queued, message: "asking again whether it is safe to remove", nowMs: nowMs, notify: false)
+            return checkSafety(from: .queued, message: "asking again whether it is safe to remove", nowMs: nowMs, notify: false, hold: hold)
 
         // REMOVING
         case (.removing, .resumed):
@@ -513,7 +519,18 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         return [.report(from: from, step: step, message: message)]
     }
 
-    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool, step reported: String = "safe-to-remove") -> [Action] {
+    private mutating func checkSafety(from: State, message: String, nowMs: Int64, notify: Bool, step reported: String = "safe-to-remove",
+                                      hold: (reason: String, retryAtMs: Int64?)?) -> [Action] {
+        if let hold {
+            // The brake first: its answer would be stale by the time the disk may go, so
+            // nothing is asked; QUEUED (said once) until capacity comes free or the recheck.
+            var actions = queue(because: hold.reason, retryAtMs: hold.retryAtMs, nowMs: nowMs)
+            if notify {
+                actions.append(.notify(.warning, title: "Disk \(disk.label) failed", text: "Reasons: \(reasons.joined(separator: "; ")).",
+                                       nextAction: "waiting for the cluster brake (\(hold.reason))"))
+            }
+            return actions
+        }
         if from == .queued { generation[.safeToRemove, default: 1] += 1 }
         begin(.safeToRemove, nowMs: nowMs)
         var actions = enter(.checkingSafety, from: from, step: reported, message: message)
@@ -603,7 +620,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
                                    nextAction: "waiting for the disk to be replaced"))
             if ticket.state != .opened {
                 // Opened and resolved before we heard of the opening.
-                return actions + transition(.ticketChanged(ticket), nowMs: nowMs)
+                return actions + transition(.ticketChanged(ticket), nowMs: nowMs, hold: nil)
             }
             return actions
         }
@@ -754,7 +771,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         }
     }
 
-    private mutating func operatorRetry(_ who: Operator, nowMs: Int64) -> [Action] {
+    private mutating func operatorRetry(_ who: Operator, nowMs: Int64, hold: (reason: String, retryAtMs: Int64?)?) -> [Action] {
         if who.reason.allSatisfy(\.isWhitespace) { return refuse("a reason is required (--reason)") }
         let note = "operator \(who.keyID) retried: \(who.reason)"
         let from = state
@@ -792,7 +809,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
                 jobID = ""
             }
             actions = checkSafety(from: from, message: note + "; asking the disk-manager again whether it is safe to remove", nowMs: nowMs, notify: false,
-                                  step: "operator-retry")
+                                  step: "operator-retry", hold: hold)
         case .openTicket:
             begin(.openTicket, nowMs: nowMs)
             actions = enter(.removed, from: from, step: "operator-retry", message: note + "; asking for a ticket again") + [.ticket(.open, comment: "")]

@@ -455,12 +455,19 @@ struct RepairCore: Sendable {
         }
         incidents.touch(id)
         let before = machine
-        let actions = machine.handle(event, nowMs: now)
+        let actions = machine.handle(event, nowMs: now, brake: brakeFirst(machine))
         guard actions.isEmpty ? machine != before : true else { return }
         incidents.update(machine)
         effects.dirty.insert(id)
         for action in actions { perform(action, for: id) }
         if let after = incidents.machine(id), before.countsAsOut && !after.countsAsOut { capacityFreed(in: after.cluster) }
+    }
+
+    /// What the brake's limits and rate would say of `machine`'s disk going out now, for a
+    /// machine that may be about to ask whether it is safe to remove (nil otherwise).
+    private func brakeFirst(_ machine: IncidentMachine) -> IncidentMachine.Admission? {
+        guard [.opened, .queued, .stuck].contains(machine.state) else { return nil }
+        return brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: machine.id), nowMs: now)
     }
 
     private mutating func capacityFreed(in cluster: String) {
@@ -512,7 +519,9 @@ struct RepairCore: Sendable {
         case .checkSafety:
             // The brake first: an incident its limits or rate would hold anyway is queued
             // without asking the disk-manager (a flood of failures is not a flood of
-            // SafeToRemoves, and a queued incident asks again only when it may go).
+            // SafeToRemoves, and a queued incident asks again only when it may go). The
+            // machine was told before it stepped (``brakeFirst(_:)``); a step that asks again
+            // from CHECKING_SAFETY (a restart, a timeout's retry) is checked here.
             if let hold = brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: id), nowMs: now) {
                 apply(.brakeDecided(hold), to: id)
             } else {
