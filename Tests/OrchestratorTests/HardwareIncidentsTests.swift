@@ -41,6 +41,21 @@ import Testing
         .ticket(.with { $0.incidentID = id; $0.state = state; $0.ticketKey = "OPS-7"; $0.url = "https://jira.example/browse/OPS-7" })
     }
 
+    /// HW5: an OPEN no ticket event confirmed (lost on the way, or ticketing's answer lost)
+    /// is asked again after ``HardwareIncidents/refileMs``, once per that time; a ticket
+    /// event stops it.
+    @Test func anOpenNoTicketEventConfirmedIsAskedAgain() throws {
+        var core = HardwareIncidents(open: [], healthySeconds: 60, ticketReceiptSeconds: 300)
+        let open = try #require(Self.tickets(core.handle(Self.event(.failed), nowMs: 1_000)).first)
+        let refile = HardwareIncidents.refileMs
+        #expect(Self.tickets(core.handle(.tick, nowMs: 1_000 + refile - 1)).isEmpty)
+        let again = Self.tickets(core.handle(.tick, nowMs: 1_000 + refile))
+        #expect(again.map(\.action) == [.open] && again.first?.incidentID == open.incidentID, "asked again, for the same incident")
+        #expect(Self.tickets(core.handle(.tick, nowMs: 1_000 + refile + 1)).isEmpty, "not again until another refileMs")
+        core.handle(Self.ticketEvent(open.incidentID, .opened), nowMs: 2_000 + refile)
+        #expect(Self.tickets(core.handle(.tick, nowMs: 3_000 + 3 * refile)).isEmpty, "filed: never asked again")
+    }
+
     /// HW1, HW4, HW5: a failed PSU gets one incident and one ticket naming the part, its
     /// location and serial; the technician's resolution while the BMC still says failed gets
     /// one comment; healthy for the configured time closes incident and ticket.
@@ -54,7 +69,8 @@ import Testing
         #expect(!open.hasHealth, "a hardware ticket carries no disk")
         #expect(opened.changed.map(\.id) == [open.incidentID])
         #expect(Self.notes(opened).first?.severity == .error)
-        #expect(opened.messages.first { $0.payload is Bynar_V1_TicketRequest }?.receipt?.service == "ticketing", "sent until ticketing answers")
+        #expect(opened.messages.first { $0.payload is Bynar_V1_TicketRequest }?.receipt == nil,
+                "an OPEN is confirmed by its ticket event, not held as a receipt group's head (a lost receipt held its comment and close behind it)")
 
         #expect(core.handle(Self.event(.failed), nowMs: 2_000).isEmpty, "the same failure again: nothing new")
         #expect(Self.tickets(core.handle(Self.state([Self.finding(.failed)]), nowMs: 2_500)).isEmpty, "a retained state of it: nothing new")

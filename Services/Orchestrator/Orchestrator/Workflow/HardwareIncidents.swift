@@ -24,8 +24,8 @@ import Foundation
 ///   and its ticket, saying so on the ticket; failing again before that keeps the incident.
 /// - HW5 The ticket's key is kept when ticketing files it; a ticket a person resolves or
 ///   closes while the BMC still reports the part failed gets one comment saying so, and the
-///   incident stays open; a ticket that could not be filed is asked for again every
-///   ``refileMs``.
+///   incident stays open; a ticket that could not be filed, or whose OPEN no ticket event
+///   confirmed, is asked for again every ``refileMs``.
 /// - HW6 A retained state (an orchestrator starting, or one taking over) reconciles: FAILED
 ///   parts without an incident open one (HW1), open incidents whose part is healthy start
 ///   their healthy time (HW4). The host is always the topic's.
@@ -146,14 +146,15 @@ struct HardwareIncidents: Sendable {
             for (key, incident) in open.sorted(by: { $0.key < $1.key }) {
                 if let since = incident.healthySinceMs, now - since >= healthyMs {
                     close(key, incident)
-                } else if incident.ticket == .failed, now - incident.ticketAskedMs >= Self.refileMs {
+                } else if incident.ticket == .failed || incident.ticket == .requested, now - incident.ticketAskedMs >= Self.refileMs {
+                    // Could not be filed, or no ticket event came for the OPEN: asked again.
                     var asked = incident
                     asked.ticket = .requested
                     asked.ticketAskedMs = now
                     asked.updatedMs = now
                     save(key, asked)
                     requestTicket(.open, for: asked, comment: "")
-                    log(.notice, "hardware ticket asked for again", asked)
+                    log(.notice, "hardware ticket asked for again", asked, ["after": incident.ticket == .failed ? "ticketing could not file it" : "no ticket event for the OPEN"])
                 }
             }
         }
@@ -293,9 +294,14 @@ struct HardwareIncidents: Sendable {
         hardware.finding = incident.finding
         hardware.failedUnixMs = incident.openedMs
         request.hardware = hardware
-        // Sent until ticketing answers, one at a time per incident: an OPEN before its CLOSE.
-        effects.messages.append(Outbox.Event(request, to: Topics.ticketCommands, correlationId: incident.id,
-                                             receipt: Outbox.Receipt(from: "ticketing", resendAfter: ticketReceipt)))
+        // As the disk workflow's: an OPEN is confirmed by its ticket event and asked again
+        // when none came (``refileMs``; ticketing answers a repeated OPEN with the ticket it
+        // has). A comment or close is sent until ticketing answers it, one at a time per
+        // incident. (An OPEN sent until answered held them all behind it when its receipt
+        // was lost, e.g. the orchestrator killed just after ticketing filed the ticket: they
+        // waited for its resend, ticket_receipt_seconds later.)
+        let receipt = action == .open ? nil : Outbox.Receipt(from: "ticketing", resendAfter: ticketReceipt)
+        effects.messages.append(Outbox.Event(request, to: Topics.ticketCommands, correlationId: incident.id, receipt: receipt))
     }
 
     private mutating func notify(_ severity: Bynar_V1_Notification.Severity, _ title: String, text: String, host: String, next: String, incident: String) {
