@@ -467,7 +467,13 @@ struct RepairCore: Sendable {
     /// machine that may be about to ask whether it is safe to remove (nil otherwise).
     private func brakeFirst(_ machine: IncidentMachine) -> IncidentMachine.Admission? {
         guard [.opened, .queued, .stuck].contains(machine.state) else { return nil }
-        return brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: machine.id), nowMs: now)
+        return brakeHold(machine)
+    }
+
+    /// The hold the brake's limits and rate put on `machine`'s disk going out now, the
+    /// other disks out in the cluster counted (nil: they would let it go).
+    private func brakeHold(_ machine: IncidentMachine) -> IncidentMachine.Admission? {
+        brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: machine.id), nowMs: now)
     }
 
     private mutating func capacityFreed(in cluster: String) {
@@ -522,7 +528,7 @@ struct RepairCore: Sendable {
             // SafeToRemoves, and a queued incident asks again only when it may go). The
             // machine was told before it stepped (``brakeFirst(_:)``); a step that asks again
             // from CHECKING_SAFETY (a restart, a timeout's retry) is checked here.
-            if let hold = brake.holds(RepairEngine.placement(machine), out: incidents.outPlacements(except: id), nowMs: now) {
+            if let hold = brakeHold(machine) {
                 apply(.brakeDecided(hold), to: id)
             } else {
                 effects.commands.append((id, action))
