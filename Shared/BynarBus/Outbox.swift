@@ -3,6 +3,7 @@ public import BynarProto
 public import BynarStore
 public import GRDB
 import Logging
+import Synchronization
 
 /// Publishes events so that a broker outage or a crash loses none: each event is written
 /// to the service's local store first and deleted only once the broker has acknowledged it.
@@ -28,6 +29,8 @@ public final class Outbox: Sendable {
     /// While false, nothing is sent (a coordinated leader not sure it still leads: a stale
     /// leader must not overwrite a newer one's retained states).
     private let gate: (@Sendable () -> Bool)?
+    /// Set when a receipt let a later event of its group go: the sender reads from the start.
+    private let rescan = Mutex(false)
 
     public init(bus: Bus, store: LocalStore, gate: (@Sendable () -> Bool)? = nil) {
         self.bus = bus
@@ -163,9 +166,15 @@ public final class Outbox: Sendable {
     private func confirmReceipts() async {
         for await (messageId, responder) in receipts {
             do {
-                if try store.confirmReceipt(messageId: messageId, from: responder.service) {
+                let confirmation = try store.confirmReceipt(messageId: messageId, from: responder.service)
+                if confirmation.confirmed {
                     bus.logger.debug("receipt came; event confirmed", metadata: ["message_id": "\(messageId)", "from": "\(responder)"])
-                    wake.signal()  // the next event of its group may go now
+                    if confirmation.unblocks {
+                        // The next event of its group may go now: it is earlier than what
+                        // the sender read last, so it reads from the start again.
+                        rescan.withLock { $0 = true }
+                        wake.signal()
+                    }
                 } else {
                     bus.logger.debug("reply confirms no waiting event (late, a copy's, or not from the service it waits for)",
                                      metadata: ["message_id": "\(messageId)", "from": "\(responder)"])
@@ -177,6 +186,41 @@ public final class Outbox: Sendable {
         }
     }
 
+    /// Most events in one batch to the broker.
+    static let batchSize = 1024
+    /// What the broker took is written to the store (removed, or kept awaiting its receipt)
+    /// once this many have accumulated, or as soon as nothing is left to send: one store
+    /// write per this many events, not one per batch, and written while the next batch is
+    /// on its way to the broker. A crash before the write sends them again (same message
+    /// ids; receivers drop copies).
+    static let settleEvery = 2048
+
+    /// Events the broker took whose removal (or wait for a receipt) is not yet written.
+    private struct Unsettled {
+        var delivered: [Int64] = []
+        var awaiting: [Int64] = []
+        /// The shortest resend wait among `awaiting` (nil: none, or one without a wait).
+        var shortestWait: Int64?
+        var waitUnknown = false
+        var count: Int { delivered.count + awaiting.count }
+    }
+
+    /// Writes what the broker took; returns when the earliest awaiting event is due again
+    /// (`resendDue` when none of these awaits).
+    private func settle(_ unsettled: inout Unsettled, resendDue: Int64?) throws -> Int64? {
+        guard unsettled.count > 0 else { return resendDue }
+        let now = Bus.nowUnixMs()
+        try store.settleOutbox(delivered: unsettled.delivered, awaiting: unsettled.awaiting, nowMs: now)
+        defer { unsettled = Unsettled() }
+        guard !unsettled.awaiting.isEmpty else { return resendDue }
+        // Each is due again its `resend_after_ms` from now: the earliest is known without
+        // scanning every awaiting event in the store.
+        if let wait = unsettled.shortestWait, !unsettled.waitUnknown {
+            return min(resendDue ?? (now + wait), now + wait)
+        }
+        return try store.nextResendUnixMs()
+    }
+
     private func send() async {
         var retryDelay = Duration.milliseconds(200)
         // When the earliest event awaiting its receipt is due to go again (nil: none awaits):
@@ -184,6 +228,11 @@ public final class Outbox: Sendable {
         // so the store is written for resends only when one is due, not on every wake.
         var resendDue = try? store.nextResendUnixMs()
         var listening = false
+        var unsettled = Unsettled()
+        // Every pending event up to this id was handed to the broker (or parked): the next
+        // read starts after it. Back to 0, once what the broker took is written, when an
+        // earlier event may have become sendable (a receipt, a resend, a failed batch).
+        var sentThrough: Int64 = 0
         while !Task.isCancelled {
             if let gate, !gate() {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -191,19 +240,28 @@ public final class Outbox: Sendable {
             }
             let batch: [LocalStore.OutboxEntry]
             do {
-                if let due = resendDue, due <= Bus.nowUnixMs() {
+                let overdue = resendDue.map { $0 <= Bus.nowUnixMs() } ?? false
+                if overdue || rescan.withLock({ flag in defer { flag = false }; return flag }) {
+                    resendDue = try settle(&unsettled, resendDue: resendDue)
+                    sentThrough = 0
+                }
+                if overdue {
                     for given in try store.releaseOverdueReceipts(nowMs: Bus.nowUnixMs()) {
                         bus.logger.error("no receipt came in time; given up, kept in the outbox as unanswered",
                                          metadata: ["topic": "\(given.topic)", "receiver": "\(given.receiptFrom)"])
                     }
                     resendDue = try store.nextResendUnixMs()
                 }
-                batch = try store.pendingOutbox(limit: 256)  // well under Bus.maxBatch
+                batch = try store.pendingOutbox(after: sentThrough, limit: Self.batchSize)
                 if !listening, resendDue != nil || batch.contains(where: { $0.receiptFrom != nil }) {
                     // Receipts come to this client's reply topic (for events sent before a
                     // restart too: its session kept the subscription; the bus holds them).
                     try await bus.ensureReplyRoute()
                     listening = true
+                }
+                if batch.isEmpty && unsettled.count > 0 {
+                    resendDue = try settle(&unsettled, resendDue: resendDue)
+                    continue
                 }
             } catch BusError.stopped {
                 return
@@ -225,31 +283,34 @@ public final class Outbox: Sendable {
             var stalled = false
             do {
                 // One batch, in order, pipelined: the broker acknowledges each message.
-                let outcomes = try await bus.publish(batch: batch.map(outgoing))
-                var delivered: [Int64] = []
-                var awaiting: [Int64] = []
+                // Meanwhile what earlier batches delivered is written, when enough has gathered.
+                async let sent = bus.publish(batch: batch.map(outgoing))
+                if unsettled.count >= Self.settleEvery {
+                    resendDue = try settle(&unsettled, resendDue: resendDue)
+                }
+                let outcomes = try await sent
                 for (entry, refusal) in zip(batch, outcomes) {
                     guard let refusal else {
-                        if entry.receiptFrom == nil { delivered.append(entry.id) } else { awaiting.append(entry.id) }
+                        if entry.receiptFrom == nil {
+                            unsettled.delivered.append(entry.id)
+                        } else {
+                            unsettled.awaiting.append(entry.id)
+                            if let wait = entry.resendAfterMs {
+                                unsettled.shortestWait = min(unsettled.shortestWait ?? wait, wait)
+                            } else {
+                                unsettled.waitUnknown = true
+                            }
+                        }
                         continue
                     }
-                    // The broker will never take it (ACL): park it, loudly, and go on.
+                    // The broker will never take it (ACL): park it, loudly, and go on. A
+                    // later event of its receipt group, passed over while it was pending,
+                    // may go now: read from the start again.
                     bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(refusal)"])
                     try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
+                    if entry.receiptFrom != nil { rescan.withLock { $0 = true } }
                 }
-                let now = Bus.nowUnixMs()
-                try store.settleOutbox(delivered: delivered, awaiting: awaiting, nowMs: now)
-                if !awaiting.isEmpty {
-                    // Each is due again its `resend_after_ms` from now: the earliest is known
-                    // without scanning every awaiting event in the store.
-                    let waiting = Set(awaiting)
-                    let waits = batch.filter { waiting.contains($0.id) }.map(\.resendAfterMs)
-                    if let wait = waits.compactMap({ $0 }).min(), !waits.contains(nil) {
-                        resendDue = min(resendDue ?? (now + wait), now + wait)
-                    } else {
-                        resendDue = try store.nextResendUnixMs()
-                    }
-                }
+                sentThrough = batch.last!.id
                 retryDelay = .milliseconds(200)
             } catch BusError.stopped {
                 return
@@ -258,6 +319,8 @@ public final class Outbox: Sendable {
                 // from its first event, keeping order; receivers drop duplicates by id.
                 bus.logger.warning("outbox batch not acknowledged; will retry", metadata: ["events": "\(batch.count)", "error": "\(error)"])
                 for entry in batch { try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false) }
+                resendDue = (try? settle(&unsettled, resendDue: resendDue)) ?? resendDue
+                sentThrough = 0
                 stalled = true
             }
             if stalled {

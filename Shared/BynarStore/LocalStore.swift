@@ -1,4 +1,5 @@
 public import GRDB
+import Synchronization
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -15,6 +16,9 @@ public final class LocalStore: Sendable {
     /// Where every write goes before it commits (nil: a store of this host only).
     public let replicator: (any StoreReplicator)?
     private let replicationGuard: ReplicationGuard?
+    /// The outbox sender's own connection (``pendingOutbox(after:limit:)``), opened on first
+    /// use: in WAL mode its reads neither wait for the service's commits nor hold them up.
+    private let outboxReader = Mutex<DatabaseQueue?>(nil)
 
     /// Opens (creating if needed) the store at `path` and runs the shared migrations, then
     /// `migrations` (each registered once, in order, by identifier).
@@ -261,20 +265,31 @@ public final class LocalStore: Sendable {
         }
     }
 
-    /// The oldest pending messages, in the order they were written; a message sent until
-    /// answered waits while an earlier one of its receipt group is not confirmed (a close
-    /// must not overtake the comment before it that a receiver lost).
+    /// The oldest pending messages after `id`, in the order they were written; a message
+    /// sent until answered waits while an earlier one of its receipt group is not confirmed
+    /// (a close must not overtake the comment before it that a receiver lost). Read on a
+    /// connection of its own (a file store): the sender does not wait for the commits.
     public func pendingOutbox(after id: Int64 = 0, limit: Int) throws -> [OutboxEntry] {
-        try database.read { db in
+        try reader().read { db in
             try Row.fetchAll(db, sql: """
                 SELECT id, message_id, topic, payload, retain, attempts, receipt_from, resend_after_ms FROM outbox AS o
                 WHERE state = 'pending' AND id > ? AND (receipt_from IS NULL OR NOT EXISTS (
                     SELECT 1 FROM outbox AS e WHERE e.receipt_group = o.receipt_group AND e.id < o.id AND e.state IN ('pending', 'awaiting')))
                 ORDER BY id LIMIT ?
                 """, arguments: [id, limit]).map { row in
-                OutboxEntry(id: row["id"], messageId: row["message_id"], topic: row["topic"], payload: [UInt8](row["payload"] as Data), retain: row["retain"], attempts: row["attempts"],
-                            receiptFrom: row["receipt_from"], resendAfterMs: row["resend_after_ms"])
+                // By position, in the SELECT's order (by name, each look-up compares lowercased names).
+                OutboxEntry(id: row[0], messageId: row[1], topic: row[2], payload: [UInt8](row[3] as Data), retain: row[4], attempts: row[5],
+                            receiptFrom: row[6], resendAfterMs: row[7])
             }
+        }
+    }
+
+    private func reader() throws -> DatabaseQueue {
+        try outboxReader.withLock { reader in
+            if let reader { return reader }
+            let opened = try readOnlyConnection()
+            reader = opened
+            return opened
         }
     }
 
@@ -320,14 +335,29 @@ public final class LocalStore: Sendable {
         }
     }
 
-    /// A reply from `service` confirmed message `messageId`: it is forgotten. Returns false
+    /// What a receipt did (``confirmReceipt(messageId:from:)``).
+    public struct Confirmation: Sendable, Equatable {
+        /// A message of that id waited for that service's receipt; it is forgotten.
+        public var confirmed: Bool
+        /// Later messages of its receipt group wait in the outbox: they may go now.
+        public var unblocks: Bool
+    }
+
+    /// A reply from `service` confirmed message `messageId`: it is forgotten. Not confirmed
     /// when no message of that id waits for that service's receipt (already confirmed, or
     /// a reply from someone else, which confirms nothing).
     @discardableResult
-    public func confirmReceipt(messageId: String, from service: String) throws -> Bool {
+    public func confirmReceipt(messageId: String, from service: String) throws -> Confirmation {
         try write { db in
-            try db.execute(sql: "DELETE FROM outbox WHERE message_id = ? AND receipt_from = ? AND state IN ('pending', 'awaiting')", arguments: [messageId, service])
-            return db.changesCount > 0
+            let groups = try String?.fetchAll(db, sql: """
+                DELETE FROM outbox WHERE message_id = ? AND receipt_from = ? AND state IN ('pending', 'awaiting') RETURNING receipt_group
+                """, arguments: [messageId, service])
+            guard !groups.isEmpty else { return Confirmation(confirmed: false, unblocks: false) }
+            let group = groups.compactMap { $0 }.first { $0 != messageId }
+            let unblocks = try group.map {
+                try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_group = ? AND state = 'pending')", arguments: [$0]) ?? false
+            } ?? false
+            return Confirmation(confirmed: true, unblocks: unblocks)
         }
     }
 

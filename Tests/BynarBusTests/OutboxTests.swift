@@ -213,4 +213,46 @@ struct OutboxTests {
         await receiver.shutdown()
         await other.shutdown()
     }
+
+    /// Events sent until answered go one at a time per receipt group, and the sender reads
+    /// on past a held one (it does not read the events it already sent again): a ticket's
+    /// close held behind its comment, with an event of no group written after both, goes
+    /// as soon as the comment is answered, not at the comment's next resend a minute later.
+    @Test(.timeLimit(.minutes(1))) func anEventHeldBehindItsGroupGoesWhenTheEarlierOneIsAnswered() async throws {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox-group")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/orchestrator.sqlite")
+        let sender = try await connectedBus(broker, service: "orchestrator")
+        let receiver = try await connectedBus(broker, service: "ticketing")
+        let requests = Collector(try await receiver.subscribe("test/cmd", as: Bynar_V1_TicketRequest.self))
+        let others = Collector(try await receiver.subscribe("test/other", as: Bynar_V1_DiskHealthEvent.self))
+        let outbox = Outbox(bus: sender, store: store)
+        let running = Task { await outbox.run() }
+        defer { running.cancel() }
+
+        let receipt = Outbox.Receipt(from: "ticketing", resendAfter: .seconds(60))
+        func request(_ action: Bynar_V1_TicketRequest.Action) -> Bynar_V1_TicketRequest {
+            var request = Bynar_V1_TicketRequest()
+            request.incidentID = "inc-group"
+            request.action = action
+            return request
+        }
+        try outbox.commit([
+            Outbox.Event(request(.comment), to: "test/cmd", correlationId: "inc-group", receipt: receipt),
+            Outbox.Event(request(.close), to: "test/cmd", correlationId: "inc-group", receipt: receipt),
+            Outbox.Event(Bynar_V1_DiskHealthEvent(), to: "test/other"),
+        ])
+        #expect(await others.wait(timeout: .seconds(5)) { $0.count == 1 }, "the event of no group is not held")
+        try #require(await requests.wait(timeout: .seconds(5)) { $0.count == 1 })
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(requests.all.map(\.payload.action) == [.comment], "the close waits for the comment's receipt")
+        try await receiver.reply(to: requests.all[0], with: Bynar_V1_TicketResponse())
+        try #require(await requests.wait(timeout: .seconds(5)) { $0.count == 2 }, "the close goes once the comment is answered")
+        #expect(requests.all.map(\.payload.action) == [.comment, .close])
+        try await receiver.reply(to: requests.all[1], with: Bynar_V1_TicketResponse())
+        #expect(await Collector<Int>.poll(timeout: .seconds(5)) { (try? store.awaitingReceipts()) == 0 && (try? store.outboxCounts().pending) == 0 })
+        await sender.shutdown()
+        await receiver.shutdown()
+    }
 }
