@@ -11,6 +11,14 @@ actor MembershipKeeper {
     /// Transitions per status message id, kept until claimed or two minutes old.
     private var applied: [String: (transitions: [Membership.Transition], atMs: Int64, claimed: Bool)] = [:]
     private var lastPrune: Int64 = 0
+    /// The message ids in `applied` whose transitions took a service down, by host and
+    /// service: a birth forgets them without looking through every status of the last two
+    /// minutes (that look made 10,000 hosts' births quadratic).
+    private var deaths: [ServiceKey: [String]] = [:]
+    private struct ServiceKey: Hashable {
+        var host: String
+        var service: String
+    }
 
     /// From the full subscription: applies an application's state (`host` from its topic).
     func observe(app state: Bynar_V1_AppState, host: String, messageID: String, nowMs: Int64) {
@@ -62,8 +70,8 @@ actor MembershipKeeper {
         if birth {
             // A service's will repeats its message id on every lost connection of one run:
             // once it is back, its next death is a new event.
-            applied = applied.filter { _, entry in
-                !entry.transitions.contains(.service(host: status.host, service: status.service, up: false))
+            for id in deaths.removeValue(forKey: ServiceKey(host: status.host, service: status.service)) ?? [] {
+                applied[id] = nil
             }
         }
         return record(messageID, nowMs: nowMs, claimed: claimed) { _ in transitions }
@@ -73,9 +81,16 @@ actor MembershipKeeper {
     private func record(_ messageID: String, nowMs: Int64, claimed: Bool, _ change: (inout Membership) -> [Membership.Transition]) -> [Membership.Transition] {
         let transitions = change(&membership)
         applied[messageID] = (transitions, nowMs, claimed)
+        for case .service(let host, let service, false) in transitions {
+            deaths[ServiceKey(host: host, service: service), default: []].append(messageID)
+        }
         if nowMs - lastPrune > 30_000 {
             lastPrune = nowMs
             applied = applied.filter { nowMs - $0.value.atMs < 120_000 }
+            deaths = deaths.compactMapValues { ids in
+                let kept = ids.filter { applied[$0] != nil }
+                return kept.isEmpty ? nil : kept
+            }
         }
         return transitions
     }
