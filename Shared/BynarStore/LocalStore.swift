@@ -352,12 +352,12 @@ public final class LocalStore: Sendable {
             let groups = try String?.fetchAll(db, sql: """
                 DELETE FROM outbox WHERE message_id = ? AND receipt_from = ? AND state IN ('pending', 'awaiting') RETURNING receipt_group
                 """, arguments: [messageId, service])
-            guard !groups.isEmpty else { return Confirmation(confirmed: false, unblocks: false) }
-            let group = groups.compactMap { $0 }.first { $0 != messageId }
-            let unblocks = try group.map {
-                try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_group = ? AND state = 'pending')", arguments: [$0]) ?? false
-            } ?? false
-            return Confirmation(confirmed: true, unblocks: unblocks)
+            // One row at most (message ids are unique).
+            guard let deleted = groups.first else { return Confirmation(confirmed: false, unblocks: false) }
+            // A group of its own (sent on its own, not in order): nothing waits behind it.
+            guard let group = deleted, group != messageId else { return Confirmation(confirmed: true, unblocks: false) }
+            let waiting = try Bool.fetchOne(db, sql: "SELECT EXISTS(SELECT 1 FROM outbox WHERE receipt_group = ? AND state = 'pending')", arguments: [group]) ?? false
+            return Confirmation(confirmed: true, unblocks: waiting)
         }
     }
 

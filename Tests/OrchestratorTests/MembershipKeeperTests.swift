@@ -33,8 +33,10 @@ import Testing
         #expect(await keeper.claim(Self.status("h2", "disk-manager", birth: false, session: 1), messageID: "will-h2", nowMs: 7).transitions.isEmpty)
     }
 
-    /// 10,000 hosts' births and deaths: the birth of a host's service no longer looks
-    /// through every status of the last two minutes (it did, once per birth).
+    /// 10,000 hosts' births, deaths and births again end with the right hosts up. It times
+    /// nothing; it is where the quadratic look showed: each birth looked through every
+    /// status of the last two minutes, and this took 176 s in a debug build (0.16 s with
+    /// the index by host and service).
     @Test func tenThousandHostsComeAndGo() async {
         let keeper = MembershipKeeper()
         for index in 0..<10_000 {
