@@ -108,6 +108,36 @@ import Testing
         await tap.shutdown()
     }
 
+    @Test("a host born the moment the orchestrator announces itself runs its hooks: the birth means the hook subscription is live")
+    func aBirthRightAfterTheOrchestratorsRunsItsHooks() async throws {
+        guard TestBroker.available else { return }
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-hooks-early")
+        let tap = try await connectedBus(broker, service: "tap", host: "t")
+        let results = Collector(try await tap.subscribe(Topics.hookEvents, as: Bynar_V1_HookResult.self))
+        let births = try await tap.subscribe(Topics.serviceStatus(host: "orch", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self)
+        // Connected before the orchestrator starts; announces itself the instant the
+        // orchestrator's birth arrives (no polling in between).
+        let agent = try await connectedBus(broker, service: "detector", host: "early", clientId: "detector-early", announce: true, session: 1)
+        let orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: directory, extraConfig: """
+            "orchestrator": {"hosts": [{"host": "early", "address": "10.7.7.7"}], "hooks": [{"command": "/bin/true"}]}
+            """)
+        defer {
+            orchestrator.signal(SIGTERM)
+            broker.stop()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+        for await status in births where status.payload.state == .birth {
+            await agent.markReady()
+            break
+        }
+        #expect(await results.wait(timeout: .seconds(10)) { Set($0.map(\.payload.arguments).filter { $0.dropFirst().first == "10.7.7.7" }) == [["detector", "10.7.7.7", "up"], ["host", "10.7.7.7", "up"]] },
+                "hook runs: \(results.all.map(\.payload.arguments))")
+        await agent.shutdown()
+        results.cancel()
+        await tap.shutdown()
+    }
+
     @Test("a flapping host runs at most the per-host cap of hook events a minute")
     func hookFloodIsCapped() async throws {
         guard TestBroker.available else { return }

@@ -237,8 +237,22 @@ final class HookDispatcher: Sendable {
         broker.sessionExpirySeconds = 0
         let bus = try Bus(config: broker, identity: context.bus.identity, logger: context.logger, announce: false)
         bus.start()
-        let subscription = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allServiceStatus), as: Bynar_V1_ServiceStatus.self)
-        let apps = try await bus.subscribe(Topics.shared(group: config.hookGroup, Topics.allAppStates), as: Bynar_V1_AppState.self)
+        let filters = [Topics.shared(group: config.hookGroup, Topics.allServiceStatus), Topics.shared(group: config.hookGroup, Topics.allAppStates)]
+        let subscription = try await bus.subscribe(filters[0], as: Bynar_V1_ServiceStatus.self)
+        let apps = try await bus.subscribe(filters[1], as: Bynar_V1_AppState.self)
+        // The orchestrator's birth (after this returns) says its hooks are live. This
+        // connection comes up on its own: a subscribe sent before it did is only registered
+        // and goes out at its CONNACK, so a host born right after the birth could reach no
+        // hook (found in CI: the first of two hosts born ran none). Wait for the broker's
+        // SUBACKs, bounded: with the broker away, the birth cannot go out either.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !Set(filters).isSubset(of: bus.subscriptionsConfirmed), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        if !Set(filters).isSubset(of: bus.subscriptionsConfirmed) {
+            context.logger.warning("hook subscriptions not confirmed after 10 s; going on, they are retried",
+                                   metadata: ["missing": "\(Set(filters).subtracting(bus.subscriptionsConfirmed).sorted())"])
+        }
         return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board, bus: bus, subscription: subscription, apps: apps)
     }
 
