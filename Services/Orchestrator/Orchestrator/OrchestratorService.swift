@@ -246,10 +246,10 @@ final class HookDispatcher: Sendable {
         // hook (found in CI: the first of two hosts born ran none). Wait for the broker's
         // SUBACKs, bounded: with the broker away, the birth cannot go out either.
         let deadline = ContinuousClock.now + .seconds(10)
-        while !Set(filters).isSubset(of: bus.subscriptionsConfirmed), ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(20))
+        while !Set(filters).isSubset(of: bus.subscriptionsConfirmed), ContinuousClock.now < deadline, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
         }
-        if !Set(filters).isSubset(of: bus.subscriptionsConfirmed) {
+        if !Set(filters).isSubset(of: bus.subscriptionsConfirmed), !Task.isCancelled {
             context.logger.warning("hook subscriptions not confirmed after 10 s; going on, they are retried",
                                    metadata: ["missing": "\(Set(filters).subtracting(bus.subscriptionsConfirmed).sorted())"])
         }
