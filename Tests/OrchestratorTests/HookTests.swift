@@ -108,7 +108,8 @@ import Testing
         await tap.shutdown()
     }
 
-    @Test("a host born the moment the orchestrator announces itself runs its hooks: the birth means the hook subscription is live")
+    @Test("a host born the moment the orchestrator announces itself runs its hooks: the birth means the hook subscription is live",
+          .timeLimit(.minutes(1)))  // an orchestrator that never announces itself fails here, not hangs
     func aBirthRightAfterTheOrchestratorsRunsItsHooks() async throws {
         guard TestBroker.available else { return }
         let broker = try TestBroker()

@@ -245,13 +245,13 @@ final class HookDispatcher: Sendable {
         // and goes out at its CONNACK, so a host born right after the birth could reach no
         // hook (found in CI: the first of two hosts born ran none). Wait for the broker's
         // SUBACKs, bounded: with the broker away, the birth cannot go out either.
+        let missing = { Set(filters).subtracting(bus.subscriptionsConfirmed) }
         let deadline = ContinuousClock.now + .seconds(10)
-        while !Set(filters).isSubset(of: bus.subscriptionsConfirmed), ContinuousClock.now < deadline, !Task.isCancelled {
+        while !missing().isEmpty, ContinuousClock.now < deadline, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(20))
         }
-        if !Set(filters).isSubset(of: bus.subscriptionsConfirmed), !Task.isCancelled {
-            context.logger.warning("hook subscriptions not confirmed after 10 s; going on, they are retried",
-                                   metadata: ["missing": "\(Set(filters).subtracting(bus.subscriptionsConfirmed).sorted())"])
+        if !missing().isEmpty, !Task.isCancelled {
+            context.logger.warning("hook subscriptions not confirmed after 10 s; going on, they are retried", metadata: ["missing": "\(missing().sorted())"])
         }
         return HookDispatcher(context: context, journal: journal, keeper: keeper, hostStates: hostStates, board: board, bus: bus, subscription: subscription, apps: apps)
     }
