@@ -154,7 +154,7 @@ final class CephRepairRig: @unchecked Sendable {
         let ticket = try #require(tickets.all.first { $0.payload.state == .opened }?.payload)
         mark("ticket \(ticket.ticketKey) opened")
         let removeJob = progress.all.first { $0.payload.operation == "Remove" && $0.payload.state == .succeeded }?.payload
-        #expect(removeJob?.backendID == "4", "\(progress.all.map(\.payload))")
+        #expect(removeJob?.backendID == "4" && removeJob?.backend == "ceph", "\(progress.all.map(\.payload))")
         let removeSteps = Set(progress.all.filter { $0.payload.operation == "Remove" }.map(\.payload.step))
         for step in ["mark osd.4 out", "wait until osd.4 is safe to destroy", "stop the daemon of osd.4", "destroy osd.4 (id and CRUSH position kept)"] {
             #expect(removeSteps.contains(step), "Remove step \(step): \(removeSteps)")

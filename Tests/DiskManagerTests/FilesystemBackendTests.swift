@@ -107,7 +107,7 @@ struct FilesystemBackendTests {
             let deploy = try await line.send("deploy-gone", .deploy(.with { $0.disk = .key(key) }))
             let deployed = try #require(await line.finished(deploy.jobID, timeout: .seconds(60)), "\(manager.log)")
             let mountpoint = "\(mountRoot)/\(key)"
-            #expect(deployed.state == .succeeded && deployed.backendID == mountpoint, "\(deployed)")
+            #expect(deployed.state == .succeeded && deployed.backendID == mountpoint && deployed.backend == "filesystem", "\(deployed)")
             // Seen in service once more (the disk-manager's last sighting has the mount), then gone:
             // not mounted any more, detached.
             #expect(try await line.disks().contains { $0.disk.key == key && $0.status == .inService })

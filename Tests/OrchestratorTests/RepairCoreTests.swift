@@ -158,6 +158,38 @@ import Testing
         #expect(adopted.commands.contains { if case .add(_, let disk, let reuse, _) = $0.action { disk.key == "serial-NEW" && reuse == "osd.7" } else { false } })
     }
 
+    @Test("the ticket names what the disk served by its backend's own name (osd.4, the filesystem at a mountpoint), also when the detector could no longer read the disk's label")
+    func theTicketNamesWhatTheDiskServed() throws {
+        func ticket(backend: String, id: String, inUseBy: String) throws -> (Bynar_V1_TicketRequest, IncidentMachine) {
+            var core = Self.core()
+            let disk = Self.identity("serial-\(backend)")
+            core.handle(.diskHealth(.with { $0.disk = disk; $0.state = .healthy; $0.inUseBy = inUseBy }, retained: false), nowMs: 2_000)
+            let opened = core.handle(Self.event(disk, to: .failed), nowMs: 3_000)
+            let incident = try #require(opened.dirty.first)
+            core.handle(.event(incident: incident, .safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK")), nowMs: 3_100)
+            // Accepted as a job (the backend said with the answer), finished by a job event that names it too.
+            core.handle(.event(incident: incident, .answered(.remove, .init(outcome: .accepted, jobID: "job-1", backend: backend))), nowMs: 3_200)
+            let removeRequest = try #require(core.machines[incident]?.requestID(.remove))
+            let removed = core.handle(.event(incident: incident, .jobMoved(.init(requestID: removeRequest, jobID: "job-1", state: .succeeded, backend: backend, backendID: id))), nowMs: 3_300)
+            let request = try #require(removed.messages.compactMap { $0.payload as? Bynar_V1_TicketRequest }.first)
+            return (request, try #require(core.machines[incident]))
+        }
+        // A dying OSD disk: once every read fails the detector no longer sees its label.
+        let (ceph, machine) = try ticket(backend: "ceph", id: "4", inUseBy: "")
+        #expect(ceph.health.inUseBy == "osd.4 in cluster default", "\(ceph.health.inUseBy)")
+        #expect(machine.served == "osd.4")
+        // The journal keeps the backend: an orchestrator that restarts names it the same.
+        let reread = try IncidentMachine(journalRecord: try Bynar_V1_IncidentRecord(serializedBytes: try machine.journalRecord.serializedBytes() as [UInt8]))
+        #expect(reread.served == "osd.4" && reread.backend == "ceph")
+        // While the detector still reads it, its own words stand.
+        let (read, _) = try ticket(backend: "ceph", id: "4", inUseBy: "ceph osd.4 (cluster dev)")
+        #expect(read.health.inUseBy == "ceph osd.4 (cluster dev)", "\(read.health.inUseBy)")
+        // A plain data disk is no OSD.
+        let (plain, _) = try ticket(backend: "filesystem", id: "/srv/disk1", inUseBy: "")
+        #expect(plain.health.inUseBy == "the filesystem at /srv/disk1 in cluster default", "\(plain.health.inUseBy)")
+        #expect(!plain.health.inUseBy.contains("OSD"))
+    }
+
     /// Runs a repair story through a core holding at most `capacity` machines, with a shell
     /// like the engine's: events handed back for incidents not in memory are read from the
     /// "journal" (what was committed) and given again; each step is committed, then closed

@@ -489,6 +489,7 @@ actor RequestHandler {
         progress.host = context.host
         progress.disk = AuditLog.selector(of: request)
         progress.operation = DiskManagerService.operationName(request)
+        progress.backend = backend.name
         progress.state = .running
         progress.step = "accepted"
         progress.updatedUnixMs = nowMs

@@ -629,6 +629,13 @@ public nonisolated struct Bynar_V1_JobProgress: @unchecked Sendable {
     set {_uniqueStorage()._backendID = newValue}
   }
 
+  /// The backend that runs the job ("ceph", "filesystem", "zfs", "gluster"): what
+  /// backend_id names.
+  public var backend: String {
+    get {_storage._backend}
+    set {_uniqueStorage()._backend = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum State: SwiftProtobuf.Enum, Swift.CaseIterable {
@@ -1461,7 +1468,7 @@ nonisolated extension Bynar_V1_ManagedDisk.Status: SwiftProtobuf._ProtoNameProvi
 
 nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobProgress"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}request_id\0\u{1}host\0\u{1}disk\0\u{1}operation\0\u{1}step\0\u{3}step_index\0\u{3}step_count\0\u{1}state\0\u{1}message\0\u{3}updated_unix_ms\0\u{1}outcome\0\u{3}failed_step\0\u{1}steps\0\u{3}backend_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{3}request_id\0\u{1}host\0\u{1}disk\0\u{1}operation\0\u{1}step\0\u{3}step_index\0\u{3}step_count\0\u{1}state\0\u{1}message\0\u{3}updated_unix_ms\0\u{1}outcome\0\u{3}failed_step\0\u{1}steps\0\u{3}backend_id\0\u{1}backend\0")
 
   fileprivate class _StorageClass {
     var _jobID: String = String()
@@ -1479,6 +1486,7 @@ nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf
     var _failedStep: String = String()
     var _steps: [String] = []
     var _backendID: String = String()
+    var _backend: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -1504,6 +1512,7 @@ nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf
       _failedStep = source._failedStep
       _steps = source._steps
       _backendID = source._backendID
+      _backend = source._backend
     }
   }
 
@@ -1537,6 +1546,7 @@ nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._failedStep) }()
         case 14: try { try decoder.decodeRepeatedStringField(value: &_storage._steps) }()
         case 15: try { try decoder.decodeSingularStringField(value: &_storage._backendID) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._backend) }()
         default: break
         }
       }
@@ -1594,6 +1604,9 @@ nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf
       if !_storage._backendID.isEmpty {
         try visitor.visitSingularStringField(value: _storage._backendID, fieldNumber: 15)
       }
+      if !_storage._backend.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._backend, fieldNumber: 16)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -1618,6 +1631,7 @@ nonisolated extension Bynar_V1_JobProgress: SwiftProtobuf.Message, SwiftProtobuf
         if _storage._failedStep != rhs_storage._failedStep {return false}
         if _storage._steps != rhs_storage._steps {return false}
         if _storage._backendID != rhs_storage._backendID {return false}
+        if _storage._backend != rhs_storage._backend {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -174,6 +174,13 @@ public nonisolated struct Bynar_V1_Incident: @unchecked Sendable {
     set {_uniqueStorage()._countsAsOut = newValue}
   }
 
+  /// The backend that owns osd_id ("ceph", "filesystem", "zfs", "gluster"): osd_id is a
+  /// Ceph OSD id, a mountpoint, a ZFS vdev or a Gluster brick accordingly.
+  public var backend: String {
+    get {_storage._backend}
+    set {_uniqueStorage()._backend = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -219,7 +226,7 @@ nonisolated extension Bynar_V1_IncidentState: SwiftProtobuf._ProtoNameProviding 
 
 nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Incident"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}state\0\u{1}reasons\0\u{3}ticket_key\0\u{3}osd_id\0\u{3}opened_unix_ms\0\u{3}updated_unix_ms\0\u{1}detail\0\u{1}cluster\0\u{3}failure_domain\0\u{3}counts_as_out\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}state\0\u{1}reasons\0\u{3}ticket_key\0\u{3}osd_id\0\u{3}opened_unix_ms\0\u{3}updated_unix_ms\0\u{1}detail\0\u{1}cluster\0\u{3}failure_domain\0\u{3}counts_as_out\0\u{1}backend\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -234,6 +241,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
     var _cluster: String = String()
     var _failureDomain: String = String()
     var _countsAsOut: Bool = false
+    var _backend: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -256,6 +264,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
       _cluster = source._cluster
       _failureDomain = source._failureDomain
       _countsAsOut = source._countsAsOut
+      _backend = source._backend
     }
   }
 
@@ -286,6 +295,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
         case 10: try { try decoder.decodeSingularStringField(value: &_storage._cluster) }()
         case 11: try { try decoder.decodeSingularStringField(value: &_storage._failureDomain) }()
         case 12: try { try decoder.decodeSingularBoolField(value: &_storage._countsAsOut) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._backend) }()
         default: break
         }
       }
@@ -334,6 +344,9 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
       if _storage._countsAsOut != false {
         try visitor.visitSingularBoolField(value: _storage._countsAsOut, fieldNumber: 12)
       }
+      if !_storage._backend.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._backend, fieldNumber: 13)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -355,6 +368,7 @@ nonisolated extension Bynar_V1_Incident: SwiftProtobuf.Message, SwiftProtobuf._M
         if _storage._cluster != rhs_storage._cluster {return false}
         if _storage._failureDomain != rhs_storage._failureDomain {return false}
         if _storage._countsAsOut != rhs_storage._countsAsOut {return false}
+        if _storage._backend != rhs_storage._backend {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -209,6 +209,13 @@ public nonisolated struct Bynar_V1_IncidentRecord: @unchecked Sendable {
   /// Clears the value of `announcedMs`. Subsequent reads from it will return its default value.
   public mutating func clearAnnouncedMs() {_uniqueStorage()._announcedMs = nil}
 
+  /// The backend that owns osd_id ("ceph", "filesystem", "zfs", "gluster"), as the
+  /// disk-manager answered; empty in records written before it was kept.
+  public var backend: String {
+    get {_storage._backend}
+    set {_uniqueStorage()._backend = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -296,7 +303,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".IncidentRecord"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}cluster\0\u{1}rack\0\u{3}opened_ms\0\u{1}reasons\0\u{1}settings\0\u{1}state\0\u{3}updated_ms\0\u{1}step\0\u{1}attempt\0\u{3}deadline_ms\0\u{3}retry_at_ms\0\u{1}generation\0\u{3}attempts_used\0\u{3}job_id\0\u{3}osd_id\0\u{3}ticket_key\0\u{3}ticket_url\0\u{3}ticket_resolved\0\u{3}new_disk\0\u{3}cluster_health\0\u{1}detail\0\u{3}may_be_out\0\u{3}stuck_from\0\u{3}kept_out\0\u{3}state_since_ms\0\u{3}announced_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}disk\0\u{1}cluster\0\u{1}rack\0\u{3}opened_ms\0\u{1}reasons\0\u{1}settings\0\u{1}state\0\u{3}updated_ms\0\u{1}step\0\u{1}attempt\0\u{3}deadline_ms\0\u{3}retry_at_ms\0\u{1}generation\0\u{3}attempts_used\0\u{3}job_id\0\u{3}osd_id\0\u{3}ticket_key\0\u{3}ticket_url\0\u{3}ticket_resolved\0\u{3}new_disk\0\u{3}cluster_health\0\u{1}detail\0\u{3}may_be_out\0\u{3}stuck_from\0\u{3}kept_out\0\u{3}state_since_ms\0\u{3}announced_ms\0\u{1}backend\0")
 
   fileprivate class _StorageClass {
     var _id: String = String()
@@ -327,6 +334,7 @@ nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProto
     var _keptOut: Bool? = nil
     var _stateSinceMs: Int64? = nil
     var _announcedMs: Int64? = nil
+    var _backend: String = String()
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -365,6 +373,7 @@ nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProto
       _keptOut = source._keptOut
       _stateSinceMs = source._stateSinceMs
       _announcedMs = source._announcedMs
+      _backend = source._backend
     }
   }
 
@@ -411,6 +420,7 @@ nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProto
         case 26: try { try decoder.decodeSingularBoolField(value: &_storage._keptOut) }()
         case 27: try { try decoder.decodeSingularInt64Field(value: &_storage._stateSinceMs) }()
         case 28: try { try decoder.decodeSingularInt64Field(value: &_storage._announcedMs) }()
+        case 29: try { try decoder.decodeSingularStringField(value: &_storage._backend) }()
         default: break
         }
       }
@@ -507,6 +517,9 @@ nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProto
       try { if let v = _storage._announcedMs {
         try visitor.visitSingularInt64Field(value: v, fieldNumber: 28)
       } }()
+      if !_storage._backend.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._backend, fieldNumber: 29)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -544,6 +557,7 @@ nonisolated extension Bynar_V1_IncidentRecord: SwiftProtobuf.Message, SwiftProto
         if _storage._keptOut != rhs_storage._keptOut {return false}
         if _storage._stateSinceMs != rhs_storage._stateSinceMs {return false}
         if _storage._announcedMs != rhs_storage._announcedMs {return false}
+        if _storage._backend != rhs_storage._backend {return false}
         return true
       }
       if !storagesAreEqual {return false}

@@ -273,6 +273,7 @@ public final class DiskManagerSimulator: Sendable {
         progress.host = name
         progress.disk = .key(disk.disk.key)
         progress.operation = operation
+        progress.backend = "ceph"
         progress.step = steps[0]
         progress.stepIndex = 1
         progress.stepCount = UInt32(steps.count)

@@ -118,15 +118,18 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         /// For ALREADY_DONE: the first run's outcome (and `outcome` is that one).
         public var alreadyDone = false
         public var jobID = ""
+        /// The backend that owns the disk ("ceph", "filesystem", ...) and its id there.
+        public var backend = ""
         public var backendID = ""
         public var reason = ""
         public var failedStep = ""
         public var steps: [String] = []
         public var simulated = false
-        public init(outcome: Outcome, alreadyDone: Bool = false, jobID: String = "", backendID: String = "", reason: String = "", failedStep: String = "", steps: [String] = [], simulated: Bool = false) {
+        public init(outcome: Outcome, alreadyDone: Bool = false, jobID: String = "", backend: String = "", backendID: String = "", reason: String = "", failedStep: String = "", steps: [String] = [], simulated: Bool = false) {
             self.outcome = outcome
             self.alreadyDone = alreadyDone
             self.jobID = jobID
+            self.backend = backend
             self.backendID = backendID
             self.reason = reason
             self.failedStep = failedStep
@@ -142,14 +145,16 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         public var jobID: String
         public var state: State
         public var step = ""
+        public var backend = ""
         public var backendID = ""
         public var failedStep = ""
         public var message = ""
-        public init(requestID: String, jobID: String, state: State, step: String = "", backendID: String = "", failedStep: String = "", message: String = "") {
+        public init(requestID: String, jobID: String, state: State, step: String = "", backend: String = "", backendID: String = "", failedStep: String = "", message: String = "") {
             self.requestID = requestID
             self.jobID = jobID
             self.state = state
             self.step = step
+            self.backend = backend
             self.backendID = backendID
             self.failedStep = failedStep
             self.message = message
@@ -296,7 +301,12 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     /// Attempts used per step over the incident's life (a removal re-queued counts on).
     public private(set) var attemptsUsed: [Step: Int] = [:]
     public private(set) var jobID = ""
+    /// What the disk served, by its backend's id (a Ceph OSD id, a mountpoint, a ZFS vdev,
+    /// a Gluster brick): what the Add gives back to the new disk.
     public private(set) var osdID = ""
+    /// The backend that owns `osdID` ("ceph", "filesystem", "zfs", "gluster"); empty when
+    /// the disk-manager did not say (or the journal record predates it).
+    public private(set) var backend = ""
     public private(set) var ticketKey = ""
     public private(set) var ticketURL = ""
     public private(set) var ticketResolved = false
@@ -323,6 +333,24 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         self.settings = settings
         self.openedMs = nowMs
         self.updatedMs = nowMs
+    }
+
+    /// What the disk served, as its backend names it: `osd.4` (Ceph's own name, what an
+    /// operator types into `ceph osd tree`), the filesystem at a mountpoint, a ZFS vdev, a
+    /// Gluster brick; empty before a removal said.
+    public var served: String { Self.served(backend: backend, id: osdID) }
+
+    public static func served(backend: String, id: String) -> String {
+        guard !id.isEmpty else { return "" }
+        switch backend {
+        case "ceph": return "osd.\(id)"
+        case "filesystem": return "the filesystem at \(id)"
+        case "zfs": return "ZFS vdev \(id.hasPrefix("zfs:") ? String(id.dropFirst(4)) : id)"
+        case "gluster": return "Gluster brick \(id)"
+        // A journal record from before `backend` was kept: only Ceph's ids are numbers.
+        case "": return Int(id) != nil ? "osd.\(id)" : id
+        default: return "\(backend) \(id)"
+        }
     }
 
     /// The disk is (or, in dry run, would be) out of the cluster: what the brake counts.
@@ -572,10 +600,11 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         switch answer.outcome {
         case .accepted:
             jobID = answer.jobID
+            if !answer.backend.isEmpty { backend = answer.backend }
             // A repeated id: the job may have finished while we were away; ask.
             return answer.alreadyDone ? [.queryJob(requestID: requestID(.remove), jobID: jobID)] : []
         case .success, .skipped:
-            return removed(osdID: answer.backendID, steps: answer.steps, simulated: answer.simulated, nowMs: nowMs)
+            return removed(osdID: answer.backendID, backend: answer.backend, steps: answer.steps, simulated: answer.simulated, nowMs: nowMs)
         case .refused:
             // Refused means not done: unless an earlier attempt was accepted, nothing is out.
             if jobID.isEmpty { mayBeOut = false }
@@ -585,19 +614,20 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         }
     }
 
-    private mutating func removed(osdID id: String, steps: [String], simulated: Bool, nowMs: Int64) -> [Action] {
+    private mutating func removed(osdID id: String, backend owner: String, steps: [String], simulated: Bool, nowMs: Int64) -> [Action] {
         osdID = id
+        if !owner.isEmpty { backend = owner }
         step = nil
         deadlineMs = nil
         jobID = ""
         if settings.dryRun {
             let what = steps.isEmpty ? "" : " (steps: \(steps.joined(separator: ", ")))"
-            let message = "dry run: would have removed \(disk.label)\(osdID.isEmpty ? "" : " (OSD \(osdID))")\(what); nothing was changed; would open a ticket next"
+            let message = "dry run: would have removed \(disk.label)\(osdID.isEmpty ? "" : " (\(served))")\(what); nothing was changed; would open a ticket next"
             return enter(.removed, from: .removing, step: "removed", message: message)
                 + [.notify(.info, title: "dry run: would remove \(disk.label)", text: message, nextAction: "dry run: nothing more happens until the disk is replaced or healthy")]
         }
         begin(.openTicket, nowMs: nowMs)
-        let message = "removed \(disk.label)\(osdID.isEmpty ? "" : " (OSD \(osdID), kept for the new disk)"); asking for a ticket"
+        let message = "removed \(disk.label)\(osdID.isEmpty ? "" : " (\(served), kept for the new disk)"); asking for a ticket"
         return enter(.removed, from: .removing, step: "removed", message: message) + [
             .notify(.info, title: "Removed failed disk \(disk.label)", text: message, nextAction: "opening a ticket for a technician"),
             .ticket(.open, comment: ""),
@@ -634,7 +664,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         begin(.add, nowMs: nowMs)
         jobID = ""
         let new = newDisk ?? disk
-        let message = (settings.dryRun ? "dry run: would add " : "adding ") + "the new disk \(new.key) back\(osdID.isEmpty ? "" : " as OSD \(osdID)")"
+        let message = (settings.dryRun ? "dry run: would add " : "adding ") + "the new disk \(new.key) back\(osdID.isEmpty ? "" : " as \(served)")"
         var actions = enter(.adding, from: from, step: "add", message: message)
         if !settings.dryRun { actions.append(.ticket(.comment, comment: "New disk \(new.key) seen; \(message).")) }
         return actions + [addAction()]
@@ -646,7 +676,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             jobID = answer.jobID
             return answer.alreadyDone ? [.queryJob(requestID: requestID(.add), jobID: jobID)] : []
         case .success, .skipped:
-            return resolve(backendID: answer.backendID, nowMs: nowMs)
+            return resolve(backend: answer.backend, backendID: answer.backendID, nowMs: nowMs)
         case .refused:
             return failAttempt("Add refused: \(answer.reason)", definite: true, nowMs: nowMs)
         case .failed, .unknown:
@@ -666,7 +696,9 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
             detail = news
             return []
         case .succeeded:
-            return state == .removing ? removed(osdID: job.backendID, steps: [], simulated: false, nowMs: nowMs) : resolve(backendID: job.backendID, nowMs: nowMs)
+            return state == .removing
+                ? removed(osdID: job.backendID, backend: job.backend, steps: [], simulated: false, nowMs: nowMs)
+                : resolve(backend: job.backend, backendID: job.backendID, nowMs: nowMs)
         case .failed:
             if state == .removing { mayBeOut = true }
             jobID = ""
@@ -674,14 +706,15 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         }
     }
 
-    private mutating func resolve(backendID: String, nowMs: Int64) -> [Action] {
+    private mutating func resolve(backend owner: String, backendID: String, nowMs: Int64) -> [Action] {
         step = nil
         deadlineMs = nil
         let new = newDisk ?? disk
         let osd = backendID.isEmpty ? osdID : backendID
+        let what = Self.served(backend: owner.isEmpty ? backend : owner, id: osd)
         let message = settings.dryRun
-            ? "dry run: would have added \(new.key) back\(osd.isEmpty ? "" : " as OSD \(osd)"); nothing was changed"
-            : "new disk \(new.key) is back in service\(osd.isEmpty ? "" : " as OSD \(osd)")"
+            ? "dry run: would have added \(new.key) back\(osd.isEmpty ? "" : " as \(what)"); nothing was changed"
+            : "new disk \(new.key) is back in service\(osd.isEmpty ? "" : " as \(what)")"
         var actions = enter(.resolved, from: .adding, step: "resolved", message: message)
         if !settings.dryRun { actions.append(.ticket(.close, comment: "Disk replaced: \(message). Closed by Bynar.")) }
         actions.append(.notify(.info, title: "Disk \(disk.label) replaced", text: message, nextAction: "nothing: the incident is resolved"))
@@ -958,6 +991,7 @@ extension IncidentMachine {
         record.attemptsUsed = Dictionary(uniqueKeysWithValues: attemptsUsed.map { ($0.key.rawValue, Int64($0.value)) })
         record.jobID = jobID
         record.osdID = osdID
+        record.backend = backend
         record.ticketKey = ticketKey
         record.ticketURL = ticketURL
         record.ticketResolved = ticketResolved
@@ -1006,6 +1040,7 @@ extension IncidentMachine {
         attemptsUsed = try steps(record.attemptsUsed, "attempts_used") { Int($0) }
         jobID = record.jobID
         osdID = record.osdID
+        backend = record.backend
         ticketKey = record.ticketKey
         ticketURL = record.ticketURL
         ticketResolved = record.ticketResolved

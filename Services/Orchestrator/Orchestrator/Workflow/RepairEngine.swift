@@ -383,9 +383,10 @@ actor RepairEngine {
         if step == .safeToRemove, case .safeToRemove(let verdict)? = response.result, outcome == .success {
             return .safetyAnswered(safe: verdict.safe, detail: verdict.detail, clusterHealth: verdict.clusterHealth)
         }
-        var answer = IncidentMachine.Answer(outcome: answerOutcome(outcome), alreadyDone: alreadyDone, jobID: response.jobID, backendID: response.backendID,
+        var answer = IncidentMachine.Answer(outcome: answerOutcome(outcome), alreadyDone: alreadyDone, jobID: response.jobID, backend: response.backend, backendID: response.backendID,
                                             reason: response.reason, failedStep: response.failedStep, steps: response.steps, simulated: response.simulated)
         if case .job(let job)? = response.result, answer.backendID.isEmpty { answer.backendID = job.backendID }
+        if case .job(let job)? = response.result, answer.backend.isEmpty { answer.backend = job.backend }
         return .answered(step, answer)
     }
 
@@ -409,7 +410,7 @@ actor RepairEngine {
         default: .running
         }
         return .init(requestID: progress.requestID, jobID: progress.jobID, state: state, step: progress.step,
-                     backendID: progress.backendID, failedStep: progress.failedStep, message: progress.message)
+                     backend: progress.backend, backendID: progress.backendID, failedStep: progress.failedStep, message: progress.message)
     }
 
     static func disk(_ identity: Bynar_V1_DiskIdentity) -> IncidentMachine.Disk {
@@ -454,18 +455,25 @@ actor RepairEngine {
         let verdict = health(of: machine)
         guard var ticket = latest else {
             var bare = verdict
-            if !machine.osdID.isEmpty { bare.inUseBy = "OSD \(machine.osdID) in cluster \(machine.cluster)" }
+            if !machine.osdID.isEmpty { bare.inUseBy = osdServed(by: machine) }
             return bare
         }
         ticket.state = verdict.state
         ticket.reasons = verdict.reasons
         if ticket.disk.key.isEmpty { ticket.disk = verdict.disk }
         if ticket.inUseBy.isEmpty && !machine.osdID.isEmpty {
-            ticket.inUseBy = "OSD \(machine.osdID) in cluster \(machine.cluster)"
-        } else if !machine.osdID.isEmpty && !ticket.inUseBy.contains("osd.\(machine.osdID)") {
-            ticket.inUseBy += "; removed as OSD \(machine.osdID) in cluster \(machine.cluster)"
+            ticket.inUseBy = osdServed(by: machine)
+        } else if !machine.osdID.isEmpty && !ticket.inUseBy.contains(machine.served) {
+            ticket.inUseBy += "; removed as " + osdServed(by: machine)
         }
         return ticket
+    }
+
+    /// What a removed disk served, by its backend's own name (``IncidentMachine/served``),
+    /// whether or not the detector could still read the disk's label when the ticket was
+    /// asked for.
+    static func osdServed(by machine: IncidentMachine) -> String {
+        "\(machine.served) in cluster \(machine.cluster)"
     }
 
     static func incidentEvent(_ machine: IncidentMachine, from: IncidentMachine.State, step: String, message: String) -> Bynar_V1_IncidentEvent {
@@ -485,6 +493,7 @@ actor RepairEngine {
         incident.reasons = health(of: machine).reasons
         incident.ticketKey = machine.ticketKey
         incident.osdID = machine.osdID
+        incident.backend = machine.backend
         incident.openedUnixMs = machine.openedMs
         incident.updatedUnixMs = machine.updatedMs
         incident.detail = machine.detail
