@@ -161,6 +161,14 @@ public struct ZFSVdev: Sendable, Equatable {
 
     public var errorCount: UInt64 { readErrors + writeErrors + checksumErrors }
 
+    /// The path of a vdev zpool could not find when the pool was imported: zpool then names
+    /// it by its GUID and notes where it was (`9017512507357970393  UNAVAIL  0 0 0  was
+    /// /dev/disk/by-id/ata-X-part1`), e.g. after a reboot with the disk pulled.
+    public var formerPath: String? {
+        guard note.hasPrefix("was ") else { return nil }
+        return note.dropFirst("was ".count).split(separator: " ").first.map(String.init)
+    }
+
     /// Disks below this row (itself when it is one).
     public var allLeaves: [ZFSVdev] { children.isEmpty ? [self] : children.flatMap(\.allLeaves) }
 

@@ -73,7 +73,8 @@ extension ZpoolStatus {
         names.remove("")
         for pool in status.pools {
             for (leaf, _) in pool.leaves {
-                let candidates = candidatePaths(leaf.name)
+                var candidates = candidatePaths(leaf.name)
+                if let former = leaf.formerPath { candidates += [former, wholeDisk(former)] }
                 let named = candidates.contains(where: names.contains) || (!disk.absent && candidates.contains { resolve($0).map(names.contains) ?? false })
                 guard named else { continue }
                 if leaf.state != "ONLINE", !disk.absent, labelled(disk) == false { continue }
@@ -88,9 +89,22 @@ extension ZpoolStatus {
         name.hasPrefix("/") ? [name] : ["/dev/\(name)"] + ["by-id", "by-path", "by-vdev", "by-partuuid"].map { "/dev/disk/\($0)/\(name)" }
     }
 
+    /// The disk a `/dev/disk/by-*` link to its first partition names (zpool gives a whole
+    /// disk a partition and notes `ata-X-part1` where it was); other paths as they are.
+    public static func wholeDisk(_ path: String) -> String {
+        guard path.hasPrefix("/dev/disk/"), let dash = path.range(of: "-part", options: .backwards),
+              !path[dash.upperBound...].isEmpty, path[dash.upperBound...].allSatisfy(\.isNumber) else { return path }
+        return String(path[..<dash.lowerBound])
+    }
+
+    /// A vdev zpool names by its GUID (one it could not find at import; see
+    /// ``ZFSVdev/formerPath``): `offline` and `replace` take the GUID itself.
+    public static func isGUID(_ name: String) -> Bool { !name.isEmpty && name.allSatisfy { $0.isASCII && $0.isNumber } }
+
     /// The full path to give zpool for a vdev: zfs-fuse matches `offline`/`replace`
-    /// arguments against the path it stored, never a short name.
+    /// arguments against the path it stored, never a short name; a GUID as it is.
     public static func fullPath(_ name: String) -> String {
+        if isGUID(name) { return name }
         let candidates = candidatePaths(name)
         return candidates.first { access($0, F_OK) == 0 } ?? candidates[0]
     }

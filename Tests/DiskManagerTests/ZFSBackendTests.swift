@@ -137,6 +137,65 @@ import Testing
         #expect(errors == 0)
     }
 
+    /// A disk pulled while the pool was exported (a host rebooted without it): at import
+    /// zpool no longer knows a path for it and names the vdev by its GUID, noting `was
+    /// /dev/loopN`. The vanished disk is still claimed by where it was, taken out with
+    /// `zpool offline POOL GUID` and replaced with `zpool replace POOL GUID NEW` (zpool has
+    /// no path to reopen), each step twice; the data written before read back identical.
+    @Test(.enabled(if: ZFSFusePool.available, "\(ZFSFusePool.unavailableReason ?? "")"), .timeLimit(.minutes(3)))
+    func aDiskPulledWhileExportedIsNamedByItsGUIDAndStillReplaced() throws {
+        let pool = try ZFSFusePool(name: "bynarguid\(getpid())")
+        defer { pool.teardown() }
+        let directory = try makeTemporaryDirectory(prefix: "bynar-zfs-guid")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FaultyDisk.run("/bin/dd", ["if=/dev/urandom", "of=\(pool.mountpoint)/data", "bs=1M", "count=30", "conv=fsync"])
+        let before = try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"])
+
+        // Export, pull the second member, import from the two that are left (a directory of
+        // links to them, so no other device on this machine is read).
+        let pulled = pool.members[1]
+        try pool.zpool(["export", pool.name])
+        try pulled.detach()
+        let links = "\(directory)/devices"
+        try FileManager.default.createDirectory(atPath: links, withIntermediateDirectories: true)
+        for member in [pool.members[0], pool.members[2]] {
+            try FileManager.default.createSymbolicLink(atPath: "\(links)/\(member.name)", withDestinationPath: member.device)
+        }
+        try pool.zpool(["import", "-d", links, "-o", "cachefile=none", pool.name])
+        let text = try pool.zpool(["status", pool.name])
+        let imported = try #require(ZpoolStatus(parsing: text).pool(pool.name), "\(text)")
+        let guidLeaf = try #require(imported.leaves.first { ZpoolStatus.isGUID($0.vdev.name) }?.vdev, "no vdev named by its GUID:\n\(text)")
+        #expect(guidLeaf.formerPath == pulled.device, "\(text)")
+        #expect(guidLeaf.state != "ONLINE" && imported.state == "DEGRADED", "\(text)")
+
+        let backend = ZFSBackend(config: ZFSBackendConfig())
+        var gone = Self.device(pulled.device)
+        gone.absent = true
+        let claim = try #require(try backend.claims([gone])[gone.identity.key], "the pulled disk is claimed by where it was:\n\(text)")
+        #expect(claim.id == "zfs:\(pool.name)/\(guidLeaf.name)" && claim.status == .inService)
+        #expect(try backend.safeToRemove(gone, claim: claim).safe)
+
+        let removed = try backend.remove(gone, claim: claim, simulate: false, job: .direct)
+        #expect(removed.steps.last == "zpool offline \(pool.name) \(guidLeaf.name)", "\(removed.steps)")
+        #expect(try backend.isOut(claim.id))
+        #expect(try backend.remove(gone, claim: claim, simulate: false, job: .direct).skipped)
+
+        // The new disk may get the pulled one's /dev name: it is not the old vdev (no label).
+        let replacement = try LoopDisk(directory: directory, name: "new", sizeMB: 128)
+        defer { replacement.teardown() }
+        let new = Self.device(replacement.device)
+        #expect(try backend.claims([new]).isEmpty)
+        let simulated = try backend.add(new, reuseID: claim.id, simulate: true, job: .direct)
+        #expect(simulated.steps.contains("zpool replace \(pool.name) \(guidLeaf.name) \(replacement.device)"), "\(simulated.steps)")
+        let added = try backend.add(new, reuseID: claim.id, simulate: false, job: .direct)
+        #expect(added.steps.contains("zpool replace \(pool.name) \(guidLeaf.name) \(replacement.device)"), "\(added.steps)")
+        let after = try #require(ZpoolStatus(parsing: try pool.zpool(["status", pool.name])).pool(pool.name))
+        #expect(after.state == "ONLINE" && !after.resilvering, "\(after)")
+        #expect(!after.leaves.contains { ZpoolStatus.isGUID($0.vdev.name) }, "\(after)")
+        #expect(try backend.add(new, reuseID: claim.id, simulate: false, job: .direct).skipped)
+        #expect(try FaultyDisk.run("/usr/bin/sha256sum", ["\(pool.mountpoint)/data"]) == before)
+    }
+
     /// An Add resumed while the replace it started is still resilvering (the disk-manager
     /// restarted mid-job): the new disk is already in the pool, so nothing is replaced
     /// again; the running resilver is followed to its end with its percentage reported.

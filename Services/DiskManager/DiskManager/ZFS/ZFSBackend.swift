@@ -95,8 +95,9 @@ public struct ZFSBackend: StorageBackend {
         let newPath = disk.identity.devPath
         let resilverStep = "resilver \(poolName) onto \(newPath)"
         // A new disk in the old one's slot has the name the pool still lists the old vdev
-        // under (the same /dev node, by-path or by-vdev name): `zpool replace POOL VDEV`.
-        let sameSlot = ZpoolStatus.find(disk, in: ZpoolStatus(pools: [pool]), labelled: { _ in nil })?.leaf.name == old
+        // under (the same /dev node, by-path or by-vdev name): `zpool replace POOL VDEV`. A
+        // vdev named by its GUID has no path for zpool to reopen: the new one is named.
+        let sameSlot = !ZpoolStatus.isGUID(old) && ZpoolStatus.find(disk, in: ZpoolStatus(pools: [pool]), labelled: { _ in nil })?.leaf.name == old
         if let (_, already) = ZpoolStatus.find(disk, in: ZpoolStatus(pools: [pool])) {
             // Already in the pool: this job's replace ran before a restart, or the disk was
             // put in by hand. Follow a running resilver; otherwise nothing to do.
