@@ -134,6 +134,21 @@ typealias M = IncidentMachine
         }
     }
 
+    /// A JSON journal record written before the incident kept its disk's backend has no
+    /// such key: it is still read, the backend empty (and a Ceph OSD id still named osd.N).
+    @Test func aJSONRecordFromBeforeTheBackendIsRead() throws {
+        var machine = Self.fresh()
+        _ = machine.handle(.started, nowMs: 1_000)
+        _ = machine.handle(.safetyAnswered(safe: true, detail: "ok", clusterHealth: "HEALTH_OK"), nowMs: 1_100)
+        _ = machine.handle(.brakeDecided(.admit), nowMs: 1_100)
+        _ = machine.handle(.answered(.remove, .init(outcome: .success, backend: "ceph", backendID: "4")), nowMs: 1_200)
+        #expect(machine.state == .removed && machine.backend == "ceph" && machine.served == "osd.4", "\(machine.state)")
+        var object = try #require(try JSONSerialization.jsonObject(with: JSONEncoder().encode(machine)) as? [String: Any])
+        #expect(object.removeValue(forKey: "backendName") != nil, "the key this test removes: \(object.keys.sorted())")
+        let old = try IncidentJournal.machine(from: JSONSerialization.data(withJSONObject: object))
+        #expect(old.state == .removed && old.osdID == "4" && old.backend == "" && old.served == "osd.4")
+    }
+
     @Test func happyPathActionsInOrder() {
         var m = Self.fresh()
         var actions = m.handle(.started, nowMs: 1000)

@@ -306,7 +306,10 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
     public private(set) var osdID = ""
     /// The backend that owns `osdID` ("ceph", "filesystem", "zfs", "gluster"); empty when
     /// the disk-manager did not say (or the journal record predates it).
-    public private(set) var backend = ""
+    public var backend: String { backendName ?? "" }
+    /// Optional, so that the JSON journal records of earlier versions (still read), which
+    /// have no such key, decode.
+    private var backendName: String?
     public private(set) var ticketKey = ""
     public private(set) var ticketURL = ""
     public private(set) var ticketResolved = false
@@ -600,7 +603,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
         switch answer.outcome {
         case .accepted:
             jobID = answer.jobID
-            if !answer.backend.isEmpty { backend = answer.backend }
+            if !answer.backend.isEmpty { backendName = answer.backend }
             // A repeated id: the job may have finished while we were away; ask.
             return answer.alreadyDone ? [.queryJob(requestID: requestID(.remove), jobID: jobID)] : []
         case .success, .skipped:
@@ -616,7 +619,7 @@ public struct IncidentMachine: Codable, Sendable, Equatable {
 
     private mutating func removed(osdID id: String, backend owner: String, steps: [String], simulated: Bool, nowMs: Int64) -> [Action] {
         osdID = id
-        if !owner.isEmpty { backend = owner }
+        if !owner.isEmpty { backendName = owner }
         step = nil
         deadlineMs = nil
         jobID = ""
@@ -1040,7 +1043,7 @@ extension IncidentMachine {
         attemptsUsed = try steps(record.attemptsUsed, "attempts_used") { Int($0) }
         jobID = record.jobID
         osdID = record.osdID
-        backend = record.backend
+        backendName = record.backend.isEmpty ? nil : record.backend
         ticketKey = record.ticketKey
         ticketURL = record.ticketURL
         ticketResolved = record.ticketResolved
