@@ -385,8 +385,10 @@ actor RepairEngine {
         }
         var answer = IncidentMachine.Answer(outcome: answerOutcome(outcome), alreadyDone: alreadyDone, jobID: response.jobID, backend: response.backend, backendID: response.backendID,
                                             reason: response.reason, failedStep: response.failedStep, steps: response.steps, simulated: response.simulated)
-        if case .job(let job)? = response.result, answer.backendID.isEmpty { answer.backendID = job.backendID }
-        if case .job(let job)? = response.result, answer.backend.isEmpty { answer.backend = job.backend }
+        if case .job(let job)? = response.result {
+            if answer.backendID.isEmpty { answer.backendID = job.backendID }
+            if answer.backend.isEmpty { answer.backend = job.backend }
+        }
         return .answered(step, answer)
     }
 
@@ -455,16 +457,16 @@ actor RepairEngine {
         let verdict = health(of: machine)
         guard var ticket = latest else {
             var bare = verdict
-            if !machine.osdID.isEmpty { bare.inUseBy = osdServed(by: machine) }
+            if !machine.osdID.isEmpty { bare.inUseBy = servedInCluster(machine) }
             return bare
         }
         ticket.state = verdict.state
         ticket.reasons = verdict.reasons
         if ticket.disk.key.isEmpty { ticket.disk = verdict.disk }
         if ticket.inUseBy.isEmpty && !machine.osdID.isEmpty {
-            ticket.inUseBy = osdServed(by: machine)
+            ticket.inUseBy = servedInCluster(machine)
         } else if !machine.osdID.isEmpty && !ticket.inUseBy.contains(machine.served) {
-            ticket.inUseBy += "; removed as " + osdServed(by: machine)
+            ticket.inUseBy += "; removed as " + servedInCluster(machine)
         }
         return ticket
     }
@@ -472,7 +474,7 @@ actor RepairEngine {
     /// What a removed disk served, by its backend's own name (``IncidentMachine/served``),
     /// whether or not the detector could still read the disk's label when the ticket was
     /// asked for.
-    static func osdServed(by machine: IncidentMachine) -> String {
+    static func servedInCluster(_ machine: IncidentMachine) -> String {
         "\(machine.served) in cluster \(machine.cluster)"
     }
 
