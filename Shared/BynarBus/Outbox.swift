@@ -70,10 +70,16 @@ public final class Outbox: Sendable {
         public var correlationId: String
         /// Set: sent until this receipt comes (see ``Outbox``).
         public var receipt: Receipt?
+        /// Set: the same envelope (same message id) also goes, retained, to this topic,
+        /// right after `topic`: an event on a stream and the retained state it sets, kept
+        /// and sent as one (one row, one envelope), the retained ledger told of the copy.
+        public var retainedCopy: String?
 
-        public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "", receipt: Receipt? = nil) {
+        public init(_ payload: any BusPayload, to topic: String, retain: Bool = false, correlationId: String = "", receipt: Receipt? = nil,
+                    retainedCopy: String? = nil) {
             self.init(payload: payload, topic: topic, retain: retain, correlationId: correlationId)
             self.receipt = receipt
+            self.retainedCopy = retainedCopy
         }
 
         private init(payload: (any BusPayload)?, topic: String, retain: Bool, correlationId: String) {
@@ -106,7 +112,8 @@ public final class Outbox: Sendable {
             messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
                                   createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.receipt?.inOrder == false ? envelope.messageID : event.correlationId,
                                   resendAfterMs: event.receipt.map { max(1, $0.resendAfter.wholeMilliseconds) },
-                                  giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + $0.wholeMilliseconds }))
+                                  giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + $0.wholeMilliseconds },
+                                  retainedCopy: event.retainedCopy))
         }
         try store.commit(messages, state: state)
         if !messages.isEmpty { wake.signal() }
@@ -252,7 +259,7 @@ public final class Outbox: Sendable {
                     }
                     resendDue = try store.nextResendUnixMs()
                 }
-                batch = try store.pendingOutbox(after: sentThrough, limit: Self.batchSize)
+                batch = Self.fitting(try store.pendingOutbox(after: sentThrough, limit: Self.batchSize))
                 if !listening, resendDue != nil || batch.contains(where: { $0.receiptFrom != nil }) {
                     // Receipts come to this client's reply topic (for events sent before a
                     // restart too: its session kept the subscription; the bus holds them).
@@ -284,12 +291,16 @@ public final class Outbox: Sendable {
             do {
                 // One batch, in order, pipelined: the broker acknowledges each message.
                 // Meanwhile what earlier batches delivered is written, when enough has gathered.
-                async let sent = bus.publish(batch: batch.map(outgoing))
+                async let sent = bus.publish(batch: batch.flatMap(outgoing))
                 if unsettled.count >= Self.settleEvery {
                     resendDue = try settle(&unsettled, resendDue: resendDue)
                 }
-                let outcomes = try await sent
-                for (entry, refusal) in zip(batch, outcomes) {
+                var outcomes = try await sent[...]
+                for entry in batch {
+                    // An event and its retained copy: refused if either was.
+                    let copies = entry.retainedCopy == nil ? 1 : 2
+                    let refusal = outcomes.prefix(copies).compactMap { $0 }.first
+                    outcomes = outcomes.dropFirst(copies)
                     guard let refusal else {
                         if entry.receiptFrom == nil {
                             unsettled.delivered.append(entry.id)
@@ -338,15 +349,29 @@ public final class Outbox: Sendable {
 
     /// An event as sent: one sent "until answered" asks for its receipt on this client's
     /// reply topic, and expires at the broker when the next copy is due (a receiver away
-    /// for days finds one copy queued, not one per resend).
-    private func outgoing(_ entry: LocalStore.OutboxEntry) -> MosquittoClient.Outgoing {
+    /// for days finds one copy queued, not one per resend). An event with a retained copy
+    /// is two messages, the copy second.
+    private func outgoing(_ entry: LocalStore.OutboxEntry) -> [MosquittoClient.Outgoing] {
         var properties = PublishProperties()
         if entry.receiptFrom != nil {
             properties.responseTopic = bus.replyTopic
             properties.correlationData = Array(entry.messageId.utf8)
             properties.messageExpirySeconds = UInt32(clamping: max(1, (entry.resendAfterMs ?? 1000) / 1000))
         }
-        return MosquittoClient.Outgoing(topic: entry.topic, payload: entry.payload, retain: entry.retain, properties: properties)
+        let own = MosquittoClient.Outgoing(topic: entry.topic, payload: entry.payload, retain: entry.retain, properties: properties)
+        guard let copy = entry.retainedCopy else { return [own] }
+        return [own, MosquittoClient.Outgoing(topic: copy, payload: entry.payload, retain: true)]
+    }
+
+    /// The first events of `entries` whose messages (with their retained copies) fit one
+    /// batch to the broker; the rest are read again next time.
+    static func fitting(_ entries: [LocalStore.OutboxEntry]) -> [LocalStore.OutboxEntry] {
+        var messages = 0
+        let count = entries.prefix { entry in
+            messages += entry.retainedCopy == nil ? 1 : 2
+            return messages <= Bus.maxBatch
+        }.count
+        return Array(entries.prefix(count))
     }
 
     /// How every service sends a notification (`bynar/v1/notify`): until a notifier answers

@@ -143,6 +143,22 @@ public final class LocalStore: Sendable {
             // every batch, holding the store from the service's own commits.
             try db.execute(sql: "CREATE INDEX outbox_pending ON outbox(id) WHERE state = 'pending'")
         },
+        Migration("shared-v5: retained copies; the receipt-group index only on the rows that use it") { db in
+            // `retained_copy`: the event also goes, as it is (same envelope, same message id),
+            // retained to this topic, right after its own: one row, one envelope and one
+            // delivery write for an event and the retained state it sets (an incident's step
+            // on the incident stream and as the incident's retained state).
+            try db.alter(table: "outbox") { table in
+                table.add(column: "retained_copy", .text)
+            }
+            // Only events sent until answered have a receipt group (``pendingOutbox`` and
+            // ``confirmReceipt`` look them up by it); every other event wrote a NULL key into
+            // this index when stored and again when the broker took it.
+            try db.execute(sql: """
+                DROP INDEX outbox_receipt_group;
+                CREATE INDEX outbox_receipt_group ON outbox(receipt_group, id) WHERE receipt_group IS NOT NULL;
+                """)
+        },
     ]
 
     // MARK: Session counter
@@ -170,6 +186,8 @@ public final class LocalStore: Sendable {
         /// The service whose reply confirms this message (nil: the broker's ack does).
         public var receiptFrom: String?
         public var resendAfterMs: Int64?
+        /// Also sent, retained, to this topic (the same bytes), right after `topic`.
+        public var retainedCopy: String? = nil
     }
 
     /// A message for the outbox, already serialized.
@@ -187,9 +205,13 @@ public final class LocalStore: Sendable {
         public var resendAfterMs: Int64?
         /// Unanswered by then: given up (kept as "unanswered", not sent again).
         public var giveUpUnixMs: Int64?
+        /// Also sent, retained, to this topic (the same bytes, so the same message id),
+        /// right after `topic`; the retained ledger keeps it for that topic.
+        public var retainedCopy: String?
 
         public init(messageId: String, topic: String, payload: [UInt8], retain: Bool, createdUnixMs: Int64,
-                    receiptFrom: String? = nil, receiptGroup: String? = nil, resendAfterMs: Int64? = nil, giveUpUnixMs: Int64? = nil) {
+                    receiptFrom: String? = nil, receiptGroup: String? = nil, resendAfterMs: Int64? = nil, giveUpUnixMs: Int64? = nil,
+                    retainedCopy: String? = nil) {
             self.messageId = messageId
             self.topic = topic
             self.payload = payload
@@ -199,6 +221,7 @@ public final class LocalStore: Sendable {
             self.receiptGroup = receiptGroup
             self.resendAfterMs = resendAfterMs
             self.giveUpUnixMs = giveUpUnixMs
+            self.retainedCopy = retainedCopy
         }
     }
 
@@ -213,18 +236,23 @@ public final class LocalStore: Sendable {
             // Prepared once per connection: a batch of hundreds of messages is not parsed
             // hundreds of times (parsing was a fifth of the orchestrator's flood profile).
             let insert = try db.cachedStatement(sql: """
-                INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms, give_up_unix_ms)
-                VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO outbox(message_id, topic, payload, retain, created_unix_ms, receipt_from, receipt_group, resend_after_ms, give_up_unix_ms, retained_copy)
+                VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
             let ledger = try db.cachedStatement(sql: """
                 INSERT INTO retained_ledger(topic, payload, updated_unix_ms) VALUES(?, ?, ?)
                 ON CONFLICT(topic) DO UPDATE SET payload = excluded.payload, updated_unix_ms = excluded.updated_unix_ms
                 """)
             for message in messages {
-                try insert.execute(arguments: [message.messageId, message.topic, Data(message.payload), message.retain, message.createdUnixMs,
-                                               message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs])
+                let payload = Data(message.payload)
+                try insert.execute(arguments: [message.messageId, message.topic, payload, message.retain, message.createdUnixMs,
+                                               message.receiptFrom, message.receiptFrom == nil ? nil : (message.receiptGroup ?? ""), message.resendAfterMs, message.giveUpUnixMs,
+                                               message.retainedCopy])
                 if message.retain {
-                    try ledger.execute(arguments: [message.topic, Data(message.payload), message.createdUnixMs])
+                    try ledger.execute(arguments: [message.topic, payload, message.createdUnixMs])
+                }
+                if let copy = message.retainedCopy {
+                    try ledger.execute(arguments: [copy, payload, message.createdUnixMs])
                 }
             }
         }
@@ -272,14 +300,14 @@ public final class LocalStore: Sendable {
     public func pendingOutbox(after id: Int64 = 0, limit: Int) throws -> [OutboxEntry] {
         try reader().read { db in
             try Row.fetchAll(db, sql: """
-                SELECT id, message_id, topic, payload, retain, attempts, receipt_from, resend_after_ms FROM outbox AS o
+                SELECT id, message_id, topic, payload, retain, attempts, receipt_from, resend_after_ms, retained_copy FROM outbox AS o
                 WHERE state = 'pending' AND id > ? AND (receipt_from IS NULL OR NOT EXISTS (
                     SELECT 1 FROM outbox AS e WHERE e.receipt_group = o.receipt_group AND e.id < o.id AND e.state IN ('pending', 'awaiting')))
                 ORDER BY id LIMIT ?
                 """, arguments: [id, limit]).map { row in
                 // By position, in the SELECT's order (by name, each look-up compares lowercased names).
                 OutboxEntry(id: row[0], messageId: row[1], topic: row[2], payload: [UInt8](row[3] as Data), retain: row[4], attempts: row[5],
-                            receiptFrom: row[6], resendAfterMs: row[7])
+                            receiptFrom: row[6], resendAfterMs: row[7], retainedCopy: row[8])
             }
         }
     }

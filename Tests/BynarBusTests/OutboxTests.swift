@@ -106,6 +106,55 @@ struct OutboxTests {
         await publisher.shutdown()
     }
 
+    /// An event with a retained copy (an incident's step on the incident stream and as the
+    /// incident's retained state) is one row and one envelope: the stream gets it live, the
+    /// copy's topic keeps it retained with the same message id, and the retained ledger
+    /// has it for a broker back from an older save. More events with copies than one
+    /// broker batch holds (1,024 messages) go out in several, none lost.
+    @Test(.timeLimit(.minutes(1))) func anEventAndItsRetainedCopyAreOneRowWithOneMessageID() async throws {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        let publisher = try await connectedBus(broker, service: "pub")
+        let reader = try await connectedBus(broker, service: "reader")
+        let stream = Collector(try await reader.subscribe("test/stream", as: Bynar_V1_Notification.self))
+        let outbox = Outbox(bus: publisher, store: store)
+        func note(_ text: String) -> Bynar_V1_Notification {
+            var note = Bynar_V1_Notification()
+            note.title = text
+            return note
+        }
+        // 700 events with copies: 1,400 messages, more than one batch to the broker.
+        let envelopes = try outbox.commit((0..<700).map { Outbox.Event(note("step \($0)"), to: "test/stream", retainedCopy: "test/retained/x\($0 % 3)") })
+        #expect(try store.pendingOutbox(limit: 2_000).count == 700, "one row per event, not one per copy")
+        let sender = Task { await outbox.run() }
+        #expect(await outbox.drain(timeout: .seconds(20)))
+        let live = await stream.wait(for: 700, timeout: .seconds(10))
+        #expect(live.map(\.payload.title) == (0..<700).map { "step \($0)" }, "every event on the stream, in order")
+        #expect(live.allSatisfy { !$0.retained }, "the stream's copies are not retained")
+        // A subscriber that comes later finds the last copy of each topic, the same message.
+        let late = try await connectedBus(broker, service: "late")
+        let retained = Collector(try await late.subscribe("test/retained/+", as: Bynar_V1_Notification.self))
+        #expect(await retained.wait(timeout: .seconds(5)) { $0.count >= 3 })
+        try await Task.sleep(for: .milliseconds(300))
+        let byTopic = Dictionary(retained.all.map { ($0.topic, $0) }, uniquingKeysWith: { _, last in last })
+        #expect(retained.all.count == 3, "\(retained.all.map(\.topic))")
+        for index in 697..<700 {
+            let topic = "test/retained/x\(index % 3)"
+            #expect(byTopic[topic]?.payload.title == "step \(index)")
+            #expect(byTopic[topic]?.retained == true)
+            #expect(byTopic[topic]?.envelope.messageID == envelopes[index].messageID, "the retained copy is the stream's message")
+        }
+        #expect(try store.outboxCounts().pending == 0)
+        // The ledger has the copies (said again after a broker loses them).
+        #expect(try store.reassertRetained(nowMs: Bus.nowUnixMs(), clearsKeptMs: 60_000, idPrefix: "test") == (said: 3, cleared: 0))
+        sender.cancel()
+        await late.shutdown()
+        await reader.shutdown()
+        await publisher.shutdown()
+    }
+
     /// `clearRetained` goes out in order after what was stored before it: a subscriber that
     /// comes later finds nothing retained (the detector clears a replaced disk's health).
     @Test func clearRetainedForgetsTheRetainedMessageInOrder() async throws {

@@ -492,8 +492,8 @@ struct RepairCore: Sendable {
             apply(.brakeDecided(decision), to: id)
         case .report(let from, let step, let message):
             let event = RepairEngine.incidentEvent(machine, from: from, step: step, message: message)
-            queue(event, to: Topics.incidentEvents, incident: id)
-            queue(event, to: Topics.incidentState(id: id), incident: id, retain: true)
+            // On the incident stream and, the same envelope, as the incident's retained state.
+            effects.messages.append(Outbox.Event(event, to: Topics.incidentEvents, correlationId: id, retainedCopy: Topics.incidentState(id: id)))
         case .notify(let severity, let title, let text, let nextAction):
             var note = Bynar_V1_Notification()
             note.severity = severity == .info ? .info : severity == .warning ? .warning : .error
