@@ -38,7 +38,7 @@ public import BynarProto
 public enum TopicClaims {
     /// Nil when the claims agree with `topic`; otherwise what disagrees.
     public static func mismatch(topic: String, envelope: Envelope) -> String? {
-        let levels = topic.split(separator: "/", omittingEmptySubsequences: false)
+        let levels = Topics.levels(of: topic)
         guard levels.count >= 3, levels[0] == "bynar", levels[1] == "v1" else { return nil }
         let isOperatorCommand: Bool = if case .operatorCommand? = envelope.payload { true } else { false }
         if topic == Topics.operatorCommands, !isOperatorCommand {

@@ -11,6 +11,17 @@ struct TopicClaimsTests {
         return envelope
     }
 
+    /// The claims read a topic's levels split on its UTF-8 bytes; they are the levels the
+    /// generic `split` gives, empty ones, multi-byte characters and odd ends included.
+    @Test func aTopicsLevelsAreTheSameAsTheGenericSplit() {
+        let topics = ["", "/", "//", "a", "a/", "/a", "bynar/v1/disk/stor1/sdb/health", "bynar/v1/disk//sdb/health",
+                      "bynar/v1/disk/störage-é/nvme0n1p1/health", "bynar/v1/disk/h%2Fx/k%23y/health", "bynar/v1/reply/c/h/s/",
+                      "e\u{301}/\u{1F600}/x", "$share/group/bynar/v1/disk/+/events"]
+        for topic in topics {
+            #expect(Topics.levels(of: topic) == topic.split(separator: "/", omittingEmptySubsequences: false), "\(topic)")
+        }
+    }
+
     static func disk(_ host: String, _ key: String) -> Bynar_V1_DiskIdentity {
         var disk = Bynar_V1_DiskIdentity()
         disk.host = host
