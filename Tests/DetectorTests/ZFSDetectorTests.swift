@@ -17,6 +17,20 @@ import Testing
         ZpoolStatus(parsing: try ZFSStatusTests.fixture(fixture))
     }
 
+    /// The captured OpenZFS pool (ONLINE, a status paragraph about features not enabled):
+    /// no disk is suspect and the pool raises no alarm while its last scrub is recent; once
+    /// the scrub is older than `scrub_max_age_days` (35) the age rule speaks.
+    @Test func aCapturedOpenZFSPoolWithFeaturesToEnableIsHealthy() throws {
+        let status = try Self.status("openzfs-status-features.txt")
+        let scrubbed = ZFSStatusTests.localTime(2023, 2, 12, 11, 40, 4)
+        let fresh = ZFSRules.judge(status, list: [], config: Self.config, nowSeconds: scrubbed + 86_400)
+        #expect(fresh.disks["pool1"] == [:])
+        #expect(fresh.pools["pool1"] == [], "features not enabled are no alarm")
+        let later = ZFSRules.judge(status, list: [], config: Self.config, nowSeconds: scrubbed + 100 * 86_400)
+        #expect(later.disks["pool1"] == [:])
+        #expect(later.pools["pool1"] == ["pool pool1 was last scrubbed 100 days ago (alarm after 35)"])
+    }
+
     @Test func vdevRules() throws {
         let unavailable = ZFSRules.judge(try Self.status("zfs-fuse-status-x-io-errors.txt"), list: [], config: Self.config, nowSeconds: 0)
         let reasons = try #require(unavailable.disks["bzcap"]?["loop3"])

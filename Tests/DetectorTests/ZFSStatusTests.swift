@@ -5,8 +5,9 @@ import Foundation
 import Testing
 
 /// `zpool status` / `zpool list` as zfs-fuse 0.7 printed them on this machine (captured,
-/// Tests/Fixtures/zfs/zfs-fuse-*) and as OpenZFS lays them out (written by hand from
-/// zpool-status(8), openzfs-*: no OpenZFS runs here).
+/// Tests/Fixtures/zfs/zfs-fuse-*), as OpenZFS on Linux printed one (captured elsewhere and
+/// published, openzfs-status-features.txt: its header says where from) and as OpenZFS lays
+/// them out (written by hand from zpool-status(8), the other openzfs-*: no OpenZFS runs here).
 @Suite struct ZFSStatusTests {
     static func fixture(_ name: String) throws -> String {
         let text = try String(contentsOfFile: "\(packageRoot)/Tests/Fixtures/zfs/\(name)", encoding: .utf8)
@@ -179,6 +180,32 @@ import Testing
         let backup = try #require(status.pool("backup"))
         #expect(backup.scan == .scrubFinished(errors: 0, finished: Self.localTime(2026, 11, 8, 3, 36, 45)))
         #expect(backup.leaf("wwn-0x5000c500a1b2c3d4")?.topLevel.redundancy == 1)
+    }
+
+    /// A real OpenZFS capture, verbatim (openzfs-status-features.txt, from jc's test suite by
+    /// way of Debian's source package): an ONLINE pool of two mirrors of wwn-named disks,
+    /// whose status and action paragraphs go on over tab-indented lines, and OpenZFS's
+    /// scrub line ("repaired 0B in 11:16:03").
+    @Test func aCapturedOpenZFSStatusIsRead() throws {
+        let text = try Self.fixture("openzfs-status-features.txt")
+        // The body is the published file, byte for byte (its sha256 is in the header).
+        let body = "/tmp/bynar-zfs-fixture-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: body) }
+        try text.write(toFile: body, atomically: true, encoding: .utf8)
+        #expect(try FaultyDisk.run("/usr/bin/sha256sum", [body]).hasPrefix("06aa1239cc979eb3e2d07290f56ca3f644a911f019f7d3b6b6d7d18ee267dbe2"))
+        let status = ZpoolStatus(parsing: text)
+        #expect(status.pools.map(\.name) == ["pool1"])
+        let pool = try #require(status.pool("pool1"))
+        #expect(pool.state == "ONLINE")
+        #expect(pool.status == "Some supported and requested features are not enabled on the pool. The pool can still be used, but some features are unavailable.")
+        #expect(pool.scan == .scrubFinished(errors: 0, finished: Self.localTime(2023, 2, 12, 11, 40, 4)))
+        #expect(pool.root.name == "pool1" && pool.root.state == "ONLINE")
+        #expect(pool.root.children.map(\.name) == ["mirror-0", "mirror-1"])
+        #expect(pool.leaves.map(\.vdev.name) == ["wwn-0x5000c500c65ac66f", "wwn-0x5000c500c5eee542", "wwn-0x5000c500e39e8af6", "wwn-0x5000c500e3b3a41e"])
+        #expect(pool.leaves.map(\.topLevel.name) == ["mirror-0", "mirror-0", "mirror-1", "mirror-1"])
+        #expect(pool.leaves.allSatisfy { $0.vdev.state == "ONLINE" && $0.vdev.errorCount == 0 && $0.vdev.note.isEmpty && $0.topLevel.redundancy == 1 })
+        #expect(pool.errors == "No known data errors")
+        #expect(!pool.resilvering && !pool.scan.running)
     }
 
     @Test func listWithAndWithoutExactNumbers() throws {
