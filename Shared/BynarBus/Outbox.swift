@@ -367,11 +367,10 @@ public final class Outbox: Sendable {
     /// batch to the broker; the rest are read again next time.
     static func fitting(_ entries: [LocalStore.OutboxEntry]) -> [LocalStore.OutboxEntry] {
         var messages = 0
-        let count = entries.prefix { entry in
+        return Array(entries.prefix { entry in
             messages += entry.retainedCopy == nil ? 1 : 2
             return messages <= Bus.maxBatch
-        }.count
-        return Array(entries.prefix(count))
+        })
     }
 
     /// How every service sends a notification (`bynar/v1/notify`): until a notifier answers

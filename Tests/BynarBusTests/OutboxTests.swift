@@ -8,6 +8,13 @@ import Testing
 
 @Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
 struct OutboxTests {
+    /// A payload told apart by its title.
+    static func note(_ title: String) -> Bynar_V1_Notification {
+        var note = Bynar_V1_Notification()
+        note.title = title
+        return note
+    }
+
     /// A publisher keeps publishing through its outbox while the broker restarts; the
     /// subscriber (persistent session) ends up with every event. Duplicates are allowed
     /// (at least once) and recognisable by message id.
@@ -72,18 +79,13 @@ struct OutboxTests {
         }
         let outbox = Outbox(bus: publisher, store: store)
         let sender = Task { await outbox.run() }
-        func state(_ text: String) -> Bynar_V1_Notification {
-            var note = Bynar_V1_Notification()
-            note.title = text
-            return note
-        }
         // Saved: a = "old", b = "old", c = "old".
-        try outbox.commit(["a", "b", "c"].map { Outbox.Event(state("old"), to: "test/retained/\($0)", retain: true) })
+        try outbox.commit(["a", "b", "c"].map { Outbox.Event(Self.note("old"), to: "test/retained/\($0)", retain: true) })
         #expect(await outbox.drain(timeout: .seconds(10)))
         broker.stop()
         try broker.start()
         // Since the save: a changes, b is cleared, c stays.
-        let newA = try outbox.commit([Outbox.Event(state("new"), to: "test/retained/a", retain: true), .clearRetained("test/retained/b")])[0]
+        let newA = try outbox.commit([Outbox.Event(Self.note("new"), to: "test/retained/a", retain: true), .clearRetained("test/retained/b")])[0]
         #expect(await outbox.drain(timeout: .seconds(10)))
         // Crash: back from the save.
         broker.signal(SIGKILL)
@@ -120,13 +122,8 @@ struct OutboxTests {
         let reader = try await connectedBus(broker, service: "reader")
         let stream = Collector(try await reader.subscribe("test/stream", as: Bynar_V1_Notification.self))
         let outbox = Outbox(bus: publisher, store: store)
-        func note(_ text: String) -> Bynar_V1_Notification {
-            var note = Bynar_V1_Notification()
-            note.title = text
-            return note
-        }
         // 700 events with copies: 1,400 messages, more than one batch to the broker.
-        let envelopes = try outbox.commit((0..<700).map { Outbox.Event(note("step \($0)"), to: "test/stream", retainedCopy: "test/retained/x\($0 % 3)") })
+        let envelopes = try outbox.commit((0..<700).map { Outbox.Event(Self.note("step \($0)"), to: "test/stream", retainedCopy: "test/retained/x\($0 % 3)") })
         #expect(try store.pendingOutbox(limit: 2_000).count == 700, "one row per event, not one per copy")
         let sender = Task { await outbox.run() }
         #expect(await outbox.drain(timeout: .seconds(20)))
