@@ -203,7 +203,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TicketingTests",
-            dependencies: ["Ticketing", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-ticketing", "bynar", protobuf, httpClient, nioCore],
+            dependencies: ["Ticketing", "BynarAuth", "BynarBus", "BynarProto", "BynarConfig", "BynarStore", "BynarTestSupport", "bynar-ticketing", "bynar", grdb, protobuf, httpClient, nioCore],
             path: "Tests/TicketingTests",
             swiftSettings: strict
         ),

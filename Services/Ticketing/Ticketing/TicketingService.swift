@@ -52,14 +52,7 @@ public struct TicketingService: BynarService {
         let waiting = WaitingRequesters()
         let context = context
         let output = TicketOutput(
-            event: { event, retain in
-                // The retained state first: the outbox keeps order, so whoever hears the
-                // event and then reads the state finds it current.
-                if retain {
-                    try context.outbox.publish(event, to: Topics.ticketState(incident: event.incidentID), retain: true, correlationId: event.incidentID)
-                }
-                try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: event.incidentID)
-            },
+            event: { event, retain in try Self.commit(event, retainAsState: retain, to: context.outbox) },
             notify: { note in
                 try context.outbox.commit([Outbox.notification(note, correlationId: note.incidentID)])
             },
@@ -105,6 +98,21 @@ public struct TicketingService: BynarService {
                                                 register: context.reloader.register)
     }
 
+    /// Stores a TicketEvent for everyone on `bynar/v1/ticket/events` and, with
+    /// `retainAsState`, as the incident's retained ticket state, in one outbox commit (one
+    /// transaction): a crash or a failed write keeps both or neither, never a state whose
+    /// event was lost. The retained state goes first (the outbox keeps order), so whoever
+    /// hears the event and then reads the state finds it current. Two envelopes, not one
+    /// with a retained copy (`Outbox.Event(retainedCopy:)` sends the copy after its event).
+    static func commit(_ event: Bynar_V1_TicketEvent, retainAsState: Bool, to outbox: Outbox) throws {
+        var events: [Outbox.Event] = []
+        if retainAsState {
+            events.append(Outbox.Event(event, to: Topics.ticketState(incident: event.incidentID), retain: true, correlationId: event.incidentID))
+        }
+        events.append(Outbox.Event(event, to: Topics.ticketEvents, correlationId: event.incidentID))
+        try outbox.commit(events)
+    }
+
     /// Stores requests and reports the configuration problem, until shutdown.
     private func runUnconfigured(_ problems: ConfigError) async throws {
         let store = TicketStore(store: context.store)
@@ -133,8 +141,7 @@ public struct TicketingService: BynarService {
                             event.state = .failed
                             event.detail = "ticketing is not configured (\(missing)); the request is kept and done after a restart with complete settings"
                             event.changedUnixMs = Bus.nowUnixMs()
-                            try context.outbox.publish(event, to: Topics.ticketState(incident: request.incidentID), retain: true, correlationId: request.incidentID)
-                            try context.outbox.publish(event, to: Topics.ticketEvents, correlationId: request.incidentID)
+                            try Self.commit(event, retainAsState: true, to: context.outbox)
                         }
                         response.error = "stored, but ticketing is not configured: \(missing)"
                     } catch {
