@@ -1,11 +1,12 @@
 // The one place that touches libmosquitto. Everything above speaks Swift types.
 //
 // Threading: libmosquitto runs in "external thread" mode (mosquitto_threaded_set) and this
-// file owns the network thread: it drives mosquitto_loop, reconnects with capped backoff,
-// and expires acknowledgements that never came. We do not use mosquitto_loop_start because
-// libmosquitto 2.0's own reconnect sends CONNECT without properties, which would silently
-// drop the session expiry interval (and with it the persistent session) after the first
-// reconnect. C callbacks arrive on the network thread and are bridged here, once.
+// file owns the network thread: it polls the socket itself and calls libmosquitto's read,
+// write and keepalive steps (``MosquittoClient/turn(timeoutMs:)``), reconnects with capped
+// backoff, and expires acknowledgements that never came. We do not use mosquitto_loop_start
+// because libmosquitto 2.0's own reconnect sends CONNECT without properties, which would
+// silently drop the session expiry interval (and with it the persistent session) after the
+// first reconnect. C callbacks arrive on the network thread and are bridged here, once.
 import CMosquitto
 import Synchronization
 #if canImport(Glibc)
@@ -81,6 +82,11 @@ final class MosquittoClient: @unchecked Sendable {
     /// sent on a connection whose CONNACK arrived, never while one is being made.
     private let connectLock = Mutex(())
     private let handlers = Mutex<Handlers?>(nil)
+    /// A pipe whose read end the network thread polls beside the socket: a thread that
+    /// hands libmosquitto packets (publishes, a subscribe, the disconnect) writes a byte to
+    /// it, once per call or batch, so they go out at once rather than at the next turn.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
 
     /// Where the network thread reports; set once by ``start(_:)``.
     struct Handlers: Sendable {
@@ -139,6 +145,17 @@ final class MosquittoClient: @unchecked Sendable {
             throw .mosquitto(call: "mosquitto_new", code: Int32(errno), detail: "cannot create client: \(String(cString: strerror(errno)))")
         }
         self.handle = handle
+        var pipeEnds: [Int32] = [-1, -1]
+        guard pipe(&pipeEnds) == 0 else {
+            let code = errno
+            mosquitto_destroy(handle)
+            throw .mosquitto(call: "pipe", code: code, detail: "cannot create the network thread's wake-up pipe: \(String(cString: strerror(code)))")
+        }
+        for end in pipeEnds {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        (wakeRead, wakeWrite) = (pipeEnds[0], pipeEnds[1])
         mosquitto_user_data_set(handle, Unmanaged.passUnretained(self).toOpaque())
         try check("set protocol MQTT 5", mosquitto_int_option(handle, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5))
         try check("set send maximum", mosquitto_int_option(handle, MOSQ_OPT_SEND_MAXIMUM, options.maxInflight))
@@ -176,6 +193,8 @@ final class MosquittoClient: @unchecked Sendable {
 
     deinit {
         mosquitto_destroy(handle)
+        close(wakeRead)
+        close(wakeWrite)
     }
 
     private static func from(_ context: UnsafeMutableRawPointer?) -> MosquittoClient {
@@ -237,9 +256,9 @@ final class MosquittoClient: @unchecked Sendable {
                 }
                 needsConnect = false
             }
-            let rc = mosquitto_loop(handle, 100, 1)
+            let rc = turn(timeoutMs: 100)
             // Deadlines are checked ten times a second, not on every wake-up: under load
-            // the loop turns once per packet and a sweep per turn would cost O(in flight).
+            // the loop turns every few packets and a sweep per turn would cost O(in flight).
             if ContinuousClock.now - lastSweep >= .milliseconds(100) {
                 lastSweep = ContinuousClock.now
                 expireWaiters()
@@ -264,6 +283,53 @@ final class MosquittoClient: @unchecked Sendable {
         }
         failAllWaiters(BusError.stopped)
         waiting?.resume()
+    }
+
+    /// One turn of the network loop: waits up to `timeoutMs` for the socket (or a wake-up),
+    /// then lets libmosquitto read what came, write what is queued, and keep the connection
+    /// alive. Returns a libmosquitto code, as `mosquitto_loop` does.
+    ///
+    /// Not `mosquitto_loop`: in threaded mode libmosquitto writes a byte to an internal
+    /// socket pair for every packet it queues (each publish, each PUBACK) and its loop
+    /// reads one such byte per turn, so under load it turned once per packet, a `pselect`
+    /// and a `read` each (docs/bus.md, docs/performance.md). Here the thread is woken
+    /// through ``wakeWrite`` once per call or batch; libmosquitto's socket pair, no longer
+    /// read, fills and its writes fail at once (it ignores their result).
+    private func turn(timeoutMs: Int32) -> Int32 {
+        let socket = mosquitto_socket(handle)
+        guard socket >= 0 else { return Int32(MOSQ_ERR_NO_CONN.rawValue) }
+        var fds = [
+            pollfd(fd: socket, events: Int16(POLLIN) | (mosquitto_want_write(handle) ? Int16(POLLOUT) : 0), revents: 0),
+            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+        ]
+        if poll(&fds, 2, timeoutMs) < 0 {
+            return errno == EINTR ? Int32(MOSQ_ERR_SUCCESS.rawValue) : Int32(MOSQ_ERR_ERRNO.rawValue)
+        }
+        if fds[1].revents != 0 {
+            var drained = [UInt8](repeating: 0, count: 256)
+            while read(wakeRead, &drained, drained.count) == drained.count {}
+        }
+        let events = fds[0].revents
+        // With TLS, libmosquitto finishes its handshake in its read step, when the socket
+        // is readable or (the handshake wanting to write) writable.
+        if events & Int16(POLLIN | POLLERR | POLLHUP) != 0 || (options.tls != nil && events & Int16(POLLOUT) != 0) {
+            let rc = mosquitto_loop_read(handle, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+        }
+        // What is queued now (PUBACKs of what was just read, other threads' publishes) goes
+        // out at once; a full socket keeps the rest for the next turn, polled for writing.
+        if mosquitto_want_write(handle) {
+            let rc = mosquitto_loop_write(handle, 1)
+            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+        }
+        return mosquitto_loop_misc(handle)
+    }
+
+    /// Wakes the network thread for packets just handed to libmosquitto.
+    private func wake() {
+        var byte: UInt8 = 1
+        // A full pipe (EAGAIN) already holds a wake-up: nothing lost.
+        _ = write(wakeWrite, &byte, 1)
     }
 
     private func connectOnce() -> Int32 {
@@ -420,7 +486,11 @@ final class MosquittoClient: @unchecked Sendable {
     /// connect, so the wait spans short outages up to `timeout`.
     func publish(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties, timeout: Duration) async throws -> Int32 {
         let started = ContinuousClock.now
-        let mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        let mid: Int32
+        do {
+            defer { wake() }
+            mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        }
         if qos == 0 { return 0 }
         return try await awaitAck(mid: mid, since: started, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
     }
@@ -459,11 +529,15 @@ final class MosquittoClient: @unchecked Sendable {
         var mids: [Int32] = []
         var notSent: [Int: Outcome] = [:]
         mids.reserveCapacity(messages.count)
-        for (index, message) in messages.enumerated() {
-            do {
-                mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: message.properties))
-            } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
-                notSent[index] = .notSent(code, detail)
+        do {
+            // The network thread is woken once for the batch, also when a send failed.
+            defer { wake() }
+            for (index, message) in messages.enumerated() {
+                do {
+                    mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: message.properties))
+                } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
+                    notSent[index] = .notSent(code, detail)
+                }
             }
         }
         let codes = try await awaitBatch(mids, since: started, timeout: timeout, what: "acknowledgement of \(mids.count) publishes")
@@ -503,7 +577,8 @@ final class MosquittoClient: @unchecked Sendable {
         }
     }
 
-    /// Hands one message to libmosquitto; returns its message id.
+    /// Hands one message to libmosquitto; returns its message id. The caller wakes the
+    /// network thread (``wake()``) to send it.
     private func send(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties) throws -> Int32 {
         var props: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&props) }
@@ -552,6 +627,7 @@ final class MosquittoClient: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(1))
         }
         if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
+        wake()
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
             throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
         }
@@ -567,7 +643,10 @@ final class MosquittoClient: @unchecked Sendable {
                 guard state.withLock({ $0.connected }) else { return }
                 _ = mosquitto_unsubscribe_v5(handle, nil, filter, nil)
             }
-            if handed != nil { return }
+            if handed != nil {
+                wake()
+                return
+            }
             usleep(200)
         }
     }
@@ -602,6 +681,7 @@ final class MosquittoClient: @unchecked Sendable {
             return state.threadDone || !state.started
         }
         _ = mosquitto_disconnect_v5(handle, 0, nil)
+        wake()
         guard !alreadyDone else { return }
         await withCheckedContinuation { continuation in
             let done = state.withLock { state -> Bool in
