@@ -486,11 +486,8 @@ final class MosquittoClient: @unchecked Sendable {
     /// connect, so the wait spans short outages up to `timeout`.
     func publish(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties, timeout: Duration) async throws -> Int32 {
         let started = ContinuousClock.now
-        let mid: Int32
-        do {
-            defer { wake() }
-            mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
-        }
+        let mid = try send(topic: topic, payload: payload, qos: qos, retain: retain, properties: properties)
+        wake()
         if qos == 0 { return 0 }
         return try await awaitAck(mid: mid, since: started, timeout: timeout, what: "acknowledgement of publish to \(topic)", subscribe: false)
     }
@@ -578,7 +575,7 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     /// Hands one message to libmosquitto; returns its message id. The caller wakes the
-    /// network thread (``wake()``) to send it.
+    /// network thread (``wake()``) to send it; when this throws, nothing was queued.
     private func send(topic: String, payload: [UInt8], qos: Int32, retain: Bool, properties: PublishProperties) throws -> Int32 {
         var props: OpaquePointer? = nil
         defer { mosquitto_property_free_all(&props) }
@@ -627,10 +624,10 @@ final class MosquittoClient: @unchecked Sendable {
             try await Task.sleep(for: .milliseconds(1))
         }
         if rc == MOSQ_ERR_NO_CONN.rawValue { return nil }
-        wake()
         guard rc == MOSQ_ERR_SUCCESS.rawValue else {
             throw BusError.mosquitto(call: "subscribe to \(filter)", code: rc, detail: Self.describe(rc))
         }
+        wake()
         return try await awaitAck(mid: mid, since: started, timeout: timeout, what: "acknowledgement of subscribe to \(filter)", subscribe: true)
     }
 
