@@ -103,6 +103,8 @@ public final class Bus: Sendable {
         var filter: String
         /// The filter topics are matched against.
         var match: String
+        /// Routes of one group feed one subscriber: a message is handed to it once.
+        var group: UInt64 = 0
         /// Hands a message over; false when the subscriber's buffer was full.
         var deliver: @Sendable (MQTTMessage) -> Bool
         /// Ends the subscriber's sequence (on shutdown).
@@ -371,9 +373,29 @@ public final class Bus: Sendable {
         return EnvelopeSubscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer, budget: budget), budget: budget)
     }
 
+    /// Subscribes to `filters` (in order) and yields what arrives, in the order the broker
+    /// delivered it, whichever filter it came by (decoded by the consumer:
+    /// ``OrderedSubscription/Message/decode(as:)``). Each copy the broker sends comes once;
+    /// mosquitto sends a message that matches two of the filters twice, one copy per
+    /// subscription, so filters that overlap see it twice. For a consumer whose handling
+    /// of one topic depends on what came before on another (the notifier completes a
+    /// notification from the incident events that arrived before it): separate
+    /// subscriptions, read by separate tasks, can be read out of order.
+    public func subscribeInOrder(_ filters: [String], buffer: Int? = nil) async throws -> OrderedSubscription {
+        let budget = ByteBudget(limit: config.subscriptionBufferBytes)
+        let stream = try await addRoutes(filters, buffer: buffer ?? config.subscriptionBuffer, budget: budget)
+        return OrderedSubscription(bus: self, filters: filters.map(Topics.matchingFilter), stream: stream, budget: budget)
+    }
+
     func addRoute(_ filter: String, buffer: Int, budget: ByteBudget) async throws -> AsyncStream<MQTTMessage> {
+        try await addRoutes([filter], buffer: buffer, budget: budget)
+    }
+
+    /// One stream fed by a route per filter. The routes are one group: a copy that matches
+    /// several of them is yielded once (``dispatch(_:)``).
+    private func addRoutes(_ filters: [String], buffer: Int, budget: ByteBudget) async throws -> AsyncStream<MQTTMessage> {
         let (stream, continuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .bufferingOldest(buffer))
-        let route = Route(filter: filter, match: Topics.matchingFilter(filter), deliver: { message in
+        let deliver: @Sendable (MQTTMessage) -> Bool = { message in
             // Bounded by count and by bytes: 4096 messages of up to 256 KiB would be 1 GiB.
             guard budget.take(message.payload.count) else { return false }
             if case .dropped = continuation.yield(message) {
@@ -381,32 +403,41 @@ public final class Bus: Sendable {
                 return false
             }
             return true
-        }, finish: { continuation.finish() })
-        let id = state.withLock { state -> UInt64 in
-            state.nextRouteId += 1
-            state.routes[state.nextRouteId] = route
-            // What arrived for this filter before it was registered goes first, in order,
-            // under the same lock, so no later message can overtake it. A shared route takes
-            // it too: the broker queued it for this session because the session is a member
-            // of the group (it gives each message to one member; queued while a killed
+        }
+        let ids = state.withLock { state -> [UInt64] in
+            // Group 0: a route of its own (no bookkeeping per message in dispatch).
+            let group = filters.count > 1 ? state.nextRouteId + 1 : 0
+            let routes = filters.map { Route(filter: $0, match: Topics.matchingFilter($0), group: group, deliver: deliver, finish: { continuation.finish() }) }
+            var ids: [UInt64] = []
+            for route in routes {
+                state.nextRouteId += 1
+                state.routes[state.nextRouteId] = route
+                ids.append(state.nextRouteId)
+            }
+            // What arrived for these filters before they were registered goes first, in
+            // order, under the same lock, so no later message can overtake it. A shared route
+            // takes it too: the broker queued it for this session because the session is a
+            // member of the group (it gives each message to one member; queued while a killed
             // ticketing was away, it would otherwise be lost). A Bynar service never
             // subscribes to one topic both plainly and shared, so the copy is not another
             // subscription's.
             var kept: [(message: MQTTMessage, at: ContinuousClock.Instant)] = []
             for entry in state.held {
-                if Topics.matches(filter: route.match, topic: entry.message.topic) {
-                    if !route.deliver(entry.message) { state.stats.overflowed += 1 }
+                if routes.contains(where: { Topics.matches(filter: $0.match, topic: entry.message.topic) }) {
+                    if !deliver(entry.message) { state.stats.overflowed += 1 }
                 } else {
                     kept.append(entry)
                 }
             }
             state.held = kept
             state.heldBytes = kept.reduce(0) { $0 + $1.message.payload.count }
-            return state.nextRouteId
+            return ids
         }
-        continuation.onTermination = { [weak self] _ in self?.removeRoute(id) }
+        continuation.onTermination = { [weak self] _ in
+            for id in ids { self?.removeRoute(id) }
+        }
         do {
-            try await ensureSubscribed(filter)
+            for filter in filters { try await ensureSubscribed(filter) }
         } catch {
             continuation.finish()
             throw error
@@ -514,7 +545,11 @@ public final class Bus: Sendable {
         }
         guard !targets.isEmpty else { return }
         var dropped = 0
-        for route in targets where !route.deliver(message) { dropped += 1 }
+        var groups: [UInt64] = []
+        for route in targets where route.group == 0 || !groups.contains(route.group) {
+            if route.group != 0 { groups.append(route.group) }
+            if !route.deliver(message) { dropped += 1 }
+        }
         let shouldLog = state.withLock { state -> Bool in
             state.stats.received += 1
             guard dropped > 0 else { return false }

@@ -94,3 +94,56 @@ public struct EnvelopeSubscription: AsyncSequence, Sendable {
         AsyncIterator(bus: bus, base: stream.makeAsyncIterator(), budget: budget)
     }
 }
+
+/// Messages from several topic filters in the order the broker delivered them
+/// (``Bus/subscribeInOrder(_:buffer:)``). Each is decoded by the consumer, by the filter it
+/// came by.
+public struct OrderedSubscription: AsyncSequence, Sendable {
+    public struct Message: Sendable {
+        let bus: Bus
+        let message: MQTTMessage
+        public var topic: String { message.topic }
+        /// Which of the subscribed filters (their index) the topic matches; the first one
+        /// when it matches several.
+        public let filterIndex: Int
+
+        /// The payload as `P`; nil when it is not one (rejected to the dead-letter topic,
+        /// as a ``Subscription`` would).
+        public func decode<P: BusPayload>(as type: P.Type) -> Received<P>? {
+            switch bus.decode(message, as: P.self) {
+            case .success(let received): return received
+            case .failure(let reason):
+                bus.reject(message, reason: reason)
+                return nil
+            }
+        }
+    }
+    public typealias Element = Message
+    let bus: Bus
+    /// The filters topics are matched against, in the order subscribed.
+    let filters: [String]
+    let stream: AsyncStream<MQTTMessage>
+    let budget: ByteBudget
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let bus: Bus
+        let filters: [String]
+        var base: AsyncStream<MQTTMessage>.Iterator
+        let budget: ByteBudget
+
+        public mutating func next() async -> Message? {
+            await next(isolation: nil)
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> Message? {
+            guard let message = await base.next(isolation: actor) else { return nil }
+            budget.give(message.payload.count)
+            let index = filters.firstIndex { Topics.matches(filter: $0, topic: message.topic) } ?? 0
+            return Message(bus: bus, message: message, filterIndex: index)
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(bus: bus, filters: filters, base: stream.makeAsyncIterator(), budget: budget)
+    }
+}

@@ -4,6 +4,7 @@ import BynarProto
 import BynarTestSupport
 import Foundation
 import SwiftProtobuf
+import Synchronization
 import Testing
 
 /// Every test here runs against a real mosquitto on a free loopback port; none mocks the broker.
@@ -433,6 +434,64 @@ struct ReconnectTests {
         #expect(received.all.map(\.payload.title) == (1...5).map { "queued \($0)" }, "in order")
         try await publisher.publish(other, to: "test/queued/6")
         #expect(await received.wait(timeout: .seconds(5)) { $0.count == 6 })
+        await publisher.shutdown()
+        await second.shutdown()
+    }
+
+    /// Several filters read as one sequence keep the broker's order across them, for the
+    /// queue held from before the subscription and for what comes live; one that is not the
+    /// payload its filter expects is dead-lettered, not handed on. A message that matches
+    /// two of the filters comes twice, one after the other: mosquitto 2.0 sends a copy for
+    /// each matching subscription (which this test also pins down), and the bus hands each
+    /// copy on once.
+    @Test func anOrderedSubscriptionKeepsTheOrderAcrossItsFilters() async throws {
+        let broker = try TestBroker()
+        let clientId = "ordered-\(UUID().uuidString.prefix(8))"
+        let filters = ["test/a/+", "test/+/both", "test/b/+"]
+        let first = try await connectedBus(broker, service: "notifier", clientId: clientId)
+        let kept = try await first.subscribeInOrder(filters)
+        await first.shutdown()
+        withExtendedLifetime(kept) {}
+
+        let publisher = try await connectedBus(broker, service: "pub")
+        var sent: [String] = []
+        func send(_ count: Int) async throws {
+            for _ in 0..<count {
+                let index = sent.count
+                // a, b, a, b ... and every fifth on a topic both of the first two filters match
+                let topic = index % 5 == 4 ? "test/a/both" : (index % 2 == 0 ? "test/a/\(index)" : "test/b/\(index)")
+                var notification = Bynar_V1_Notification()
+                notification.title = "\(index) on \(topic)"
+                try await publisher.publish(notification, to: topic)
+                sent.append(notification.title)
+            }
+        }
+        try await send(20)
+        let second = try await connectedBus(broker, service: "notifier", clientId: clientId)
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(second.stats.held == 24, "20 messages, 4 of them on both filters: \(second.stats)")
+        let received = Mutex<[(title: String, filter: Int)]>([])
+        let reader = Task {
+            for await message in try await second.subscribeInOrder(filters) {
+                guard let notification = message.decode(as: Bynar_V1_Notification.self) else { continue }
+                received.withLock { $0.append((notification.payload.title, message.filterIndex)) }
+            }
+        }
+        try await send(200)
+        var garbage = Bynar_V1_DiskHealth()
+        garbage.disk.host = "not a notification"
+        try await publisher.publish(garbage, to: "test/b/garbage")
+        try await send(1)
+        let deadline = ContinuousClock.now + .seconds(10)
+        let expected = sent.flatMap { $0.hasSuffix("both") ? [$0, $0] : [$0] }
+        while received.withLock({ $0.count }) < expected.count && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(200))
+        let all = received.withLock { $0 }
+        #expect(all.map(\.title) == expected, "in the broker's order, one for each copy the broker sent")
+        #expect(all.filter { $0.title.hasSuffix("both") }.allSatisfy { $0.filter == 0 }, "the first filter it matches")
+        #expect(all.filter { $0.title.contains("test/b/") }.allSatisfy { $0.filter == 2 })
+        #expect(second.stats.rejected == 1, "\(second.stats)")
+        reader.cancel()
         await publisher.shutdown()
         await second.shutdown()
     }

@@ -63,7 +63,16 @@ public final class EtcdCluster: @unchecked Sendable {
         }
         self.members = members
         for member in members { try start(member: member.name) }
-        try waitHealthy(timeout: .seconds(30))
+        do {
+            try waitHealthy(timeout: .seconds(30))
+        } catch {
+            // The members' own words, as the directory goes with this object.
+            throw TestSupportError("\(error)\n" + members.map { member in
+                let running = lock.withLock { processes[member.name]?.isRunning ?? false }
+                let tail = log(member.name).split(separator: "\n").suffix(15).joined(separator: "\n")
+                return "etcd \(member.name) (client \(member.clientPort), peer \(member.peerPort), \(running ? "running" : "exited")):\n\(tail)"
+            }.joined(separator: "\n"))
+        }
     }
 
     /// Starts (or restarts, with its data) one member.

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -109,21 +110,47 @@ public func makeTemporaryDirectory(prefix: String) throws -> String {
     return String(cString: result)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports `freeLoopbackPort()` handed out in this process: never twice.
+private let handedOutPorts = Mutex<Set<Int>>([])
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, never the same twice in one test run.
+///
+/// Chosen below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so that no
+/// outgoing connection can take it as its local port between this check and the server's
+/// bind: a port from `bind(0)` is an ephemeral one, and on a busy CI run one of the three
+/// etcd members it was chosen for found it taken (a cluster that never became healthy).
 public func freeLoopbackPort() throws -> Int {
+    let ephemeralLow = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+        .flatMap { $0.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first.flatMap { Int($0) } } ?? 32768
+    let range = 10_000..<max(10_000, ephemeralLow)
+    if range.count >= 1_000 {
+        for _ in 0..<200 {
+            let candidate = Int.random(in: range)
+            let fresh = handedOutPorts.withLock { $0.insert(candidate).inserted }
+            if fresh, try bindLoopback(port: candidate) != nil { return candidate }
+        }
+    }
+    // No room below the ephemeral range on this machine: any free port.
+    guard let port = try bindLoopback(port: 0) else { throw TestSupportError("cannot bind a loopback port") }
+    handedOutPorts.withLock { _ = $0.insert(port) }
+    return port
+}
+
+/// Binds a TCP socket on 127.0.0.1 to `port` (0: any) and closes it: the port it got, or nil
+/// when that port is taken (also by a connection in TIME_WAIT: no SO_REUSEADDR here).
+private func bindLoopback(port: Int) throws -> Int? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestSupportError("socket failed") }
+    guard fd >= 0 else { throw TestSupportError("socket failed: \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
+    address.sin_port = UInt16(port).bigEndian
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard bound else { throw TestSupportError("cannot bind a loopback port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    return bound ? Int(UInt16(bigEndian: address.sin_port)) : nil
 }
 
 func canConnect(port: Int) -> Bool {

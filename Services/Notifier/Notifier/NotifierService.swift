@@ -95,9 +95,12 @@ public struct NotifierService: BynarService {
 
     public func run() async throws {
         let bus = context.bus
-        let notifications = try await bus.subscribe(Topics.shared(group: "notifier", Topics.notifications), as: Bynar_V1_Notification.self)
-        let incidents = try await bus.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self)
-        let tickets = try await bus.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self)
+        // Notifications and the incident and ticket history in one sequence, in the order
+        // they arrived: a notification is completed from the history (``accept(_:)``), which
+        // must hold every event that came before it. Read by separate tasks, a notification
+        // that came right after its incident's event could be completed before that event
+        // was recorded.
+        let ordered = try await bus.subscribeInOrder([Topics.shared(group: "notifier", Topics.notifications), Topics.incidentEvents, Topics.ticketEvents])
         let hosts = try await bus.subscribe(Topics.shared(group: "notifier", Topics.hostState(host: "+")), as: Bynar_V1_HostState.self)
         let notifiers = try await bus.subscribe(Topics.serviceStatus(host: "+", service: Self.serviceName), as: Bynar_V1_ServiceStatus.self)
         let pools = try await bus.subscribe(Topics.allPoolStates, as: Bynar_V1_PoolState.self)
@@ -110,13 +113,20 @@ public struct NotifierService: BynarService {
                     group.addTask { await pump.run() }
                 }
                 group.addTask {
-                    for await message in notifications { await self.take(message) }
-                }
-                group.addTask {
-                    for await message in incidents { self.remember { try store.record(message.payload, receivedUnixMs: NotifierClock.nowUnixMs()) } }
-                }
-                group.addTask {
-                    for await message in tickets { self.remember { try store.record(message.payload, receivedUnixMs: NotifierClock.nowUnixMs()) } }
+                    for await message in ordered {
+                        switch message.filterIndex {
+                        case 0:
+                            if let notification = message.decode(as: Bynar_V1_Notification.self) { await self.take(notification) }
+                        case 1:
+                            if let event = message.decode(as: Bynar_V1_IncidentEvent.self) {
+                                self.remember { try store.record(event.payload, receivedUnixMs: NotifierClock.nowUnixMs()) }
+                            }
+                        default:
+                            if let event = message.decode(as: Bynar_V1_TicketEvent.self) {
+                                self.remember { try store.record(event.payload, receivedUnixMs: NotifierClock.nowUnixMs()) }
+                            }
+                        }
+                    }
                 }
                 group.addTask {
                     for await message in hosts { self.hostChanged(message.payload) }
