@@ -34,4 +34,13 @@ public final class ServiceProcess: @unchecked Sendable {
 
     /// What the service logged so far.
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// The lines around a crash the service logged (a Swift runtime trap, which the
+    /// runtime's backtracer reports in the log), or nil: a test that kills a service on
+    /// purpose checks this first, so a crash cannot pass for the kill.
+    public var crashReport: String? {
+        let lines = log.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let at = lines.firstIndex(where: { $0.contains("Fatal error:") || $0.contains("*** Program crashed") }) else { return nil }
+        return lines[at..<min(lines.count, at + 60)].joined(separator: "\n")
+    }
 }

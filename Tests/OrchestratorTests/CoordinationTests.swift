@@ -44,10 +44,15 @@ struct CoordinationTests {
         var leads: Bool { process.process.isRunning && process.log.contains("leading the orchestrator group") }
         var standsBy: Bool { process.process.isRunning && process.log.contains("standing by") && !leads }
 
-        func kill() { _ = process.process.stop(SIGKILL) }
+        /// Killed on purpose (as if its host died); a crash before it is a failure of its own.
+        func kill() {
+            expectNoCrash(process)
+            _ = process.process.stop(SIGKILL)
+        }
 
         func restart() throws {
             let old = process
+            expectNoCrash(old)
             _ = old.process.stop(SIGKILL)
             let previous = old.log
             unlink(old.logPath)  // the next run logs to the same file
@@ -56,6 +61,10 @@ struct CoordinationTests {
                 logs += previous + "\n---- restarted ----\n"
                 current = next
             }
+        }
+
+        private func expectNoCrash(_ run: ServiceProcess) {
+            if let report = run.crashReport { Issue.record("orchestrator \(name) crashed:\n\(report)") }
         }
     }
 

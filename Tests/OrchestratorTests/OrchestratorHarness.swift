@@ -48,6 +48,7 @@ final class OrchestratorHarness: @unchecked Sendable {
     func start(orchestrator extra: String = "", steps: String = "", requestTimeout: Int = 2, topLevel: String = "") async throws {
         sessions += 1
         let session = sessions
+        expectNoCrash()
         orchestrator = try ServiceProcess("bynar-orchestrator", brokerPort: broker.port, host: "orch", directory: directory,
                                           extraConfig: config(extra, steps: steps, requestTimeout: requestTimeout) + (topLevel.isEmpty ? "" : ",\n " + topLevel))
         let born = await births.wait(timeout: .seconds(20)) { $0.contains { $0.payload.state == .birth && $0.payload.session == session } }
@@ -56,12 +57,20 @@ final class OrchestratorHarness: @unchecked Sendable {
 
     /// SIGTERM: a clean stop; the broker keeps its persistent session and queues for it.
     func terminate() {
+        expectNoCrash()
         orchestrator?.signal(SIGTERM)
     }
 
     /// SIGKILL: no clean shutdown, no last words.
     func kill() {
+        expectNoCrash()
         orchestrator?.process.stop(SIGKILL)
+    }
+
+    /// A crash the orchestrator logged is a failure of its own, also in a test that goes on
+    /// to stop or kill it (a crash and a kill look alike from outside).
+    func expectNoCrash() {
+        if let report = orchestrator?.crashReport { Issue.record("bynar-orchestrator crashed:\n\(report)") }
     }
 
     /// The latest event per incident id.
@@ -95,6 +104,7 @@ final class OrchestratorHarness: @unchecked Sendable {
     }
 
     func stop() async {
+        expectNoCrash()
         orchestrator?.signal(SIGTERM)
         incidents.cancel()
         notifications.cancel()

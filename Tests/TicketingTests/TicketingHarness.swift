@@ -126,7 +126,10 @@ final class TicketingHarness: @unchecked Sendable {
     var logs: String { processes.map { "--- \($0.directory)\n\($0.log)" }.joined(separator: "\n") }
 
     func stopAll() async {
-        for process in processes { process.signal(SIGTERM) }
+        for process in processes {
+            if let report = process.crashReport { Issue.record("bynar-ticketing in \(process.directory) crashed:\n\(report)") }
+            process.signal(SIGTERM)
+        }
         await watcher.shutdown()
         jira.stop()
         broker.stop()

@@ -35,6 +35,9 @@ struct HTTPTransport: Sendable {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(min(settings.requestTimeoutSeconds, 10))), read: .seconds(Int64(settings.requestTimeoutSeconds)))
         configuration.redirectConfiguration = .disallow
+        // HTTP/1.1 only: AsyncHTTPClient 1.37.0's HTTP/2 path can crash the process
+        // (swift-server/async-http-client#922; EtcdClient says how we met it).
+        configuration.httpVersion = .http1Only
         if let proxy = settings.proxy {
             let authorization = proxy.user.map { HTTPClient.Authorization.basic(username: $0, password: proxy.password ?? "") }
             configuration.proxy = .server(host: proxy.host, port: proxy.port, authorization: authorization)

@@ -59,6 +59,9 @@ actor RedfishClient {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(config.timeoutSeconds)), read: .seconds(Int64(config.timeoutSeconds)))
         configuration.redirectConfiguration = .disallow
+        // HTTP/1.1 only: AsyncHTTPClient 1.37.0's HTTP/2 path can crash the process
+        // (swift-server/async-http-client#922; EtcdClient in the orchestrator says how we met it).
+        configuration.httpVersion = .http1Only
         // One read a minute: no connection is kept open between reads (its timers and TLS
         // state would keep code resident for nothing); the session token is kept.
         configuration.connectionPool = .init(idleTimeout: .seconds(1))

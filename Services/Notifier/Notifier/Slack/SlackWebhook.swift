@@ -30,6 +30,9 @@ final class SlackWebhook: DeliveryChannel {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(timeout.components.seconds)), read: .seconds(Int64(timeout.components.seconds)))
         if let proxy { configuration.proxy = try Self.proxy(proxy) }
+        // HTTP/1.1 only: AsyncHTTPClient 1.37.0's HTTP/2 path can crash the process
+        // (swift-server/async-http-client#922; EtcdClient in the orchestrator says how we met it).
+        configuration.httpVersion = .http1Only
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 

@@ -45,6 +45,11 @@ final class EtcdClient: Sendable {
         var configuration = HTTPClient.Configuration()
         configuration.timeout = .init(connect: .seconds(Int64(config.requestTimeoutSeconds)), read: .seconds(Int64(config.requestTimeoutSeconds)))
         configuration.redirectConfiguration = .disallow
+        // HTTP/1.1 only: over TLS etcd offers HTTP/2, and AsyncHTTPClient 1.37.0's HTTP/2
+        // handler force-unwraps a request it already let go of when a stream error comes
+        // after the response (swift-server/async-http-client#922, unfixed upstream). It
+        // crashed an orchestrator in CoordinationTests' TLS test, after the test passed.
+        configuration.httpVersion = .http1Only
         if config.endpoints.contains(where: { $0.hasPrefix("https://") }) {
             var tls = TLSConfiguration.makeClientConfiguration()
             if let ca = config.caFile { tls.trustRoots = .file(ca) }
