@@ -381,9 +381,11 @@ public final class Bus: Sendable {
     /// of one topic depends on what came before on another (the notifier completes a
     /// notification from the incident events that arrived before it): separate
     /// subscriptions, read by separate tasks, can be read out of order.
+    ///
+    /// Its buffer (default) and byte bound are those of as many separate subscriptions.
     public func subscribeInOrder(_ filters: [String], buffer: Int? = nil) async throws -> OrderedSubscription {
-        let budget = ByteBudget(limit: config.subscriptionBufferBytes)
-        let stream = try await addRoutes(filters, buffer: buffer ?? config.subscriptionBuffer, budget: budget)
+        let budget = ByteBudget(limit: config.subscriptionBufferBytes * filters.count)
+        let stream = try await addRoutes(filters, buffer: buffer ?? config.subscriptionBuffer * filters.count, budget: budget)
         return OrderedSubscription(bus: self, filters: filters.map(Topics.matchingFilter), stream: stream, budget: budget)
     }
 
