@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -42,5 +43,10 @@ public final class ServiceProcess: @unchecked Sendable {
         let lines = log.split(separator: "\n", omittingEmptySubsequences: false)
         guard let at = lines.firstIndex(where: { $0.contains("Fatal error:") || $0.contains("*** Program crashed") }) else { return nil }
         return lines[at..<min(lines.count, at + 60)].joined(separator: "\n")
+    }
+
+    /// Records a test issue naming `who` when the service logged a crash (``crashReport``).
+    public func expectNoCrash(_ who: String) {
+        if let report = crashReport { Issue.record("\(who) crashed:\n\(report)") }
     }
 }

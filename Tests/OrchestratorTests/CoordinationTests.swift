@@ -46,13 +46,13 @@ struct CoordinationTests {
 
         /// Killed on purpose (as if its host died); a crash before it is a failure of its own.
         func kill() {
-            expectNoCrash(process)
+            process.expectNoCrash("orchestrator \(name)")
             _ = process.process.stop(SIGKILL)
         }
 
         func restart() throws {
             let old = process
-            expectNoCrash(old)
+            old.expectNoCrash("orchestrator \(name)")
             _ = old.process.stop(SIGKILL)
             let previous = old.log
             unlink(old.logPath)  // the next run logs to the same file
@@ -61,10 +61,6 @@ struct CoordinationTests {
                 logs += previous + "\n---- restarted ----\n"
                 current = next
             }
-        }
-
-        private func expectNoCrash(_ run: ServiceProcess) {
-            if let report = run.crashReport { Issue.record("orchestrator \(name) crashed:\n\(report)") }
         }
     }
 

@@ -70,7 +70,7 @@ final class OrchestratorHarness: @unchecked Sendable {
     /// A crash the orchestrator logged is a failure of its own, also in a test that goes on
     /// to stop or kill it (a crash and a kill look alike from outside).
     func expectNoCrash() {
-        if let report = orchestrator?.crashReport { Issue.record("bynar-orchestrator crashed:\n\(report)") }
+        orchestrator?.expectNoCrash("bynar-orchestrator")
     }
 
     /// The latest event per incident id.

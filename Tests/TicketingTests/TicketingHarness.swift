@@ -127,7 +127,7 @@ final class TicketingHarness: @unchecked Sendable {
 
     func stopAll() async {
         for process in processes {
-            if let report = process.crashReport { Issue.record("bynar-ticketing in \(process.directory) crashed:\n\(report)") }
+            process.expectNoCrash("bynar-ticketing in \(process.directory)")
             process.signal(SIGTERM)
         }
         await watcher.shutdown()
