@@ -313,16 +313,50 @@ final class MosquittoClient: @unchecked Sendable {
         // With TLS, libmosquitto finishes its handshake in its read step, when the socket
         // is readable or (the handshake wanting to write) writable.
         if events & Int16(POLLIN | POLLERR | POLLHUP) != 0 || (options.tls != nil && events & Int16(POLLOUT) != 0) {
-            let rc = mosquitto_loop_read(handle, 1)
-            if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+            // libmosquitto 2.0's read step reads as many packets as it has QoS messages in
+            // flight (at least one) and stops early after any packet that leaves EAGAIN in
+            // errno, which its own socket-pair write does when it queues the PUBACK. So a
+            // turn took one packet under load: a poll and a PUBACK written alone per
+            // message (strace of the orchestrator's flood). What has already arrived is
+            // now read in one turn, up to `packetsPerTurn`, and its PUBACKs leave together
+            // below.
+            var packets = 0
+            repeat {
+                let rc = mosquitto_loop_read(handle, 1)
+                if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+                packets += 1
+            } while packets < Self.packetsPerTurn && Self.readable(socket)
         }
         // What is queued now (PUBACKs of what was just read, other threads' publishes) goes
         // out at once; a full socket keeps the rest for the next turn, polled for writing.
+        // libmosquitto writes each packet with its own write(2), and with TCP_NODELAY each
+        // became its own TCP segment, pushed through loopback or the NIC one by one (a
+        // turn under load writes dozens: PUBACKs and a batch's publishes). Corked for the
+        // turn's write step, they leave as full segments when it uncorks, at once.
         if mosquitto_want_write(handle) {
+            cork(socket, true)
             let rc = mosquitto_loop_write(handle, 1)
+            // A failed write closes the socket; its number may already be another's.
+            if mosquitto_socket(handle) == socket { cork(socket, false) }
             if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
         }
         return mosquitto_loop_misc(handle)
+    }
+
+    /// Packets read in one turn at most before what is queued is written.
+    static let packetsPerTurn = 128
+
+    /// Whether bytes wait on `socket` now (a poll that does not wait).
+    private static func readable(_ socket: Int32) -> Bool {
+        var fd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        return poll(&fd, 1, 0) > 0 && fd.revents & Int16(POLLIN) != 0
+    }
+
+    /// TCP_CORK on or off; off sends what was held at once. Fails harmlessly on a socket
+    /// that is not TCP.
+    private func cork(_ socket: Int32, _ on: Bool) {
+        var value: Int32 = on ? 1 : 0
+        _ = setsockopt(socket, Int32(IPPROTO_TCP), TCP_CORK, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// Wakes the network thread for packets just handed to libmosquitto.
