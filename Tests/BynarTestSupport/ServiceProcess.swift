@@ -39,7 +39,10 @@ public final class ServiceProcess: @unchecked Sendable {
     /// The lines around a crash the service logged (a Swift runtime trap, which the
     /// runtime's backtracer reports in the log), or nil: a test that kills a service on
     /// purpose checks this first, so a crash cannot pass for the kill.
-    public var crashReport: String? {
+    public var crashReport: String? { Self.crashReport(in: log) }
+
+    /// The lines of `log` from the first Swift runtime trap on (at most 60), or nil.
+    public static func crashReport(in log: String) -> String? {
         let lines = log.split(separator: "\n", omittingEmptySubsequences: false)
         guard let at = lines.firstIndex(where: { $0.contains("Fatal error:") || $0.contains("*** Program crashed") }) else { return nil }
         return lines[at..<min(lines.count, at + 60)].joined(separator: "\n")

@@ -10,6 +10,8 @@ final class NotifierHarness: @unchecked Sendable {
     let bus: Bus
     let statuses: Collector<Received<Bynar_V1_ServiceStatus>>
     private(set) var directories: [String] = []
+    /// Every bynar-notifier this harness started, checked for crashes at ``finish()``.
+    private var processes: [(host: String, process: ServiceProcess)] = []
 
     init() async throws {
         broker = try TestBroker()
@@ -32,6 +34,7 @@ final class NotifierHarness: @unchecked Sendable {
         let born = await statuses.wait(timeout: .seconds(20)) { all in
             all.filter { $0.payload.host == host && $0.payload.state == .birth }.count > births
         }
+        processes.append((host, process))
         #expect(born, "bynar-notifier \(host) did not announce itself; log:\n\(process.log)")
         return process
     }
@@ -60,7 +63,10 @@ final class NotifierHarness: @unchecked Sendable {
         return (process.exitCode, (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
     }
 
+    /// Checks every notifier it started for a crash (before their logs go with their
+    /// directories), then stops the broker and the watcher.
     func finish() async {
+        for (host, process) in processes { process.expectNoCrash("bynar-notifier \(host) in \(process.directory)") }
         statuses.cancel()
         await bus.shutdown()
         broker.stop()
