@@ -167,7 +167,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BynarBusTests",
-            dependencies: ["BynarBus", "BynarProto", "BynarStore", "BynarConfig", "BynarRuntime", "BynarTestSupport", protobuf, log],
+            dependencies: ["BynarBus", "BynarProto", "BynarStore", "BynarConfig", "BynarRuntime", "BynarProcess", "BynarTestSupport", protobuf, log],
             path: "Tests/BynarBusTests",
             swiftSettings: strict
         ),

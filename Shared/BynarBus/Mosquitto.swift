@@ -329,10 +329,8 @@ final class MosquittoClient: @unchecked Sendable {
         }
         // What is queued now (PUBACKs of what was just read, other threads' publishes) goes
         // out at once; a full socket keeps the rest for the next turn, polled for writing.
-        // libmosquitto writes each packet with its own write(2), and with TCP_NODELAY each
-        // became its own TCP segment, pushed through loopback or the NIC one by one (a
-        // turn under load writes dozens: PUBACKs and a batch's publishes). Corked for the
-        // turn's write step, they leave as full segments when it uncorks, at once.
+        // libmosquitto writes each packet with its own write(2), which TCP_NODELAY sent as
+        // a segment of its own; corked for this step, they leave as full segments.
         if mosquitto_want_write(handle) {
             cork(socket, true)
             let rc = mosquitto_loop_write(handle, 1)
@@ -344,7 +342,7 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     /// Packets read in one turn at most before what is queued is written.
-    static let packetsPerTurn = 128
+    private static let packetsPerTurn = 128
 
     /// Whether bytes wait on `socket` now (a poll that does not wait).
     private static func readable(_ socket: Int32) -> Bool {

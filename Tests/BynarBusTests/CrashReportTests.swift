@@ -1,3 +1,4 @@
+import BynarProcess
 import BynarTestSupport
 import Foundation
 import Testing
@@ -19,12 +20,9 @@ import Testing
             print(values[0]!)
             """.write(toFile: source, atomically: true, encoding: .utf8)
         let binary = directory + "/trap"
-        let compile = try ChildProcess("/usr/bin/env", ["swiftc", "-Onone", source, "-o", binary], outputPath: directory + "/compile.log")
-        _ = compile.waitForExit(timeout: .seconds(120))
-        try #require(compile.exitCode == 0, "swiftc failed: \((try? String(contentsOfFile: directory + "/compile.log", encoding: .utf8)) ?? "")")
-        let run = try ChildProcess(binary, [], outputPath: directory + "/run.log")
-        _ = run.waitForExit(timeout: .seconds(60))
-        let log = try String(contentsOfFile: directory + "/run.log", encoding: .utf8)
+        let compile = try Tool.run(["/usr/bin/env", "swiftc", "-Onone", source, "-o", binary], timeout: .seconds(120), mergeStderr: true)
+        try #require(compile.exitCode == 0, "swiftc failed: \(compile.text)")
+        let log = try Tool.run([binary], timeout: .seconds(60), mergeStderr: true).text
         let report = try #require(ServiceProcess.crashReport(in: log), "no crash found in:\n\(log)")
         #expect(report.contains("Unexpectedly found nil while unwrapping an Optional value"))
         #expect(log.contains("starting:") && !report.contains("starting:"), "the report begins at the trap, not before it")
