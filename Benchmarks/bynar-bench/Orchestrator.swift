@@ -12,6 +12,10 @@
 // 3. `flood` incidents published as fast as possible: the orchestrator's decision rate next to
 //    the rate at which a plain subscriber of the same topics receives them (what the broker
 //    moves raw in the same run).
+//    With `--stop-during-flood PID` (the orchestrator's pid): the orchestrator is stopped
+//    (SIGSTOP) while the flood is published and continued once the plain subscriber has all
+//    of it; its rate counts from then. That is what it takes from a backlog with the cores
+//    shared only with the broker, not a rate a live flood can show on this machine.
 //
 // SafeToRemove requests are answered at once by this process (it plays every host's
 // disk-manager, without checking signatures): "not safe" by default, so each incident goes
@@ -19,8 +23,12 @@
 // "done", so the cluster brake (max_out_per_cluster, default 2) fills with the first
 // incidents and holds the others, which then go on to QUEUED without asking.
 import BynarBus
+import BynarConfig
 import BynarProto
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// When each disk's failure was published and when the orchestrator's first reaction was seen.
 final class DecisionLog: Sendable {
@@ -99,15 +107,17 @@ final class DecisionLog: Sendable {
             return (ms.sorted(), first, last)
         }
     }
+    /// The raw subscriber's incidents (two messages each) since `start`, and its first and
+    /// last arrival.
     func rawWindow(from start: ContinuousClock.Instant) -> (count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?) {
         state.withLock { state in
             let window = state.rawArrivals.filter { $0 >= start }
-            return (window.count, window.first, window.last)
+            return (window.count / 2, window.first, window.last)
         }
     }
 }
 
-func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int, flood: Int, safe: Bool) async throws {
+func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int, flood: Int, safe: Bool, stopDuringFlood: pid_t? = nil) async throws {
     let log = DecisionLog(hosts: hosts)
     let observer = try await makeBus("observer", port: port)
     let raw = try await makeBus("raw", port: port)
@@ -151,8 +161,16 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     }
     let hostStates = try await observer.subscribe(Topics.hostState(host: "+"), as: Bynar_V1_HostState.self, buffer: 1 << 20)
     let hostWatcher = Task { for await state in hostStates where state.payload.up { log.hostState(state.payload.host) } }
+    // The raw subscriber takes what the orchestrator takes of each incident: the failure
+    // event and the disk's health. Its rate is in incidents (two messages each).
     let rawEvents = try await raw.subscribe(Topics.diskEvents(host: "+"), as: Bynar_V1_DiskHealthEvent.self, buffer: 1 << 20)
-    let rawWatcher = Task { for await _ in rawEvents { log.raw() } }
+    let rawHealth = try await raw.subscribe(Topics.diskHealth(host: "+", disk: "+"), as: Bynar_V1_DiskHealth.self, buffer: 1 << 20)
+    let rawWatcher = Task {
+        await withDiscardingTaskGroup { group in
+            group.addTask { for await _ in rawEvents { log.raw() } }
+            group.addTask { for await _ in rawHealth { log.raw() } }
+        }
+    }
 
     // 1. Births.
     let birthsStarted = ContinuousClock.now
@@ -225,6 +243,10 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
 
     // 3. Flood.
     let floodKeys = (0..<flood).map { "serial-F\($0)" }
+    if let stopDuringFlood, kill(stopDuringFlood, SIGSTOP) != 0 {
+        writeToStandardError("bynar-bench: cannot stop the orchestrator (pid \(stopDuringFlood)): errno \(errno)")
+        exit(1)
+    }
     let floodStart = ContinuousClock.now
     var index = 0
     while index < floodKeys.count {
@@ -237,6 +259,15 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     }
     let floodPublished = ContinuousClock.now
     let floodDeadline = ContinuousClock.now + .seconds(120)
+    var continued: ContinuousClock.Instant?
+    if let stopDuringFlood {
+        while log.rawWindow(from: floodStart).count < flood && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
+        continued = ContinuousClock.now
+        if kill(stopDuringFlood, SIGCONT) != 0 {
+            writeToStandardError("bynar-bench: cannot continue the orchestrator (pid \(stopDuringFlood)): errno \(errno)")
+            exit(1)
+        }
+    }
     while log.decidedCount(.flood) < floodKeys.count && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
     let floodResult = log.latencies(floodKeys)
     let floodRaw = log.rawWindow(from: floodStart)
@@ -261,7 +292,12 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
               + "latency_ms p50=\(format3(percentile(steady.ms, 0.5))) p99=\(format3(percentile(steady.ms, 0.99))) max=\(format3(steady.ms.last!)) "
               + "orchestrator_per_s=\(Int(steadyRate)) raw_per_s=\(Int(rawRate)) fraction=\(format3(rawRate > 0 ? steadyRate / rawRate : 0))")
     }
-    if !floodResult.ms.isEmpty {
+    if let continued, !floodResult.ms.isEmpty {
+        let aloneRate = perSecond(floodResult.ms.count, continued, floodResult.last)
+        let rawRate = perSecond(floodRaw.count, floodRaw.first, floodRaw.last)
+        print("backlog incidents=\(flood) (the orchestrator stopped while they were published) decided=\(floodResult.ms.count) "
+              + "orchestrator_alone_per_s=\(Int(aloneRate)) raw_per_s=\(Int(rawRate)) ratio=\(format3(rawRate > 0 ? aloneRate / rawRate : 0))")
+    } else if !floodResult.ms.isEmpty {
         let floodRate = perSecond(floodResult.ms.count, floodResult.first, floodResult.last)
         let rawRate = perSecond(floodRaw.count, floodRaw.first, floodRaw.last)
         print("flood incidents=\(flood) published_s=\(format3(seconds(floodPublished - floodStart))) decided=\(floodResult.ms.count) orchestrator_per_s=\(Int(floodRate)) raw_per_s=\(Int(rawRate)) "
