@@ -87,6 +87,9 @@ final class MosquittoClient: @unchecked Sendable {
     /// it, once per call or batch, so they go out at once rather than at the next turn.
     private let wakeRead: Int32
     private let wakeWrite: Int32
+    /// Packets libmosquitto handed to a callback (CONNACK, SUBACK, PUBACK, PUBLISH): counted
+    /// on the network thread, so a turn knows whether its last read step took one.
+    private let packetsHandled = Atomic<Int>(0)
 
     /// Where the network thread reports; set once by ``start(_:)``.
     struct Handlers: Sendable {
@@ -319,13 +322,18 @@ final class MosquittoClient: @unchecked Sendable {
             // turn took one packet under load: a poll and a PUBACK written alone per
             // message (strace of the orchestrator's flood). What has already arrived is
             // now read in one turn, up to `packetsPerTurn`, and its PUBACKs leave together
-            // below.
+            // below. The read step is called again while the last one handed over a packet
+            // (its callback ran); one that found nothing, a part of a packet or a packet
+            // without a callback (PINGRESP) ends the reading, so the turn costs one `read`
+            // that finds nothing, not a `poll` per packet.
             var packets = 0
             repeat {
+                let before = packetsHandled.load(ordering: .relaxed)
                 let rc = mosquitto_loop_read(handle, 1)
                 if rc != MOSQ_ERR_SUCCESS.rawValue || mosquitto_socket(handle) < 0 { return rc }
+                if packetsHandled.load(ordering: .relaxed) == before { break }
                 packets += 1
-            } while packets < Self.packetsPerTurn && Self.readable(socket)
+            } while packets < Self.packetsPerTurn
         }
         // What is queued now (PUBACKs of what was just read, other threads' publishes) goes
         // out at once; a full socket keeps the rest for the next turn, polled for writing.
@@ -343,12 +351,6 @@ final class MosquittoClient: @unchecked Sendable {
 
     /// Packets read in one turn at most before what is queued is written.
     private static let packetsPerTurn = 128
-
-    /// Whether bytes wait on `socket` now (a poll that does not wait).
-    private static func readable(_ socket: Int32) -> Bool {
-        var fd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
-        return poll(&fd, 1, 0) > 0 && fd.revents & Int16(POLLIN) != 0
-    }
 
     /// TCP_CORK on or off; off sends what was held at once. Fails harmlessly on a socket
     /// that is not TCP.
@@ -436,6 +438,7 @@ final class MosquittoClient: @unchecked Sendable {
     // MARK: - Callbacks (network thread)
 
     private func handleConnect(rc: Int32, flags: Int32) {
+        packetsHandled.add(1, ordering: .relaxed)
         if rc == 0 {
             state.withLock { $0.connected = true }
             onEvent(.connected(sessionPresent: flags & 1 == 1))
@@ -451,6 +454,7 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func handlePublishAck(mid: Int32, reason: Int32) {
+        packetsHandled.add(1, ordering: .relaxed)
         enum Wake { case single(Waiter), batch(BatchWaiter), none }
         let wake = state.withLock { state -> Wake in
             if let waiter = state.publishes.removeValue(forKey: mid) { return .single(waiter) }
@@ -475,6 +479,7 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func handleSubscribeAck(mid: Int32, granted: Int32) {
+        packetsHandled.add(1, ordering: .relaxed)
         let waiter = state.withLock { state -> Waiter? in
             if let waiter = state.subscribes.removeValue(forKey: mid) { return waiter }
             state.earlySubscribes[mid] = (granted, .now)
@@ -484,6 +489,7 @@ final class MosquittoClient: @unchecked Sendable {
     }
 
     private func handleMessage(_ message: mosquitto_message, _ properties: OpaquePointer?) {
+        packetsHandled.add(1, ordering: .relaxed)
         var inbound = MQTTMessage(
             topic: String(cString: message.topic),
             payload: message.payloadlen > 0
