@@ -107,6 +107,8 @@ final class DecisionLog: Sendable {
             return (ms.sorted(), first, last)
         }
     }
+    /// Messages the raw subscriber has taken in all (not a scan: polled while it takes more).
+    var rawMessages: Int { state.withLock { $0.rawArrivals.count } }
     /// The raw subscriber's incidents (two messages each) since `start`, and its first and
     /// last arrival.
     func rawWindow(from start: ContinuousClock.Instant) -> (count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?) {
@@ -248,6 +250,7 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
         exit(1)
     }
     let floodStart = ContinuousClock.now
+    let rawBeforeFlood = log.rawMessages
     var index = 0
     while index < floodKeys.count {
         let keys = Array(floodKeys[index..<min(floodKeys.count, index + Bus.maxBatch / 2)])
@@ -261,7 +264,7 @@ func benchOrchestrator(port: Int, hosts: Int, rate: Int, seconds runSeconds: Int
     let floodDeadline = ContinuousClock.now + .seconds(120)
     var continued: ContinuousClock.Instant?
     if let stopDuringFlood {
-        while log.rawWindow(from: floodStart).count < flood && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
+        while log.rawMessages - rawBeforeFlood < 2 * flood && ContinuousClock.now < floodDeadline { try await Task.sleep(for: .milliseconds(20)) }
         continued = ContinuousClock.now
         if kill(stopDuringFlood, SIGCONT) != 0 {
             writeToStandardError("bynar-bench: cannot continue the orchestrator (pid \(stopDuringFlood)): errno \(errno)")
