@@ -366,6 +366,15 @@ public final class Bus: Sendable {
         return Subscription(bus: self, stream: try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer, budget: budget), budget: budget)
     }
 
+    /// Subscribes to `filter` (`bynar/v1/notify`) and yields each notification, those of a
+    /// ``Bynar_V1_NotificationBatch`` one by one (``Outbox`` batches the notifications of one
+    /// commit). Anything else arriving there is rejected to the dead-letter topic.
+    public func subscribeNotifications(_ filter: String, buffer: Int? = nil) async throws -> NotificationSubscription {
+        let budget = ByteBudget(limit: config.subscriptionBufferBytes)
+        let stream = try await addRoute(filter, buffer: buffer ?? config.subscriptionBuffer, budget: budget)
+        return NotificationSubscription(batches: Subscription(bus: self, stream: stream, budget: budget) { bus, message in bus.decodeNotifications(message) })
+    }
+
     /// Subscribes to `filter` and yields every envelope, whatever it carries (for taps and
     /// tools). Payloads that are not envelopes are rejected to the dead-letter topic.
     public func subscribeEnvelopes(_ filter: String, buffer: Int? = nil) async throws -> EnvelopeSubscription {
@@ -597,6 +606,27 @@ public final class Bus: Sendable {
                 return .failure(RejectReason(text: "envelope carries \(carried), expected \(P.payloadName)"))
             }
             return .success(Received(payload: payload, envelope: envelope, message: message))
+        }
+    }
+
+    /// A message on `bynar/v1/notify`: a ``Bynar_V1_NotificationBatch`` as it is, a single
+    /// ``Bynar_V1_Notification`` as a batch of one.
+    func decodeNotifications(_ message: MQTTMessage) -> Result<Received<Bynar_V1_NotificationBatch>, RejectReason> {
+        switch decodeEnvelope(message) {
+        case .failure(let reason):
+            return .failure(reason)
+        case .success(let envelope):
+            switch envelope.payload {
+            case .notificationBatch(let batch)?:
+                return .success(Received(payload: batch, envelope: envelope, message: message))
+            case .notification(let note)?:
+                var batch = Bynar_V1_NotificationBatch()
+                batch.notifications = [note]
+                return .success(Received(payload: batch, envelope: envelope, message: message))
+            default:
+                let carried = envelope.payload?.payloadName ?? "nothing"
+                return .failure(RejectReason(text: "envelope carries \(carried), expected notification or notification_batch"))
+            }
         }
     }
 

@@ -3,6 +3,7 @@ public import BynarProto
 public import BynarStore
 public import GRDB
 import Logging
+import SwiftProtobuf
 import Synchronization
 
 /// Publishes events so that a broker outage or a crash loses none: each event is written
@@ -102,14 +103,25 @@ public final class Outbox: Sendable {
     public func commit(_ events: [Event], state: (Database) throws -> Void = { _ in }) throws -> [Envelope] {
         var envelopes: [Envelope] = []
         var messages: [LocalStore.OutgoingMessage] = []
-        for event in events {
+        var work = Self.batchingNotifications(events)[...]
+        while let event = work.popFirst() {
             guard let payload = event.payload else {
                 messages.append(.init(messageId: "clear-\(Bus.messageIDs.next())", topic: event.topic, payload: [], retain: true, createdUnixMs: Bus.nowUnixMs()))
                 continue
             }
+            if let batch = payload as? Bynar_V1_NotificationBatch, batch.notifications.count > 1,
+               try (batch.serializedBytes() as [UInt8]).count > Self.largestBatchBytes {
+                // Too large for one message (long texts): each half on its own, in order
+                // (measured before its envelope is made, so no sequence number is skipped).
+                let half = batch.notifications.count / 2
+                work = [Self.notificationBatch(batch.notifications[..<half], receipt: event.receipt),
+                        Self.notificationBatch(batch.notifications[half...], receipt: event.receipt)] + work
+                continue
+            }
             let envelope = bus.envelope(payload, correlationId: event.correlationId)
+            let bytes = try Bus.serialize(envelope)
             envelopes.append(envelope)
-            messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: try Bus.serialize(envelope), retain: event.retain,
+            messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: bytes, retain: event.retain,
                                   createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.receipt?.inOrder == false ? envelope.messageID : event.correlationId,
                                   resendAfterMs: event.receipt.map { max(1, $0.resendAfter.wholeMilliseconds) },
                                   giveUpUnixMs: event.receipt?.giveUpAfter.map { envelope.createdUnixMs + $0.wholeMilliseconds },
@@ -375,10 +387,59 @@ public final class Outbox: Sendable {
 
     /// How every service sends a notification (`bynar/v1/notify`): until a notifier answers
     /// it, every 5 minutes, for a day (a Bynar run without a notifier gives up, logged); not
-    /// held behind one another (the notifier orders and coalesces them itself).
+    /// held behind one another (the notifier orders and coalesces them itself). Several
+    /// committed together go as one ``Bynar_V1_NotificationBatch`` (``commit(_:state:)``).
     public static func notification(_ note: Bynar_V1_Notification, correlationId: String = "") -> Event {
         Event(note, to: Topics.notifications, correlationId: correlationId,
               receipt: Receipt(from: "notifier", resendAfter: .seconds(300), giveUpAfter: .seconds(86_400), inOrder: false))
+    }
+
+    /// Most notifications in one batch message.
+    static let largestBatch = 256
+    /// A batch message larger than this (serialized envelope) is split in two: well under
+    /// the broker's `max_packet_size` (256 KiB in deploy/mosquitto/mosquitto.conf).
+    static let largestBatchBytes = 96 * 1024
+
+    /// `events` with the notifications among them (``notification(_:correlationId:)``) as
+    /// one ``Bynar_V1_NotificationBatch`` (or one per ``largestBatch``), in the place of the
+    /// last of them: every event committed before a notification still goes before it (the
+    /// notifier completes a notification from the incident events it has seen). A flood of
+    /// failures decided in one batch is then one message, one outbox row, one delivery and
+    /// one receipt, not one of each per disk. A single notification goes as it is.
+    static func batchingNotifications(_ events: [Event]) -> [Event] {
+        func isNotification(_ event: Event) -> Bool {
+            event.topic == Topics.notifications && !event.retain && event.retainedCopy == nil && event.receipt != nil && event.payload is Bynar_V1_Notification
+        }
+        // Those sent until the same receipt as the last (all, unless one was made otherwise).
+        guard let receipt = events.last(where: isNotification)?.receipt else { return events }
+        func batchable(_ event: Event) -> Bool { isNotification(event) && event.receipt == receipt }
+        guard let last = events.lastIndex(where: batchable), events.firstIndex(where: batchable) != last else { return events }
+        var result: [Event] = []
+        result.reserveCapacity(events.count)
+        var notes: [Event] = []
+        for (index, event) in events.enumerated() {
+            guard batchable(event) else {
+                result.append(event)
+                continue
+            }
+            notes.append(event)
+            if index == last {
+                for start in stride(from: 0, to: notes.count, by: largestBatch) {
+                    let chunk = notes[start..<min(start + largestBatch, notes.count)]
+                    result.append(chunk.count == 1 ? chunk.first! : notificationBatch(chunk.compactMap { $0.payload as? Bynar_V1_Notification }[...], receipt: receipt))
+                }
+            }
+        }
+        return result
+    }
+
+    /// Several notifications as a batch sent until `receipt`; one as it is (its incident its
+    /// correlation id).
+    static func notificationBatch(_ notes: ArraySlice<Bynar_V1_Notification>, receipt: Receipt?) -> Event {
+        guard notes.count > 1 else { return Event(notes.first!, to: Topics.notifications, correlationId: notes.first!.incidentID, receipt: receipt) }
+        var batch = Bynar_V1_NotificationBatch()
+        batch.notifications = Array(notes)
+        return Event(batch, to: Topics.notifications, receipt: receipt)
     }
 
     /// Waits until every stored event was delivered (or parked), or `timeout` passed.

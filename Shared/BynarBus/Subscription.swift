@@ -19,6 +19,45 @@ public struct Received<P: BusPayload>: Sendable {
         self.responseTopic = message.responseTopic
         self.correlationData = message.correlationData
     }
+
+    /// `payload`, taken from the message `other` came in (one notification of a batch).
+    init<Q>(payload: P, from other: Received<Q>) {
+        self.payload = payload
+        self.envelope = other.envelope
+        self.topic = other.topic
+        self.retained = other.retained
+        self.responseTopic = other.responseTopic
+        self.correlationData = other.correlationData
+    }
+}
+
+/// Notifications from one topic filter, one at a time: a ``Bynar_V1_NotificationBatch``
+/// yields each of its notifications in order (each with the batch's envelope), a single
+/// ``Bynar_V1_Notification`` itself (``Bus/subscribeNotifications(_:buffer:)``).
+public struct NotificationSubscription: AsyncSequence, Sendable {
+    public typealias Element = Received<Bynar_V1_Notification>
+    /// Every message as a batch (of one for a single notification).
+    let batches: Subscription<Bynar_V1_NotificationBatch>
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: Subscription<Bynar_V1_NotificationBatch>.AsyncIterator
+        var waiting: [Element] = []
+
+        public mutating func next() async -> Element? {
+            await next(isolation: nil)
+        }
+
+        public mutating func next(isolation actor: isolated (any Actor)?) async -> Element? {
+            while waiting.isEmpty, let batch = await base.next(isolation: actor) {
+                waiting = batch.payload.notifications.reversed().map { Received(payload: $0, from: batch) }
+            }
+            return waiting.popLast()
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(base: batches.makeAsyncIterator())
+    }
 }
 
 /// Decoded messages of one type from one topic filter. Ends when the bus shuts down or
@@ -29,11 +68,15 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
     let bus: Bus
     let stream: AsyncStream<MQTTMessage>
     let budget: ByteBudget
+    /// How a message becomes a `P` (a notification subscription takes a single
+    /// notification as a batch of one: ``Bus/decodeNotifications(_:)``).
+    var decode: @Sendable (Bus, MQTTMessage) -> Result<Received<P>, RejectReason> = { bus, message in bus.decode(message, as: P.self) }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         let bus: Bus
         var base: AsyncStream<MQTTMessage>.Iterator
         let budget: ByteBudget
+        let decode: @Sendable (Bus, MQTTMessage) -> Result<Received<P>, RejectReason>
 
         public mutating func next() async -> Received<P>? {
             await next(isolation: nil)
@@ -42,7 +85,7 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
         public mutating func next(isolation actor: isolated (any Actor)?) async -> Received<P>? {
             while let message = await base.next(isolation: actor) {
                 budget.give(message.payload.count)
-                switch bus.decode(message, as: P.self) {
+                switch decode(bus, message) {
                 case .success(let received): return received
                 case .failure(let reason): bus.reject(message, reason: reason)
                 }
@@ -53,7 +96,7 @@ public struct Subscription<P: BusPayload>: AsyncSequence, Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(bus: bus, base: stream.makeAsyncIterator(), budget: budget)
+        AsyncIterator(bus: bus, base: stream.makeAsyncIterator(), budget: budget, decode: decode)
     }
 }
 
@@ -111,6 +154,17 @@ public struct OrderedSubscription: AsyncSequence, Sendable {
         /// as a ``Subscription`` would).
         public func decode<P: BusPayload>(as type: P.Type) -> Received<P>? {
             switch bus.decode(message, as: P.self) {
+            case .success(let received): return received
+            case .failure(let reason):
+                bus.reject(message, reason: reason)
+                return nil
+            }
+        }
+
+        /// The notifications a ``Bynar_V1_Notification`` or ``Bynar_V1_NotificationBatch``
+        /// carries, as a batch (of one for a single notification); nil, rejected, otherwise.
+        public func decodeNotifications() -> Received<Bynar_V1_NotificationBatch>? {
+            switch bus.decodeNotifications(message) {
             case .success(let received): return received
             case .failure(let reason):
                 bus.reject(message, reason: reason)

@@ -4,6 +4,7 @@ import BynarProto
 import BynarStore
 import BynarTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 @Suite(.enabled(if: TestBroker.available, "mosquitto is not installed (apt-get install mosquitto)"))
@@ -13,6 +14,15 @@ struct OutboxTests {
         var note = Bynar_V1_Notification()
         note.title = title
         return note
+    }
+
+    /// A broker, a publisher's store in a new directory (the caller removes it), and a
+    /// publishing and a reading bus.
+    static func rig() async throws -> (broker: TestBroker, directory: String, store: LocalStore, publisher: Bus, reader: Bus) {
+        let broker = try TestBroker()
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        return (broker, directory, store, try await connectedBus(broker, service: "pub"), try await connectedBus(broker, service: "reader"))
     }
 
     /// A publisher keeps publishing through its outbox while the broker restarts; the
@@ -114,12 +124,8 @@ struct OutboxTests {
     /// has it for a broker back from an older save. More events with copies than one
     /// broker batch holds (1,024 messages) go out in several, none lost.
     @Test(.timeLimit(.minutes(1))) func anEventAndItsRetainedCopyAreOneRowWithOneMessageID() async throws {
-        let broker = try TestBroker()
-        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        let (broker, directory, store, publisher, reader) = try await Self.rig()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try LocalStore(path: directory + "/pub.sqlite")
-        let publisher = try await connectedBus(broker, service: "pub")
-        let reader = try await connectedBus(broker, service: "reader")
         let stream = Collector(try await reader.subscribe("test/stream", as: Bynar_V1_Notification.self))
         let outbox = Outbox(bus: publisher, store: store)
         // 700 events with copies: 1,400 messages, more than one batch to the broker.
@@ -300,5 +306,69 @@ struct OutboxTests {
         #expect(await Collector<Int>.poll(timeout: .seconds(5)) { (try? store.awaitingReceipts()) == 0 && (try? store.outboxCounts().pending) == 0 })
         await sender.shutdown()
         await receiver.shutdown()
+    }
+
+    /// The notifications of one commit go as one NotificationBatch, one outbox row, in the
+    /// place of the last of them: every event committed before any of them still arrives
+    /// before it (the notifier completes a notification from the incident events it has
+    /// seen). A commit with one notification sends it as it is; a batch over 256
+    /// notifications or 96 KiB goes in parts, in order. A subscriber of notifications
+    /// (``Bus/subscribeNotifications(_:buffer:)``) gets each one, in the order committed.
+    @Test(.timeLimit(.minutes(1))) func theNotificationsOfOneCommitAreOneMessageAfterTheEventsBeforeThem() async throws {
+        let (broker, directory, store, publisher, reader) = try await Self.rig()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let arrivals = Mutex<[String]>([])
+        let ordered = try await reader.subscribeInOrder([Topics.notifications, "test/events"])
+        let watcher = Task {
+            for await message in ordered {
+                let what: String
+                if message.filterIndex == 0, let batch = message.decodeNotifications() {
+                    let kind = if case .notificationBatch? = batch.envelope.payload { "batch" } else { "single" }
+                    what = "\(kind)(\(batch.payload.notifications.map(\.title).joined(separator: ",")))"
+                } else if let event = message.decode(as: Bynar_V1_DiskHealthEvent.self) {
+                    what = event.payload.disk.serial
+                } else {
+                    what = "?"
+                }
+                arrivals.withLock { $0.append(what) }
+            }
+        }
+        let notes = Collector(try await reader.subscribeNotifications(Topics.notifications))
+        func event(_ serial: String) -> Outbox.Event {
+            var event = Bynar_V1_DiskHealthEvent()
+            event.disk.serial = serial
+            return Outbox.Event(event, to: "test/events")
+        }
+        let outbox = Outbox(bus: publisher, store: store)
+        try outbox.commit([Outbox.notification(Self.note("a")), event("e1"), Outbox.notification(Self.note("b")), event("e2"),
+                           Outbox.notification(Self.note("c")), event("e3")])
+        #expect(try store.pendingOutbox(limit: 100).count == 4, "three events and one batch")
+        try outbox.commit([Outbox.notification(Self.note("solo")), event("e4")])
+        // 300 small ones: 256 and 44.
+        try outbox.commit((0..<300).map { Outbox.notification(Self.note("s\($0)")) })
+        // 200 of 1 KiB: over 96 KiB, so halved until each part is under it.
+        let long = String(repeating: "x", count: 1024)
+        try outbox.commit((0..<200).map {
+            var note = Self.note("l\($0)")
+            note.text = long
+            return Outbox.notification(note)
+        })
+        let sender = Task { await outbox.run() }
+        #expect(await outbox.drain(timeout: .seconds(20)))
+        let expected = ["a", "b", "c", "solo"] + (0..<300).map { "s\($0)" } + (0..<200).map { "l\($0)" }
+        let got = await notes.wait(for: expected.count, timeout: .seconds(10))
+        #expect(got.map(\.payload.title) == expected, "every notification once, in the order committed")
+        #expect(await Collector<Int>.poll(timeout: .seconds(5)) { arrivals.withLock { $0.count } >= 9 })
+        let seen = arrivals.withLock { $0 }
+        #expect(Array(seen.prefix(6)) == ["e1", "e2", "batch(a,b,c)", "e3", "single(solo)", "e4"], "\(seen.prefix(6))")
+        #expect(seen.count > 8 && seen[6].hasPrefix("batch(s0,") && seen[6].hasSuffix(",s255)") && seen[7].hasPrefix("batch(s256,") && seen[7].hasSuffix(",s299)"),
+                "\(seen.dropFirst(6).map { $0.prefix(30) })")
+        let longParts = seen.dropFirst(8)
+        #expect(longParts.count >= 3 && longParts.allSatisfy { $0.hasPrefix("batch(l") }, "\(longParts.map { $0.prefix(30) })")
+        #expect(try store.pendingOutbox(limit: 100).isEmpty)
+        sender.cancel()
+        watcher.cancel()
+        await publisher.shutdown()
+        await reader.shutdown()
     }
 }

@@ -108,6 +108,11 @@ enum Samples {
         notification.nextAction = "removing osd.12 from Ceph"
         notification.disk = disk
 
+        var second = notification
+        second.title = "disk failed on store-18"
+        var notificationBatch = Bynar_V1_NotificationBatch()
+        notificationBatch.notifications = [notification, second]
+
         var hook = Bynar_V1_HookResult()
         hook.eventID = "e-1"
         hook.hook = "/etc/bynar/hooks/host-down"
@@ -219,6 +224,6 @@ enum Samples {
 
         return [status, health, event, request, response, progress, incident, ticketRequest, ticketEvent,
                 notification, hook, hostState, deadLetter, errorReply, ticketResponse, operatorCommand, operatorResponse, maintenance, receipt,
-                ticketOperatorCommand, ticketOperatorResponse, pool, app, appOverride, hardware, hardwareEvent]
+                ticketOperatorCommand, ticketOperatorResponse, pool, app, appOverride, hardware, hardwareEvent, notificationBatch]
     }
 }

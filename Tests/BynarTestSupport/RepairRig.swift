@@ -37,7 +37,7 @@ public final class RepairRig: @unchecked Sendable {
         try key.trustedLine.write(toFile: "\(directory)/trusted-keys", atomically: true, encoding: .utf8)
         tap = try await connectedBus(broker, service: "tap", host: "t")
         window = try await RepairTap(tap, host: "h1")
-        notifications = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
+        notifications = Collector(try await tap.subscribeNotifications(Topics.notifications))
     }
 
     /// A rig for `body`, stopped afterwards (services, stand-in, tap, directory), also when

@@ -66,6 +66,28 @@ struct SlackDeliveryTests {
         await harness.finish()
     }
 
+    /// A notifier the test-only knob kills as it takes its first notification, and an
+    /// outbox sending on the harness's bus (how every service sends notifications).
+    private func dyingNotifierAndSender(_ harness: NotifierHarness, _ slack: SlackStandIn) async throws
+        -> (dying: ServiceProcess, store: LocalStore, outbox: Outbox, sending: Task<Void, Never>) {
+        let dying = try await harness.start(notifier: slackSection(slack, quiet: 0.3), environment: ["TEST_NOTIFIER_DIE_BEFORE_STORING": "1"])
+        let store = try LocalStore(path: ":memory:")
+        let outbox = Outbox(bus: harness.bus, store: store)
+        return (dying, store, outbox, Task { await outbox.run() })
+    }
+
+    /// An ERROR notification as every service sends it, sent again after 2 s (not 5 min)
+    /// while unanswered.
+    private func resentFast(_ title: String, host: String) -> Outbox.Event {
+        var note = Bynar_V1_Notification()
+        note.severity = .error
+        note.title = title
+        note.host = host
+        var event = Outbox.notification(note)
+        event.receipt?.resendAfter = .seconds(2)
+        return event
+    }
+
     /// Stand-in Slack: a notification sent as every service sends one (through an outbox,
     /// until a notifier answers) reaches Slack once although the notifier that took it first
     /// was killed right after libmosquitto acknowledged it, before storing it (the
@@ -74,18 +96,9 @@ struct SlackDeliveryTests {
     @Test func aNotificationTakenByADyingNotifierIsDeliveredAfterItsRestartStandIn() async throws {
         let slack = try SlackStandIn()
         let harness = try await NotifierHarness()
-        let dying = try await harness.start(notifier: slackSection(slack, quiet: 0.3), environment: ["TEST_NOTIFIER_DIE_BEFORE_STORING": "1"])
-        let store = try LocalStore(path: ":memory:")
-        let outbox = Outbox(bus: harness.bus, store: store)
-        let sending = Task { await outbox.run() }
+        let (dying, store, outbox, sending) = try await dyingNotifierAndSender(harness, slack)
         defer { sending.cancel() }
-        var note = Bynar_V1_Notification()
-        note.severity = .error
-        note.title = "Disk failed inside the window"
-        note.host = "h-window"
-        var event = Outbox.notification(note)
-        event.receipt?.resendAfter = .seconds(2)
-        try outbox.commit([event])
+        try outbox.commit([resentFast("Disk failed inside the window", host: "h-window")])
         #expect(await eventually(.seconds(15)) { !dying.process.isRunning }, "the knob kills the notifier as it takes it\n\(dying.log)")
         #expect(dying.log.contains("TEST_NOTIFIER_DIE_BEFORE_STORING"))
         let second = try await harness.start(directory: dying.directory, notifier: slackSection(slack, quiet: 0.3))
@@ -94,6 +107,38 @@ struct SlackDeliveryTests {
         #expect(await eventually(.seconds(10)) { try store.awaitingReceipts() == 0 && store.outboxCounts().pending == 0 }, "answered: the sender forgets it")
         try await Task.sleep(for: .seconds(3))
         #expect(try slack.delivered().filter { $0.raw.contains("inside the window") }.count == 1, "delivered once, not once per copy")
+        await harness.finish()
+    }
+
+    /// Stand-in Slack: the notifications one service committed together go as one
+    /// NotificationBatch (``Outbox``), and the notifier takes each of them. The first
+    /// notifier is killed as it takes the batch (the test-only knob); the batch sent again
+    /// is taken after the restart: each of its notifications reaches Slack once, and one
+    /// receipt answers the whole batch, so the sender forgets it. A copy that comes again
+    /// after that queues nothing twice.
+    @Test func aBatchOfNotificationsIsTakenOneByOneAndAnsweredOnceStandIn() async throws {
+        let slack = try SlackStandIn()
+        let harness = try await NotifierHarness()
+        let (dying, store, outbox, sending) = try await dyingNotifierAndSender(harness, slack)
+        defer { sending.cancel() }
+        let events = (0..<3).map { resentFast("Disk \($0) of the batch failed", host: "h-batch-\($0)") }
+        let sent = try outbox.commit(events)
+        #expect(sent.count == 1, "one envelope for the three")
+        #expect(await eventually(.seconds(15)) { !dying.process.isRunning }, "the knob kills the notifier as it takes it\n\(dying.log)")
+        let second = try await harness.start(directory: dying.directory, notifier: slackSection(slack, quiet: 0.3))
+        defer { second.signal(SIGTERM) }
+        func posted() throws -> String { try slack.delivered().map(\.raw).joined(separator: "\n") }
+        #expect(await eventually(.seconds(20)) { let text = try posted(); return (0..<3).allSatisfy { text.contains("Disk \($0) of the batch") } }, "\(second.log)")
+        #expect(await eventually(.seconds(10)) { try store.awaitingReceipts() == 0 && store.outboxCounts().pending == 0 }, "one receipt answered the batch")
+        // The same batch again, the same envelope (a resend that crossed the receipt):
+        // nothing queued twice.
+        let copy: [UInt8] = try sent[0].serializedBytes()
+        #expect(try await harness.bus.publish(batch: [(bytes: copy, topic: Topics.notifications, retain: false)]) == [nil])
+        try await Task.sleep(for: .seconds(3))
+        let text = try posted()
+        for index in 0..<3 {
+            #expect(text.components(separatedBy: "Disk \(index) of the batch").count - 1 == 1, "notification \(index) delivered once: \(text)")
+        }
         await harness.finish()
     }
 

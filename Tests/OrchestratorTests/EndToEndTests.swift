@@ -72,7 +72,7 @@ struct EndToEndTests {
         let incidents = Collector(try await tap.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self))
         let tickets = Collector(try await tap.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self))
         let diskEvents = Collector(try await tap.subscribe(Topics.diskEvents(host: "h1"), as: Bynar_V1_DiskHealthEvent.self))
-        let notifications = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
+        let notifications = Collector(try await tap.subscribeNotifications(Topics.notifications))
         func born(_ service: String) async -> Bool {
             await statuses.wait(timeout: .seconds(20)) { $0.contains { $0.payload.service == service && $0.payload.state == .birth } }
         }

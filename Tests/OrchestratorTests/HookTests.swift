@@ -36,7 +36,7 @@ import Testing
         var orchestrators: [ServiceProcess] = []
         let tap = try await connectedBus(broker, service: "tap", host: "t")
         let results = Collector(try await tap.subscribe(Topics.hookEvents, as: Bynar_V1_HookResult.self))
-        let notes = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
+        let notes = Collector(try await tap.subscribeNotifications(Topics.notifications))
         let hostStates = Collector(try await tap.subscribe(Topics.hostState(host: "stor9"), as: Bynar_V1_HostState.self))
         let births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "+", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
         defer {

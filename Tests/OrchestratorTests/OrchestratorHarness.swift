@@ -30,7 +30,7 @@ final class OrchestratorHarness: @unchecked Sendable {
         tap = try await connectedBus(broker, service: "tap", host: "t")
         detector = DetectorVoice(bus: tap)
         incidents = Collector(try await tap.subscribe(Topics.incidentEvents, as: Bynar_V1_IncidentEvent.self))
-        notifications = Collector(try await tap.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
+        notifications = Collector(try await tap.subscribeNotifications(Topics.notifications))
         births = Collector(try await tap.subscribe(Topics.serviceStatus(host: "orch", service: "orchestrator"), as: Bynar_V1_ServiceStatus.self))
     }
 

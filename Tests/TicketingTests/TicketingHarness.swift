@@ -22,7 +22,7 @@ final class TicketingHarness: @unchecked Sendable {
         directory = try makeTemporaryDirectory(prefix: "bynar-ticketing")
         watcher = try await connectedBus(broker, service: "watcher")
         events = Collector(try await watcher.subscribe(Topics.ticketEvents, as: Bynar_V1_TicketEvent.self))
-        notifications = Collector(try await watcher.subscribe(Topics.notifications, as: Bynar_V1_Notification.self))
+        notifications = Collector(try await watcher.subscribeNotifications(Topics.notifications))
         statuses = Collector(try await watcher.subscribe(Topics.allServiceStatus, as: Bynar_V1_ServiceStatus.self))
     }
 

@@ -116,7 +116,7 @@ public struct NotifierService: BynarService {
                     for await message in ordered {
                         switch message.filterIndex {
                         case 0:
-                            if let notification = message.decode(as: Bynar_V1_Notification.self) { await self.take(notification) }
+                            if let notifications = message.decodeNotifications() { await self.take(notifications) }
                         case 1:
                             if let event = message.decode(as: Bynar_V1_IncidentEvent.self) {
                                 self.remember { try store.record(event.payload, receivedUnixMs: NotifierClock.nowUnixMs()) }
@@ -147,25 +147,32 @@ public struct NotifierService: BynarService {
         for pump in pumps { await pump.channel.shutdown() }
     }
 
-    /// A notification from the bus: queued once per message id, and answered with a
-    /// ``Bynar_V1_Receipt`` once queued when its sender asks (it sends it until answered:
-    /// a notifier killed as it took it would otherwise lose it; docs/bus.md). Not queued:
-    /// not answered, so it comes again.
-    func take(_ received: Received<Bynar_V1_Notification>) async {
+    /// A notification from the bus, or the batch of them one service committed together
+    /// (``Bynar_V1_NotificationBatch``, taken one by one in order): each queued once (a
+    /// single one known by its message id, one of a batch by the batch's id and its place),
+    /// and the message answered with one ``Bynar_V1_Receipt`` once all are queued when its
+    /// sender asks (it sends it until answered: a notifier killed as it took it would
+    /// otherwise lose it; docs/bus.md). One not queued: not answered, so the message comes
+    /// again, and those of it already queued are not queued twice.
+    func take(_ received: Received<Bynar_V1_NotificationBatch>) async {
         let messageId = received.envelope.messageID
         Self.dieBeforeStoring.count(messageId: messageId, logger: context.logger)
-        do {
-            if try store.seen(messageId: messageId) {
-                context.logger.debug("notification delivered again; queued once", metadata: ["message_id": "\(messageId)"])
-            } else {
+        let single: Bool = if case .notification? = received.envelope.payload { true } else { false }
+        for (index, notification) in received.payload.notifications.enumerated() {
+            let key = single ? messageId : "\(messageId)/\(index)"
+            do {
+                if try store.seen(messageId: key) {
+                    context.logger.debug("notification delivered again; queued once", metadata: ["message_id": "\(key)"])
+                    continue
+                }
                 // The incident state it carries first, so the message is completed from it.
-                try store.record(received.payload, receivedUnixMs: NotifierClock.nowUnixMs())
-                guard accept(received.payload) else { return }
-                try store.markSeen(messageId: messageId, nowMs: NotifierClock.nowUnixMs())
+                try store.record(notification, receivedUnixMs: NotifierClock.nowUnixMs())
+                guard accept(notification) else { return }
+                try store.markSeen(messageId: key, nowMs: NotifierClock.nowUnixMs())
+            } catch {
+                context.logger.error("cannot record a notification as seen", metadata: ["message_id": "\(key)", "error": "\(error)"])
+                return
             }
-        } catch {
-            context.logger.error("cannot record a notification as seen", metadata: ["message_id": "\(messageId)", "error": "\(error)"])
-            return
         }
         guard received.responseTopic != nil else { return }
         var receipt = Bynar_V1_Receipt()

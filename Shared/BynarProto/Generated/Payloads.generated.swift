@@ -28,6 +28,7 @@ public let allBusPayloadTypes: [any BusPayload.Type] = [
     Bynar_V1_AppOverride.self,
     Bynar_V1_HardwareState.self,
     Bynar_V1_HardwareEvent.self,
+    Bynar_V1_NotificationBatch.self,
 ]
 
 extension Bynar_V1_Envelope.OneOf_Payload {
@@ -60,6 +61,7 @@ extension Bynar_V1_Envelope.OneOf_Payload {
         case .appOverride: "app_override"
         case .hardwareState: "hardware_state"
         case .hardwareEvent: "hardware_event"
+        case .notificationBatch: "notification_batch"
         }
     }
 }
@@ -322,4 +324,14 @@ extension Bynar_V1_HardwareEvent: BusPayload {
         return nil
     }
     public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .hardwareEvent(self) }
+}
+
+extension Bynar_V1_NotificationBatch: BusPayload {
+    public static let payloadName = "notification_batch"
+    public static let payloadFieldNumber = 55
+    public static func extract(from envelope: Bynar_V1_Envelope) -> Self? {
+        if case .notificationBatch(let value)? = envelope.payload { return value }
+        return nil
+    }
+    public var envelopePayload: Bynar_V1_Envelope.OneOf_Payload { .notificationBatch(self) }
 }

@@ -296,6 +296,15 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     set {_uniqueStorage()._payload = .hardwareEvent(newValue)}
   }
 
+  /// Several notifications committed together (notify.proto).
+  public var notificationBatch: Bynar_V1_NotificationBatch {
+    get {
+      if case .notificationBatch(let v)? = _storage._payload {return v}
+      return Bynar_V1_NotificationBatch()
+    }
+    set {_uniqueStorage()._payload = .notificationBatch(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Payload: Equatable, Sendable {
@@ -326,6 +335,8 @@ public nonisolated struct Bynar_V1_Envelope: @unchecked Sendable {
     /// Server hardware over Redfish (hardware.proto).
     case hardwareState(Bynar_V1_HardwareState)
     case hardwareEvent(Bynar_V1_HardwareEvent)
+    /// Several notifications committed together (notify.proto).
+    case notificationBatch(Bynar_V1_NotificationBatch)
 
   }
 
@@ -459,7 +470,7 @@ fileprivate nonisolated let _protobuf_package = "bynar.v1"
 
 nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0\u{3}app_state\0\u{3}app_override\0\u{3}hardware_state\0\u{3}hardware_event\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}message_id\0\u{3}source_service\0\u{3}source_host\0\u{3}created_unix_ms\0\u{1}session\0\u{1}sequence\0\u{3}correlation_id\0\u{4}\u{d}service_status\0\u{3}disk_health\0\u{3}disk_health_event\0\u{3}disk_manager_request\0\u{3}disk_manager_response\0\u{3}job_progress\0\u{3}incident_event\0\u{3}ticket_request\0\u{3}ticket_event\0\u{1}notification\0\u{3}hook_result\0\u{3}host_state\0\u{3}dead_letter\0\u{3}error_reply\0\u{3}ticket_response\0\u{3}operator_command\0\u{3}operator_response\0\u{3}maintenance_state\0\u{1}receipt\0\u{3}ticket_operator_command\0\u{3}ticket_operator_response\0\u{4}\u{a}pool_state\0\u{3}app_state\0\u{3}app_override\0\u{3}hardware_state\0\u{3}hardware_event\0\u{3}notification_batch\0")
 
   fileprivate class _StorageClass {
     var _messageID: String = String()
@@ -851,6 +862,19 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
             _storage._payload = .hardwareEvent(v)
           }
         }()
+        case 55: try {
+          var v: Bynar_V1_NotificationBatch?
+          var hadOneofValue = false
+          if let current = _storage._payload {
+            hadOneofValue = true
+            if case .notificationBatch(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._payload = .notificationBatch(v)
+          }
+        }()
         default: break
         }
       }
@@ -988,6 +1012,10 @@ nonisolated extension Bynar_V1_Envelope: SwiftProtobuf.Message, SwiftProtobuf._M
       case .hardwareEvent?: try {
         guard case .hardwareEvent(let v)? = _storage._payload else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 54)
+      }()
+      case .notificationBatch?: try {
+        guard case .notificationBatch(let v)? = _storage._payload else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 55)
       }()
       case nil: break
       }
