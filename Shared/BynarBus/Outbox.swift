@@ -396,7 +396,7 @@ public final class Outbox: Sendable {
 
     /// Most notifications in one batch message.
     static let largestBatch = 256
-    /// A batch message larger than this (serialized envelope) is split in two: well under
+    /// A batch whose notifications serialize to more than this is split in two: well under
     /// the broker's `max_packet_size` (256 KiB in deploy/mosquitto/mosquitto.conf).
     static let largestBatchBytes = 96 * 1024
 
