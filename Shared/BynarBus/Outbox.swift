@@ -3,7 +3,6 @@ public import BynarProto
 public import BynarStore
 public import GRDB
 import Logging
-import SwiftProtobuf
 import Synchronization
 
 /// Publishes events so that a broker outage or a crash loses none: each event is written
@@ -104,22 +103,31 @@ public final class Outbox: Sendable {
         var envelopes: [Envelope] = []
         var messages: [LocalStore.OutgoingMessage] = []
         var work = Self.batchingNotifications(events)[...]
+        // The envelope of a batch found too large: its message id and sequence number go
+        // with its first half, so a split leaves no gap in the sequence.
+        var unsent: Envelope?
         while let event = work.popFirst() {
             guard let payload = event.payload else {
                 messages.append(.init(messageId: "clear-\(Bus.messageIDs.next())", topic: event.topic, payload: [], retain: true, createdUnixMs: Bus.nowUnixMs()))
                 continue
             }
-            if let batch = payload as? Bynar_V1_NotificationBatch, batch.notifications.count > 1,
-               try (batch.serializedBytes() as [UInt8]).count > Self.largestBatchBytes {
-                // Too large for one message (long texts): each half on its own, in order
-                // (measured before its envelope is made, so no sequence number is skipped).
+            var envelope: Envelope
+            if var reused = unsent.take() {
+                reused.payload = payload.envelopePayload
+                reused.correlationID = event.correlationId
+                envelope = reused
+            } else {
+                envelope = bus.envelope(payload, correlationId: event.correlationId)
+            }
+            let bytes = try Bus.serialize(envelope)
+            if bytes.count > Self.largestBatchBytes, let batch = payload as? Bynar_V1_NotificationBatch, batch.notifications.count > 1 {
+                // Too large for one message (long texts): each half on its own, in order.
+                unsent = envelope
                 let half = batch.notifications.count / 2
                 work = [Self.notificationBatch(batch.notifications[..<half], receipt: event.receipt),
                         Self.notificationBatch(batch.notifications[half...], receipt: event.receipt)] + work
                 continue
             }
-            let envelope = bus.envelope(payload, correlationId: event.correlationId)
-            let bytes = try Bus.serialize(envelope)
             envelopes.append(envelope)
             messages.append(.init(messageId: envelope.messageID, topic: event.topic, payload: bytes, retain: event.retain,
                                   createdUnixMs: envelope.createdUnixMs, receiptFrom: event.receipt?.service, receiptGroup: event.receipt?.inOrder == false ? envelope.messageID : event.correlationId,
@@ -396,7 +404,7 @@ public final class Outbox: Sendable {
 
     /// Most notifications in one batch message.
     static let largestBatch = 256
-    /// A batch whose notifications serialize to more than this is split in two: well under
+    /// A batch message (serialized envelope) larger than this is split in two: well under
     /// the broker's `max_packet_size` (256 KiB in deploy/mosquitto/mosquitto.conf).
     static let largestBatchBytes = 96 * 1024
 

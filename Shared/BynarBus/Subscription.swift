@@ -153,18 +153,18 @@ public struct OrderedSubscription: AsyncSequence, Sendable {
         /// The payload as `P`; nil when it is not one (rejected to the dead-letter topic,
         /// as a ``Subscription`` would).
         public func decode<P: BusPayload>(as type: P.Type) -> Received<P>? {
-            switch bus.decode(message, as: P.self) {
-            case .success(let received): return received
-            case .failure(let reason):
-                bus.reject(message, reason: reason)
-                return nil
-            }
+            accepted(bus.decode(message, as: P.self))
         }
 
         /// The notifications a ``Bynar_V1_Notification`` or ``Bynar_V1_NotificationBatch``
         /// carries, as a batch (of one for a single notification); nil, rejected, otherwise.
         public func decodeNotifications() -> Received<Bynar_V1_NotificationBatch>? {
-            switch bus.decodeNotifications(message) {
+            accepted(bus.decodeNotifications(message))
+        }
+
+        /// The decoded message, or nil with the message rejected to the dead-letter topic.
+        private func accepted<P>(_ decoded: Result<Received<P>, RejectReason>) -> Received<P>? {
+            switch decoded {
             case .success(let received): return received
             case .failure(let reason):
                 bus.reject(message, reason: reason)
