@@ -292,8 +292,28 @@ public final class Bus: Sendable {
     /// ``publish(batch:)`` of messages that may carry MQTT 5 properties (the outbox's
     /// events sent "until answered" carry a response topic).
     func publish(batch: [MosquittoClient.Outgoing]) async throws -> [BusError?] {
+        try await refusals(of: try enqueue(batch: batch))
+    }
+
+    /// A batch handed to libmosquitto by ``enqueue(batch:)``, awaiting its acknowledgements.
+    struct QueuedPublish: Sendable {
+        let messages: [MosquittoClient.Outgoing]
+        let queued: MosquittoClient.QueuedBatch
+    }
+
+    /// Hands `batch` to libmosquitto before it returns: batches queued one after the other
+    /// go in that order, and the next may be queued while the acknowledgements of the one
+    /// before are awaited (``refusals(of:)``).
+    func enqueue(batch: [MosquittoClient.Outgoing]) throws -> QueuedPublish {
         precondition(batch.count <= Bus.maxBatch, "a batch holds at most \(Bus.maxBatch) messages")
-        let outcomes = try await client.publishBatch(batch, timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count))
+        return QueuedPublish(messages: batch, queued: try client.enqueueBatch(batch))
+    }
+
+    /// Waits for the acknowledgements of a queued batch: nil for each message the broker
+    /// took, the refusal for each it or libmosquitto refused for good (dead-lettered).
+    func refusals(of published: QueuedPublish) async throws -> [BusError?] {
+        let batch = published.messages
+        let outcomes = try await client.outcomes(of: published.queued, timeout: .milliseconds(config.publishTimeoutMs) + .milliseconds(batch.count))
         let refusals = zip(outcomes, batch).map { outcome, message -> BusError? in
             switch outcome {
             case .acknowledged(let code):

@@ -557,29 +557,49 @@ final class MosquittoClient: @unchecked Sendable {
     /// acknowledgements; returns the reason codes in the same order. libmosquitto keeps the
     /// ones beyond the broker's receive maximum queued and sends them as acks come back.
     func publishBatch(_ messages: [Outgoing], timeout: Duration) async throws -> [Outcome] {
-        guard !messages.isEmpty else { return [] }
+        try await outcomes(of: try enqueueBatch(messages), timeout: timeout)
+    }
+
+    /// Messages handed to libmosquitto by ``enqueueBatch(_:)``, in order, and not yet
+    /// acknowledged.
+    struct QueuedBatch: Sendable {
+        let count: Int
+        let mids: [Int32]
+        let notSent: [Int: Outcome]
+        let started: ContinuousClock.Instant
+    }
+
+    /// Hands `messages` to libmosquitto, in order, before it returns (so batches queued one
+    /// after the other go in that order) and wakes the network thread; ``outcomes(of:timeout:)``
+    /// waits for their acknowledgements. Throws when libmosquitto cannot queue one for a
+    /// reason that may pass (those before it stay queued).
+    func enqueueBatch(_ messages: [Outgoing]) throws -> QueuedBatch {
         let started = ContinuousClock.now
         // One message libmosquitto refuses for good must not hold back the others: it is
         // reported as not sent, and the rest go.
         var mids: [Int32] = []
         var notSent: [Int: Outcome] = [:]
         mids.reserveCapacity(messages.count)
-        do {
-            // The network thread is woken once for the batch, also when a send failed.
-            defer { wake() }
-            for (index, message) in messages.enumerated() {
-                do {
-                    mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: message.properties))
-                } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
-                    notSent[index] = .notSent(code, detail)
-                }
+        // The network thread is woken once for the batch, also when a send failed.
+        defer { if !messages.isEmpty { wake() } }
+        for (index, message) in messages.enumerated() {
+            do {
+                mids.append(try send(topic: message.topic, payload: message.payload, qos: 1, retain: message.retain, properties: message.properties))
+            } catch BusError.mosquitto(_, let code, let detail) where Self.refusesForGood(code) {
+                notSent[index] = .notSent(code, detail)
             }
         }
-        let codes = try await awaitBatch(mids, since: started, timeout: timeout, what: "acknowledgement of \(mids.count) publishes")
+        return QueuedBatch(count: messages.count, mids: mids, notSent: notSent, started: started)
+    }
+
+    /// Waits up to `timeout` for the acknowledgements of a batch ``enqueueBatch(_:)`` queued.
+    func outcomes(of batch: QueuedBatch, timeout: Duration) async throws -> [Outcome] {
+        guard batch.count > 0 else { return [] }
+        let codes = try await awaitBatch(batch.mids, since: batch.started, timeout: timeout, what: "acknowledgement of \(batch.mids.count) publishes")
         var outcomes: [Outcome] = []
         var next = codes.makeIterator()
-        for index in messages.indices {
-            if let refused = notSent[index] { outcomes.append(refused) } else { outcomes.append(.acknowledged(next.next() ?? 0)) }
+        for index in 0..<batch.count {
+            if let refused = batch.notSent[index] { outcomes.append(refused) } else { outcomes.append(.acknowledged(next.next() ?? 0)) }
         }
         return outcomes
     }

@@ -248,6 +248,12 @@ public final class Outbox: Sendable {
         return try store.nextResendUnixMs()
     }
 
+    /// A batch handed to the broker whose acknowledgements are awaited.
+    private struct Flight {
+        var entries: [LocalStore.OutboxEntry]
+        var queued: Bus.QueuedPublish
+    }
+
     private func send() async {
         var retryDelay = Duration.milliseconds(200)
         // When the earliest event awaiting its receipt is due to go again (nil: none awaits):
@@ -256,10 +262,15 @@ public final class Outbox: Sendable {
         var resendDue = try? store.nextResendUnixMs()
         var listening = false
         var unsettled = Unsettled()
-        // Every pending event up to this id was handed to the broker (or parked): the next
-        // read starts after it. Back to 0, once what the broker took is written, when an
-        // earlier event may have become sendable (a receipt, a resend, a failed batch).
+        // Every pending event up to this id was acknowledged by the broker (or parked): the
+        // next read starts after it (or after the batch in flight). Back to 0, once what the
+        // broker took is written, when an earlier event may have become sendable (a
+        // receipt, a resend, a failed batch).
         var sentThrough: Int64 = 0
+        // The batch queued at the broker whose acknowledgements are still to come: the next
+        // batch is read and queued behind it before they are awaited, so the broker's
+        // window of unacknowledged messages does not run dry between batches.
+        var flight: Flight?
         while !Task.isCancelled {
             if let gate, !gate() {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -268,7 +279,17 @@ public final class Outbox: Sendable {
             let batch: [LocalStore.OutboxEntry]
             do {
                 let overdue = resendDue.map { $0 <= Bus.nowUnixMs() } ?? false
-                if overdue || rescan.withLock({ flag in defer { flag = false }; return flag }) {
+                let restart = overdue || rescan.withLock({ flag in defer { flag = false }; return flag })
+                if restart, let landing = flight.take() {
+                    // Read from the start again only once what is in flight has landed.
+                    if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
+                        if case BusError.stopped = error { return }
+                        await stall(&retryDelay, failed: landing.entries, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
+                        continue
+                    }
+                    retryDelay = .milliseconds(200)
+                }
+                if restart {
                     resendDue = try settle(&unsettled, resendDue: resendDue)
                     sentThrough = 0
                 }
@@ -279,14 +300,14 @@ public final class Outbox: Sendable {
                     }
                     resendDue = try store.nextResendUnixMs()
                 }
-                batch = Self.fitting(try store.pendingOutbox(after: sentThrough, limit: Self.batchSize))
+                batch = Self.fitting(try store.pendingOutbox(after: flight?.entries.last?.id ?? sentThrough, limit: Self.batchSize))
                 if !listening, resendDue != nil || batch.contains(where: { $0.receiptFrom != nil }) {
                     // Receipts come to this client's reply topic (for events sent before a
                     // restart too: its session kept the subscription; the bus holds them).
                     try await bus.ensureReplyRoute()
                     listening = true
                 }
-                if batch.isEmpty && unsettled.count > 0 {
+                if batch.isEmpty && flight == nil && unsettled.count > 0 {
                     resendDue = try settle(&unsettled, resendDue: resendDue)
                     continue
                 }
@@ -298,6 +319,15 @@ public final class Outbox: Sendable {
                 continue
             }
             if batch.isEmpty {
+                if let landing = flight.take() {
+                    if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
+                        if case BusError.stopped = error { return }
+                        await stall(&retryDelay, failed: landing.entries, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
+                    } else {
+                        retryDelay = .milliseconds(200)
+                    }
+                    continue
+                }
                 // Idle until publish() signals or an event's receipt is overdue: no polling,
                 // so an idle agent runs no SQL.
                 if let resendDue {
@@ -307,63 +337,96 @@ public final class Outbox: Sendable {
                 }
                 continue
             }
-            var stalled = false
+            // Queued behind the batch in flight, in order; then that one's acknowledgements
+            // are awaited while this one goes. Meanwhile what earlier batches delivered is
+            // written, when enough has gathered.
+            let queued: Bus.QueuedPublish
             do {
-                // One batch, in order, pipelined: the broker acknowledges each message.
-                // Meanwhile what earlier batches delivered is written, when enough has gathered.
-                async let sent = bus.publish(batch: batch.flatMap(outgoing))
-                if unsettled.count >= Self.settleEvery {
-                    resendDue = try settle(&unsettled, resendDue: resendDue)
-                }
-                var outcomes = try await sent[...]
-                for entry in batch {
-                    // An event and its retained copy: refused if either was.
-                    let copies = entry.retainedCopy == nil ? 1 : 2
-                    let refusal = outcomes.prefix(copies).compactMap { $0 }.first
-                    outcomes = outcomes.dropFirst(copies)
-                    guard let refusal else {
-                        if entry.receiptFrom == nil {
-                            unsettled.delivered.append(entry.id)
-                        } else {
-                            unsettled.awaiting.append(entry.id)
-                            if let wait = entry.resendAfterMs {
-                                unsettled.shortestWait = min(unsettled.shortestWait ?? wait, wait)
-                            } else {
-                                unsettled.waitUnknown = true
-                            }
-                        }
-                        continue
-                    }
-                    // The broker will never take it (ACL): park it, loudly, and go on. A
-                    // later event of its receipt group, passed over while it was pending,
-                    // may go now: read from the start again.
-                    bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(refusal)"])
-                    try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
-                    if entry.receiptFrom != nil { rescan.withLock { $0 = true } }
-                }
-                sentThrough = batch.last!.id
-                retryDelay = .milliseconds(200)
+                queued = try bus.enqueue(batch: batch.flatMap(outgoing))
             } catch BusError.stopped {
                 return
             } catch {
-                // Timed out (broker away) or the store failed: the whole batch is sent again
-                // from its first event, keeping order; receivers drop duplicates by id.
-                bus.logger.warning("outbox batch not acknowledged; will retry", metadata: ["events": "\(batch.count)", "error": "\(error)"])
-                for entry in batch { try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false) }
-                resendDue = (try? settle(&unsettled, resendDue: resendDue)) ?? resendDue
-                sentThrough = 0
-                stalled = true
+                // What is in flight and this batch go again, in order.
+                await stall(&retryDelay, failed: (flight.take()?.entries ?? []) + batch, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
+                continue
             }
-            if stalled {
-                // Keep order: retry from the same event after a pause (capped backoff), and
-                // only once connected: libmosquitto still holds the unacknowledged copies and
-                // sends them itself on reconnect, so re-sending while away would only pile up.
-                try? await Task.sleep(for: retryDelay)
-                retryDelay = min(retryDelay * 2, .seconds(5))
-                while !bus.isConnected && !Task.isCancelled {
-                    try? await Task.sleep(for: .milliseconds(100))
+            let next = Flight(entries: batch, queued: queued)
+            if let landing = flight.take() {
+                if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
+                    if case BusError.stopped = error { return }
+                    // What was queued behind it goes again too, after it, keeping order.
+                    await stall(&retryDelay, failed: landing.entries + batch, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
+                    continue
+                }
+                retryDelay = .milliseconds(200)
+            }
+            flight = next
+            if unsettled.count >= Self.settleEvery {
+                do {
+                    resendDue = try settle(&unsettled, resendDue: resendDue)
+                } catch {
+                    // Kept unsettled: written with the next settle (a crash before that
+                    // sends them again; receivers drop copies by id).
+                    bus.logger.error("cannot write what the broker took", metadata: ["error": "\(error)"])
                 }
             }
+        }
+    }
+
+    /// Awaits the acknowledgements of `flight` and notes what the broker took (removed
+    /// or awaiting its receipt once written) and what it refused (parked). Returns why
+    /// they did not come (timed out, broker away; nothing of it noted), nil when they did.
+    private func land(_ flight: Flight, into unsettled: inout Unsettled, sentThrough: inout Int64) async -> (any Error)? {
+        let refusals: [BusError?]
+        do {
+            refusals = try await bus.refusals(of: flight.queued)
+        } catch {
+            return error
+        }
+        var outcomes = refusals[...]
+        for entry in flight.entries {
+            // An event and its retained copy: refused if either was.
+            let copies = entry.retainedCopy == nil ? 1 : 2
+            let refusal = outcomes.prefix(copies).compactMap { $0 }.first
+            outcomes = outcomes.dropFirst(copies)
+            guard let refusal else {
+                if entry.receiptFrom == nil {
+                    unsettled.delivered.append(entry.id)
+                } else {
+                    unsettled.awaiting.append(entry.id)
+                    if let wait = entry.resendAfterMs {
+                        unsettled.shortestWait = min(unsettled.shortestWait ?? wait, wait)
+                    } else {
+                        unsettled.waitUnknown = true
+                    }
+                }
+                continue
+            }
+            // The broker will never take it (ACL): park it, loudly, and go on. A later
+            // event of its receipt group, passed over while it was pending, may go now:
+            // read from the start again.
+            bus.logger.error("broker refused outbox event; parked", metadata: ["topic": "\(entry.topic)", "message_id": "\(entry.messageId)", "error": "\(refusal)"])
+            try? store.recordOutboxFailure(id: entry.id, error: "\(refusal)", refused: true)
+            if entry.receiptFrom != nil { rescan.withLock { $0 = true } }
+        }
+        sentThrough = flight.entries.last!.id
+        return nil
+    }
+
+    /// After a batch went unacknowledged (or could not be queued): its events, and any
+    /// queued behind it, are sent again from the first, keeping order (receivers drop
+    /// duplicates by id), after a pause (capped backoff) and only once connected:
+    /// libmosquitto still holds the unacknowledged copies and sends them itself on
+    /// reconnect, so re-sending while away would only pile up.
+    private func stall(_ retryDelay: inout Duration, failed: [LocalStore.OutboxEntry], error: any Error, unsettled: inout Unsettled, resendDue: inout Int64?, sentThrough: inout Int64) async {
+        bus.logger.warning("outbox batch not acknowledged; will retry", metadata: ["events": "\(failed.count)", "error": "\(error)"])
+        for entry in failed { try? store.recordOutboxFailure(id: entry.id, error: "\(error)", refused: false) }
+        resendDue = (try? settle(&unsettled, resendDue: resendDue)) ?? resendDue
+        sentThrough = 0
+        try? await Task.sleep(for: retryDelay)
+        retryDelay = min(retryDelay * 2, .seconds(5))
+        while !bus.isConnected && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(100))
         }
     }
 

@@ -25,6 +25,17 @@ struct OutboxTests {
         return (broker, directory, store, try await connectedBus(broker, service: "pub"), try await connectedBus(broker, service: "reader"))
     }
 
+    /// How a test that restarts its broker connects: again after a second, its session
+    /// kept 10 minutes, a batch's acknowledgements awaited `publishTimeoutMs`.
+    static func reconnectingFast(publishTimeoutMs: Int) -> (inout BrokerConfig) -> Void {
+        { config in
+            config.reconnectMinSeconds = 1
+            config.reconnectMaxSeconds = 1
+            config.sessionExpirySeconds = 600
+            config.publishTimeoutMs = publishTimeoutMs
+        }
+    }
+
     /// A publisher keeps publishing through its outbox while the broker restarts; the
     /// subscriber (persistent session) ends up with every event. Duplicates are allowed
     /// (at least once) and recognisable by message id.
@@ -33,12 +44,7 @@ struct OutboxTests {
         let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try LocalStore(path: directory + "/pub.sqlite")
-        func fast(_ config: inout BrokerConfig) {
-            config.reconnectMinSeconds = 1
-            config.reconnectMaxSeconds = 1
-            config.sessionExpirySeconds = 600
-            config.publishTimeoutMs = 2000
-        }
+        let fast = Self.reconnectingFast(publishTimeoutMs: 2000)
         let subscriber = try await connectedBus(broker, service: "sub", clientId: "restart-sub", configure: fast)
         let received = Collector(try await subscriber.subscribe("test/stream", as: Bynar_V1_DiskHealthEvent.self))
         let publisher = try await connectedBus(broker, service: "pub", clientId: "restart-pub", configure: fast)
@@ -69,6 +75,65 @@ struct OutboxTests {
         sender.cancel()
         await publisher.shutdown()
         await subscriber.shutdown()
+    }
+
+    /// Thousands of events at once go in several batches, each queued at the broker behind
+    /// the one whose acknowledgements are awaited. The broker stops while batches are in
+    /// flight, long enough for them to time out, and comes back: every event arrives, first copies in the order written, and
+    /// every retained topic ends with its newest state (what was queued behind a batch
+    /// that went unacknowledged is sent again after it, never before).
+    @Test(.timeLimit(.minutes(2))) func batchesInFlightBehindOneAnotherSurviveABrokerRestartInOrder() async throws {
+        let broker = try TestBroker(extraConfig: "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100", persistence: true)
+        let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try LocalStore(path: directory + "/pub.sqlite")
+        let fast = Self.reconnectingFast(publishTimeoutMs: 500)
+        let subscriber = try await connectedBus(broker, service: "sub", clientId: "flight-sub", configure: fast)
+        let received = Collector(try await subscriber.subscribe("test/flight/+", as: Bynar_V1_DiskHealthEvent.self, buffer: 1 << 16))
+        let publisher = try await connectedBus(broker, service: "pub", clientId: "flight-pub", configure: fast)
+        let outbox = Outbox(bus: publisher, store: store)
+
+        let topics = 20, rounds = 250
+        var sentIds: [String] = []
+        for round in 0..<rounds {
+            let events = (0..<topics).map { topic in
+                var event = Bynar_V1_DiskHealthEvent()
+                event.disk.serial = "T\(topic)-\(round)"
+                return Outbox.Event(event, to: "test/flight/\(topic)", retain: true)
+            }
+            sentIds += try outbox.commit(events).map(\.messageID)
+        }
+        // Every event is written before the sender starts; the broker stops as the first
+        // batch arrives, with batches in flight and more to go.
+        let sender = Task { await outbox.run() }
+        #expect(await received.wait(timeout: .seconds(20)) { $0.count >= 100 })
+        #expect(try store.outboxCounts().pending > 1024, "the broker was to stop with batches still to go")
+        broker.stop()
+        // Away longer than a batch's acknowledgements are awaited: the batch in flight times
+        // out and is sent again with what was queued behind it.
+        try await Task.sleep(for: .seconds(4))
+        let timedOut = try await store.database.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM outbox WHERE last_error IS NOT NULL") ?? 0 }
+        #expect(timedOut > 0, "no batch timed out while the broker was away")
+        try broker.start()
+        let complete = await received.wait(timeout: .seconds(60)) { Set($0.map(\.envelope.messageID)).isSuperset(of: sentIds) }
+        let got = received.all
+        #expect(complete, "missing \(Set(sentIds).subtracting(got.map(\.envelope.messageID)).count) of \(sentIds.count) events")
+        var seen = Set<String>()
+        let firstSeen = got.map(\.envelope.messageID).filter { seen.insert($0).inserted }
+        #expect(firstSeen == sentIds.filter { seen.contains($0) }, "first copies out of the order written")
+        #expect(await outbox.drain(timeout: .seconds(10)))
+        #expect(publisher.stats.connects >= 2)
+
+        // A reader that comes now finds each topic's newest state.
+        let reader = try await connectedBus(broker, service: "late-reader")
+        let retained = Collector(try await reader.subscribe("test/flight/+", as: Bynar_V1_DiskHealthEvent.self))
+        #expect(await retained.wait(timeout: .seconds(10)) { Set($0.map(\.topic)).count == topics })
+        let newest = Dictionary(retained.all.map { ($0.topic, $0.payload.disk.serial) }, uniquingKeysWith: { _, last in last })
+        #expect(newest == Dictionary(uniqueKeysWithValues: (0..<topics).map { ("test/flight/\($0)", "T\($0)-\(rounds - 1)") }))
+        sender.cancel()
+        await publisher.shutdown()
+        await subscriber.shutdown()
+        await reader.shutdown()
     }
 
     /// A broker that crashes comes back with the retained messages of its last save. After
