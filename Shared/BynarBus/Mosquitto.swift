@@ -553,13 +553,6 @@ final class MosquittoClient: @unchecked Sendable {
         var properties = PublishProperties()
     }
 
-    /// Publishes `messages` at QoS 1 back to back, in order, and waits once for all their
-    /// acknowledgements; returns the reason codes in the same order. libmosquitto keeps the
-    /// ones beyond the broker's receive maximum queued and sends them as acks come back.
-    func publishBatch(_ messages: [Outgoing], timeout: Duration) async throws -> [Outcome] {
-        try await outcomes(of: try enqueueBatch(messages), timeout: timeout)
-    }
-
     /// Messages handed to libmosquitto by ``enqueueBatch(_:)``, in order, and not yet
     /// acknowledged.
     struct QueuedBatch: Sendable {
@@ -569,10 +562,12 @@ final class MosquittoClient: @unchecked Sendable {
         let started: ContinuousClock.Instant
     }
 
-    /// Hands `messages` to libmosquitto, in order, before it returns (so batches queued one
-    /// after the other go in that order) and wakes the network thread; ``outcomes(of:timeout:)``
-    /// waits for their acknowledgements. Throws when libmosquitto cannot queue one for a
-    /// reason that may pass (those before it stay queued).
+    /// Hands `messages` to libmosquitto at QoS 1, back to back, in order, before it returns
+    /// (so batches queued one after the other go in that order) and wakes the network
+    /// thread; ``outcomes(of:timeout:)`` waits once for all their acknowledgements.
+    /// libmosquitto keeps the ones beyond the broker's receive maximum queued and sends them
+    /// as acks come back. Throws when libmosquitto cannot queue one for a reason that may
+    /// pass (those before it stay queued).
     func enqueueBatch(_ messages: [Outgoing]) throws -> QueuedBatch {
         let started = ContinuousClock.now
         // One message libmosquitto refuses for good must not hold back the others: it is
@@ -592,7 +587,8 @@ final class MosquittoClient: @unchecked Sendable {
         return QueuedBatch(count: messages.count, mids: mids, notSent: notSent, started: started)
     }
 
-    /// Waits up to `timeout` for the acknowledgements of a batch ``enqueueBatch(_:)`` queued.
+    /// Waits up to `timeout` for the acknowledgements of a batch ``enqueueBatch(_:)`` queued;
+    /// returns the outcomes in the order of its messages.
     func outcomes(of batch: QueuedBatch, timeout: Duration) async throws -> [Outcome] {
         guard batch.count > 0 else { return [] }
         let codes = try await awaitBatch(batch.mids, since: batch.started, timeout: timeout, what: "acknowledgement of \(batch.mids.count) publishes")

@@ -254,6 +254,10 @@ public final class Outbox: Sendable {
         var queued: Bus.QueuedPublish
     }
 
+    /// What became of a batch in flight: acknowledged, sent again from its first event
+    /// after a pause, or the bus stopped.
+    private enum Landing { case landed, stalled, stopped }
+
     private func send() async {
         var retryDelay = Duration.milliseconds(200)
         // When the earliest event awaiting its receipt is due to go again (nil: none awaits):
@@ -271,6 +275,17 @@ public final class Outbox: Sendable {
         // batch is read and queued behind it before they are awaited, so the broker's
         // window of unacknowledged messages does not run dry between batches.
         var flight: Flight?
+        // Lands `landing`; when its acknowledgements did not come, stalls, to send it again
+        // with `behind` (queued after it) from its first event.
+        func landed(_ landing: Flight, behind: [LocalStore.OutboxEntry] = []) async -> Landing {
+            guard let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) else {
+                retryDelay = .milliseconds(200)
+                return .landed
+            }
+            if case BusError.stopped = error { return .stopped }
+            await stall(&retryDelay, failed: landing.entries + behind, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
+            return .stalled
+        }
         while !Task.isCancelled {
             if let gate, !gate() {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -282,12 +297,11 @@ public final class Outbox: Sendable {
                 let restart = overdue || rescan.withLock({ flag in defer { flag = false }; return flag })
                 if restart, let landing = flight.take() {
                     // Read from the start again only once what is in flight has landed.
-                    if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
-                        if case BusError.stopped = error { return }
-                        await stall(&retryDelay, failed: landing.entries, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
-                        continue
+                    switch await landed(landing) {
+                    case .landed: break
+                    case .stalled: continue
+                    case .stopped: return
                     }
-                    retryDelay = .milliseconds(200)
                 }
                 if restart {
                     resendDue = try settle(&unsettled, resendDue: resendDue)
@@ -320,12 +334,7 @@ public final class Outbox: Sendable {
             }
             if batch.isEmpty {
                 if let landing = flight.take() {
-                    if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
-                        if case BusError.stopped = error { return }
-                        await stall(&retryDelay, failed: landing.entries, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
-                    } else {
-                        retryDelay = .milliseconds(200)
-                    }
+                    if await landed(landing) == .stopped { return }
                     continue
                 }
                 // Idle until publish() signals or an event's receipt is overdue: no polling,
@@ -352,13 +361,12 @@ public final class Outbox: Sendable {
             }
             let next = Flight(entries: batch, queued: queued)
             if let landing = flight.take() {
-                if let error = await land(landing, into: &unsettled, sentThrough: &sentThrough) {
-                    if case BusError.stopped = error { return }
-                    // What was queued behind it goes again too, after it, keeping order.
-                    await stall(&retryDelay, failed: landing.entries + batch, error: error, unsettled: &unsettled, resendDue: &resendDue, sentThrough: &sentThrough)
-                    continue
+                // What was queued behind it goes again too, after it, keeping order.
+                switch await landed(landing, behind: batch) {
+                case .landed: break
+                case .stalled: continue
+                case .stopped: return
                 }
-                retryDelay = .milliseconds(200)
             }
             flight = next
             if unsettled.count >= Self.settleEvery {

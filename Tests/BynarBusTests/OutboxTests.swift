@@ -79,9 +79,10 @@ struct OutboxTests {
 
     /// Thousands of events at once go in several batches, each queued at the broker behind
     /// the one whose acknowledgements are awaited. The broker stops while batches are in
-    /// flight, long enough for them to time out, and comes back: every event arrives, first copies in the order written, and
-    /// every retained topic ends with its newest state (what was queued behind a batch
-    /// that went unacknowledged is sent again after it, never before).
+    /// flight, long enough for them to time out, and comes back: every event arrives, first
+    /// copies in the order written, and every retained topic ends with its newest state
+    /// (what was queued behind a batch that went unacknowledged is sent again after it,
+    /// never before).
     @Test(.timeLimit(.minutes(2))) func batchesInFlightBehindOneAnotherSurviveABrokerRestartInOrder() async throws {
         let broker = try TestBroker(extraConfig: "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100", persistence: true)
         let directory = try makeTemporaryDirectory(prefix: "bynar-outbox")
